@@ -1,0 +1,24 @@
+"""minigrad: a small reverse-mode autograd engine on NumPy (CPU) and CuPy (NVIDIA GPU).
+
+    import minigrad as mg
+    import minigrad.functional as F
+    x = mg.randn(4, 3, requires_grad=True)
+    loss = F.gelu(x @ mg.randn(3, 2)).sum()
+    loss.backward()          # x.grad now holds d loss / d x
+"""
+from . import backend, hub
+from . import ops as _ops  # attaches operators and methods to Tensor
+from . import functional, nn, optim
+from .backend import BackendError, get_rng_state, gpu_available, manual_seed, set_rng_state
+from .gradcheck import GradcheckError, gradcheck
+from .io import load, save
+from .ops import cat, chunk, split, stack, where
+from .tensor import (Function, Tensor, arange, enable_grad, full, is_grad_enabled, no_grad, ones,
+                     rand, randn, tensor, zeros)
+
+__all__ = [
+    "Tensor", "Function", "tensor", "zeros", "ones", "full", "randn", "rand", "arange",
+    "no_grad", "enable_grad", "is_grad_enabled", "cat", "stack", "split", "chunk", "where",
+    "manual_seed", "get_rng_state", "set_rng_state", "gpu_available", "BackendError",
+    "gradcheck", "GradcheckError", "save", "load", "functional", "nn", "optim", "backend", "hub",
+]
