@@ -1,0 +1,1 @@
+"""Command-line jobs (pretrain, classify, instruct, evaluate, generate) and their shared pieces."""

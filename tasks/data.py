@@ -1,0 +1,301 @@
+"""Datasets: where each file comes from, how to get it, and pretraining batches from raw text.
+
+The manifest below records every data file the tasks use: its place in the cache
+(`minigrad.hub.cache_dir()`), the URL it is downloaded from when online, and its size and
+sha256. The pretraining part turns a token list into sliding windows of (input, target) pairs,
+targets shifted by one token, and batches them with a loader that can be saved and resumed
+in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Protocol, Sequence
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from minigrad import hub
+from minigrad.hub import MissingFileError
+
+# ----------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    relpath: str  # where the file lives inside the cache
+    url: str  # where it comes from (for an archive: the archive's URL)
+    size: int  # bytes of the file at relpath (after extraction, for an archive)
+    sha256: str  # of the file at relpath
+    description: str
+    member: str | None = None  # name of the file inside the archive at `url`, if any
+    downloadable: bool = True  # False: we know the source but cannot build the file from it
+
+
+_RASBT = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
+
+DATASETS: dict[str, DatasetEntry] = {
+    "the-verdict": DatasetEntry(
+        "the-verdict.txt",
+        f"{_RASBT}/ch02/01_main-chapter-code/the-verdict.txt",
+        20_479, "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f",
+        'Edith Wharton, "The Verdict" (public domain); 5,145 GPT-2 tokens'),
+    "tinyshakespeare": DatasetEntry(
+        "tinyshakespeare/input.txt",
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        1_115_394, "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        "Tiny Shakespeare (public domain), the usual small pretraining corpus"),
+    "sms-spam": DatasetEntry(
+        "sms_spam_collection/SMSSpamCollection",
+        "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+        477_907, "7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+        "UCI SMS Spam Collection (CC BY 4.0): label<TAB>text, 5,574 lines",
+        member="SMSSpamCollection"),
+    "instruction-data": DatasetEntry(
+        "instruction-data.json",
+        f"{_RASBT}/ch07/01_main-chapter-code/instruction-data.json",
+        203_524, "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
+        "1,100 Alpaca-style records {instruction, input, output}"),
+    "instruction-data-with-response": DatasetEntry(
+        "instruction-data-with-response.json",
+        f"{_RASBT}/ch07/01_main-chapter-code/instruction-data-with-response.json",
+        29_279, "aced320504c77c98d957316eb9f3460945256226c36b5e9752bf7d49585eb943",
+        "110 instruction records with a model_response field (example evaluation input)"),
+    "mmlu": DatasetEntry(
+        "mmlu/mmlu.jsonl",
+        "https://people.eecs.berkeley.edu/~hendrycks/data.tar",
+        8_135_441, "9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c",
+        "MMLU test set (MIT): 14,042 questions as JSON lines",
+        downloadable=False),
+}
+
+
+class UnknownDatasetError(ValueError):
+    """A dataset name that is not in the manifest."""
+
+
+def _entry(name: str) -> DatasetEntry:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        known = ", ".join(sorted(DATASETS))
+        raise UnknownDatasetError(f"unknown dataset {name!r}; known datasets: {known}") from None
+
+
+def dataset_path(name: str) -> Path:
+    """Where the dataset's file lives in the cache (whether or not it is there yet)."""
+    return hub.cache_dir().joinpath(*PurePosixPath(_entry(name).relpath).parts)
+
+
+def ensure_dataset(name: str, progress: bool = True) -> Path:
+    """Path of the dataset's file, downloading (and extracting) it first if it is missing."""
+    entry = _entry(name)
+    path = dataset_path(name)
+    if not entry.downloadable and not path.is_file():
+        raise MissingFileError(
+            f"dataset {name!r} is not in the cache and cannot be downloaded automatically: "
+            f"put the file at exactly {path} ({entry.size:,} bytes, sha256 {entry.sha256}). "
+            f"Its original source is {entry.url}, in another format.",
+            url=entry.url, path=path)
+    if entry.member is None:
+        return hub.ensure_file(entry.relpath, entry.url, entry.sha256, entry.size, progress)
+    if path.is_file():  # same cheap size check as hub.ensure_file does for cached files
+        return hub.ensure_file(entry.relpath, entry.url, size=entry.size, progress=progress)
+    return _fetch_from_archive(name, entry, path, progress)
+
+
+def _fetch_from_archive(name: str, entry: DatasetEntry, path: Path, progress: bool) -> Path:
+    """Download the zip at entry.url next to `path`, extract entry.member, verify it."""
+    archive_name = unquote(PurePosixPath(urlparse(entry.url).path).name)
+    archive_rel = str(PurePosixPath(entry.relpath).parent / archive_name)
+    try:
+        archive = hub.ensure_file(archive_rel, entry.url, progress=progress)
+    except MissingFileError as err:
+        raise MissingFileError(
+            f"dataset {name!r} is missing and its zip could not be downloaded from {entry.url} "
+            f"({err.reason}). Put the file {entry.member!r} from that zip at exactly {path} "
+            f"(or the zip itself at {err.path}).", url=entry.url, path=path,
+            reason=err.reason) from err
+
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            # Match on the base name: some archives nest their files in a folder.
+            members = [m for m in zf.namelist() if PurePosixPath(m).name == entry.member]
+            if not members:
+                raise MissingFileError(
+                    f"{archive} (from {entry.url}) has no file named {entry.member!r}; "
+                    f"put that file at exactly {path} yourself", url=entry.url, path=path)
+            with zf.open(members[0]) as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+        hub.verify_file(tmp, entry.sha256, entry.size)
+    except (zipfile.BadZipFile, hub.ChecksumError, MissingFileError) as err:
+        # The archive is of no use: drop it so the next run downloads it afresh.
+        tmp.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
+        if isinstance(err, zipfile.BadZipFile):
+            raise ValueError(f"{archive} downloaded from {entry.url} is not a valid zip "
+                             f"({err}); it was deleted") from err
+        if isinstance(err, hub.ChecksumError):
+            raise hub.ChecksumError(
+                f"{entry.member!r} extracted from {entry.url} is not the expected file: "
+                f"{err.details}. Nothing was saved at {path}.",
+                err.expected, err.actual, path, err.details) from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    archive.unlink(missing_ok=True)  # everything we need from it is now in the cache
+    return path
+
+
+def read_text(name_or_path: str | os.PathLike) -> str:
+    """Text of a dataset (by manifest name) or of a file (by path), as UTF-8."""
+    if isinstance(name_or_path, str) and name_or_path in DATASETS:
+        path = ensure_dataset(name_or_path)
+    else:
+        path = Path(name_or_path)
+        if not path.exists():
+            known = ", ".join(sorted(DATASETS))
+            raise FileNotFoundError(
+                f"no such file: {path} (to use a dataset, give its name: {known})")
+        if not path.is_file():
+            raise IsADirectoryError(f"{path} is not a file")
+    text = path.read_text(encoding="utf-8")
+    if not text:
+        raise ValueError(f"{path} is empty: there is no text to use")
+    return text
+
+
+# ----------------------------------------------------------------------------- pretraining
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> Sequence[int]: ...
+
+
+def train_val_split_text(text: str, train_frac: float = 0.9) -> tuple[str, str]:
+    """Split raw text by characters: the first `train_frac` for training, the rest for validation."""
+    if not 0.0 < train_frac < 1.0:
+        raise ValueError(f"train_frac must be strictly between 0 and 1, got {train_frac}")
+    split = int(train_frac * len(text))
+    return text[:split], text[split:]
+
+
+class TextWindows:
+    """Sliding windows over a token sequence: inputs ids[i:i+T], targets ids[i+1:i+T+1].
+
+    Windows start at 0, stride, 2*stride, ... as long as a full target fits, so the last few
+    tokens may be left out (the same windows as the LLMs-from-scratch book's GPTDatasetV1).
+    """
+
+    def __init__(self, ids: Sequence[int] | np.ndarray, context: int, stride: int,
+                 name: str = "text"):
+        if context < 1 or stride < 1:
+            raise ValueError(f"context and stride must be >= 1, got context={context}, "
+                             f"stride={stride}")
+        self.ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        self.context, self.stride = context, stride
+        if len(self.ids) < context + 1:
+            raise ValueError(
+                f"{name} is too short: it has {len(self.ids)} tokens, but one window of "
+                f"context {context} needs at least {context + 1} (inputs plus the shifted "
+                f"target); use more text or a smaller context")
+        self.starts = np.arange(0, len(self.ids) - context, stride)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"window {i} out of range for {len(self)} windows")
+        s = self.starts[i]
+        return self.ids[s:s + self.context], self.ids[s + 1:s + self.context + 1]
+
+
+class BatchLoader:
+    """Batches of (x, y) int64 arrays of shape (B, T) from a dataset of (x, y) pairs.
+
+    Iterating yields the rest of the current epoch; the epoch counter moves on as soon as its
+    last batch is handed out. The order of an epoch is a pure function of (seed, epoch), so
+    `state_dict()` (epoch, position, seed: plain ints, JSON-friendly) is enough to resume
+    mid-epoch and get exactly the batches the original loader would have produced.
+    """
+
+    def __init__(self, dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False,
+                 seed: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.dataset, self.batch_size = dataset, batch_size
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.epoch = 0
+        self.position = 0  # batches of the current epoch already handed out
+        if len(self) == 0:
+            raise ValueError(
+                f"no batches: the dataset has {len(dataset)} samples, fewer than "
+                f"batch_size={batch_size}, and drop_last=True; use a smaller batch or more data")
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Sample indices of `epoch`, in the order they are served."""
+        n = len(self.dataset)
+        if not self.shuffle:
+            return np.arange(n)
+        # Seeding from (seed, epoch) instead of carrying a generator along keeps resume trivial.
+        return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        order = self.order(self.epoch)
+        while self.position < len(self):
+            idx = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+            pairs = [self.dataset[int(i)] for i in idx]
+            x = np.stack([p[0] for p in pairs]).astype(np.int64, copy=False)
+            y = np.stack([p[1] for p in pairs]).astype(np.int64, copy=False)
+            self.position += 1
+            if self.position == len(self):
+                self.epoch, self.position = self.epoch + 1, 0
+                yield x, y
+                return
+            yield x, y
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "num_samples": len(self.dataset), "batch_size": self.batch_size,
+                "shuffle": self.shuffle, "drop_last": self.drop_last}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("num_samples", "batch_size", "shuffle", "drop_last"):
+            mine = self.state_dict()[key]
+            if key in state and state[key] != mine:
+                raise ValueError(f"loader state does not fit this loader: {key} is "
+                                 f"{state[key]!r} in the state but {mine!r} here")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position < len(self):
+            raise ValueError(f"invalid loader state: epoch={epoch}, position={position} "
+                             f"({len(self)} batches per epoch)")
+        self.epoch, self.position, self.seed = epoch, position, int(state["seed"])
+
+
+def make_pretrain_loaders(text: str, tokenizer: Tokenizer, context: int, stride: int,
+                          batch_size: int, seed: int = 0, train_frac: float = 0.9
+                          ) -> tuple[BatchLoader, BatchLoader]:
+    """Train and validation loaders over raw text, split by characters as in the book.
+
+    Train: shuffled, drop_last=True. Validation: in order, drop_last=False.
+    """
+    train_text, val_text = train_val_split_text(text, train_frac)
+    train = TextWindows(tokenizer.encode(train_text), context, stride, name="training split")
+    val = TextWindows(tokenizer.encode(val_text), context, stride, name="validation split")
+    return (BatchLoader(train, batch_size, shuffle=True, drop_last=True, seed=seed),
+            BatchLoader(val, batch_size, shuffle=False, drop_last=False, seed=seed))

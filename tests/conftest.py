@@ -1,0 +1,43 @@
+"""Shared fixtures: the `backend` fixture runs a test on NumPy and, where a GPU is present, on CuPy.
+
+`pytest --backend cupy` runs backend-parametrised tests on CuPy only (it fails loudly if no GPU).
+"""
+import os
+
+import pytest
+
+import minigrad as mg
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", action="store", default="all", choices=("all", "numpy", "cupy"),
+                     help="which minigrad backend(s) the `backend` fixture runs on")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        choice = metafunc.config.getoption("--backend")
+        devices = {"all": ["cpu", "cuda"], "numpy": ["cpu"], "cupy": ["cuda"]}[choice]
+        metafunc.parametrize("backend", devices, indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    """The device name ("cpu" or "cuda") a test should build its tensors on."""
+    device = request.param
+    if device == "cuda" and not mg.gpu_available():
+        if request.config.getoption("--backend") == "cupy":
+            pytest.fail("--backend cupy asked for, but CuPy or a GPU is not available")
+        pytest.skip("CuPy backend: no CuPy or no GPU on this machine")
+    mg.manual_seed(0)
+    return device
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    mg.manual_seed(0)
+
+
+def pytest_report_header(config):
+    return [f"minigrad data cache: {os.environ.get('MINIGRAD_DATA_DIR', '<repo>/data')}",
+            f"TIKTOKEN_CACHE_DIR: {os.environ.get('TIKTOKEN_CACHE_DIR', '<unset>')}"]
