@@ -1,0 +1,202 @@
+"""The GPT-2 model in one file, with the parameter names of the official checkpoints.
+
+    wte, wpe            token and position embeddings
+    h.{i}.ln_1          LayerNorm before attention
+    h.{i}.attn.c_attn   one Linear producing q, k, v      weight (C, 3C)
+    h.{i}.attn.c_proj   attention output projection       weight (C, C)
+    h.{i}.ln_2          LayerNorm before the MLP
+    h.{i}.mlp.c_fc      MLP up-projection                 weight (C, 4C)
+    h.{i}.mlp.c_proj    MLP down-projection               weight (4C, C)
+    ln_f                final LayerNorm
+The output head is `wte` itself (weight tying), so it has no parameter of its own.
+Weights are (in, out) as in OpenAI's Conv1D, so `model.safetensors` loads without transposes.
+"""
+from __future__ import annotations
+
+import math
+import numpy as np
+
+import minigrad as mg
+import minigrad.functional as F
+from minigrad import backend, nn
+from minigrad.tensor import Tensor
+
+from .config import GPT2Config
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, one (B, H, n_ctx, D) buffer pair per layer.
+
+    `pos` counts the positions filled. A forward pass with a cache appends its new keys and
+    values and attends over everything before them, so decoding costs one position per token.
+    """
+
+    def __init__(self, config: GPT2Config, batch_size: int, device: str = "cpu", dtype=np.float32):
+        xp = backend.xp_for(device)
+        shape = (batch_size, config.n_head, config.n_ctx, config.head_dim)
+        self.k = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
+        self.pos = 0
+        self.capacity = config.n_ctx
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.record_weights = False   # set by GPT2.attention_maps
+        self.last_weights = None
+
+    def forward(self, x: Tensor, attn_mask=None, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        B, T, C = x.shape
+        H, D = self.n_head, C // self.n_head
+        qkv = self.c_attn(x)                                        # (B, T, 3C)
+        # (B, T, 3, H, D) -> (3, B, H, T, D): one permute gives q, k and v with heads split out
+        qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]                            # (B, H, T, D) each
+        if cache is not None:
+            start = cache.pos
+            cache.k[layer][:, :, start:start + T] = k.data
+            cache.v[layer][:, :, start:start + T] = v.data
+            k = Tensor._wrap(cache.k[layer][:, :, :start + T])      # (B, H, S, D)
+            v = Tensor._wrap(cache.v[layer][:, :, :start + T])
+        if self.record_weights:
+            self.last_weights = _attention_weights(q.data, k.data, attn_mask)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)                      # heads side by side again
+        return F.dropout(self.c_proj(y), self.dropout, self.training)
+
+
+def _attention_weights(q, k, attn_mask):
+    """softmax(q k^T / sqrt(D)) with the causal (and padding) mask, for plotting only."""
+    xp = backend.array_module(q)
+    T, S = q.shape[-2], k.shape[-2]
+    s = (q @ xp.swapaxes(k, -1, -2)) / np.float32(math.sqrt(q.shape[-1]))
+    keep = F._keep_mask(xp, T, S, True, attn_mask)
+    s = xp.where(keep, s, -xp.inf)
+    s = xp.exp(s - s.max(axis=-1, keepdims=True))
+    return s / s.sum(axis=-1, keepdims=True)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(self.c_proj(F.gelu(self.c_fc(x))), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, attn_mask=None, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    def __init__(self, config: GPT2Config | None = None):
+        super().__init__()
+        self.config = config = config or GPT2Config()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_ctx, config.n_embd)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2's scheme: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 n_layer)
+        so the residual stream's variance does not grow with depth; biases 0, LayerNorm 1/0."""
+        g = backend.rng("cpu")
+        resid_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
+                p.data[...] = 1.0
+            elif name.endswith(".bias"):
+                p.data[...] = 0.0
+            else:
+                std = resid_std if name.endswith("c_proj.weight") else 0.02
+                p.data[...] = g.standard_normal(p.shape, dtype=np.float32) * np.float32(std)
+
+    @property
+    def device(self) -> str:
+        return self.wte.weight.device
+
+    def forward(self, idx, targets=None, attn_mask=None, position_ids=None,
+                cache: KVCache | None = None, ignore_index: int = -100):
+        """Logits (B, T, vocab) for token ids `idx` (B, T); with `targets`, (logits, loss).
+
+        attn_mask: optional boolean (B, S) array, True for real tokens (False for padding), over
+            all S positions the attention sees (the cache's plus the new ones).
+        position_ids: optional (B, T) positions (left-padded batches count from their first token).
+        cache: a KVCache to read earlier positions from and append these ones to.
+        """
+        x = self.hidden_states(idx, attn_mask, position_ids, cache)
+        logits = F.linear(x, self.wte.weight.T)                       # (B, T, vocab), tied head
+        if targets is None:
+            return logits
+        return logits, F.cross_entropy(logits, targets, ignore_index=ignore_index)
+
+    def hidden_states(self, idx, attn_mask=None, position_ids=None, cache: KVCache | None = None) -> Tensor:
+        """The final LayerNorm's output (B, T, C): what the LM head (or a classifier) reads."""
+        xp = backend.array_module(self.wte.weight.data)
+        idx = xp.asarray(idx.data if isinstance(idx, Tensor) else idx)
+        if idx.ndim == 1:
+            idx = idx[None]
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        cfg = self.config
+        if start + T > cfg.n_ctx:
+            raise ValueError(f"sequence of {start + T} positions is longer than the context of {cfg.n_ctx}; "
+                             f"crop the input to its last {cfg.n_ctx} tokens")
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= cfg.vocab_size):
+            raise ValueError(f"token ids must be in [0, {cfg.vocab_size}); got values in "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
+        if position_ids is None:
+            position_ids = xp.arange(start, start + T)
+        else:
+            position_ids = xp.asarray(position_ids.data if isinstance(position_ids, Tensor) else position_ids)
+        mask = None
+        if attn_mask is not None:
+            m = xp.asarray(attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask).astype(bool)
+            if m.shape != (B, start + T):
+                raise ValueError(f"attn_mask must have shape (B, S) = {(B, start + T)}, got {m.shape}")
+            mask = m[:, None, None, :]                                # (B, 1, 1, S)
+
+        x = self.wte(idx) + self.wpe(position_ids)                    # (B, T, C)
+        x = F.dropout(x, cfg.dropout, self.training)
+        for i, block in enumerate(self.h):
+            x = block(x, mask, cache, i)
+        if cache is not None:
+            cache.pos += T
+        return self.ln_f(x)
+
+    def attention_maps(self, idx) -> list[np.ndarray]:
+        """Per layer, the attention weights (B, H, T, T) for `idx`, as NumPy arrays."""
+        for block in self.h:
+            block.attn.record_weights = True
+        try:
+            with mg.no_grad():
+                self.forward(idx)
+            return [backend.to_device(b.attn.last_weights, "cpu") for b in self.h]
+        finally:
+            for block in self.h:
+                block.attn.record_weights, block.attn.last_weights = False, None
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        return KVCache(self.config, batch_size, self.device, self.wte.weight.dtype)
+
