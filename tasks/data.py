@@ -255,19 +255,32 @@ class BatchLoader:
         # Seeding from (seed, epoch) instead of carrying a generator along keeps resume trivial.
         return np.random.default_rng([self.seed, epoch]).permutation(n)
 
+    def _batch(self, order: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = order[position * self.batch_size:(position + 1) * self.batch_size]
+        pairs = [self.dataset[int(i)] for i in idx]
+        x = np.stack([p[0] for p in pairs]).astype(np.int64, copy=False)
+        y = np.stack([p[1] for p in pairs]).astype(np.int64, copy=False)
+        return x, y
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next batch, moving on to the next epoch (and its order) after the last one."""
+        batch = self._batch(self.order(self.epoch), self.position)
+        self.position += 1
+        if self.position == len(self):
+            self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        order = self.order(self.epoch)
-        while self.position < len(self):
-            idx = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
-            pairs = [self.dataset[int(i)] for i in idx]
-            x = np.stack([p[0] for p in pairs]).astype(np.int64, copy=False)
-            y = np.stack([p[1] for p in pairs]).astype(np.int64, copy=False)
-            self.position += 1
-            if self.position == len(self):
-                self.epoch, self.position = self.epoch + 1, 0
-                yield x, y
-                return
-            yield x, y
+        """The rest of the current epoch (and the state moves along)."""
+        epoch = self.epoch
+        while self.epoch == epoch:
+            yield self.next_batch()
+
+    def peek(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All batches of `epoch` from its start, leaving the loader's state alone (for evaluation)."""
+        order = self.order(epoch)
+        for position in range(len(self)):
+            yield self._batch(order, position)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,

@@ -1,0 +1,136 @@
+"""What every task's command line shares: the model and training flags, building the model,
+choosing the backend, and turning expected failures into one clear message."""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import minigrad as mg
+from minigrad.hub import ChecksumError, MissingFileError
+
+SIZES = ("124M", "355M", "774M", "1558M")
+
+
+class TaskError(Exception):
+    """An expected way for a task to fail: printed as one line, exit status 2."""
+
+
+class UsageError(TaskError):
+    """A problem with what the user asked for."""
+
+
+def add_model_args(p: argparse.ArgumentParser, *, init_default: str = "random", size_default: str = "124M",
+                   context_default: int | None = None, dropout_default: float = 0.1) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--init", default=init_default,
+                   help="random, an official size (124M, 355M, 774M, 1558M), a .safetensors file or "
+                        "HF folder, or a run folder of tasks.* (default: %(default)s)")
+    g.add_argument("--size", default=size_default, choices=SIZES,
+                   help="preset for --init random (default: %(default)s)")
+    g.add_argument("--n-layer", type=int, help="override the preset's layer count")
+    g.add_argument("--n-head", type=int, help="override the preset's head count")
+    g.add_argument("--n-embd", type=int, help="override the preset's width")
+    g.add_argument("--context", type=int, default=context_default,
+                   help="context length in tokens (default: %(default)s)")
+    g.add_argument("--dropout", type=float, default=dropout_default, help="dropout rate (default: %(default)s)")
+    g.add_argument("--backend", default="numpy", choices=("numpy", "cupy"),
+                   help="numpy (CPU) or cupy (NVIDIA GPU) (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=123, help="random seed (default: %(default)s)")
+
+
+def add_train_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float,
+                   weight_decay: float = 0.1, eval_every: int = 5, eval_batches: int = 5,
+                   out: str = "runs/run") -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs, help="default: %(default)s")
+    g.add_argument("--batch-size", type=int, default=batch_size, help="default: %(default)s")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW's (default: %(default)s)")
+    g.add_argument("--warmup", type=int, default=0, help="linear warmup steps (default: %(default)s)")
+    g.add_argument("--schedule", default="constant", choices=("constant", "cosine"),
+                   help="learning rate after warmup (default: %(default)s)")
+    g.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine decay (default: %(default)s)")
+    g.add_argument("--grad-clip", type=float, default=0.0,
+                   help="clip the global gradient norm to this; 0 = off (default: %(default)s)")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per update (default: %(default)s)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many updates")
+    g.add_argument("--eval-every", type=int, default=eval_every, help="default: %(default)s")
+    g.add_argument("--eval-batches", type=int, default=eval_batches, help="default: %(default)s")
+    g.add_argument("--keep", type=int, default=2, help="checkpoints kept (default: %(default)s)")
+    g.add_argument("--out", default=out, help="run folder (default: %(default)s)")
+    g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def device_of(args: argparse.Namespace) -> str:
+    """Check the backend now, so a missing GPU is one message before any work starts."""
+    device = "cuda" if args.backend == "cupy" else "cpu"
+    if device == "cuda" and not mg.gpu_available():
+        mg.backend.cupy()  # raises BackendError with the reason
+    return device
+
+
+def model_config(args: argparse.Namespace, base=None):
+    """The GPT2Config asked for by --size and the override flags."""
+    from gpt2 import GPT2Config
+    base = base or GPT2Config.preset(args.size)
+    changes = {k: v for k, v in dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                                     n_ctx=args.context).items() if v is not None}
+    changes["dropout"] = args.dropout
+    try:
+        return base.replace(**changes)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def build_model(args: argparse.Namespace):
+    """A GPT2 on the CPU as --init says (moved to the device by the caller)."""
+    import gpt2
+    from gpt2 import GPT2
+
+    init = args.init
+    if init == "random":
+        mg.manual_seed(args.seed)
+        return GPT2(model_config(args))
+    path = Path(init)
+    if init not in SIZES and path.is_dir() and (path / "run.json").is_file():
+        from .checkpoint import load_model_from_run
+        model = load_model_from_run(path)
+    else:
+        if init not in SIZES and not path.exists() and init not in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+            raise UsageError(f"--init {init!r}: not 'random', an official size ({', '.join(SIZES)}) "
+                             "or an existing file or folder")
+        model = gpt2.from_pretrained(init)
+    # dropout is a training choice, not part of the weights
+    model.config = model.config.replace(dropout=args.dropout)
+    for m in model.modules():
+        if hasattr(m, "dropout") and isinstance(m.dropout, float):
+            m.dropout = args.dropout
+    if args.context is not None and args.context > model.config.n_ctx:
+        raise UsageError(f"--context {args.context} is longer than the model's context of {model.config.n_ctx}")
+    return model
+
+
+def config_json(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
+
+
+def main_guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Run a task's main: expected failures become `error: ...` on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return fn(argv)
+        except (TaskError, MissingFileError, ChecksumError, FileNotFoundError, IsADirectoryError,
+                mg.BackendError, mg.nn.StateDictError, json.JSONDecodeError, ValueError) as e:
+            if os.environ.get("MINIGRAD_DEBUG"):
+                raise  # a developer wants the traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return wrapper

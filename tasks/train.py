@@ -1,0 +1,229 @@
+"""The training loop every task shares: AdamW with warmup and a schedule, clipping, gradient
+accumulation, periodic evaluation, metrics.jsonl, checkpoints, exact resume, Ctrl-C safety.
+
+A task supplies the model, the loaders and three small functions (how to get a loss from a
+batch, what to evaluate, what to print as a sample); `Trainer.fit` does the rest.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+import minigrad as mg
+from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
+
+from .cli import TaskError
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+class NonFiniteLoss(TaskError):
+    """The loss became inf or NaN; training stops and keeps the last good checkpoint."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    lr: float = 4e-4
+    weight_decay: float = 0.1
+    warmup: int = 0
+    schedule: str = "constant"       # or "cosine"
+    min_lr: float = 0.0
+    grad_clip: float = 0.0
+    grad_accum: int = 1
+    max_steps: int | None = None
+    eval_every: int = 5
+    eval_batches: int = 5
+    keep: int = 2
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args) -> TrainConfig:
+        return cls(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
+                   schedule=args.schedule, min_lr=args.min_lr, grad_clip=args.grad_clip,
+                   grad_accum=args.grad_accum, max_steps=args.max_steps, eval_every=args.eval_every,
+                   eval_batches=args.eval_batches, keep=args.keep, progress=not args.no_progress)
+
+    def check(self) -> None:
+        for name in ("epochs", "grad_accum", "eval_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+
+
+def mean_loss(model, loader, loss_fn: Callable, max_batches: int) -> float:
+    """Average of loss_fn over the first `max_batches` batches of `loader`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    with mg.no_grad():
+        for i, batch in enumerate(loader.peek() if hasattr(loader, "peek") else loader):
+            if i >= max_batches:
+                break
+            total += float(loss_fn(model, batch).item())
+            n += 1
+    model.train(was_training)
+    return total / n if n else float("nan")
+
+
+class Trainer:
+    """Fits `model` with AdamW on `train_loader` (a tasks.data.BatchLoader-like object with
+    len(), iteration, state_dict() and load_state_dict()).
+
+    loss_fn(model, batch) -> scalar Tensor
+    evaluate(model) -> dict of metrics (e.g. train_loss, val_loss), called every eval_every updates
+    sample(model) -> str printed after each evaluation (optional)
+    tokens_in(batch) -> how many tokens (or examples) a batch counts for in "seen"
+    """
+
+    def __init__(self, model, train_loader, loss_fn: Callable, evaluate: Callable, run_dir: str | Path,
+                 config: TrainConfig, sample: Callable | None = None,
+                 tokens_in: Callable[[Any], int] = lambda b: int(b[0].size), plot: Callable | None = None):
+        config.check()
+        self.model, self.loader, self.loss_fn, self.evaluate = model, train_loader, loss_fn, evaluate
+        self.run_dir, self.cfg, self.sample, self.tokens_in, self.plot = Path(run_dir), config, sample, tokens_in, plot
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        # weight decay on matrices only (as GPT-2 and most LLM recipes): not on biases, LayerNorm
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": config.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        self.optimizer = AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.steps_per_epoch = max(len(train_loader) // config.grad_accum, 1)
+        total = self.steps_per_epoch * config.epochs
+        if config.max_steps is not None:
+            total = min(total, config.max_steps)
+        self.total_steps = total
+        min_lr = config.lr if config.schedule == "constant" else config.min_lr
+        self.scheduler = CosineWithWarmup(self.optimizer, config.warmup, total, min_lr=min_lr)
+        self.step = 0
+        self.tokens_seen = 0
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    # ------------------------------------------------------------ state
+    def _state(self) -> dict[str, Any]:
+        return {"tokens_seen": self.tokens_seen, "epoch": self.step / self.steps_per_epoch,
+                "loader": self.loader.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": mg.get_rng_state()}
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self._state(),
+                               keep=self.cfg.keep)
+
+    def resume(self) -> bool:
+        """Continue from the newest checkpoint, if any; metrics after it are dropped (they will
+        be produced again)."""
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return False
+        state = load_checkpoint(ckpt, self.model, self.optimizer)
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.loader.load_state_dict(state["loader"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        mg.set_rng_state(state["rng"])
+        if self.metrics_path.exists():
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.step]
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        tqdm.write(f"resumed from {ckpt} (step {self.step})")
+        return True
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Train until the epochs or max_steps are done. Returns the last evaluation."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg
+        interrupted = {"flag": False}
+
+        def on_sigint(signum, frame):
+            interrupted["flag"] = True  # finish the current step, then save and stop
+
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
+        last_eval: dict[str, Any] = {}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.progress,
+                   dynamic_ncols=True, desc="train")
+        self.model.train()
+        t_last, tok_last = time.perf_counter(), self.tokens_seen
+        try:
+            while self.step < self.total_steps:
+                loss = self._update()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.lr:.2e}")
+                self._log({"type": "step", "step": self.step, "loss": loss, "lr": self.optimizer.lr,
+                           "tokens_seen": self.tokens_seen})
+                done = self.step >= self.total_steps
+                if self.step % cfg.eval_every == 0 or done:
+                    now = time.perf_counter()
+                    rate = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
+                    last_eval = self._evaluate(rate)
+                    self.save()
+                    t_last, tok_last = time.perf_counter(), self.tokens_seen
+                if interrupted["flag"]:
+                    path = self.save()
+                    tqdm.write(f"interrupted: saved {path}; continue with --resume")
+                    raise KeyboardInterrupt
+        finally:
+            bar.close()
+            signal.signal(signal.SIGINT, old_handler)
+        return last_eval
+
+    def _update(self) -> float:
+        cfg = self.cfg
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = self.loader.next_batch()
+            loss = self.loss_fn(self.model, batch)
+            value = float(loss.item())
+            if not math.isfinite(value):
+                raise NonFiniteLoss(
+                    f"loss is {value} at step {self.step + 1}; stopped. The last good checkpoint is "
+                    f"{latest_checkpoint(self.run_dir) or '(none yet)'}; try a lower --lr or --grad-clip")
+            (loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
+            total += value
+            self.tokens_seen += self.tokens_in(batch)
+        if cfg.grad_clip > 0:
+            clip_grad_norm_(self.optimizer.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.step += 1
+        self.scheduler.step()
+        return total / cfg.grad_accum
+
+    def _evaluate(self, tokens_per_s: float) -> dict[str, Any]:
+        metrics = self.evaluate(self.model)
+        record = {"type": "eval", "step": self.step, "epoch": self.step / self.steps_per_epoch,
+                  "tokens_seen": self.tokens_seen, "lr": self.optimizer.lr,
+                  "tokens_per_s": tokens_per_s, **metrics}
+        for k in ("train_loss", "val_loss"):
+            if k in metrics and math.isfinite(metrics[k]) and metrics[k] < 50:
+                record[k.replace("loss", "ppl")] = math.exp(metrics[k])
+        self._log(record)
+        shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+        tqdm.write(f"step {self.step} (epoch {record['epoch']:.2f}): {shown}, {tokens_per_s:.0f} tok/s")
+        if self.sample is not None:
+            tqdm.write(f"  sample: {self.sample(self.model)!r}")
+        if self.plot is not None:
+            self.plot(self.run_dir)
+        return record
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

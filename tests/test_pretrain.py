@@ -1,0 +1,114 @@
+"""tasks.pretrain end to end on a tiny model: it learns, it writes its outputs, it resumes exactly."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minigrad.hub import cache_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "32", "--batch-size", "4",
+        "--dropout", "0.1", "--sample-tokens", "0", "--no-progress", "--seed", "7"]
+
+pytestmark = pytest.mark.skipif(not (cache_dir() / "the-verdict.txt").is_file(),
+                                reason="the-verdict.txt is not in the data cache")
+
+
+def _cmd(out, *extra):
+    return [sys.executable, "-m", "tasks.pretrain", *TINY, "--out", str(out), *extra]
+
+
+def _run(out, *extra, check=True):
+    r = subprocess.run(_cmd(out, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _step_losses(run):
+    recs = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line]
+    return {r["step"]: r["loss"] for r in recs if r["type"] == "step"}
+
+
+def test_tiny_run_learns_and_writes_outputs(tmp_path):
+    out = tmp_path / "run"
+    _run(out, "--max-steps", "30", "--eval-every", "10", "--lr", "3e-3")
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in recs if r["type"] == "eval"]
+    assert [e["step"] for e in evals] == [10, 20, 30]
+    assert evals[-1]["train_loss"] < evals[0]["train_loss"] < 10.9  # ln(50257) = 10.8 at random
+    for key in ("val_loss", "train_ppl", "val_ppl", "tokens_seen", "lr", "tokens_per_s", "epoch"):
+        assert key in evals[-1]
+    assert (out / "loss.png").stat().st_size > 1000
+    assert json.loads((out / "run.json").read_text())["model_config"]["n_embd"] == 32
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step_00000020", "step_00000030"]  # --keep 2
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    steps, every = 14, 4
+    ref = tmp_path / "ref"
+    _run(ref, "--max-steps", str(steps), "--eval-every", str(every))
+    expected = _step_losses(ref)
+    assert sorted(expected) == list(range(1, steps + 1))
+
+    run = tmp_path / "killed"
+    kill_at = random.Random().randint(every + 1, 2 * every - 1)
+    proc = subprocess.Popen(_cmd(run, "--max-steps", str(steps), "--eval-every", str(every)), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and max(_step_losses(run), default=0) >= kill_at:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done_before = max(_step_losses(run))
+    assert done_before < steps
+
+    r = _run(run, "--max-steps", str(steps), "--eval-every", str(every), "--resume")
+    assert "resumed from" in r.stdout + r.stderr
+    got = _step_losses(run)
+    assert sorted(got) == list(range(1, steps + 1))
+    assert got == expected  # every loss, before and after the kill, bit for bit
+
+
+def test_existing_run_without_resume_is_refused(tmp_path):
+    out = tmp_path / "run"
+    _run(out, "--max-steps", "1", "--eval-every", "1")
+    r = _run(out, "--max-steps", "1", check=False)
+    assert r.returncode == 2 and "--resume" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dataset", "nope"], "unknown --dataset"),
+    (["--text", "/nonexistent/file.txt"], "/nonexistent/file.txt"),
+    (["--backend", "cupy"], "cupy"),
+    (["--context", "4096"], "context"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, extra, message):
+    if extra[:2] == ["--backend", "cupy"]:
+        import minigrad
+        if minigrad.gpu_available():
+            pytest.skip("a GPU is present: cupy is a valid backend here")
+    r = subprocess.run(_cmd(tmp_path / "run", "--max-steps", "1", *extra), cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2
+    assert message.lower() in r.stderr.lower()
+    assert "Traceback" not in r.stderr
+
+
+def test_empty_text_file_is_an_error(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    r = subprocess.run(_cmd(tmp_path / "run", "--text", str(empty)), cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
