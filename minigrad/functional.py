@@ -65,7 +65,18 @@ class Embedding(Function):
         (idx,) = ctx.saved
         xp = array_module(g)
         gw = xp.zeros(ctx.w_shape, dtype=g.dtype)
-        scatter_add(xp, gw, idx.reshape(-1), g.reshape(-1, ctx.w_shape[1]))  # repeated ids add up
+        rows = g.reshape(-1, ctx.w_shape[1])
+        # repeated ids must add up: sum the rows of each id first (sort, then one reduceat), so
+        # the scatter itself touches every row of gw at most once (much faster than ufunc.at)
+        flat = idx.reshape(-1)
+        order = xp.argsort(flat, kind="stable")
+        ids = flat[order]
+        starts = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), ids[1:] != ids[:-1]]))
+        if xp is np:
+            sums = np.add.reduceat(rows[order], starts, axis=0)
+            gw[ids[starts]] = sums
+        else:
+            scatter_add(xp, gw, flat, rows)
         return gw
 
 
@@ -309,6 +320,9 @@ class ScaledDotProductAttention(Function):
         xp = array_module(q)
         T, S, D = q.shape[-2], k.shape[-2], q.shape[-1]
         scale = q.dtype.type(1.0 / math.sqrt(D) if scale is None else scale)
+        # NumPy's stacked matmul calls BLAS only on arrays with BLAS-friendly strides; q, k, v
+        # usually arrive as strided views of one qkv projection, which would take a slow loop
+        k, v = xp.ascontiguousarray(k), xp.ascontiguousarray(v)
         qs = q * scale
         s = qs @ xp.swapaxes(k, -1, -2)                        # (B, H, T, S)
         keep = _keep_mask(xp, T, S, is_causal, attn_mask)
@@ -325,7 +339,9 @@ class ScaledDotProductAttention(Function):
         else:
             pd = p
         out = pd @ v                                           # (B, H, T, D)
-        ctx.save_for_backward(qs, k, v, p, drop, keep if attn_mask is not None else None)
+        # causal alone leaves no row empty unless there are more queries than keys (T > S)
+        fully_masked_possible = attn_mask is not None or T > S
+        ctx.save_for_backward(qs, k, v, p, drop, keep if fully_masked_possible else None)
         ctx.scale, ctx.dropout_p = scale, dropout_p
         return out
 
@@ -333,6 +349,7 @@ class ScaledDotProductAttention(Function):
     def backward(ctx, g):
         qs, k, v, p, drop, keep = ctx.saved
         xp = array_module(g)
+        g = xp.ascontiguousarray(g)  # see forward: strided operands leave BLAS out
         need = ctx.needs_input_grad
         if drop is not None:
             keep_scale = p.dtype.type(1.0 / (1.0 - ctx.dropout_p))
