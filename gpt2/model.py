@@ -109,14 +109,15 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
-    def __init__(self, config: GPT2Config | None = None):
+    def __init__(self, config: GPT2Config | None = None, init: bool = True):
         super().__init__()
         self.config = config = config or GPT2Config()
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_ctx, config.n_embd)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self._init_weights()
+        if init:  # skipped when a checkpoint will overwrite every weight anyway
+            self._init_weights()
 
     def _init_weights(self) -> None:
         """GPT-2's scheme: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 n_layer)
@@ -146,7 +147,7 @@ class GPT2(nn.Module):
         cache: a KVCache to read earlier positions from and append these ones to.
         """
         x = self.hidden_states(idx, attn_mask, position_ids, cache)
-        logits = F.linear(x, self.wte.weight.T)                       # (B, T, vocab), tied head
+        logits = F.linear(x, self.wte.weight, transposed=True)       # (B, T, vocab), tied head
         if targets is None:
             return logits
         return logits, F.cross_entropy(logits, targets, ignore_index=ignore_index)

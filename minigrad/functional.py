@@ -21,35 +21,47 @@ def _raw(x):
 
 # ---------------------------------------------------------------- linear
 class Linear(Function):
-    """y = x @ w + b with w of shape (in, out); leading axes flattened into one 2-D BLAS call."""
+    """y = x @ w + b with w of shape (in, out); leading axes flattened into one 2-D BLAS call.
+
+    With transposed=True, w is (out, in) and y = x @ w.T: a tied output head reads the
+    embedding table this way, and its gradient then comes out in the table's own layout.
+    """
 
     @staticmethod
-    def forward(ctx, x, w, b=None):
-        if x.shape[-1] != w.shape[0]:
+    def forward(ctx, x, w, b=None, transposed=False):
+        n_in = w.shape[1] if transposed else w.shape[0]
+        if x.shape[-1] != n_in:
             raise ValueError(f"linear: input of shape {tuple(x.shape)} does not fit a weight of shape "
-                             f"{tuple(w.shape)} (last axis {x.shape[-1]} != {w.shape[0]})")
+                             f"{tuple(w.shape)}{' (transposed)' if transposed else ''} "
+                             f"(last axis {x.shape[-1]} != {n_in})")
         x2 = x.reshape(-1, x.shape[-1])
-        out = x2 @ w
+        out = x2 @ (w.T if transposed else w)
         if b is not None:
             out += b
         ctx.save_for_backward(x2 if ctx.needs_input_grad[1] else None,
                               w if ctx.needs_input_grad[0] else None)
-        ctx.x_shape = x.shape
-        return out.reshape(x.shape[:-1] + (w.shape[1],))
+        ctx.x_shape, ctx.transposed = x.shape, transposed
+        return out.reshape(x.shape[:-1] + (out.shape[1],))
 
     @staticmethod
     def backward(ctx, g):
         x2, w = ctx.saved
         g2 = g.reshape(-1, g.shape[-1])
         need = ctx.needs_input_grad
-        gx = (g2 @ w.T).reshape(ctx.x_shape) if need[0] else None
-        gw = x2.T @ g2 if need[1] else None
+        gx = gw = None
+        if need[0]:
+            gx = (g2 @ (w if ctx.transposed else w.T)).reshape(ctx.x_shape)
+        if need[1]:
+            gw = g2.T @ x2 if ctx.transposed else x2.T @ g2
         gb = g2.sum(axis=0) if len(need) > 2 and need[2] else None
         return gx, gw, gb
 
 
-def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-    return Linear.apply(x, w) if b is None else Linear.apply(x, w, b)
+def linear(x: Tensor, w: Tensor, b: Tensor | None = None, transposed: bool = False) -> Tensor:
+    """x @ w + b for w of shape (in, out); with transposed=True, w is (out, in)."""
+    if b is None:
+        return Linear.apply(x, w, transposed=transposed)
+    return Linear.apply(x, w, b, transposed=transposed)
 
 
 # ---------------------------------------------------------------- embedding
@@ -69,6 +81,8 @@ class Embedding(Function):
         # repeated ids must add up: sum the rows of each id first (sort, then one reduceat), so
         # the scatter itself touches every row of gw at most once (much faster than ufunc.at)
         flat = idx.reshape(-1)
+        if flat.size == 0:
+            return gw  # no rows picked (and reduceat cannot take an empty array)
         order = xp.argsort(flat, kind="stable")
         ids = flat[order]
         starts = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), ids[1:] != ids[:-1]]))

@@ -295,12 +295,13 @@ class MatMul(Function):
         sa, sb = ctx.shapes
         xp = array_module(g)
         ga = gb = None
-        # promote 1-D operands to matrices as matmul itself does, then undo it
+        # promote 1-D operands to matrices as matmul itself does, then undo it (b's axis first:
+        # for vector @ vector the gradient is 0-d and becomes (1, 1))
         g2 = g
-        if len(sa) == 1:
-            g2 = xp.expand_dims(g2, -2)
         if len(sb) == 1:
             g2 = xp.expand_dims(g2, -1)
+        if len(sa) == 1:
+            g2 = xp.expand_dims(g2, -2)
         if ctx.needs_input_grad[0]:
             b2 = b.reshape(-1, 1) if b.ndim == 1 else b
             ga = g2 @ xp.swapaxes(b2, -1, -2)

