@@ -1,0 +1,217 @@
+"""Generate text with GPT-2: `python -m tasks.generate --prompt "Every effort moves you"`.
+
+The text streams to stdout as the tokens come. --weights takes an official size (124M, 355M,
+774M, 1558M), a weights file or folder, or a run folder of tasks.pretrain. --attention-map
+draws one layer's head over the prompt and the generated tokens.
+
+    python -m tasks.generate --weights 124M --max-new-tokens 50 --temperature 0.8 --top-k 40 \\
+        --top-p 0.95 --seed 123 --attention-map attn.png --layer 5 --head 1
+"""
+from __future__ import annotations
+
+import argparse
+import codecs
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import cli
+
+DEFAULT_PROMPT = "Every effort moves you"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tasks.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="124M",
+                   help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, "
+                        "or a run/checkpoint folder of tasks.pretrain (default: %(default)s)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT,
+                   help="text to continue; empty starts from <|endoftext|> (default: %(default)r)")
+    p.add_argument("--max-new-tokens", type=int, default=50, help="default: %(default)s")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy; higher = more random (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample from the smallest set of tokens whose probability reaches p")
+    p.add_argument("--seed", type=int, default=123, help="sampling seed (default: %(default)s)")
+    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy"),
+                   help="numpy (CPU) or cupy (NVIDIA GPU) (default: %(default)s)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute the whole sequence every step instead of using the KV cache")
+    p.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
+    p.add_argument("--attention-map", metavar="OUT.png", default=None,
+                   help="also save a heatmap of one layer/head's attention over the final text")
+    p.add_argument("--layer", type=int, default=0, help="layer of --attention-map, from 0 (default: %(default)s)")
+    p.add_argument("--head", type=int, default=0, help="head of --attention-map, from 0 (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.max_new_tokens < 0:
+        p.error("--max-new-tokens must be >= 0")
+    if not args.temperature >= 0.0:
+        p.error("--temperature must be >= 0")
+    if args.top_k is not None and args.top_k < 1:
+        p.error("--top-k must be >= 1")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        p.error("--top-p must be in (0, 1]")
+    if args.attention_map is not None:
+        fmt = Path(args.attention_map).suffix.lstrip(".").lower()
+        if fmt not in ("png", "pdf", "svg", "jpg", "jpeg"):
+            p.error(f"--attention-map {args.attention_map!r}: give a .png, .pdf, .svg or .jpg file name")
+    return args
+
+
+# ---------------------------------------------------------------- loading
+def _is_run_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in ("run.json", "checkpoints", "state.json"))
+
+
+def load_model(weights: str, device: str):
+    """The GPT2 named by --weights, on `device`."""
+    import gpt2
+    from gpt2.config import HF_NAMES, PRESETS
+
+    path = Path(weights)
+    if _is_run_folder(path):
+        try:
+            from .checkpoint import load_model_from_run
+        except ImportError as e:
+            raise cli.TaskError(f"--weights {weights}: a run folder needs tasks.checkpoint, which could "
+                                f"not be imported ({e})") from None
+        model = load_model_from_run(path, device=device)
+    elif weights in PRESETS or weights in HF_NAMES.values() or path.exists():
+        try:
+            model = gpt2.from_pretrained(weights, device=device)
+        except ModuleNotFoundError as e:
+            if e.name != "gpt2.weights":
+                raise
+            raise cli.TaskError("loading official weights needs gpt2/weights.py, which is missing") from None
+    else:
+        raise cli.UsageError(f"--weights {weights!r}: not an official size ({', '.join(PRESETS)}) "
+                             "nor an existing file or folder")
+    if not isinstance(model, gpt2.GPT2):
+        raise cli.UsageError(f"--weights {weights}: holds a {type(model).__name__}, not a GPT-2 "
+                             "language model, so it cannot generate text")
+    return model
+
+
+# ---------------------------------------------------------------- output
+class _TextStream:
+    """Decode token ids to text as they come: a character split over two tokens waits for both."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        if hasattr(self.tok, "decode_bytes"):
+            return self.utf8.decode(self.tok.decode_bytes([token_id]))
+        return self.tok.decode([token_id])
+
+    def flush(self) -> str:
+        return self.utf8.decode(b"", final=True)
+
+
+def token_labels(tokenizer, ids) -> list[str]:
+    """One readable label per token: spaces as '·', newlines as '\\n', and a token holding only
+    part of a character (an emoji is often split in two) as its bytes in hex."""
+    labels = []
+    for i in ids:
+        try:
+            text = tokenizer.decode_bytes([int(i)]).decode("utf-8")
+        except UnicodeDecodeError:
+            text = "".join(f"\\x{b:02x}" for b in tokenizer.decode_bytes([int(i)]))
+        except AttributeError:  # a tokenizer without decode_bytes
+            text = tokenizer.decode([int(i)])
+        labels.append(text.replace(" ", "\u00b7").replace("\n", "\\n"))
+    return labels
+
+
+def save_attention_map(weights: np.ndarray, labels: list[str], path: str | Path, title: str) -> Path:
+    """A (T, T) attention heatmap, queries down and keys across, written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    from minigrad.io import atomic_write
+
+    T = len(labels)
+    side = min(4.0 + 0.22 * T, 40.0)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    im = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=float(max(weights.max(), 1e-9)))
+    # with many tokens, label every n-th so the labels stay readable
+    every = max(1, T // 120)
+    ticks = list(range(0, T, every))
+    fontsize = 8 if T <= 40 else 6
+    ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=fontsize)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Glyph .* missing")  # emoji, CJK tokens
+            atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=fmt))
+    finally:
+        plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- main
+@cli.main_guard
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = cli.device_of(args)
+    from gpt2.generate import stream
+    from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
+
+    try:
+        tok = get_tokenizer()
+    except TokenizerUnavailableError as e:
+        raise cli.TaskError(str(e)) from None
+    model = load_model(args.weights, device).eval()
+    cfg = model.config
+    if args.attention_map is not None and not (0 <= args.layer < cfg.n_layer and 0 <= args.head < cfg.n_head):
+        raise cli.UsageError(f"--layer {args.layer} --head {args.head}: this model has layers "
+                             f"0..{cfg.n_layer - 1} and heads 0..{cfg.n_head - 1}")
+    prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
+
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    text = _TextStream(tok)
+    new_ids: list[int] = []
+    try:
+        for step in stream(model, np.asarray([prompt_ids]), args.max_new_tokens,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           eos_id=None if args.ignore_eos else tok.eot_id,
+                           use_cache=not args.no_cache, seed=args.seed):
+            token = int(step[0])
+            new_ids.append(token)
+            if token == tok.eot_id and not args.ignore_eos:
+                break
+            out.write(text.push(token))
+            out.flush()
+    except KeyboardInterrupt:
+        out.write(text.flush() + "\n")
+        return 130
+    out.write(text.flush() + "\n")
+    out.flush()
+
+    if args.attention_map is not None:
+        ids = (prompt_ids + new_ids)[-cfg.n_ctx:]   # what the model can see at once
+        maps = model.attention_maps(np.asarray([ids]))
+        weights = maps[args.layer][0, args.head]
+        title = f"{args.weights}: layer {args.layer}, head {args.head}"
+        path = save_attention_map(weights, token_labels(tok, ids), args.attention_map, title)
+        print(f"attention map: {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
