@@ -1,0 +1,422 @@
+"""GPT-2 as a text classifier (spam or not): `python -m tasks.classify train|predict ...`.
+
+    python -m tasks.classify train --init 124M                 # the book's chapter 6 run
+    python -m tasks.classify train --data my.tsv --trainable lora --out runs/mine
+    python -m tasks.classify predict --checkpoint runs/classify "You won a free cruise, reply now!"
+
+train: the SMS Spam Collection (or any label<TAB>text file), balanced by sampling every class
+down to the smallest, split 70/10/20 and padded with <|endoftext|> to the longest training text.
+GPT-2's LM head is replaced by a Linear layer on one position's hidden state. The defaults are
+the reference run of "Build a Large Language Model (From Scratch)", chapter 6: the official 124M
+weights, the last block, final LayerNorm and head trainable, AdamW lr 5e-5 and weight decay 0.1,
+5 epochs of batches of 8. Outputs in --out: the split CSVs, metrics.jsonl, checkpoints,
+loss.png, accuracy.png, confusion_test.png and results.json (loss, accuracy before and after
+training, precision/recall/F1).
+
+predict: label and probability of each text, one tab-separated line per text.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import minigrad as mg
+import minigrad.functional as F
+from minigrad import backend, nn
+
+from . import cli
+from .checkpoint import CHECKPOINTS, read_json, write_json
+from .classify_data import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
+                            longest, pad_ids, per_class_scores, write_split_csvs)
+from .data import BatchLoader
+from .plots import plot_confusion, plot_curves
+from .train import Trainer, TrainConfig, read_metrics
+
+POOLS = ("last", "last-real")
+TRAINABLE = ("last-block", "all", "lora")
+BUILDER = "tasks.classify.build_from_run"
+
+POOL_HELP = """which position's hidden state the head reads. "last" (the book's choice): position -1
+whatever it holds; with right padding that is usually a padding token, which still sees the whole
+text through causal attention, so the model learns to read the text from there; predict pads
+every text to the training length so that position means the same. "last-real": the last real
+token of each text (found from the padding); padding then changes nothing, so batches are cut to
+their longest text, which is faster. (default: %(default)s)"""
+
+
+# ----------------------------------------------------------------------------- the model
+
+class GPT2Classifier(nn.Module):
+    """GPT-2's trunk (`self.gpt`) with a Linear head on one position instead of the LM head.
+
+    Parameters are `gpt.*` (the GPT-2 names under a prefix) and `head.weight`, `head.bias`.
+    """
+
+    def __init__(self, gpt, num_classes: int, pool: str = "last", pad_id: int = PAD_ID):
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        self.gpt = gpt
+        self.head = nn.Linear(gpt.config.n_embd, num_classes)
+        self.pool, self.pad_id, self.num_classes = pool, pad_id, num_classes
+
+    @property
+    def config(self):
+        return self.gpt.config
+
+    def pooled_positions(self, idx) -> np.ndarray:
+        """For each row of `idx` (B, T), the position the head reads."""
+        xp = backend.array_module(idx)
+        B, T = idx.shape
+        if self.pool == "last":
+            return xp.full(B, T - 1)
+        real = idx != self.pad_id
+        # the last True of each row (0 if a row were all padding)
+        last = T - 1 - xp.argmax(real[:, ::-1], axis=1)
+        return xp.where(real.any(axis=1), last, 0)
+
+    def forward(self, idx):
+        """Class logits (B, num_classes) for token ids (B, T) (or (T,))."""
+        xp = backend.array_module(self.head.weight.data)
+        idx = xp.asarray(idx.data if isinstance(idx, mg.Tensor) else idx)
+        if idx.ndim == 1:
+            idx = idx[None]
+        pos = self.pooled_positions(idx)
+        if self.pool == "last-real":
+            # attention is causal: positions after the read one cannot change it, so drop them
+            idx = idx[:, :int(pos.max()) + 1]
+        h = self.gpt.hidden_states(idx)                                  # (B, T, C)
+        return self.head(h[xp.arange(idx.shape[0]), pos])                 # (B, num_classes)
+
+
+def set_trainable(model: GPT2Classifier, mode: str, lora_rank: int = 16, lora_alpha: float = 16.0) -> None:
+    """Freeze what `mode` leaves alone. Frozen weights cost no gradient work: minigrad records no
+    graph for an op whose inputs all have requires_grad False."""
+    if mode == "all":
+        model.requires_grad_(True)
+    elif mode == "last-block":  # the book's choice: last block, final LayerNorm, head
+        model.requires_grad_(False)
+        for part in (model.gpt.h[-1], model.gpt.ln_f, model.head):
+            part.requires_grad_(True)
+    elif mode == "lora":  # adapters on every Linear of the trunk; trunk frozen, head trained
+        nn.apply_lora(model.gpt, rank=lora_rank, alpha=lora_alpha)
+        model.head.requires_grad_(True)
+    else:
+        raise ValueError(f"--trainable must be one of {', '.join(TRAINABLE)}, got {mode!r}")
+
+
+def build_from_run(gpt, run: dict) -> GPT2Classifier:
+    """The classifier of a run folder around a bare GPT2, ready for its checkpoint
+    (named by run.json's "model_builder"; used by tasks.checkpoint.load_model_from_run)."""
+    c = run["classifier"]
+    model = GPT2Classifier(gpt, len(c["labels"]), c["pool"], c.get("pad_id", PAD_ID))
+    if c["trainable"] == "lora":
+        nn.apply_lora(model.gpt, rank=c["lora_rank"], alpha=c["lora_alpha"])
+    return model
+
+
+# ----------------------------------------------------------------------------- loss and metrics
+
+def classify_loss(model, batch):
+    x, y = batch
+    logits = model(x)
+    return F.cross_entropy(logits, backend.array_module(logits.data).asarray(y))
+
+
+@dataclass
+class Scores:
+    loss: float        # mean of the batch losses, as the book's calc_loss_loader
+    accuracy: float    # over examples
+    examples: int
+    predictions: np.ndarray
+    targets: np.ndarray
+
+
+def score(model, loader, max_batches: int | None = None) -> Scores:
+    """Loss and accuracy over the first `max_batches` batches (all if None), in one pass."""
+    was_training = model.training
+    model.eval()
+    losses, preds, targets = [], [], []
+    with mg.no_grad():
+        for i, (x, y) in enumerate(loader.peek()):
+            if max_batches is not None and i >= max_batches:
+                break
+            logits = model(x)
+            losses.append(float(F.cross_entropy(logits, backend.array_module(logits.data).asarray(y)).item()))
+            preds.append(backend.to_device(logits.data, "cpu").argmax(axis=-1))
+            targets.append(np.asarray(y))
+    model.train(was_training)
+    p = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    t = np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64)
+    return Scores(float(np.mean(losses)) if losses else math.nan,
+                  float((p == t).mean()) if len(t) else math.nan, len(t), p, t)
+
+
+def results_table(before: dict | None, after: dict) -> str:
+    head = f"{'split':<11}" + (f"{'loss before':>12}{'acc before':>12}" if before else "") + \
+        f"{'loss after':>12}{'acc after':>12}"
+    lines = [head]
+    for name in SPLIT_NAMES:
+        row = f"{name:<11}"
+        if before:
+            row += f"{before[name]['loss']:>12.3f}{before[name]['accuracy'] * 100:>11.2f}%"
+        row += f"{after[name]['loss']:>12.3f}{after[name]['accuracy'] * 100:>11.2f}%"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- train
+
+def _tokenizer():
+    from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
+    try:
+        return get_tokenizer()
+    except TokenizerUnavailableError as e:
+        raise cli.TaskError(str(e)) from None
+
+
+def _scores_dict(s: Scores) -> dict:
+    return {"loss": s.loss, "accuracy": s.accuracy, "examples": s.examples}
+
+
+def train(args: argparse.Namespace) -> int:
+    device = cli.device_of(args)
+    for flag, value in (("--lora-rank", args.lora_rank), ("--max-length", args.max_length),
+                        ("--report-batches", args.report_batches), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise cli.UsageError(f"{flag} must be at least 1, got {value}")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise cli.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    splits, classes, n_rows, n_skipped = load_splits(args)
+
+    tokenizer = _tokenizer()
+    gpt = cli.build_model(args)
+    if isinstance(gpt, GPT2Classifier):
+        raise cli.UsageError(f"--init {args.init} is a classifier run; give a GPT-2 (official size, "
+                             "weights file or a tasks.pretrain run)")
+    n_ctx = gpt.config.n_ctx
+    length = args.max_length or longest(splits["train"], tokenizer)
+    if length > n_ctx:
+        if args.max_length:
+            raise cli.UsageError(f"--max-length {length} is longer than the model's context of {n_ctx}")
+        print(f"note: the longest training text has {length} tokens; texts are cut to the context of {n_ctx}")
+        length = n_ctx
+    data = {name: LabelledTokens(rows, classes, tokenizer, length) for name, rows in splits.items()}
+
+    loaders = {"train": BatchLoader(data["train"], args.batch_size, shuffle=True, drop_last=True, seed=args.seed)}
+    for name in ("validation", "test"):
+        loaders[name] = BatchLoader(data[name], args.batch_size)
+    full_train = BatchLoader(data["train"], args.batch_size)  # every row, for the final report
+
+    mg.manual_seed(args.seed)  # the head and the adapters: the same numbers whatever --init did
+    model = GPT2Classifier(gpt, len(classes), args.pool)
+    set_trainable(model, args.trainable, args.lora_rank, args.lora_alpha)
+    model.to(device)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_split_csvs(out, splits)
+    write_json(out / "run.json", {
+        "task": "classify", "args": cli.config_json(args), "model_config": gpt.config.to_dict(),
+        "model_builder": BUILDER,
+        "classifier": {"labels": classes, "pool": args.pool, "trainable": args.trainable,
+                       "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
+                       "max_length": length, "pad_id": PAD_ID}})
+    sizes = " / ".join(f"{len(splits[n])}" for n in SPLIT_NAMES)
+    print(f"data: {n_rows} valid rows ({n_skipped} skipped), classes {', '.join(classes)}; "
+          f"train / validation / test {sizes} rows = "
+          f"{' / '.join(str(len(loaders[n])) for n in SPLIT_NAMES)} batches of {args.batch_size}; "
+          f"padded to {length} tokens")
+    print(f"model: {model.num_parameters():,} parameters, {model.num_parameters(trainable_only=True):,} "
+          f"trainable ({args.trainable}), pool {args.pool}, on {device}")
+
+    evals = {"train": full_train, "validation": loaders["validation"], "test": loaders["test"]}
+    before_path = out / "before.json"
+    if before_path.exists():  # a resumed run keeps the scores of the untrained model
+        before = read_json(before_path)
+    else:
+        before = {n: _scores_dict(score(model, loader, args.report_batches)) for n, loader in evals.items()}
+        write_json(before_path, before)
+
+    mg.manual_seed(args.seed)  # dropout masks: the same stream whatever came before
+
+    def evaluate(m):
+        # loss and accuracy come from the same forward pass, so accuracy at every eval is free
+        tr = score(m, loaders["train"], args.eval_batches)
+        va = score(m, loaders["validation"], args.eval_batches)
+        return {"train_loss": tr.loss, "val_loss": va.loss, "train_acc": tr.accuracy, "val_acc": va.accuracy}
+
+    def plot(run_dir):
+        recs = [r for r in read_metrics(run_dir) if r["type"] == "eval"]
+        if len(recs) < 2:  # a curve needs two points
+            return
+        for keys, name, ylabel in ((["train_loss", "val_loss"], "loss.png", "loss"),
+                                   (["train_acc", "val_acc"], "accuracy.png", "accuracy")):
+            plot_curves([r for r in recs if keys[0] in r], keys, Path(run_dir) / name, ylabel,
+                        seen_key="tokens_seen", seen_label="examples seen")
+
+    # "tokens" in the Trainer's bookkeeping are examples here
+    trainer = Trainer(model, loaders["train"], classify_loss, evaluate, out, TrainConfig.from_args(args),
+                      tokens_in=lambda b: len(b[1]), plot=plot)
+    if args.resume and not trainer.resume():
+        print(f"no checkpoint in {out}: starting from the beginning")
+    first_step, t0 = trainer.step, time.perf_counter()
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        return 130
+    train_time = time.perf_counter() - t0
+
+    after_scores = {n: score(model, loader, args.report_batches) for n, loader in evals.items()}
+    after = {n: _scores_dict(s) for n, s in after_scores.items()}
+    test = after_scores["test"]
+    matrix = confusion_matrix(test.targets, test.predictions, len(classes))
+    per_class = per_class_scores(matrix, classes)
+    plot_confusion(matrix, classes, out / "confusion_test.png", title="test")
+    write_json(out / "results.json", {
+        "labels": classes, "before": before, "after": after,
+        "test_confusion": matrix.tolist(), "test_per_class": per_class,
+        "rows": {n: len(splits[n]) for n in SPLIT_NAMES}, "max_length": length,
+        "steps": trainer.step, "epochs": trainer.step / trainer.steps_per_epoch,
+        "train_seconds_this_session": train_time, "steps_this_session": trainer.step - first_step,
+        "report_batches": args.report_batches})
+    print(results_table(before, after))
+    positive = "spam" if "spam" in per_class else classes[-1]
+    pc = per_class[positive]
+    print(f"test, {positive!r} as positive: precision {pc['precision']:.3f}, recall {pc['recall']:.3f}, "
+          f"F1 {pc['f1']:.3f}; confusion (rows true, columns predicted {classes}): {matrix.tolist()}")
+    print(f"training took {train_time:.1f} s for {trainer.step - first_step} steps; outputs in {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- predict
+
+def _run_dir_of(path: Path) -> Path:
+    if (path / "state.json").is_file() and path.parent.name == CHECKPOINTS:
+        return path.parent.parent
+    return path
+
+
+def _read_texts(args) -> list[str]:
+    if args.texts and args.file:
+        raise cli.UsageError("give texts as arguments or --file, not both")
+    if args.file:
+        if args.file == "-":
+            raw = sys.stdin.read()
+        else:
+            path = Path(args.file)
+            if not path.is_file():
+                raise FileNotFoundError(f"no such file: {path}")
+            raw = path.read_text(encoding="utf-8")
+        texts = [line.rstrip("\r") for line in raw.split("\n")]
+    elif args.texts:
+        texts = args.texts
+    else:
+        if sys.stdin.isatty():
+            raise cli.UsageError("no text to classify: give texts as arguments, --file, or pipe them in")
+        texts = [line.rstrip("\r") for line in sys.stdin.read().split("\n")]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise cli.UsageError("no text to classify (only blank lines)")
+    return texts
+
+
+def predict(args: argparse.Namespace) -> int:
+    device = cli.device_of(args)
+    if args.batch_size < 1:
+        raise cli.UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    texts = _read_texts(args)
+    from .checkpoint import load_model_from_run
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_dir():
+        raise FileNotFoundError(f"no such run folder or checkpoint: {ckpt}")
+    run = read_json(_run_dir_of(ckpt) / "run.json")
+    if run.get("task") != "classify":
+        raise cli.UsageError(f"{ckpt} is not a tasks.classify run (its task is {run.get('task')!r})")
+    c = run["classifier"]
+    model = load_model_from_run(ckpt, device)
+    ids = pad_ids(encode_texts(texts, _tokenizer()), c["max_length"], c.get("pad_id", PAD_ID))
+    try:
+        with mg.no_grad():
+            for start in range(0, len(texts), args.batch_size):
+                logits = backend.to_device(model(ids[start:start + args.batch_size]).data, "cpu")
+                e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+                probs = e / e.sum(axis=-1, keepdims=True)
+                for text, p in zip(texts[start:start + args.batch_size], probs):
+                    k = int(p.argmax())
+                    print(f"{c['labels'][k]}\t{p[k]:.4f}\t{text}", flush=True)
+    except BrokenPipeError:  # the reader (e.g. `| head`) has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush stays quiet
+    return 0
+
+
+# ----------------------------------------------------------------------------- command line
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other expected failure of a task
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m tasks.classify", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,predict}")
+
+    t = sub.add_parser("train", help="fine-tune GPT-2 as a classifier",
+                       description="Fine-tune GPT-2 as a classifier on label<TAB>text rows.")
+    g = t.add_argument_group("data")
+    g.add_argument("--data", default=None,
+                   help="a UTF-8 file of label<TAB>text lines (default: the SMS Spam Collection from the cache); "
+                        "the labels found are the classes, sorted")
+    g.add_argument("--labels", default=None,
+                   help="comma-separated classes in id order (e.g. ham,spam); rows with other labels are malformed")
+    g.add_argument("--strict", action="store_true",
+                   help="stop at malformed rows (no tab, empty label or text, unknown label) instead of "
+                        "skipping them with a warning")
+    g.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
+                   help="sample every class down to the smallest one's size (default: %(default)s)")
+    g.add_argument("--split-seed", type=int, default=123,
+                   help="seed of the balancing sample and the 70/10/20 split (default: %(default)s, the book's)")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="pad or cut every text to this many tokens (default: the longest training text)")
+    m = t.add_argument_group("classifier")
+    m.add_argument("--pool", default="last", choices=POOLS, help=POOL_HELP)
+    m.add_argument("--trainable", default="last-block", choices=TRAINABLE,
+                   help="last-block: the last transformer block, final LayerNorm and head (the book); "
+                        "all: every weight; lora: low-rank adapters on the trunk's Linear layers plus "
+                        "the head (default: %(default)s)")
+    m.add_argument("--lora-rank", type=int, default=16, help="with --trainable lora (default: %(default)s)")
+    m.add_argument("--lora-alpha", type=float, default=16.0, help="with --trainable lora (default: %(default)s)")
+    m.add_argument("--report-batches", type=int, default=None,
+                   help="batches per split for the before/after report (default: all)")
+    cli.add_model_args(t, init_default="124M", dropout_default=0.0)
+    cli.add_train_args(t, epochs=5, batch_size=8, lr=5e-5, weight_decay=0.1, eval_every=50, eval_batches=5,
+                       out="runs/classify")
+    t.set_defaults(func=train)
+
+    q = sub.add_parser("predict", help="label new texts with a trained classifier",
+                       description="Print label<TAB>probability<TAB>text for each text.")
+    q.add_argument("texts", nargs="*", help="texts to classify (none: read them from --file or stdin)")
+    q.add_argument("--checkpoint", required=True, help="a tasks.classify run folder or one of its checkpoints")
+    q.add_argument("--file", default=None, help="a UTF-8 file with one text a line ('-' for stdin)")
+    q.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
+    q.add_argument("--backend", default="numpy", choices=("numpy", "cupy"), help="default: %(default)s")
+    q.set_defaults(func=predict)
+    return p
+
+
+@cli.main_guard
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
