@@ -1,0 +1,485 @@
+"""Instruction fine-tuning of GPT-2 on Alpaca-style records, as in chapter 7 of "Build a Large
+Language Model (From Scratch)".
+
+    python -m tasks.instruct train --init 355M --out runs/instruct [--lora-rank 16 --lora-alpha 16]
+    python -m tasks.instruct respond --checkpoint runs/instruct [--split test | --data FILE]
+    python -m tasks.instruct chat --checkpoint runs/instruct
+
+Each record {instruction, input, output} becomes the Alpaca prompt followed by its output:
+
+    Below is an instruction that describes a task. Write a response that appropriately
+    completes the request.
+
+    ### Instruction:
+    {instruction}
+
+    ### Input:            (only when the record has a non-empty input)
+    {input}
+
+    ### Response:
+    {output}
+
+The records are split as the book does: the first 85% train, the next 10% test, the rest
+validation (1,100 records -> 935 train / 55 val / 110 test), in the file's order, which gives
+exactly the book's test set; --split-seed N shuffles the records first.
+"""
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+import minigrad as mg
+import minigrad.functional as F
+from minigrad import nn
+
+from . import cli
+from .checkpoint import CHECKPOINTS, read_json, write_json
+from .data import DATASETS, BatchLoader, ensure_dataset
+from .judge import format_alpaca_prompt, save_json_atomic
+from .plots import plot_curves
+from .train import Trainer, TrainConfig, mean_loss, read_metrics
+
+DEFAULT_DATA = "instruction-data"
+RESPONSE_HEADER = "\n\n### Response:\n"
+EOT_ID = 50256        # GPT-2's <|endoftext|>: ends every example and pads the batches
+IGNORE_INDEX = -100   # targets the loss skips (cross_entropy's default)
+
+
+class InstructionDataError(cli.UsageError):
+    """An instruction file that cannot be used: not JSON, not a list, or a malformed record."""
+
+
+# ----------------------------------------------------------------------------- records and prompts
+
+
+def format_prompt(record: dict) -> str:
+    """The text the model continues: the Alpaca prompt up to and including "### Response:\\n"."""
+    return format_alpaca_prompt(record) + RESPONSE_HEADER
+
+
+def format_example(record: dict) -> str:
+    """A whole training example: the prompt followed by the reference output."""
+    return format_prompt(record) + record["output"]
+
+
+def resolve_data(data: str | None) -> Path:
+    """The file behind --data: a manifest name (downloaded into the cache if missing) or a path."""
+    data = data or DEFAULT_DATA
+    if data in DATASETS:
+        return ensure_dataset(data)
+    path = Path(data)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path} (or give a dataset name, e.g. {DEFAULT_DATA})")
+    return path
+
+
+def load_records(path: str | os.PathLike, require_output: bool = True) -> list[dict]:
+    """The records of an Alpaca-style JSON file, checked one by one."""
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InstructionDataError(f"{path} is not a JSON file: {e}") from None
+    if not isinstance(records, list) or not records:
+        raise InstructionDataError(f"{path} must hold a non-empty JSON list of records "
+                                   '{"instruction": ..., "input": ..., "output": ...}')
+    required = ("instruction", "output") if require_output else ("instruction",)
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise InstructionDataError(f"record {i} of {path} is not a JSON object")
+        for key in required:
+            if key not in rec:
+                raise InstructionDataError(f"record {i} of {path} has no {key!r} field")
+        for key in ("instruction", "input", "output"):
+            optional = key not in required  # a missing or null input means "no input"
+            if key in rec and not isinstance(rec[key], str) and not (optional and rec[key] is None):
+                raise InstructionDataError(f"record {i} of {path}: {key!r} must be a string")
+    return records
+
+
+def split_records(records: Sequence[dict], seed: int | None = None
+                  ) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, val, test) the book's way: train = first int(0.85 n), test = next int(0.1 n),
+    val = the rest. With a seed, the records are shuffled first (NumPy's default_rng(seed))."""
+    records = list(records)
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(len(records))
+        records = [records[i] for i in order]
+    n_train, n_test = int(len(records) * 0.85), int(len(records) * 0.1)
+    train = records[:n_train]
+    test = records[n_train:n_train + n_test]
+    val = records[n_train + n_test:]
+    return train, val, test
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def encode_record(tokenizer, record: dict) -> tuple[list[int], int]:
+    """(token ids of the whole example, how many of them are the prompt).
+
+    Prompt and output are encoded separately so that the prompt's ids are exactly those the
+    model is given when it answers. Special-token strings in the text stay plain text.
+    """
+    prompt = tokenizer.encode_ordinary(format_prompt(record))
+    return prompt + tokenizer.encode_ordinary(record["output"]), len(prompt)
+
+
+def collate(items: Sequence[tuple[Sequence[int], int]], pad_id: int = EOT_ID,
+            ignore_index: int = IGNORE_INDEX, max_length: int | None = None,
+            mask_instructions: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and targets (B, T) of one batch of (ids, prompt_length) items.
+
+    Each sequence gets one end-of-text token and is padded with pad_id to the longest in the
+    batch; inputs = seq[:-1], targets = seq[1:]. The end-of-text target stays (the model must
+    learn to stop); the padding after it gets ignore_index, and so does every prompt token
+    with mask_instructions. Both are then cut to max_length columns.
+    """
+    if not items:
+        raise ValueError("collate needs at least one item")
+    width = max(len(ids) for ids, _ in items) + 1
+    x = np.full((len(items), width - 1), pad_id, dtype=np.int64)
+    y = np.full((len(items), width - 1), ignore_index, dtype=np.int64)
+    for row, (ids, prompt_len) in enumerate(items):
+        n = len(ids)
+        x[row, :n] = ids
+        y[row, :n - 1] = ids[1:]
+        y[row, n - 1] = pad_id  # the one end-of-text target that is kept
+        if mask_instructions:
+            # target j is token j + 1: the prompt's tokens 1..P-1 are targets 0..P-2
+            y[row, :max(prompt_len - 1, 0)] = ignore_index
+    if max_length is not None:
+        x, y = x[:, :max_length], y[:, :max_length]
+    return x, y
+
+
+class InstructionLoader(BatchLoader):
+    """BatchLoader over (ids, prompt_length) items, each batch padded by `collate`.
+
+    The order, state_dict() and exact resume are BatchLoader's; only building a batch differs.
+    """
+
+    def __init__(self, items: Sequence[tuple[list[int], int]], batch_size: int, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0, max_length: int | None = None,
+                 mask_instructions: bool = False):
+        self.max_length, self.mask_instructions = max_length, mask_instructions
+        super().__init__(list(items), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+
+    def _batch(self, order: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = order[position * self.batch_size:(position + 1) * self.batch_size]
+        return collate([self.dataset[int(i)] for i in idx], max_length=self.max_length,
+                       mask_instructions=self.mask_instructions)
+
+
+def lm_loss(model, batch):
+    x, y = batch
+    xp = mg.backend.array_module(model.wte.weight.data)
+    return F.cross_entropy(model(xp.asarray(x)), xp.asarray(y), ignore_index=IGNORE_INDEX)
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+def _lora_of(model) -> dict | None:
+    """{"rank", "alpha"} of the model's LoRA adapters, or None if it has none."""
+    for m in model.modules():
+        if isinstance(m, nn.LoRALinear):
+            return {"rank": m.rank, "alpha": m.alpha}
+    return None
+
+
+def with_lora(model, run: dict):
+    """run.json's model_builder: wrap a fresh GPT2 in the adapters the run trained."""
+    nn.apply_lora(model, rank=run["lora"]["rank"], alpha=run["lora"]["alpha"])
+    return model
+
+
+# ----------------------------------------------------------------------------- answering
+
+
+def respond_batch(model, tokenizer, records: Sequence[dict], max_new_tokens: int) -> list[str]:
+    """Greedy answers to a batch of records, each stopped at end-of-text."""
+    from gpt2.generate import generate, left_pad
+
+    prompts = [tokenizer.encode_ordinary(format_prompt(r)) for r in records]
+    ids, mask = left_pad(prompts, EOT_ID)
+    out = generate(model, ids, max_new_tokens, temperature=0.0, eos_id=EOT_ID, attn_mask=mask)
+    return [response_text(tokenizer, row) for row in out[:, ids.shape[1]:]]
+
+
+def response_text(tokenizer, new_ids: Sequence[int]) -> str:
+    """The answer in the generated ids: up to the first end-of-text, without any "### Response:"
+    header the model wrote again (as the book does), stripped."""
+    new_ids = [int(t) for t in new_ids]
+    if EOT_ID in new_ids:
+        new_ids = new_ids[:new_ids.index(EOT_ID)]
+    return tokenizer.decode(new_ids).replace("### Response:", "").strip()
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _prepare_items(tokenizer, records, max_length: int, mask_instructions: bool, name: str):
+    items = [encode_record(tokenizer, r) for r in records]
+    if mask_instructions:
+        # a prompt longer than max_length leaves nothing to learn from once it is masked
+        kept = [it for it in items if it[1] <= max_length]
+        if len(kept) < len(items):
+            print(f"note: {len(items) - len(kept)} {name} records have prompts longer than "
+                  f"--max-length {max_length} and were left out (--mask-instructions)")
+        items = kept
+    return items
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    device = cli.device_of(args)
+    from gpt2.tokenizer import get_tokenizer
+
+    if args.lora_rank is not None and args.lora_rank < 1:
+        raise cli.UsageError(f"--lora-rank must be at least 1, got {args.lora_rank}")
+    if args.max_length is not None and args.max_length < 2:
+        raise cli.UsageError(f"--max-length must be at least 2, got {args.max_length}")
+    path = resolve_data(args.data)
+    records = load_records(path)
+    train_recs, val_recs, test_recs = split_records(records, args.split_seed)
+    if not val_recs or not train_recs:
+        raise InstructionDataError(f"{path} has {len(records)} records: too few for a train and "
+                                   "a validation split")
+
+    tokenizer = get_tokenizer()
+    model = cli.build_model(args)
+    context = model.config.n_ctx
+    if args.max_length is not None and args.max_length > context:
+        raise cli.UsageError(f"--max-length {args.max_length} is longer than the model's context of {context}")
+    max_length = args.max_length or context
+    if args.lora_rank is not None:
+        if _lora_of(model) is not None:
+            raise cli.UsageError(f"--init {args.init} already has LoRA adapters; drop --lora-rank "
+                                 "to go on training them")
+        n = nn.apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)
+        print(f"LoRA: {n} linear layers wrapped (rank {args.lora_rank}, alpha {args.lora_alpha}); "
+              "every other weight is frozen")
+    elif _lora_of(model) is None:
+        model.requires_grad_(True)  # a full fine-tune trains every weight
+    model.to(device)
+    mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
+
+    train_items = _prepare_items(tokenizer, train_recs, max_length, args.mask_instructions, "train")
+    val_items = _prepare_items(tokenizer, val_recs, max_length, args.mask_instructions, "validation")
+    if not val_items:
+        raise InstructionDataError("no validation record fits --max-length with --mask-instructions")
+    train_loader = InstructionLoader(train_items, args.batch_size, shuffle=True, drop_last=True,
+                                     seed=args.seed, max_length=max_length,
+                                     mask_instructions=args.mask_instructions)
+    val_loader = InstructionLoader(val_items, args.batch_size, max_length=max_length,
+                                   mask_instructions=args.mask_instructions)
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise cli.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    run: dict[str, Any] = {
+        "task": "instruct", "args": cli.config_json(args), "model_config": model.config.to_dict(),
+        # respond recomputes the split from these
+        "data": {"source": args.data if args.data in DATASETS else str(path.resolve()),
+                 "num_records": len(records), "split_seed": args.split_seed,
+                 "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}},
+        "max_length": max_length}
+    lora = _lora_of(model)
+    if lora is not None:
+        run.update(lora=lora, model_builder="tasks.instruct.with_lora")
+    write_json(out / "run.json", run)
+    trainable = model.num_parameters(trainable_only=True)
+    print(f"model: {model.num_parameters():,} parameters ({trainable:,} trainable) on {device}; "
+          f"{len(train_recs)} train / {len(val_recs)} val / {len(test_recs)} test records; "
+          f"{len(train_loader)} batches of {args.batch_size} per epoch")
+
+    def evaluate(m):
+        return {"train_loss": mean_loss(m, train_loader, lm_loss, args.eval_batches),
+                "val_loss": mean_loss(m, val_loader, lm_loss, args.eval_batches)}
+
+    def sample(m):
+        return respond_batch(m, tokenizer, val_recs[:1], args.sample_tokens)[0]
+
+    def plot(run_dir):
+        plot_curves([r for r in read_metrics(run_dir) if r["type"] == "eval"], ["train_loss", "val_loss"],
+                    Path(run_dir) / "loss.png", "loss")
+
+    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
+                      sample=sample if args.sample_tokens > 0 else None, plot=plot)
+    if args.resume and not trainer.resume():
+        print(f"no checkpoint in {out}: starting from the beginning")
+    try:
+        last = trainer.fit()
+    except KeyboardInterrupt:
+        return 130
+    if last:
+        print(f"done: step {trainer.step}, train loss {last.get('train_loss', float('nan')):.3f}, "
+              f"val loss {last.get('val_loss', float('nan')):.3f}; outputs in {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- respond and chat
+
+
+def _run_dir(checkpoint: Path) -> Path:
+    """The run folder of a run folder or of one of its checkpoint folders."""
+    if (checkpoint / "state.json").is_file() and checkpoint.parent.name == CHECKPOINTS:
+        return checkpoint.parent.parent
+    return checkpoint
+
+
+def _load(args: argparse.Namespace):
+    """(model in eval mode on the chosen device, tokenizer, run.json) of --checkpoint."""
+    from gpt2.tokenizer import get_tokenizer
+    from .checkpoint import load_model_from_run
+
+    device = cli.device_of(args)
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_dir():
+        raise FileNotFoundError(f"--checkpoint {ckpt}: no such folder")
+    run = read_json(_run_dir(ckpt) / "run.json")
+    model = load_model_from_run(ckpt, device=device)
+    return model, get_tokenizer(), run
+
+
+def cmd_respond(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 1 or args.batch_size < 1:
+        raise cli.UsageError("--max-new-tokens and --batch-size must be at least 1")
+    model, tokenizer, run = _load(args)
+    if args.data is not None:
+        records = load_records(resolve_data(args.data), require_output=False)
+        name = Path(args.data).stem
+    else:
+        info = run.get("data")
+        if not info:
+            raise cli.UsageError(f"{args.checkpoint} is not a tasks.instruct run: give --data FILE")
+        all_records = load_records(resolve_data(info["source"]))
+        if len(all_records) != info["num_records"]:
+            raise InstructionDataError(
+                f"{info['source']} now has {len(all_records)} records, but the run was trained on "
+                f"{info['num_records']}: the split cannot be recomputed; give --data FILE")
+        train, val, test = split_records(all_records, info["split_seed"])
+        records, name = {"train": train, "val": val, "test": test}[args.split], args.split
+    if args.limit is not None:
+        records = records[:args.limit]
+    out = Path(args.out) if args.out else _run_dir(Path(args.checkpoint)) / f"responses_{name}.json"
+
+    from tqdm import tqdm
+    answered = []
+    with tqdm(total=len(records), desc="responding", unit="record", disable=args.no_progress) as bar:
+        for start in range(0, len(records), args.batch_size):
+            batch = records[start:start + args.batch_size]
+            for rec, answer in zip(batch, respond_batch(model, tokenizer, batch, args.max_new_tokens)):
+                answered.append({**rec, "model_response": answer})
+            bar.update(len(batch))
+    save_json_atomic(answered, out)
+    print(f"{len(answered)} responses written to {out}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from gpt2.generate import stream
+
+    if args.max_new_tokens < 1:
+        raise cli.UsageError("--max-new-tokens must be at least 1")
+    model, tokenizer, _ = _load(args)
+    interactive = sys.stdin.isatty()
+    out = sys.stdout
+    try:
+        while True:
+            if interactive:
+                out.write("> ")
+                out.flush()
+            line = sys.stdin.readline()
+            if not line:
+                break  # end of input
+            instruction = line.strip()
+            if not instruction:
+                continue
+            ids = tokenizer.encode_ordinary(format_prompt({"instruction": instruction}))
+            # a character split over two tokens is printed once both have come
+            text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for step in stream(model, np.asarray([ids]), args.max_new_tokens, temperature=args.temperature,
+                               top_k=args.top_k, eos_id=EOT_ID, seed=args.seed):
+                token = int(step[0])
+                if token == EOT_ID:
+                    break
+                out.write(text.decode(tokenizer.decode_bytes([token])))
+                out.flush()
+            out.write(text.decode(b"", final=True) + "\n")
+            out.flush()
+    except KeyboardInterrupt:
+        out.write("\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tasks.instruct", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune GPT-2 on instruction records")
+    t.add_argument("--data", default=DEFAULT_DATA,
+                   help="a manifest dataset name or an Alpaca-style JSON file (default: %(default)s)")
+    t.add_argument("--split-seed", type=int, default=None,
+                   help="shuffle the records with this seed before splitting (default: file order, "
+                        "the book's split)")
+    t.add_argument("--max-length", type=int, default=None,
+                   help="cut batches to this many tokens (default: the model's context, 1024 for GPT-2)")
+    t.add_argument("--mask-instructions", action="store_true",
+                   help="train on the response tokens only (the prompt's targets are ignored)")
+    t.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters of this rank only")
+    t.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling alpha (default: %(default)s)")
+    t.add_argument("--sample-tokens", type=int, default=35,
+                   help="tokens of the greedy answer to the first validation record printed at each "
+                        "evaluation; 0 = none (default: %(default)s)")
+    cli.add_model_args(t, init_default="355M", dropout_default=0.0)
+    cli.add_train_args(t, epochs=2, batch_size=8, lr=5e-5, weight_decay=0.1, eval_every=5,
+                       eval_batches=5, out="runs/instruct")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("respond", help="answer a split (or a file) of records, saved as JSON")
+    r.add_argument("--checkpoint", required=True, help="run folder (or one checkpoint folder) of a train run")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--split", choices=("train", "val", "test"), default="test",
+                     help="the run's own split to answer (default: %(default)s)")
+    src.add_argument("--data", default=None, help="answer every record of this JSON file instead")
+    r.add_argument("--out", default=None, help="output JSON (default: RUN/responses_<split>.json)")
+    r.add_argument("--max-new-tokens", type=int, default=256, help="default: %(default)s")
+    r.add_argument("--batch-size", type=int, default=8, help="records decoded together (default: %(default)s)")
+    r.add_argument("--limit", type=int, default=None, help="answer only the first N records")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_respond)
+
+    c = sub.add_parser("chat", help="answer instructions read from stdin, one per line")
+    c.add_argument("--checkpoint", required=True, help="run folder (or one checkpoint folder) of a train run")
+    c.add_argument("--max-new-tokens", type=int, default=256, help="default: %(default)s")
+    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
+    c.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    c.add_argument("--seed", type=int, default=123, help="sampling seed (default: %(default)s)")
+    for q in (r, c):
+        q.add_argument("--backend", default="numpy", choices=("numpy", "cupy"),
+                       help="numpy (CPU) or cupy (NVIDIA GPU) (default: %(default)s)")
+    c.set_defaults(func=cmd_chat)
+    return p.parse_args(argv)
+
+
+@cli.main_guard
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
