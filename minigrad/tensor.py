@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import Counter
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -198,7 +199,9 @@ class Tensor:
 
         The graph is walked in reverse topological order, built with an explicit stack (no
         recursion, so a 2,000-op chain is fine). Intermediate gradients live only in a dict
-        and are dropped as soon as they have been passed on.
+        and are dropped as soon as they have been passed on. A tensor used twice gets its
+        gradients summed, in place when no other gradient shares that memory; so an op's
+        backward must return new arrays or views of `grad`, never an array it keeps elsewhere.
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (no graph was recorded)")
@@ -215,23 +218,26 @@ class Tensor:
 
         order = _topological_order(self)
         grads: dict[int, Any] = {id(self): grad}
-        # memory a leaf's .grad may not alias, keyed by the array that owns it: a view of a
-        # gradient (from reshape or transpose backward) shares its owner's memory
+        # How many places see each block of gradient memory (keyed by the array that owns it; a
+        # view from reshape or transpose backward shares its owner's memory). The caller's array
+        # and every leaf's .grad count forever: optimizers update .grad in place, so a leaf's
+        # gradient must not alias another's, and nothing may write into the caller's array.
+        seen: Counter[int] = Counter({id(_owner(grad)): 1})
         handed_to_leaves: set[int] = {id(_owner(grad))}
         for t in order:  # every tensor comes after all the ops that used it
             g = grads.pop(id(t), None)
             ctx = t._ctx
             if g is None:
                 continue
+            seen[id(_owner(g))] -= 1
             if ctx is None:  # a leaf: keep what flowed here
                 if isinstance(g, np.generic):
                     g = np.asarray(g)
                 if t.grad is None:
-                    # one array may reach two leaves (x + y) or be the caller's own: copy it then,
-                    # because optimizers and clip_grad_norm_ update .grad in place
                     owner = id(_owner(g))
                     t.grad = g.copy() if owner in handed_to_leaves else g
-                    handed_to_leaves.add(owner)
+                    handed_to_leaves.add(id(_owner(t.grad)))
+                    seen[id(_owner(t.grad))] += 1
                 else:
                     t.grad += g
                 continue
@@ -250,7 +256,20 @@ class Tensor:
                         f"{ctx.fn.__name__}.backward returned a gradient of shape {pg.shape} "
                         f"for an input of shape {parent.data.shape}")
                 key = id(parent)
-                grads[key] = grads[key] + pg if key in grads else pg
+                if key not in grads:
+                    grads[key] = pg
+                    seen[id(_owner(pg))] += 1
+                    continue
+                acc = grads[key]
+                if (acc.base is None and seen[id(acc)] == 1 and acc.dtype == pg.dtype
+                        and getattr(acc.flags, "writeable", True)):  # CuPy has no read-only arrays
+                    # nothing else sees acc's memory: add in place. A fresh array of a tied
+                    # embedding's size (50,257 x 768) costs more in page faults than the sum.
+                    acc += pg
+                else:
+                    seen[id(_owner(acc))] -= 1
+                    grads[key] = acc = acc + pg
+                    seen[id(acc)] += 1
             if not retain_graph:
                 ctx.release()
         if not retain_graph:  # the graph is spent: cut it so its arrays can be freed

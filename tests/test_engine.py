@@ -63,6 +63,36 @@ def test_caller_gradient_is_not_kept_by_reference(backend):
     np.testing.assert_array_equal(arr(g), np.ones((3, 2)))
 
 
+def test_summing_gradients_in_place_never_writes_shared_memory(backend):
+    """A tensor used by several ops gets their gradients summed, in place when the engine may:
+    never into an array that another pending gradient, a leaf or the caller also sees."""
+    x = mg.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True, device=backend)
+    y = x * 1.0                          # a non-leaf that three ops use
+    a = y + y                            # Add.backward hands the same array to both inputs
+    b = y.reshape(4).reshape(2, 2)       # a view of the upstream gradient
+    c = y * 2.0                          # a fresh array from Mul.backward
+    g = mg.tensor([[1.0, 10.0], [100.0, 1000.0]], device=backend)
+    (a + b + c).backward(g)
+    # d/dy = 2 (from y + y) + 1 (view) + 2 (y * 2) = 5
+    np.testing.assert_array_equal(arr(x.grad), 5 * arr(g))
+    np.testing.assert_array_equal(arr(g), [[1.0, 10.0], [100.0, 1000.0]])
+
+
+def test_tied_weight_gets_both_gradients(backend):
+    """An embedding table read again as the output head (GPT-2's weight tying): its gradient is
+    the sum of the lookup's and the head's, added in place into the head's matmul output."""
+    w = mg.randn(5, 3, requires_grad=True, device=backend, dtype=np.float64)
+    idx = mg_backend.to_device(np.array([[1, 4, 1]]), backend)
+    logits = F.linear(F.embedding(idx, w), w, transposed=True)       # (1, 3, 5)
+    (logits * logits).sum().backward()
+    w_np = arr(w)
+    h = w_np[[1, 4, 1]]                                                # (3, 3)
+    dlogits = 2 * h @ w_np.T                                           # (3, 5)
+    expect = dlogits.T @ h                                             # the head's part
+    np.add.at(expect, [1, 4, 1], dlogits @ w_np)                      # the lookup's part
+    np.testing.assert_allclose(arr(w.grad), expect, rtol=1e-12)
+
+
 @pytest.mark.parametrize("a_shape,b_shape", [((2, 3), (3,)), ((2, 3), (1, 3)), ((2, 1), (1, 3)),
                                              ((4, 2, 3), (2, 1)), ((), (2, 2)), ((1, 1, 3), (2, 1, 3))])
 def test_broadcasting_is_undone(backend, a_shape, b_shape):
