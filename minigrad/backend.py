@@ -7,6 +7,7 @@ so one piece of op code serves both. CuPy is imported the first time something a
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from typing import Any
 
@@ -33,6 +34,16 @@ def _tune_malloc() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
     except (OSError, AttributeError):
         pass
+    # NumPy asks the kernel for 2 MB huge pages on large arrays. A sparse write into a fresh one,
+    # such as an embedding gradient of 50,257 x 768 with 512 rows set, then faults in and zeroes
+    # most of its 154 MB: 100-460 ms a 124M step here, against 3-20 ms with ordinary pages.
+    # NUMPY_MADVISE_HUGEPAGE, when the user sets it, still decides.
+    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
+        try:
+            from numpy._core.multiarray import _set_madvise_hugepage
+        except ImportError:  # NumPy 1.x
+            from numpy.core.multiarray import _set_madvise_hugepage
+        _set_madvise_hugepage(False)
 
 
 _tune_malloc()
