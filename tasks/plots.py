@@ -20,6 +20,15 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return path
 
 
+def _span(values: Sequence[float]) -> tuple[float, float]:
+    """Axis limits for the values; a single point gets 5% either side (an empty span warns)."""
+    lo, hi = min(values), max(values)
+    if lo == hi:
+        pad = abs(lo) * 0.05 or 1.0
+        lo, hi = lo - pad, hi + pad
+    return lo, hi
+
+
 def plot_curves(evals: Sequence[dict], keys: Sequence[str], path: str | os.PathLike, ylabel: str,
                 seen_key: str = "tokens_seen", seen_label: str = "tokens seen") -> Path | None:
     """`keys` (e.g. train_loss, val_loss) against epochs, with `seen_key` on a second x axis."""
@@ -31,16 +40,15 @@ def plot_curves(evals: Sequence[dict], keys: Sequence[str], path: str | os.PathL
     for k in keys:
         pts = [(e["epoch"], e[k]) for e in evals if k in e]
         if pts:
-            ax.plot(*zip(*pts), label=k.replace("_", " "), linestyle="-" if "train" in k else "-.")
+            ax.plot(*zip(*pts), label=k.replace("_", " "), linestyle="-" if "train" in k else "-.",
+                    marker="o" if len(pts) < 30 else None, markersize=3)  # a lone point stays visible
     ax.set_xlabel("epochs")
     ax.set_ylabel(ylabel)
     ax.legend()
     top = ax.twiny()  # the same points, labelled by how much data they had seen
-    seen = [e[seen_key] for e in evals]
-    top.plot(seen, [evals[0][keys[0]]] * len(evals), alpha=0)
     top.set_xlabel(seen_label)
-    ax.set_xlim(min(epochs), max(epochs))
-    top.set_xlim(min(seen), max(seen))  # seen grows linearly with epochs, so the axes line up
+    ax.set_xlim(*_span(epochs))
+    top.set_xlim(*_span([e[seen_key] for e in evals]))  # seen grows with epochs: the axes line up
     fig.tight_layout()
     return _save(fig, path)
 
