@@ -12,7 +12,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,22 +196,13 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to a temporary file beside `path`, then rename: never half a file.
     Raises BenchError when the file cannot be written."""
+    from minigrad.io import atomic_write_text  # here, not at the top: see the module's docstring
+
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic_write_text(path, text)
     except OSError as e:
         raise BenchError(f"cannot write {path}: {e}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise BenchError(f"cannot write {path}: {e}") from None
-        raise
     return path
 
 

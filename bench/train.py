@@ -172,7 +172,6 @@ def worker_torch(job: dict) -> dict:
     opt = torch.optim.AdamW(decay_groups(named, job["weight_decay"]), lr=job["lr"],
                             weight_decay=job["weight_decay"], fused=True)
     data = [(torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)) for x, y in batches(job)]
-    sync = torch.cuda.synchronize if dev == "cuda" else None
 
     step = make_step(model, opt)
     losses, times, load = run_steps(step, data, "torch")

@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Collection, Iterable
 from functools import lru_cache
-from pathlib import Path
+
+from minigrad.io import atomic_write_text
 
 ENDOFTEXT = "<|endoftext|>"
 SAVE_FORMAT = "minigrad-bpe-v1"
@@ -359,17 +359,8 @@ class BPETokenizer:
         data = {"format": SAVE_FORMAT,
                 "tokens": [token_to_text(t) for t, _ in ordered],
                 "special_tokens": self.special_tokens}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write to a temporary file first, so a crash never leaves half a vocabulary behind.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, ensure_ascii=False, indent=0)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        # atomically, so a crash never leaves half a vocabulary behind
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=0))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":

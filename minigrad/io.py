@@ -12,6 +12,16 @@ from . import backend
 from .tensor import Tensor
 
 
+def umask_mode(base: int = 0o666) -> int:
+    """The permissions open() would give a new file (base 0o666) or folder (0o777).
+
+    tempfile creates its files 0600 and folders 0700; what we rename into place should look like
+    any other file the user writes."""
+    umask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return base & ~umask
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call write(tmp_path), then rename tmp_path over `path`: readers never see half a file."""
     path = Path(path)
@@ -20,11 +30,17 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a UTF-8 text file atomically (see atomic_write)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def save(state_dict: Mapping[str, Any], path: str | os.PathLike,

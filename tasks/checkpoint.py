@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import minigrad as mg
-from minigrad.io import atomic_write
+from minigrad.io import atomic_write, umask_mode
 
 CHECKPOINTS = "checkpoints"
 
@@ -58,6 +58,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer=None
     final = folder / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=folder))
     try:
+        os.chmod(tmp, umask_mode(0o777))
         mg.save(model.state_dict(), tmp / "model.safetensors")
         full_state = dict(state or {}, step=step)
         if optimizer is not None:

@@ -13,13 +13,14 @@ import json
 import os
 import re
 import socket
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from minigrad.io import atomic_write_text
 
 # The exact request sent to the judge, one per record (the README quotes it).
 JUDGE_PROMPT = (
@@ -244,14 +245,5 @@ def judge_records(records: Sequence[dict], client: JudgeClient, progress: bool =
 def save_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """Write JSON to a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
     return path

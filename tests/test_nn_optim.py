@@ -149,6 +149,15 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["m.safetensors"]  # no new file, no temporary
 
 
+def test_saved_files_get_the_umask_permissions_not_tempfiles_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        mg.save({"w": np.ones(3, np.float32)}, tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         mg.load(tmp_path / "absent.safetensors")
