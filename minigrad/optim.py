@@ -135,49 +135,41 @@ _CHUNK = 1 << 16
 _scratch = np.empty(_CHUNK, dtype=np.float64)
 
 
+def _adamw_update(xp, p, g, m, v, t, decay, b1, b2, eps, step_size, inv_sqrt_bc2) -> None:
+    """One AdamW update of p in place, PyTorch's formula; t is scratch of p's size."""
+    if decay:
+        p *= 1 - decay
+    m *= b1
+    xp.multiply(g, 1 - b1, out=t)
+    m += t                                  # m = b1 m + (1 - b1) g
+    v *= b2
+    xp.multiply(g, g, out=t)
+    t *= 1 - b2
+    v += t                                  # v = b2 v + (1 - b2) g^2
+    xp.sqrt(v, out=t)
+    t *= inv_sqrt_bc2
+    t += eps
+    xp.divide(m, t, out=t)
+    t *= -step_size
+    p += t                                  # p -= lr / bc1 * m / (sqrt(v / bc2) + eps)
+
+
 def _adamw_chunked(p, g, m, v, decay, b1, b2, eps, step_size, inv_sqrt_bc2) -> None:
+    """The update in chunks that stay in cache, so each pass over memory is cheap (NumPy)."""
     pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)  # views: contiguous
     tmp_all = _scratch.view(p.dtype)[:_CHUNK]
     for i in range(0, pf.size, _CHUNK):
-        pc, gc, mc, vc = pf[i:i + _CHUNK], gf[i:i + _CHUNK], mf[i:i + _CHUNK], vf[i:i + _CHUNK]
-        t = tmp_all[:pc.size]
-        if decay:
-            pc *= 1 - decay
-        mc *= b1
-        np.multiply(gc, 1 - b1, out=t)
-        mc += t
-        vc *= b2
-        np.multiply(gc, gc, out=t)
-        t *= 1 - b2
-        vc += t
-        np.sqrt(vc, out=t)
-        t *= inv_sqrt_bc2
-        t += eps
-        np.divide(mc, t, out=t)
-        t *= -step_size
-        pc += t
+        sl = slice(i, i + _CHUNK)
+        _adamw_update(np, pf[sl], gf[sl], mf[sl], vf[sl], tmp_all[:pf[sl].size], decay, b1, b2, eps,
+                      step_size, inv_sqrt_bc2)
 
 
 def _adamw_whole(xp, p, g, st, decay, b1, b2, eps, step_size, inv_sqrt_bc2) -> None:
     """The same update with whole-array passes (CuPy: memory bandwidth is plentiful there)."""
     if "_tmp" not in st:
         st["_tmp"] = xp.empty_like(p)
-    m, v, tmp = st["exp_avg"], st["exp_avg_sq"], st["_tmp"]
-    if decay:
-        p *= 1 - decay
-    m *= b1
-    xp.multiply(g, 1 - b1, out=tmp)
-    m += tmp
-    v *= b2
-    xp.multiply(g, g, out=tmp)
-    tmp *= 1 - b2
-    v += tmp
-    xp.sqrt(v, out=tmp)
-    tmp *= inv_sqrt_bc2
-    tmp += eps
-    xp.divide(m, tmp, out=tmp)
-    tmp *= -step_size
-    p += tmp
+    _adamw_update(xp, p, g, st["exp_avg"], st["exp_avg_sq"], st["_tmp"], decay, b1, b2, eps,
+                  step_size, inv_sqrt_bc2)
 
 
 class SGD(Optimizer):

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import minigrad as mg
-from minigrad.io import atomic_write, umask_mode
+from minigrad.io import atomic_write_text, umask_mode
 
 CHECKPOINTS = "checkpoints"
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

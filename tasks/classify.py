@@ -265,12 +265,8 @@ def train(args: argparse.Namespace) -> int:
     # "tokens" in the Trainer's bookkeeping are examples here
     trainer = Trainer(model, loaders["train"], classify_loss, evaluate, out, TrainConfig.from_args(args),
                       tokens_in=lambda b: len(b[1]), plot=plot)
-    if args.resume and not trainer.resume():
-        print(f"no checkpoint in {out}: starting from the beginning")
-    first_step, t0 = trainer.step, time.perf_counter()
-    try:
-        trainer.fit()
-    except KeyboardInterrupt:
+    t0 = time.perf_counter()
+    if trainer.run(args.resume, summary=False) is None:
         return 130
     train_time = time.perf_counter() - t0
 
@@ -285,14 +281,14 @@ def train(args: argparse.Namespace) -> int:
         "test_confusion": matrix.tolist(), "test_per_class": per_class,
         "rows": {n: len(splits[n]) for n in SPLIT_NAMES}, "max_length": length,
         "steps": trainer.step, "epochs": trainer.step / trainer.steps_per_epoch,
-        "train_seconds_this_session": train_time, "steps_this_session": trainer.step - first_step,
+        "train_seconds_this_session": train_time, "steps_this_session": trainer.step - trainer.start_step,
         "report_batches": args.report_batches})
     print(results_table(before, after))
     positive = "spam" if "spam" in per_class else classes[-1]
     pc = per_class[positive]
     print(f"test, {positive!r} as positive: precision {pc['precision']:.3f}, recall {pc['recall']:.3f}, "
           f"F1 {pc['f1']:.3f}; confusion (rows true, columns predicted {classes}): {matrix.tolist()}")
-    print(f"training took {train_time:.1f} s for {trainer.step - first_step} steps; outputs in {out}")
+    print(f"training took {train_time:.1f} s for {trainer.step - trainer.start_step} steps; outputs in {out}")
     return 0
 
 

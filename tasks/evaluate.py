@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 from minigrad.hub import ChecksumError, MissingFileError
+from tasks.checkpoint import write_json
 from tasks.judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, judge_records,
-                         load_responses, save_json_atomic)
+                         load_responses)
 from tasks.mmlu import MMLUDataError, evaluate_mmlu, load_mmlu, model_next_token_logits
 
 
@@ -46,13 +47,13 @@ def run_judge(args: argparse.Namespace) -> int:
     result = judge_records(records, client, progress=not args.no_progress)
 
     out = Path(args.out) if args.out else default_scores_path(args.responses)
-    save_json_atomic({
+    write_json(out, {
         "judge": {"api": args.api, "url": client.url, "model": args.model,
                   "prompt_template": JUDGE_PROMPT},
         "responses_file": str(args.responses),
         "mean_score": result.mean, "scored": result.scored, "failed": result.failed,
         "scores": result.scores,
-    }, out)
+    })
 
     mean = "n/a" if result.mean is None else f"{result.mean:.2f}"
     print(f"mean score: {mean}  scored: {result.scored}  failed: {result.failed}  "
@@ -111,8 +112,8 @@ def run_mmlu(args: argparse.Namespace) -> int:
     print(result.table())
     if args.out:
         source = {"weights": args.weights} if args.weights else {"checkpoint": args.checkpoint}
-        save_json_atomic({**source, "shots": args.shots, "limit": args.limit,
-                          "max_context": max_context, **result.to_dict()}, args.out)
+        write_json(args.out, {**source, "shots": args.shots, "limit": args.limit,
+                          "max_context": max_context, **result.to_dict()})
         print(f"results saved to {args.out}")
     return 0
 

@@ -42,7 +42,7 @@ from minigrad import nn
 from . import cli
 from .checkpoint import CHECKPOINTS, read_json, write_json
 from .data import DATASETS, BatchLoader, ensure_dataset
-from .judge import format_alpaca_prompt, save_json_atomic
+from .judge import format_alpaca_prompt
 from .plots import plot_curves
 from .train import Trainer, TrainConfig, mean_loss, read_metrics
 
@@ -314,16 +314,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
                       sample=sample if args.sample_tokens > 0 else None, plot=plot)
-    if args.resume and not trainer.resume():
-        print(f"no checkpoint in {out}: starting from the beginning")
-    try:
-        last = trainer.fit()
-    except KeyboardInterrupt:
-        return 130
-    if last:
-        print(f"done: step {trainer.step}, train loss {last.get('train_loss', float('nan')):.3f}, "
-              f"val loss {last.get('val_loss', float('nan')):.3f}; outputs in {out}")
-    return 0
+    return 130 if trainer.run(args.resume) is None else 0
 
 
 # ----------------------------------------------------------------------------- respond and chat
@@ -380,7 +371,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
             for rec, answer in zip(batch, respond_batch(model, tokenizer, batch, args.max_new_tokens)):
                 answered.append({**rec, "model_response": answer})
             bar.update(len(batch))
-    save_json_atomic(answered, out)
+    write_json(out, answered)
     print(f"{len(answered)} responses written to {out}")
     return 0
 

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from minigrad.io import atomic_write_text
-
 # The exact request sent to the judge, one per record (the README quotes it).
 JUDGE_PROMPT = (
     "Given the input `{prompt}` and correct output `{output}`, "
@@ -240,10 +238,3 @@ def judge_records(records: Sequence[dict], client: JudgeClient, progress: bool =
             error = str(err)
         scores.append({"index": i, "score": score, "error": error})
     return JudgeResult(scores)
-
-
-def save_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """Write JSON to a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-    return path

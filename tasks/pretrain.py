@@ -94,16 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                       sample=(lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens))
                       if args.sample_tokens > 0 else None,
                       plot=plot)
-    if args.resume and not trainer.resume():
-        print(f"no checkpoint in {out}: starting from the beginning")
-    try:
-        last = trainer.fit()
-    except KeyboardInterrupt:
-        return 130
-    if last:
-        print(f"done: step {trainer.step}, train loss {last.get('train_loss', float('nan')):.3f}, "
-              f"val loss {last.get('val_loss', float('nan')):.3f}; outputs in {out}")
-    return 0
+    return 130 if trainer.run(args.resume) is None else 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 import minigrad as mg
+from minigrad.io import atomic_write_text
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
 from .cli import TaskError
@@ -107,7 +108,7 @@ class Trainer:
         self.total_steps = total
         min_lr = config.lr if config.schedule == "constant" else config.min_lr
         self.scheduler = CosineWithWarmup(self.optimizer, config.warmup, total, min_lr=min_lr)
-        self.step = 0
+        self.step = self.start_step = 0
         self.tokens_seen = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
@@ -135,7 +136,7 @@ class Trainer:
         if self.metrics_path.exists():
             kept = [line for line in self.metrics_path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= self.step]
-            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
         tqdm.write(f"resumed from {ckpt} (step {self.step})")
         return True
 
@@ -144,10 +145,25 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------ the loop
+    def run(self, resume: bool, summary: bool = True) -> dict[str, Any] | None:
+        """What a task's main does: fit(), from the newest checkpoint when `resume`. Returns the
+        last evaluation, or None when Ctrl-C stopped the run (fit has saved it by then)."""
+        if resume and not self.resume():
+            print(f"no checkpoint in {self.run_dir}: starting from the beginning")
+        try:
+            last = self.fit()
+        except KeyboardInterrupt:
+            return None
+        if summary and last:
+            print(f"done: step {self.step}, train loss {last.get('train_loss', float('nan')):.3f}, "
+                  f"val loss {last.get('val_loss', float('nan')):.3f}; outputs in {self.run_dir}")
+        return last
+
     def fit(self) -> dict[str, Any]:
         """Train until the epochs or max_steps are done. Returns the last evaluation."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
+        self.start_step = self.step  # after any resume: what this session adds starts here
         interrupted = {"flag": False}
 
         def on_sigint(signum, frame):
