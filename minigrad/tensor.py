@@ -218,12 +218,12 @@ class Tensor:
 
         order = _topological_order(self)
         grads: dict[int, Any] = {id(self): grad}
-        # How many places see each block of gradient memory (keyed by the array that owns it; a
-        # view from reshape or transpose backward shares its owner's memory). The caller's array
-        # and every leaf's .grad count forever: optimizers update .grad in place, so a leaf's
-        # gradient must not alias another's, and nothing may write into the caller's array.
+        # How many pending gradients see each block of memory (keyed by the array that owns it; a
+        # view from reshape or transpose backward shares its owner's memory), and the memory that
+        # is never ours to write: the caller's array and every leaf's .grad (optimizers update
+        # .grad in place, so a leaf's gradient must not alias another's either).
         seen: Counter[int] = Counter({id(_owner(grad)): 1})
-        handed_to_leaves: set[int] = {id(_owner(grad))}
+        never_write: set[int] = {id(_owner(grad))}
         for t in order:  # every tensor comes after all the ops that used it
             g = grads.pop(id(t), None)
             ctx = t._ctx
@@ -235,8 +235,8 @@ class Tensor:
                     g = np.asarray(g)
                 if t.grad is None:
                     owner = id(_owner(g))
-                    t.grad = g.copy() if owner in handed_to_leaves else g
-                    handed_to_leaves.add(id(_owner(t.grad)))
+                    t.grad = g.copy() if owner in never_write else g
+                    never_write.add(id(_owner(t.grad)))
                     seen[id(_owner(t.grad))] += 1
                 else:
                     t.grad += g
@@ -261,7 +261,8 @@ class Tensor:
                     seen[id(_owner(pg))] += 1
                     continue
                 acc = grads[key]
-                if (acc.base is None and seen[id(acc)] == 1 and acc.dtype == pg.dtype
+                if (acc.base is None and seen[id(acc)] == 1 and id(acc) not in never_write
+                        and acc.dtype == pg.dtype
                         and getattr(acc.flags, "writeable", True)):  # CuPy has no read-only arrays
                     # nothing else sees acc's memory: add in place. A fresh array of a tied
                     # embedding's size (50,257 x 768) costs more in page faults than the sum.

@@ -78,6 +78,18 @@ def test_summing_gradients_in_place_never_writes_shared_memory(backend):
     np.testing.assert_array_equal(arr(g), [[1.0, 10.0], [100.0, 1000.0]])
 
 
+def test_caller_gradient_arriving_first_is_never_summed_into(backend):
+    """A residual connection hands the caller's gradient straight to y; the branch's gradient
+    arrives later and must be added into a new array, not into the caller's."""
+    x = mg.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True, device=backend)
+    y = x * 1.0
+    out = y + y * 2.0                    # Add.backward passes the caller's array to y as it is
+    g = mg.tensor([[1.0, 10.0], [100.0, 1000.0]], device=backend)
+    out.backward(g)
+    np.testing.assert_array_equal(arr(g), [[1.0, 10.0], [100.0, 1000.0]])
+    np.testing.assert_array_equal(arr(x.grad), 3 * arr(g))
+
+
 def test_tied_weight_gets_both_gradients(backend):
     """An embedding table read again as the output head (GPT-2's weight tying): its gradient is
     the sum of the lookup's and the head's, added in place into the head's matmul output."""
