@@ -343,7 +343,7 @@ class ScaledDotProductAttention(Function):
         if keep is not None:
             # a large finite value rather than -inf: a row with nothing to attend to (a left
             # padding query) then gets uniform weights instead of NaN
-            s = xp.where(keep, s, xp.finfo(s.dtype).min)
+            xp.copyto(s, xp.finfo(s.dtype).min, where=~keep)  # in place: no second (B, H, T, S)
         p = _softmax_into(s, -1)
         drop = None
         if dropout_p > 0.0:
