@@ -237,7 +237,6 @@ class Tensor:
                     owner = id(_owner(g))
                     t.grad = g.copy() if owner in never_write else g
                     never_write.add(id(_owner(t.grad)))
-                    seen[id(_owner(t.grad))] += 1
                 else:
                     t.grad += g
                 continue
