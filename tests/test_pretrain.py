@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from minigrad.hub import cache_dir
+from tasks.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "32", "--batch-size", "4",
@@ -34,6 +35,22 @@ def _run(out, *extra, check=True):
 def _step_losses(run):
     recs = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line]
     return {r["step"]: r["loss"] for r in recs if r["type"] == "step"}
+
+
+def _signal_at_step(out, step, sig, *extra):
+    """Start a run, send `sig` once metrics.jsonl shows `step`; (process, its output) when it ends."""
+    log = out.parent / f"{out.name}.log"  # a file, not a pipe: nobody drains a pipe while we poll
+    with open(log, "w") as f:
+        proc = subprocess.Popen(_cmd(out, *extra), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and max(_step_losses(out), default=0) >= step:
+            os.kill(proc.pid, sig)
+            break
+        time.sleep(0.002)
+    proc.wait(timeout=300)
+    return proc, log.read_text()
 
 
 def test_tiny_run_learns_and_writes_outputs(tmp_path):
@@ -60,16 +77,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
     run = tmp_path / "killed"
     kill_at = random.Random().randint(every + 1, 2 * every - 1)
-    proc = subprocess.Popen(_cmd(run, "--max-steps", str(steps), "--eval-every", str(every)), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = run / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and max(_step_losses(run), default=0) >= kill_at:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    proc.wait()
+    proc, _ = _signal_at_step(run, kill_at, signal.SIGKILL, "--max-steps", str(steps), "--eval-every", str(every))
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     done_before = max(_step_losses(run))
     assert done_before < steps
@@ -79,6 +87,23 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     got = _step_losses(run)
     assert sorted(got) == list(range(1, steps + 1))
     assert got == expected  # every loss, before and after the kill, bit for bit
+
+
+def test_ctrl_c_saves_then_resume_finishes_exactly(tmp_path):
+    args = ("--max-steps", "60", "--eval-every", "100")  # no checkpoint but the one Ctrl-C writes
+    ref = tmp_path / "ref"
+    _run(ref, *args)
+
+    run = tmp_path / "run"
+    proc, output = _signal_at_step(run, 3, signal.SIGINT, *args)
+    assert proc.returncode == 130, output
+    assert "interrupted: saved" in output and "Traceback" not in output
+    stopped = max(_step_losses(run))
+    assert stopped < 60, "the run ended before Ctrl-C reached it"
+    assert [p.name for p in list_checkpoints(run)] == [f"step_{stopped:08d}"]
+
+    _run(run, *args, "--resume")
+    assert _step_losses(run) == _step_losses(ref)
 
 
 def test_existing_run_without_resume_is_refused(tmp_path):
