@@ -263,8 +263,8 @@ class Tensor:
                 if (acc.base is None and seen[id(acc)] == 1 and id(acc) not in never_write
                         and acc.dtype == pg.dtype
                         and getattr(acc.flags, "writeable", True)):  # CuPy has no read-only arrays
-                    # nothing else sees acc's memory: add in place. A fresh array of a tied
-                    # embedding's size (50,257 x 768) costs more in page faults than the sum.
+                    # nothing else sees acc's memory: add in place, sparing a fresh array (for a
+                    # tied embedding, 154 MB to allocate and fill every step)
                     acc += pg
                 else:
                     seen[id(_owner(acc))] -= 1
