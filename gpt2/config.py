@@ -24,6 +24,9 @@ class GPT2Config:
     dropout: float = 0.0       # embedding, attention and residual dropout
     qkv_bias: bool = True
     layer_norm_eps: float = 1e-5
+    # GPT-2 ties its output head to wte; False gives the head its own (vocab, n_embd) matrix,
+    # `lm_head.weight`, as Hugging Face's config flag of the same name does
+    tie_word_embeddings: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_ctx", "n_embd", "n_layer", "n_head"):

@@ -8,7 +8,8 @@
     h.{i}.mlp.c_fc      MLP up-projection                 weight (C, 4C)
     h.{i}.mlp.c_proj    MLP down-projection               weight (4C, C)
     ln_f                final LayerNorm
-The output head is `wte` itself (weight tying), so it has no parameter of its own.
+The output head is `wte` itself (weight tying), so it has no parameter of its own; with
+`tie_word_embeddings=False` it is `lm_head.weight` (vocab, C), Hugging Face's name and layout.
 Weights are (in, out) as in OpenAI's Conv1D, so `model.safetensors` loads without transposes.
 """
 from __future__ import annotations
@@ -108,20 +109,38 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class LMHead(nn.Module):
+    """An output head of its own (untied): logits = x @ weight.T, weight (vocab, C) as in HF."""
+
+    def __init__(self, n_embd: int, vocab_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(np.zeros((vocab_size, n_embd), dtype=np.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, transposed=True)
+
+
 class GPT2(nn.Module):
-    def __init__(self, config: GPT2Config | None = None, init: bool = True):
+    def __init__(self, config: GPT2Config | None = None, init: bool = True, embedding_std: float = 0.02):
+        """`init=False` skips initialisation (a checkpoint will overwrite every weight);
+        `embedding_std` is the std of wte and wpe at initialisation (see _init_weights)."""
         super().__init__()
         self.config = config = config or GPT2Config()
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_ctx, config.n_embd)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        if init:  # skipped when a checkpoint will overwrite every weight anyway
-            self._init_weights()
+        self.lm_head = None if config.tie_word_embeddings else LMHead(config.n_embd, config.vocab_size)
+        if init:
+            self._init_weights(embedding_std)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, embedding_std: float = 0.02) -> None:
         """GPT-2's scheme: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 n_layer)
-        so the residual stream's variance does not grow with depth; biases 0, LayerNorm 1/0."""
+        so the residual stream's variance does not grow with depth; biases 0, LayerNorm 1/0.
+
+        embedding_std other than 0.02 only makes sense with an untied head (a tied head would
+        scale the logits with it): 1.0 is PyTorch's nn.Embedding default, which the book's
+        model uses, and lets token identity dominate the residual stream from the first step."""
         g = backend.rng("cpu")
         resid_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, p in self.named_parameters():
@@ -130,7 +149,8 @@ class GPT2(nn.Module):
             elif name.endswith(".bias"):
                 p.data[...] = 0.0
             else:
-                std = resid_std if name.endswith("c_proj.weight") else 0.02
+                std = (resid_std if name.endswith("c_proj.weight") else
+                       embedding_std if name in ("wte.weight", "wpe.weight") else 0.02)
                 p.data[...] = g.standard_normal(p.shape, dtype=np.float32) * np.float32(std)
 
     @property
@@ -147,10 +167,16 @@ class GPT2(nn.Module):
         cache: a KVCache to read earlier positions from and append these ones to.
         """
         x = self.hidden_states(idx, attn_mask, position_ids, cache)
-        logits = F.linear(x, self.wte.weight, transposed=True)       # (B, T, vocab), tied head
+        logits = self.logits(x)                                       # (B, T, vocab)
         if targets is None:
             return logits
         return logits, F.cross_entropy(logits, targets, ignore_index=ignore_index)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The LM head applied to hidden states (B, T, C): wte itself unless the head is untied."""
+        if self.lm_head is not None:
+            return self.lm_head(x)
+        return F.linear(x, self.wte.weight, transposed=True)
 
     def hidden_states(self, idx, attn_mask=None, position_ids=None, cache: KVCache | None = None) -> Tensor:
         """The final LayerNorm's output (B, T, C): what the LM head (or a classifier) reads."""

@@ -40,7 +40,7 @@ KNOWN_FILES: dict[str, dict[str, Any]] = {
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 _PREFIX = "transformer."             # GPT2LMHeadModel saves its GPT2Model under this prefix
-_HEAD = "lm_head.weight"             # the output head, tied to wte.weight in GPT-2
+_HEAD = "lm_head.weight"             # the output head: tied to wte.weight in GPT-2, unless untied
 # The causal mask that older transformers versions saved as buffers: not weights, so skipped.
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 # Hugging Face activations that are the tanh approximation of GELU our model computes.
@@ -117,7 +117,7 @@ def model_key(checkpoint_key: str) -> str | None:
     """Our parameter name for a checkpoint tensor name, or None for a tensor to skip.
 
     Strips GPT2LMHeadModel's "transformer." prefix and skips the saved causal-mask buffers.
-    `lm_head.weight` is returned unchanged: the loader checks it against `wte.weight`.
+    `lm_head.weight` is returned unchanged: a tied model checks it against `wte.weight`.
     """
     name = checkpoint_key.removeprefix(_PREFIX)
     return None if _MASK_BUFFER.fullmatch(name) else name
@@ -137,7 +137,10 @@ def expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
                    p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
                    p + "mlp.c_fc.weight": (C, 4 * C), p + "mlp.c_fc.bias": (4 * C,),
                    p + "mlp.c_proj.weight": (4 * C, C), p + "mlp.c_proj.bias": (C,)}
-    return shapes | {"ln_f.weight": (C,), "ln_f.bias": (C,)}
+    shapes |= {"ln_f.weight": (C,), "ln_f.bias": (C,)}
+    if not config.tie_word_embeddings:
+        shapes[_HEAD] = (V, C)
+    return shapes
 
 
 def _num_params(shapes: Mapping[str, tuple[int, ...]]) -> int:
@@ -199,9 +202,17 @@ class _Checkpoint:
         if "wte.weight" not in self.tensors and _HEAD in self.tensors:
             self.tensors["wte.weight"] = self.tensors.pop(_HEAD)
 
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Our name -> shape for every tensor to load (the tied head left out)."""
-        return {n: s for n, (_, s) in self.tensors.items() if n != _HEAD}
+    def shapes(self, head: bool = False) -> dict[str, tuple[int, ...]]:
+        """Our name -> shape for every tensor to load; lm_head.weight only when `head` (untied)."""
+        return {n: s for n, (_, s) in self.tensors.items() if head or n != _HEAD}
+
+    def head_is_tied(self) -> bool:
+        """True unless the file holds an lm_head.weight that differs from wte.weight."""
+        if _HEAD not in self.tensors or "wte.weight" not in self.tensors:
+            return True
+        if self.tensors[_HEAD][1] != self.tensors["wte.weight"][1]:
+            return False
+        return bool(np.array_equal(self.read(_HEAD), self.read("wte.weight")))
 
     def read(self, name: str) -> np.ndarray:
         from safetensors import SafetensorError
@@ -246,6 +257,9 @@ def _infer_config(ckpt: _Checkpoint, hf_config: Mapping[str, Any] | None,
         n_ctx = hf_config.get("n_positions", hf_config.get("n_ctx"))
         if n_ctx is not None:
             values["n_ctx"] = n_ctx
+        values["tie_word_embeddings"] = bool(hf_config.get("tie_word_embeddings", True))
+    elif "tie_word_embeddings" not in overrides:
+        values["tie_word_embeddings"] = ckpt.head_is_tied()
     values.update(overrides)
 
     missing = [k for k in ("vocab_size", "n_embd", "n_ctx", "n_layer") if k not in values]
@@ -295,8 +309,9 @@ def load_weights(model: GPT2, ckpt: _Checkpoint, what: str | None = None) -> GPT
     """
     what = what or f"{ckpt.file} into GPT2({_config_summary(model.config)})"
     own = dict(model.named_parameters())
-    check_shapes({n: p.shape for n, p in own.items()}, ckpt.shapes(), what)
-    if _HEAD in ckpt.tensors and ckpt.tensors[_HEAD][1] != own["wte.weight"].shape:
+    tied = model.config.tie_word_embeddings
+    check_shapes({n: p.shape for n, p in own.items()}, ckpt.shapes(head=not tied), what)
+    if tied and _HEAD in ckpt.tensors and ckpt.tensors[_HEAD][1] != own["wte.weight"].shape:
         raise CheckpointError(f"{ckpt.file}: lm_head.weight has shape {ckpt.tensors[_HEAD][1]} but "
                               f"wte.weight {own['wte.weight'].shape}; GPT-2 ties them (the head is wte)")
     for name, param in own.items():
@@ -304,12 +319,12 @@ def load_weights(model: GPT2, ckpt: _Checkpoint, what: str | None = None) -> GPT
         # The parameter's own array is written in place (and converted to its dtype and device).
         param.data[...] = backend.to_device(value, param.device).astype(param.dtype, copy=False)
         del value  # the next tensor is read only once this one is gone
-    if _HEAD in ckpt.tensors:
+    if tied and _HEAD in ckpt.tensors:
         wte = own["wte.weight"]
         head = ckpt.read(_HEAD).astype(wte.dtype, copy=False)
         if not bool((backend.to_device(wte.data, "cpu") == head).all()):
-            raise CheckpointError(f"{ckpt.file}: lm_head.weight differs from wte.weight, but GPT-2 ties "
-                                  f"them (the output head is wte), so an untied head cannot be loaded")
+            raise CheckpointError(f"{ckpt.file}: lm_head.weight differs from wte.weight, but this model "
+                                  f"ties them (the output head is wte); load it with tie_word_embeddings=False")
     return model
 
 
@@ -372,7 +387,7 @@ def hf_config_dict(config: GPT2Config) -> dict[str, Any]:
         "initializer_range": 0.02,
         "bos_token_id": 50256,
         "eos_token_id": 50256,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_word_embeddings,
     }
 
 

@@ -78,6 +78,24 @@ def test_init_statistics():
     assert params["h.0.mlp.c_proj.weight"].data.std() < 0.6 * params["h.0.mlp.c_fc.weight"].data.std()
 
 
+def test_untied_head_and_embedding_std():
+    config = GPT2Config(vocab_size=4000, n_ctx=256, n_embd=256, n_layer=2, n_head=4, tie_word_embeddings=False)
+    model = GPT2(config, embedding_std=1.0)
+    params = dict(model.named_parameters())
+    assert params["lm_head.weight"].shape == (4000, 256)                  # HF's (vocab, C) layout
+    assert params["lm_head.weight"].data.std() == pytest.approx(0.02, rel=0.03)
+    assert params["wte.weight"].data.std() == pytest.approx(1.0, rel=0.03)
+    assert params["wpe.weight"].data.std() == pytest.approx(1.0, rel=0.03)
+    assert params["h.0.mlp.c_fc.weight"].data.std() == pytest.approx(0.02, rel=0.03)
+    assert model.num_parameters() == GPT2(config.replace(tie_word_embeddings=True)).num_parameters() + 4000 * 256
+    assert expected_shapes(config) == _shapes(model)
+    # the head, not wte, makes the logits
+    idx = np.array([[1, 2, 3]])
+    with mg.no_grad():
+        h = model.hidden_states(idx).data
+        np.testing.assert_allclose(model(idx).data, h @ model.lm_head.weight.data.T, rtol=1e-5, atol=1e-5)
+
+
 def test_init_false_keeps_the_layers_own_init():
     config = GPT2Config(vocab_size=500, n_ctx=64, n_embd=64, n_layer=2, n_head=2)
     raw = GPT2(config, init=False)
@@ -248,6 +266,34 @@ def test_parity_loss_and_gradients(tiny_pair, tokens):
         ref = hf_grads[name]
         rel = np.linalg.norm(g - ref) / np.linalg.norm(ref)
         assert rel <= 1e-4, f"{name}: relative gradient error {rel:.2e}"
+
+
+@needs_hf
+def test_parity_untied_head_logits_and_gradients(tmp_path, tokens):
+    """tie_word_embeddings=False in transformers: lm_head.weight is a parameter of its own."""
+    import torch
+    import transformers
+
+    torch.manual_seed(7)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=50257, n_positions=64,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    ours = from_pretrained(tmp_path)
+    assert not ours.config.tie_word_embeddings
+    out = hf(torch.tensor(tokens), labels=torch.tensor(tokens))
+    out.loss.backward()
+    targets = np.concatenate([tokens[:, 1:], np.full((2, 1), -100)], axis=1)
+    logits, loss = ours(tokens, targets)
+    loss.backward()
+    assert np.abs(logits.data - out.logits.detach().numpy()).max() <= 1e-5
+    assert abs(loss.item() - out.loss.item()) <= 1e-6 * abs(out.loss.item())
+    hf_grads = {name.removeprefix("transformer."): p.grad.numpy() for name, p in hf.named_parameters()}
+    ours_grads = {name: p.grad for name, p in ours.named_parameters()}
+    assert set(ours_grads) == set(hf_grads) and "lm_head.weight" in ours_grads
+    for name in ("lm_head.weight", "wte.weight", "h.0.attn.c_attn.weight"):
+        ref = hf_grads[name]
+        assert np.linalg.norm(ours_grads[name] - ref) / np.linalg.norm(ref) <= 1e-4, name
 
 
 @needs_hf

@@ -290,14 +290,41 @@ def test_head_only_checkpoint_uses_lm_head_as_wte(tmp_path):
     _assert_same_weights(from_pretrained(_write(tmp_path / "m.safetensors", tensors), n_head=4), model)
 
 
-def test_untied_lm_head_is_refused(tmp_path):
+def test_untied_lm_head_loads_as_an_untied_model(tmp_path):
+    """A bare file whose lm_head differs from wte is an untied model (config tie_word_embeddings=False)."""
+    model = GPT2(TINY.replace(tie_word_embeddings=False))
+    loaded = from_pretrained(_write(tmp_path / "m.safetensors", _state(model)), n_head=4)
+    assert not loaded.config.tie_word_embeddings
+    _assert_same_weights(loaded, model)
+    np.testing.assert_array_equal(_logits(loaded, IDX), _logits(model.eval(), IDX))
+
+
+def test_untied_lm_head_is_refused_by_a_tied_model(tmp_path):
     tensors = _state(GPT2(TINY))
     tensors["lm_head.weight"] = tensors["wte.weight"] + 1.0
     with pytest.raises(CheckpointError, match="lm_head.weight differs from wte.weight"):
-        from_pretrained(_write(tmp_path / "m.safetensors", tensors), n_head=4)
+        from_pretrained(_write(tmp_path / "m.safetensors", tensors), n_head=4, tie_word_embeddings=True)
     tensors["lm_head.weight"] = tensors["wte.weight"][:5]
     with pytest.raises(CheckpointError, match=r"lm_head.weight has shape \(5, 32\)"):
+        from_pretrained(_write(tmp_path / "m.safetensors", tensors), n_head=4, tie_word_embeddings=True)
+    # left to infer, the odd-shaped head makes an untied model whose head does not fit
+    with pytest.raises(nn.StateDictError, match=r"lm_head.weight: checkpoint \(5, 32\) vs model \(97, 32\)"):
         from_pretrained(_write(tmp_path / "m.safetensors", tensors), n_head=4)
+
+
+def test_untied_model_needs_its_head(tmp_path):
+    tensors = _state(GPT2(TINY))
+    with pytest.raises(nn.StateDictError, match="missing keys: lm_head.weight"):
+        from_pretrained(_write(tmp_path / "m.safetensors", tensors), n_head=4, tie_word_embeddings=False)
+
+
+def test_save_pretrained_round_trip_untied(tmp_path):
+    model = GPT2(TINY.replace(tie_word_embeddings=False))
+    folder = save_pretrained(model, tmp_path / "ckpt")
+    assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"] is False
+    loaded = from_pretrained(folder)
+    assert loaded.config == model.config
+    _assert_same_weights(loaded, model)
 
 
 def test_unknown_and_missing_keys_are_listed(tmp_path):
@@ -359,6 +386,21 @@ def test_transformers_loads_what_we_save(tmp_path):
     with torch.no_grad():
         ref = hf(torch.tensor(IDX)).logits.numpy()
     assert np.abs(_logits(model, IDX) - ref).max() <= 1e-5
+
+
+@pytest.mark.skipif(not HAVE_HF, reason="needs torch and transformers")
+def test_transformers_loads_an_untied_model_we_save(tmp_path):
+    import torch
+    import transformers
+
+    model = GPT2(TINY.replace(tie_word_embeddings=False), embedding_std=1.0).eval()
+    folder = save_pretrained(model, tmp_path / "ckpt")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    assert not hf.config.tie_word_embeddings
+    np.testing.assert_array_equal(hf.lm_head.weight.detach().numpy(), model.lm_head.weight.data)
+    with torch.no_grad():
+        ref = hf(torch.tensor(IDX)).logits.numpy()
+    assert np.abs(_logits(model, IDX) - ref).max() <= 1e-4
 
 
 # ---------------------------------------------------------------- the real 124M weights
