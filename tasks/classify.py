@@ -63,6 +63,11 @@ class GPT2Classifier(nn.Module):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        if gpt.lm_head is not None:
+            # An untied LM head (a tasks.pretrain run with --no-tie-embeddings) is never read here:
+            # dropped, it costs no memory, no optimizer state and no checkpoint space.
+            gpt.lm_head = None
+            gpt.config = gpt.config.replace(tie_word_embeddings=True)
         self.gpt = gpt
         self.head = nn.Linear(gpt.config.n_embd, num_classes)
         self.pool, self.pad_id, self.num_classes = pool, pad_id, num_classes

@@ -25,7 +25,8 @@ class UsageError(TaskError):
 
 
 def add_model_args(p: argparse.ArgumentParser, *, init_default: str = "random", size_default: str = "124M",
-                   context_default: int | None = None, dropout_default: float = 0.1) -> None:
+                   context_default: int | None = None, dropout_default: float = 0.1,
+                   tie_default: bool = True, embedding_std_default: float = 0.02) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--init", default=init_default,
                    help="random, an official size (124M, 355M, 774M, 1558M), a .safetensors file or "
@@ -38,6 +39,14 @@ def add_model_args(p: argparse.ArgumentParser, *, init_default: str = "random", 
     g.add_argument("--context", type=int, default=context_default,
                    help="context length in tokens (default: %(default)s)")
     g.add_argument("--dropout", type=float, default=dropout_default, help="dropout rate (default: %(default)s)")
+    g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None,
+                   help="for --init random: the output head is wte (GPT-2's way), or a matrix of its own "
+                        f"with --no-tie-embeddings (default: {'tied' if tie_default else 'untied'})")
+    g.add_argument("--embedding-std", type=float, default=None,
+                   help="for --init random: std of wte and wpe at initialisation; GPT-2 uses 0.02, "
+                        f"PyTorch's nn.Embedding 1.0 (default: {embedding_std_default}; 0.02 when tied)")
+    # what --init random uses when those two are not given (a task's own choice)
+    p.set_defaults(tie_default=tie_default, embedding_std_default=embedding_std_default)
     g.add_argument("--backend", default="numpy", choices=("numpy", "cupy"),
                    help="numpy (CPU) or cupy (NVIDIA GPU) (default: %(default)s)")
     g.add_argument("--seed", type=int, default=123, help="random seed (default: %(default)s)")
@@ -96,7 +105,19 @@ def build_model(args: argparse.Namespace):
     init = args.init
     if init == "random":
         mg.manual_seed(args.seed)
-        return GPT2(model_config(args))
+        tie = args.tie_default if args.tie_embeddings is None else args.tie_embeddings
+        # a tied head keeps GPT-2's 0.02 unless told otherwise (and then refuses, below)
+        std = args.embedding_std if args.embedding_std is not None else \
+            0.02 if tie else args.embedding_std_default
+        if std <= 0:
+            raise UsageError(f"--embedding-std must be positive, got {std}")
+        if tie and std != 0.02:
+            raise UsageError(f"--embedding-std {std} with a tied head would scale the logits with it; "
+                             "add --no-tie-embeddings")
+        return GPT2(model_config(args).replace(tie_word_embeddings=tie), embedding_std=std)
+    if args.tie_embeddings is not None or args.embedding_std is not None:
+        raise UsageError(f"--tie-embeddings and --embedding-std choose how --init random builds a model; "
+                         f"--init {init} brings its own weights")
     path = Path(init)
     if init not in SIZES and path.is_dir() and (path / "run.json").is_file():
         from .checkpoint import load_model_from_run

@@ -98,6 +98,15 @@ def test_head_reads_the_right_token_for_both_pools():
         assert same == (pool == "last-real"), pool  # padding matters only to "last"
 
 
+def test_an_untied_lm_head_is_dropped():
+    """A pretrain run with its own LM head: the classifier never reads it, so it is not kept."""
+    model = GPT2Classifier(tiny_gpt(tie_word_embeddings=False), 2)
+    assert model.gpt.lm_head is None and model.config.tie_word_embeddings
+    assert not any(n.startswith("gpt.lm_head") for n, _ in model.named_parameters())
+    rebuilt = GPT2Classifier(GPT2(model.config), 2)  # what a run.json's model_config builds back
+    rebuilt.load_state_dict(model.state_dict())
+
+
 def _snapshot(model):
     return {n: p.data.copy() for n, p in model.named_parameters()}
 

@@ -280,10 +280,11 @@ def test_bad_arguments():
 
 # ---------------------------------------------------------------- the command line
 def save_tiny_run(run_dir: Path) -> None:
-    """A tasks.pretrain-style run folder holding a tiny model with GPT-2's vocabulary."""
+    """A tasks.pretrain-style run folder holding a tiny model with GPT-2's vocabulary (and, as
+    tasks.pretrain's default makes it, an untied head)."""
     checkpoint = pytest.importorskip("tasks.checkpoint")
     mg.manual_seed(0)
-    model = GPT2(GPT2Config(n_ctx=32, n_embd=16, n_layer=1, n_head=2))
+    model = GPT2(GPT2Config(n_ctx=32, n_embd=16, n_layer=1, n_head=2, tie_word_embeddings=False), embedding_std=1.0)
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"task": "pretrain", "model_config": model.config.to_dict()}))
     checkpoint.save_checkpoint(run_dir, 1, model)
