@@ -63,7 +63,8 @@ def test_tiny_run_learns_and_writes_outputs(tmp_path):
     for key in ("val_loss", "train_ppl", "val_ppl", "tokens_seen", "lr", "tokens_per_s", "epoch"):
         assert key in evals[-1]
     assert (out / "loss.png").stat().st_size > 1000
-    assert json.loads((out / "run.json").read_text())["model_config"]["n_embd"] == 32
+    config = json.loads((out / "run.json").read_text())["model_config"]
+    assert config["n_embd"] == 32 and config["tie_word_embeddings"] is False  # the reference's model
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step_00000020", "step_00000030"]  # --keep 2
 
@@ -114,10 +115,14 @@ def test_existing_run_without_resume_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--dataset", "nope"], "unknown --dataset"),
+    (["--dataset", "nope"], "'nope' is unknown; known text datasets: the-verdict, tinyshakespeare"),
+    (["--dataset", "sms-spam"], "'sms-spam' is not raw text"),
     (["--text", "/nonexistent/file.txt"], "/nonexistent/file.txt"),
     (["--backend", "cupy"], "cupy"),
     (["--context", "4096"], "context"),
+    (["--tie-embeddings", "--embedding-std", "1"], "scale the logits"),
+    (["--embedding-std", "0"], "must be positive"),
+    (["--init", "124M", "--no-tie-embeddings"], "brings its own weights"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, extra, message):
     if extra[:2] == ["--backend", "cupy"]:
