@@ -110,14 +110,12 @@ class Block(nn.Module):
 
 
 class LMHead(nn.Module):
-    """An output head of its own (untied): logits = x @ weight.T, weight (vocab, C) as in HF."""
+    """An output head of its own (untied): `weight` (vocab, C) as in HF, laid out as wte's so
+    that GPT2.logits applies either the same way."""
 
     def __init__(self, n_embd: int, vocab_size: int):
         super().__init__()
         self.weight = nn.Parameter(np.zeros((vocab_size, n_embd), dtype=np.float32))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, transposed=True)
 
 
 class GPT2(nn.Module):
@@ -174,9 +172,8 @@ class GPT2(nn.Module):
 
     def logits(self, x: Tensor) -> Tensor:
         """The LM head applied to hidden states (B, T, C): wte itself unless the head is untied."""
-        if self.lm_head is not None:
-            return self.lm_head(x)
-        return F.linear(x, self.wte.weight, transposed=True)
+        head = self.wte if self.lm_head is None else self.lm_head
+        return F.linear(x, head.weight, transposed=True)                # x @ (vocab, C).T
 
     def hidden_states(self, idx, attn_mask=None, position_ids=None, cache: KVCache | None = None) -> Tensor:
         """The final LayerNorm's output (B, T, C): what the LM head (or a classifier) reads."""
