@@ -162,6 +162,7 @@ def test_lora_trains_only_adapters_and_head_and_reloads(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_tiny_run_learns_a_toy_task_and_predicts(tmp_path, capsys):
     out = tmp_path / "run"
     rc = classify.main(["train", "--data", str(toy_tsv(tmp_path / "toy.tsv")), *TINY, "--trainable", "all",
@@ -212,6 +213,7 @@ def _fails(capsys, argv):
     return err
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
     out = ["--out", str(tmp_path / "out")]
     assert "no such file" in _fails(capsys, ["train", "--data", str(tmp_path / "nope.tsv"), *TINY, *out])

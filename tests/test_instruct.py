@@ -88,6 +88,7 @@ def test_prompt_text_with_and_without_input():
     assert format_prompt(rec).startswith(format_alpaca_prompt(rec))
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_response_text_stops_at_eos_and_drops_the_header():
     from gpt2.tokenizer import get_tokenizer
     tok = get_tokenizer()
@@ -172,6 +173,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_train_respond_and_chat(tmp_path, data_file):
     run = tmp_path / "run"
     r = _ok("train", *TINY, "--data", data_file, "--out", run, "--max-steps", "6", "--eval-every", "3",
@@ -206,6 +208,7 @@ def test_train_respond_and_chat(tmp_path, data_file):
     assert r.stdout == expected and r.stdout.count("\n") >= 2
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_resume_continues_exactly(tmp_path, data_file):
     common = ["train", *TINY, "--data", data_file, "--eval-every", "2", "--sample-tokens", "0"]
     _ok(*common, "--out", tmp_path / "ref", "--max-steps", "6")
@@ -220,6 +223,7 @@ def test_resume_continues_exactly(tmp_path, data_file):
     assert _run(*common, "--out", run, "--max-steps", "6").returncode == 2
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_lora_trains_only_the_adapters(tmp_path, data_file):
     run = tmp_path / "lora"
     argv = ["train", *TINY, "--data", data_file, "--out", run, "--max-steps", "3", "--eval-every", "3",
