@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import minigrad as mg
+from gpt2.tokenizer import TokenizerUnavailableError
 from minigrad.hub import ChecksumError, MissingFileError
 
 SIZES = ("124M", "355M", "774M", "1558M")
@@ -149,7 +150,8 @@ def main_guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | N
         try:
             return fn(argv)
         except (TaskError, MissingFileError, ChecksumError, FileNotFoundError, IsADirectoryError,
-                mg.BackendError, mg.nn.StateDictError, json.JSONDecodeError, ValueError) as e:
+                mg.BackendError, mg.nn.StateDictError, json.JSONDecodeError, ValueError,
+                TokenizerUnavailableError) as e:
             if os.environ.get("MINIGRAD_DEBUG"):
                 raise  # a developer wants the traceback
             print(f"error: {e}", file=sys.stderr)
