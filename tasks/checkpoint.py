@@ -91,9 +91,9 @@ def load_checkpoint(ckpt: str | os.PathLike, model, optimizer=None) -> dict[str,
 def load_model_from_run(path: str | os.PathLike, device: str = "cpu"):
     """The model of a run folder (its newest checkpoint) or of one checkpoint folder, in eval mode.
 
-    Works for every task: run.json names the model config and, for a classifier, its head.
+    Works for every task: run.json names the model kind, its config and, for a classifier, its head.
     """
-    from gpt2 import GPT2, GPT2Config
+    from gpt2.registry import build_model
 
     path = Path(path)
     if (path / "state.json").is_file() and path.parent.name == CHECKPOINTS:
@@ -103,13 +103,7 @@ def load_model_from_run(path: str | os.PathLike, device: str = "cpu"):
         if ckpt is None:
             raise FileNotFoundError(f"{path} holds no checkpoint (looked in {path / CHECKPOINTS})")
     run = read_json(run_dir / "run.json")
-    config = GPT2Config.from_dict(run["model_config"])
-    model = GPT2(config)
-    builder = run.get("model_builder")
-    if builder:  # a task that wraps the model (classifier head, LoRA) says how to rebuild it
-        import importlib
-        module, name = builder.rsplit(".", 1)
-        model = getattr(importlib.import_module(module), name)(model, run)
+    model = build_model(run)  # the kind run.json names, from gpt2's registry: never a module path
     state = mg.load(ckpt / "model.safetensors")
     model.load_state_dict(state)
     return model.to(device).eval()

@@ -231,7 +231,7 @@ def test_lora_trains_only_the_adapters(tmp_path, data_file):
     r = _ok(*argv)
     assert "LoRA: 8 linear layers" in r.stdout
     meta = json.loads((run / "run.json").read_text())
-    assert meta["lora"] == {"rank": 4, "alpha": 8.0} and meta["model_builder"] == "tasks.instruct.with_lora"
+    assert meta["lora"] == {"rank": 4, "alpha": 8.0} and meta["model_kind"] == "gpt2"
 
     ckpt = next((run / "checkpoints").iterdir())
     trained = mg.load(ckpt / "model.safetensors")
@@ -243,7 +243,7 @@ def test_lora_trains_only_the_adapters(tmp_path, data_file):
         assert np.array_equal(np.asarray(trained[k]), np.asarray(v)), f"{k} changed"
     assert any(np.abs(np.asarray(trained[k])).max() > 0 for k in adapters if k.endswith("lora_B"))
 
-    # the run loads back (through its model_builder) and answers
+    # the run loads back (the registry's kind, adapters from run.json) and answers
     from tasks.checkpoint import load_model_from_run
     model = load_model_from_run(run)
     assert sum(isinstance(m, nn.LoRALinear) for m in model.modules()) == 8
