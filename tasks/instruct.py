@@ -43,12 +43,11 @@ from minigrad import nn
 from . import cli
 from .checkpoint import CHECKPOINTS, read_json, write_json
 from .data import DATASETS, BatchLoader, ensure_dataset
-from .judge import format_alpaca_prompt
+from .alpaca import RESPONSE_HEADER, format_prompt
 from .plots import plot_curves
 from .train import Trainer, TrainConfig, mean_loss, read_metrics
 
 DEFAULT_DATA = "instruction-data"
-RESPONSE_HEADER = "\n\n### Response:\n"
 IGNORE_INDEX = -100   # targets the loss skips (cross_entropy's default)
 
 
@@ -57,11 +56,6 @@ class InstructionDataError(cli.UsageError):
 
 
 # ----------------------------------------------------------------------------- records and prompts
-
-
-def format_prompt(record: dict) -> str:
-    """The text the model continues: the Alpaca prompt up to and including "### Response:\\n"."""
-    return format_alpaca_prompt(record) + RESPONSE_HEADER
 
 
 def format_example(record: dict) -> str:

@@ -14,7 +14,7 @@ from minigrad.hub import cache_dir
 from tasks import cli
 from tasks.instruct import (EOT_ID, InstructionDataError, InstructionLoader, collate, format_example,
                             format_prompt, load_records, parse_args, response_text, split_records)
-from tasks.judge import format_alpaca_prompt
+from tasks.alpaca import format_alpaca_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--init", "random", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "128",
