@@ -123,6 +123,9 @@ def build_model(args: argparse.Namespace):
     if init not in SIZES and path.is_dir() and (path / "run.json").is_file():
         from .checkpoint import load_model_from_run
         model = load_model_from_run(path)
+        if not isinstance(model, GPT2):
+            raise UsageError(f"--init {init}: holds a {type(model).__name__}, not a GPT-2 language model "
+                             "to start from")
     else:
         if init not in SIZES and not path.exists() and init not in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
             raise UsageError(f"--init {init!r}: not 'random', an official size ({', '.join(SIZES)}) "
