@@ -213,7 +213,7 @@ def train(args: argparse.Namespace) -> int:
                       tokens_in=lambda b: len(b[1]), plot=plot)
     t0 = time.perf_counter()
     if trainer.run(args.resume, summary=False) is None:
-        return 130
+        return trainer.exit_code
     train_time = time.perf_counter() - t0
 
     after_scores = {n: score(model, loader, args.report_batches) for n, loader in evals.items()}

@@ -299,7 +299,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
                       sample=sample if args.sample_tokens > 0 else None, plot=plot)
-    return 130 if trainer.run(args.resume) is None else 0
+    return trainer.exit_code if trainer.run(args.resume) is None else 0
 
 
 # ----------------------------------------------------------------------------- respond and chat

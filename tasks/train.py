@@ -110,6 +110,8 @@ class Trainer:
         self.scheduler = CosineWithWarmup(self.optimizer, config.warmup, total, min_lr=min_lr)
         self.step = self.start_step = 0
         self.tokens_seen = 0
+        self.stopped_by: int | None = None  # the signal that stopped fit(), if one did
+        self.exit_code = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     # ------------------------------------------------------------ state
@@ -133,10 +135,9 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
         self.scheduler.load_state_dict(state["scheduler"])
         mg.set_rng_state(state["rng"])
-        if self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        if self.metrics_path.exists():  # a torn last line (killed mid-write) is dropped with the rest
+            kept = [r for r in read_metrics(self.run_dir) if r["step"] <= self.step]
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         tqdm.write(f"resumed from {ckpt} (step {self.step})")
         return True
 
@@ -147,12 +148,14 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def run(self, resume: bool, summary: bool = True) -> dict[str, Any] | None:
         """What a task's main does: fit(), from the newest checkpoint when `resume`. Returns the
-        last evaluation, or None when Ctrl-C stopped the run (fit has saved it by then)."""
+        last evaluation, or None when Ctrl-C or SIGTERM stopped the run (fit has saved it by then;
+        `exit_code` is then 130 or 143, what the task's main returns)."""
         if resume and not self.resume():
             print(f"no checkpoint in {self.run_dir}: starting from the beginning")
         try:
             last = self.fit()
         except KeyboardInterrupt:
+            self.exit_code = 128 + (self.stopped_by or signal.SIGINT)
             return None
         if summary and last:
             print(f"done: step {self.step}, train loss {last.get('train_loss', float('nan')):.3f}, "
@@ -164,12 +167,16 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
         self.start_step = self.step  # after any resume: what this session adds starts here
-        interrupted = {"flag": False}
+        self.stopped_by = None
 
-        def on_sigint(signum, frame):
-            interrupted["flag"] = True  # finish the current step, then save and stop
+        def on_signal(signum, frame):
+            if self.stopped_by is not None:
+                # a second signal stops at once: a checkpoint being written is discarded whole
+                # (save_checkpoint), a torn metrics line is dropped on resume
+                raise KeyboardInterrupt
+            self.stopped_by = signum  # finish the current step, then save and stop
 
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
+        old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         last_eval: dict[str, Any] = {}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.progress,
                    dynamic_ncols=True, desc="train")
@@ -189,13 +196,15 @@ class Trainer:
                     last_eval = self._evaluate(rate)
                     self.save()
                     t_last, tok_last = time.perf_counter(), self.tokens_seen
-                if interrupted["flag"]:
+                if self.stopped_by is not None:
                     path = self.save()
-                    tqdm.write(f"interrupted: saved {path}; continue with --resume")
+                    tqdm.write(f"interrupted: saved {path} on {signal.Signals(self.stopped_by).name}; "
+                               f"continue with --out {self.run_dir} --resume")
                     raise KeyboardInterrupt
         finally:
             bar.close()
-            signal.signal(signal.SIGINT, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
         return last_eval
 
     def _update(self) -> float:
@@ -239,7 +248,16 @@ class Trainer:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl; a torn last line (the process died mid-write) is skipped."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:  # only the last line can be torn by a crash
+                raise ValueError(f"{path}, line {i + 1}: not a JSON record") from None
+    return records
