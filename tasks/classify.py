@@ -32,7 +32,7 @@ import minigrad.functional as F
 from gpt2.classifier import POOLS, GPT2Classifier
 from minigrad import backend, nn
 
-from . import cli
+from . import cli, runfolder
 from .checkpoint import CHECKPOINTS, read_json, write_json
 from .classify_data import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
                             longest, pad_ids, per_class_scores, write_split_csvs)
@@ -133,14 +133,9 @@ def _scores_dict(s: Scores) -> dict:
 
 
 def train(args: argparse.Namespace) -> int:
+    args, resuming = runfolder.start(args)
     device = cli.device_of(args)
-    for flag, value in (("--lora-rank", args.lora_rank), ("--max-length", args.max_length),
-                        ("--report-batches", args.report_batches), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise cli.UsageError(f"{flag} must be at least 1, got {value}")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise cli.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     splits, classes, n_rows, n_skipped = load_splits(args)
 
     tokenizer = _tokenizer()
@@ -169,12 +164,13 @@ def train(args: argparse.Namespace) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     write_split_csvs(out, splits)
-    write_json(out / "run.json", {
-        "task": "classify", "args": cli.config_json(args), "model_config": gpt.config.to_dict(),
-        "model_kind": "gpt2-classifier",
-        "classifier": {"labels": classes, "pool": args.pool, "trainable": args.trainable,
-                       "max_length": length, "pad_id": PAD_ID},
-        "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.trainable == "lora" else None})
+    if not resuming:
+        write_json(out / "run.json", {
+            "task": "classify", "args": cli.config_json(args), "model_config": gpt.config.to_dict(),
+            "model_kind": "gpt2-classifier",
+            "classifier": {"labels": classes, "pool": args.pool, "trainable": args.trainable,
+                           "max_length": length, "pad_id": PAD_ID},
+            "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.trainable == "lora" else None})
     sizes = " / ".join(f"{len(splits[n])}" for n in SPLIT_NAMES)
     print(f"data: {n_rows} valid rows ({n_skipped} skipped), classes {', '.join(classes)}; "
           f"train / validation / test {sizes} rows = "
@@ -356,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli.main_guard
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cli.parse(build_parser(), argv)
     return args.func(args)
 
 

@@ -143,8 +143,29 @@ def build_model(args: argparse.Namespace):
     return model
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parser.parse_args(argv), plus `args.typed`: the flags the user typed (not defaulted), which
+    --resume compares with the run's own (a flag typed with its default value counts as typed)."""
+    args = parser.parse_args(argv)
+    parsers = [parser]
+    for action in parser._actions:  # and the chosen subcommand's parser
+        if isinstance(action, argparse._SubParsersAction):
+            parsers += list(action.choices.values())
+    saved = [(a, a.default) for p in parsers for a in p._actions if a.dest != "help"]
+    try:
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+        typed_only = parser.parse_args(argv)
+    finally:
+        for a, default in saved:
+            a.default = default
+    dests = {a.dest for a, _ in saved}
+    args.typed = {k for k in vars(typed_only) if k in dests}
+    return args
+
+
 def config_json(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
+    return {k: v for k, v in vars(args).items() if k not in ("func", "typed") and not callable(v)}
 
 
 def describe_os_error(e: OSError) -> str:

@@ -40,7 +40,7 @@ import minigrad.functional as F
 from gpt2.tokenizer import EOT_ID
 from minigrad import nn
 
-from . import cli
+from . import cli, runfolder
 from .checkpoint import CHECKPOINTS, read_json, write_json
 from .data import DATASETS, BatchLoader, ensure_dataset
 from .alpaca import RESPONSE_HEADER, format_prompt
@@ -227,11 +227,10 @@ def _prepare_items(tokenizer, records, max_length: int, mask_instructions: bool,
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    args, resuming = runfolder.start(args)
     device = cli.device_of(args)
     from gpt2.tokenizer import get_tokenizer
 
-    if args.lora_rank is not None and args.lora_rank < 1:
-        raise cli.UsageError(f"--lora-rank must be at least 1, got {args.lora_rank}")
     if args.max_length is not None and args.max_length < 2:
         raise cli.UsageError(f"--max-length must be at least 2, got {args.max_length}")
     path = resolve_data(args.data)
@@ -270,8 +269,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                                    mask_instructions=args.mask_instructions)
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise cli.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     run: dict[str, Any] = {
         "task": "instruct", "args": cli.config_json(args), "model_config": model.config.to_dict(),
@@ -280,7 +277,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "num_records": len(records), "split_seed": args.split_seed,
                  "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}},
         "max_length": max_length, "model_kind": "gpt2", "lora": _lora_of(model)}
-    write_json(out / "run.json", run)
+    if not resuming:
+        write_json(out / "run.json", run)
     trainable = model.num_parameters(trainable_only=True)
     print(f"model: {model.num_parameters():,} parameters ({trainable:,} trainable) on {device}; "
           f"{len(train_recs)} train / {len(val_recs)} val / {len(test_recs)} test records; "
@@ -448,7 +446,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         q.add_argument("--backend", default="numpy", choices=("numpy", "cupy"),
                        help="numpy (CPU) or cupy (NVIDIA GPU) (default: %(default)s)")
     c.set_defaults(func=cmd_chat)
-    return p.parse_args(argv)
+    return cli.parse(p, argv)
 
 
 @cli.main_guard

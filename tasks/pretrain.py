@@ -17,7 +17,7 @@ from pathlib import Path
 import minigrad as mg
 import minigrad.functional as F
 
-from . import cli
+from . import cli, runfolder
 from .checkpoint import write_json
 from .data import DATASETS, make_pretrain_loaders, read_text
 from .plots import plot_curves
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-tokens", type=int, default=25, help="tokens of the greedy sample printed at each eval; 0 = none (default: %(default)s)")
     cli.add_model_args(p, context_default=256, tie_default=False, embedding_std_default=1.0)
     cli.add_train_args(p, epochs=10, batch_size=2, lr=4e-4, eval_every=5, eval_batches=5, out="runs/pretrain")
-    args = p.parse_args(argv)
+    args = cli.parse(p, argv)
     if args.dataset is None and args.text is None:
         args.dataset = "the-verdict"
     if args.dataset is not None and args.dataset not in TEXT_DATASETS:
@@ -65,7 +65,7 @@ def greedy_sample(model, tokenizer, prompt: str, n: int) -> str:
 
 @cli.main_guard
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, resuming = runfolder.start(parse_args(argv))
     device = cli.device_of(args)
     from gpt2.tokenizer import get_tokenizer
 
@@ -80,11 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise cli.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args),
-                                  "model_config": model.config.to_dict()})
+    if not resuming:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args),
+                                      "model_config": model.config.to_dict(), "model_kind": "gpt2"})
     print(f"model: {model.num_parameters():,} parameters on {device}; "
           f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size}x{context} tokens")
 

@@ -21,7 +21,7 @@ from minigrad.io import atomic_write_text
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
 from .cli import TaskError
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 class NonFiniteLoss(TaskError):
@@ -131,10 +131,14 @@ class Trainer:
         if ckpt is None:
             return False
         state = load_checkpoint(ckpt, self.model, self.optimizer)
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.loader.load_state_dict(state["loader"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        mg.set_rng_state(state["rng"])
+        try:
+            self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+            self.loader.load_state_dict(state["loader"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            mg.set_rng_state(state["rng"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{ckpt / 'state.json'} lacks {e} or holds it in another shape; "
+                                  "the checkpoint cannot be resumed") from None
         if self.metrics_path.exists():  # a torn last line (killed mid-write) is dropped with the rest
             kept = [r for r in read_metrics(self.run_dir) if r["step"] <= self.step]
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
