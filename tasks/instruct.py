@@ -43,6 +43,7 @@ from minigrad import nn
 from . import cli, runfolder
 from .checkpoint import CHECKPOINTS, read_json, write_json
 from .data import DATASETS, BatchLoader, ensure_dataset
+from .jsonl import append_jsonl, read_jsonl
 from .alpaca import RESPONSE_HEADER, format_prompt
 from .plots import plot_curves
 from .train import Trainer, TrainConfig, mean_loss, read_metrics
@@ -325,12 +326,15 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_respond(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 1 or args.batch_size < 1:
-        raise cli.UsageError("--max-new-tokens and --batch-size must be at least 1")
+    if args.max_new_tokens < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise cli.UsageError("--max-new-tokens, --batch-size and --limit must be at least 1")
+    ckpt = Path(args.checkpoint)
+    name = args.split if args.data is None else Path(args.data).stem
+    out = Path(args.out) if args.out else _run_dir(ckpt) / f"responses_{name}.json"
+    runfolder.check_output_file(out)  # before any work: a bad --out must not cost the answers
     model, tokenizer, run = _load(args)
     if args.data is not None:
         records = load_records(resolve_data(args.data), require_output=False)
-        name = Path(args.data).stem
     else:
         info = run.get("data")
         if not info:
@@ -341,20 +345,29 @@ def cmd_respond(args: argparse.Namespace) -> int:
                 f"{info['source']} now has {len(all_records)} records, but the run was trained on "
                 f"{info['num_records']}: the split cannot be recomputed; give --data FILE")
         train, val, test = split_records(all_records, info["split_seed"])
-        records, name = {"train": train, "val": val, "test": test}[args.split], args.split
+        records = {"train": train, "val": val, "test": test}[args.split]
     if args.limit is not None:
         records = records[:args.limit]
-    out = Path(args.out) if args.out else _run_dir(Path(args.checkpoint)) / f"responses_{name}.json"
 
     from tqdm import tqdm
-    answered = []
-    with tqdm(total=len(records), desc="responding", unit="record", disable=args.no_progress) as bar:
-        for start in range(0, len(records), args.batch_size):
+    # each answer is appended to OUT.partial.jsonl as it comes; a rerun with the same --out skips
+    # the records answered there, and OUT (the JSON list the judge reads) is written at the end
+    partial = out.with_name(out.name + ".partial.jsonl")
+    answered = read_jsonl(partial)
+    if [r["instruction"] for r in answered] != [r["instruction"] for r in records[:len(answered)]]:
+        raise cli.UsageError(f"{partial} holds answers to other records; delete it or choose another --out")
+    if answered:
+        print(f"{len(answered)} records already answered in {partial}; continuing")
+    with tqdm(total=len(records), initial=len(answered), desc="responding", unit="record",
+              disable=args.no_progress) as bar:
+        for start in range(len(answered), len(records), args.batch_size):
             batch = records[start:start + args.batch_size]
             for rec, answer in zip(batch, respond_batch(model, tokenizer, batch, args.max_new_tokens)):
                 answered.append({**rec, "model_response": answer})
+                append_jsonl(partial, answered[-1])
             bar.update(len(batch))
     write_json(out, answered)
+    partial.unlink()
     print(f"{len(answered)} responses written to {out}")
     return 0
 

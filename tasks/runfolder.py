@@ -67,6 +67,13 @@ def check_out(out: Path, resume: bool) -> None:
         raise UsageError(f"--out {out}: {existing} is not writable (read-only or no permission)")
 
 
+def check_output_file(path: Path) -> None:
+    """An output file can be written: not a folder, and its folder exists or can be created."""
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder; give a file name")
+    check_out(path.parent, resume=True)
+
+
 def effective_args(run: dict[str, Any]) -> dict[str, Any]:
     """run.json's arguments with every recorded extension applied, oldest first."""
     args = dict(run["args"])

@@ -6,7 +6,6 @@ batch, what to evaluate, what to print as a sample); `Trainer.fit` does the rest
 """
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -17,11 +16,11 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 import minigrad as mg
-from minigrad.io import atomic_write_text
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
 from .cli import TaskError
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .jsonl import append_jsonl, read_jsonl, rewrite_jsonl
 
 
 class NonFiniteLoss(TaskError):
@@ -140,14 +139,12 @@ class Trainer:
             raise CheckpointError(f"{ckpt / 'state.json'} lacks {e} or holds it in another shape; "
                                   "the checkpoint cannot be resumed") from None
         if self.metrics_path.exists():  # a torn last line (killed mid-write) is dropped with the rest
-            kept = [r for r in read_metrics(self.run_dir) if r["step"] <= self.step]
-            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+            rewrite_jsonl(self.metrics_path, [r for r in read_metrics(self.run_dir) if r["step"] <= self.step])
         tqdm.write(f"resumed from {ckpt} (step {self.step})")
         return True
 
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.metrics_path, record)
 
     # ------------------------------------------------------------ the loop
     def run(self, resume: bool, summary: bool = True) -> dict[str, Any] | None:
@@ -253,15 +250,4 @@ class Trainer:
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of metrics.jsonl; a torn last line (the process died mid-write) is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:  # only the last line can be torn by a crash
-                raise ValueError(f"{path}, line {i + 1}: not a JSON record") from None
-    return records
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")

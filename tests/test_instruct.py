@@ -192,6 +192,19 @@ def test_train_respond_and_chat(tmp_path, data_file):
     answered = json.loads(out.read_text())
     assert [a["instruction"] for a in answered] == [r["instruction"] for r in split_records(_records())[2]]
     assert all(isinstance(a["model_response"], str) for a in answered)
+    # interrupted after one answer (and mid-way through writing a second): the rerun keeps the first
+    partial = tmp_path / "again.json.partial.jsonl"
+    partial.write_text(json.dumps({**answered[0], "model_response": "KEPT"}) + "\n" + '{"instruction": "Na')
+    r = _ok("respond", "--checkpoint", run, "--out", tmp_path / "again.json", "--max-new-tokens", "4",
+            "--no-progress")
+    assert "1 records already answered" in r.stdout
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again == [{**answered[0], "model_response": "KEPT"}] + answered[1:]
+    assert not partial.exists()
+    # a --out that cannot be written is refused before any answer is computed
+    (tmp_path / "afile").write_text("")
+    r = _run("respond", "--checkpoint", run, "--out", tmp_path / "afile" / "r.json")
+    assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
 
     # chat prints, for each line, exactly the greedy tokens generate() gives (then a newline)
     from gpt2.generate import generate
