@@ -44,7 +44,7 @@ from . import cli, runfolder
 from .checkpoint import CHECKPOINTS, read_json, write_json
 from .data import DATASETS, BatchLoader, ensure_dataset
 from .jsonl import append_jsonl, read_jsonl
-from .alpaca import RESPONSE_HEADER, format_prompt
+from .alpaca import format_prompt
 from .plots import plot_curves
 from .train import Trainer, TrainConfig, mean_loss, read_metrics
 
