@@ -83,6 +83,7 @@ def plot_subject_accuracy(per_subject: dict[str, tuple[int, int]], path: str | o
     ax.axvline(chance, color="gray", linestyle=":", label=f"chance ({chance:.0%})")
     ax.axvline(overall, color="tab:red", linestyle="--", label=f"overall ({overall:.1%})")
     ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, len(items) - 0.4)
     ax.set_xlabel("accuracy")
     ax.legend(loc="lower right", fontsize=8)
     if title:

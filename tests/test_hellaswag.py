@@ -200,14 +200,17 @@ def test_git_blob_id_is_gits():
     assert hashlib.sha1(b"blob 6\0" + content).hexdigest() == "ce013625030ba8dba906f756967f9e9ca394464a"
 
 
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest's output clean
+        pass
+
+
 @pytest.fixture
 def served(tmp_path):
     """A local HTTP server over tmp_path/served."""
     root = tmp_path / "served"
     root.mkdir()
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
     threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield root, f"http://127.0.0.1:{srv.server_address[1]}"
     srv.shutdown()
