@@ -120,7 +120,7 @@ def plot_loss_and_accuracy(evals: Sequence[dict], loss_keys: Sequence[str], accs
     accs = [a for a in accs if any(k in a for k in acc_keys)]
     if not accs:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
     for k in loss_keys:
         pts = [(e["tokens_seen"], e[k]) for e in evals if k in e]
         if pts:

@@ -262,3 +262,44 @@ def test_real_validation_set_when_cached():
         pytest.skip(f"HellaSwag's validation set is not in the data cache ({path})")
     assert hub.git_blob_id_of(path) == data.DATASETS["hellaswag"].git_blob
     assert len(hellaswag.load_hellaswag(path)) == 10_042
+
+
+# ---------------------------------------------------------------- during pretraining
+
+
+def test_pretrain_scores_hellaswag_every_n_steps(tmp_path, cache, monkeypatch, tok):
+    from tasks import pretrain
+    from tasks.checkpoint import load_model_from_run
+    monkeypatch.setenv("MINIGRAD_OFFLINE", "1")
+    (cache / "hellaswag").mkdir(parents=True)
+    write_items(cache / "hellaswag" / "hellaswag_val.jsonl")  # the cached validation set
+    text = tmp_path / "text.txt"
+    text.write_text("The cat sat on the mat and looked at the rain. " * 40)
+    out = tmp_path / "run"
+    assert pretrain.main(["--text", str(text), "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                          "--context", "32", "--batch-size", "2", "--max-steps", "4",
+                          "--eval-every", "4", "--sample-tokens", "0", "--no-progress",
+                          "--hellaswag-every", "2", "--hellaswag-limit", "4",
+                          "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    hs = [r for r in records if r["type"] == "hellaswag"]
+    assert [r["step"] for r in hs] == [2, 4] and all(r["hellaswag_n"] == 4 for r in hs)
+    # the last one is the final model's score, worked out by hand
+    model = load_model_from_run(out)
+    _, _, acc, acc_norm = hand_scores(model, ITEMS[:4], tok)
+    assert hs[-1]["hellaswag_acc"] == pytest.approx(acc)
+    assert hs[-1]["hellaswag_acc_norm"] == pytest.approx(acc_norm)
+    assert (out / "loss_hellaswag.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pretrain_without_hellaswag_file_fails_before_training(tmp_path, cache, monkeypatch, capsys):
+    from tasks import pretrain
+    monkeypatch.setenv("MINIGRAD_OFFLINE", "1")
+    text = tmp_path / "text.txt"
+    text.write_text("The cat sat on the mat. " * 40)
+    out = tmp_path / "run"
+    assert pretrain.main(["--text", str(text), "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                          "--context", "16", "--hellaswag-every", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "hellaswag_val.jsonl" in err and "Traceback" not in err
+    assert not out.exists()
