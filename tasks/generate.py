@@ -89,7 +89,7 @@ def _is_run_folder(path: Path) -> bool:
 
 
 def load_model(weights: str, device: str):
-    """The GPT2 named by --weights, on `device`."""
+    """The GPT2 named by --init (or --weights), on `device`."""
     import gpt2
     from gpt2.config import HF_NAMES, PRESETS
 
@@ -98,7 +98,7 @@ def load_model(weights: str, device: str):
         try:
             from .checkpoint import load_model_from_run
         except ImportError as e:
-            raise cli.TaskError(f"--weights {weights}: a run folder needs tasks.checkpoint, which could "
+            raise cli.TaskError(f"--init {weights}: a run folder needs tasks.checkpoint, which could "
                                 f"not be imported ({e})") from None
         model = load_model_from_run(path, device=device)
     elif weights in PRESETS or weights in HF_NAMES.values() or path.exists():
@@ -109,10 +109,10 @@ def load_model(weights: str, device: str):
                 raise
             raise cli.TaskError("loading official weights needs gpt2/weights.py, which is missing") from None
     else:
-        raise cli.UsageError(f"--weights {weights!r}: not an official size ({', '.join(PRESETS)}) "
+        raise cli.UsageError(f"--init {weights!r}: not an official size ({', '.join(PRESETS)}) "
                              "nor an existing file or folder")
     if not isinstance(model, gpt2.GPT2):
-        raise cli.UsageError(f"--weights {weights}: holds a {type(model).__name__}, not a GPT-2 "
+        raise cli.UsageError(f"--init {weights}: holds a {type(model).__name__}, not a GPT-2 "
                              "language model, so it cannot generate text")
     return model
 

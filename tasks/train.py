@@ -12,7 +12,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
@@ -98,7 +98,7 @@ class Trainer:
     def __init__(self, model, train_loader, loss_fn: Callable, evaluate: Callable, run_dir: str | Path,
                  config: TrainConfig, sample: Callable | None = None,
                  tokens_in: Callable[[Any], int] = lambda b: int(b[0].size), plot: Callable | None = None,
-                 periodic: list[Periodic] = ()):
+                 periodic: Sequence[Periodic] = ()):
         config.check()
         self.periodic = list(periodic)
         self.model, self.loader, self.loss_fn, self.evaluate = model, train_loader, loss_fn, evaluate
