@@ -2,7 +2,8 @@
 
 The manifest below records every data file the tasks use: its place in the cache
 (`minigrad.hub.cache_dir()`), the URL it is downloaded from when online, and its size and
-sha256. The pretraining part turns a token list into sliding windows of (input, target) pairs,
+sha256 (or git blob id, when that is all its publisher gives). A file taken from a zip names its
+member; one built from what the URL serves (MMLU's CSVs) names its converter. The pretraining part turns a token list into sliding windows of (input, target) pairs,
 targets shifted by one token, and batches them with a loader that can be saved and resumed
 in the middle of an epoch.
 """

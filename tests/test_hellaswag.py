@@ -109,6 +109,39 @@ def test_scores_equal_a_hand_computation(tmp_path, tiny, tok, capsys):
     assert f"acc {acc:.4f}  acc_norm {acc_norm:.4f}" in capsys.readouterr().out
 
 
+def test_scores_match_transformers_gpt2(tmp_path, tiny, tok):
+    """The same weights in Hugging Face's GPT2LMHeadModel, scored the way llm.c does it (padded
+    batch of 4, masked per-token cross-entropy, sum and mean): same losses, same predictions."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    _, folder = tiny
+    ref = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    items = hellaswag.load_hellaswag(write_items(tmp_path / "val.jsonl"))
+    ours = hellaswag.evaluate_hellaswag(hellaswag_model(folder), items, tok, progress=False)
+    for item, record in zip(items, ours.records):
+        ctx = tok.encode(item.ctx)
+        rows = [ctx + tok.encode(" " + e) for e in item.endings]
+        T = max(len(r) for r in rows)
+        tokens = torch.zeros((4, T), dtype=torch.long)
+        mask = torch.zeros((4, T))
+        for i, r in enumerate(rows):
+            tokens[i, :len(r)] = torch.tensor(r)
+            mask[i, len(ctx):len(r)] = 1
+        with torch.no_grad():
+            logits = ref(tokens).logits.double()
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                   tokens[:, 1:].reshape(-1), reduction="none")
+        losses = (losses.view(4, -1) * mask[:, 1:]).sum(1)
+        np.testing.assert_allclose(record["sum_logprob"], -losses.numpy(), rtol=1e-4, atol=1e-4)
+        assert record["pred"] == int(losses.argmin())
+        assert record["pred_norm"] == int((losses / mask[:, 1:].sum(1)).argmin())
+
+
+def hellaswag_model(folder):
+    from tasks.generate import load_model
+    return load_model(str(folder), "cpu")
+
+
 def test_long_context_is_cut_from_the_left(tok):
     item = hellaswag.Item(0, "word " * 100, ("a b c", "d", "e f", "g"), 0)
     tokens, ctx_len, lens = hellaswag.render(item, tok, n_ctx=16)
