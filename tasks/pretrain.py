@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
                       sample=(lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens))
-                      if args.sample_tokens > 0 else None,
-                      plot=plot, periodic=periodic)
+                      if args.sample_tokens > 0 else None, periodic=periodic,
+                      plot=plot)
     return 130 if trainer.run(args.resume) is None else 0
 
 
