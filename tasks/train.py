@@ -11,7 +11,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
@@ -59,6 +59,16 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive, got {self.lr}")
 
 
+@dataclass
+class Periodic:
+    """An extra evaluation every `every` updates and after the last (e.g. HellaSwag), logged as
+    {"type": name, "step", "epoch", "tokens_seen", **fn(model)}. It writes to the run folder, so
+    with data parallel it belongs to rank 0 alone."""
+    name: str
+    every: int
+    fn: Callable[[Any], dict[str, Any]]
+
+
 def mean_loss(model, loader, loss_fn: Callable, max_batches: int) -> float:
     """Average of loss_fn over the first `max_batches` batches of `loader`, in eval mode."""
     was_training = model.training
@@ -86,8 +96,10 @@ class Trainer:
 
     def __init__(self, model, train_loader, loss_fn: Callable, evaluate: Callable, run_dir: str | Path,
                  config: TrainConfig, sample: Callable | None = None,
-                 tokens_in: Callable[[Any], int] = lambda b: int(b[0].size), plot: Callable | None = None):
+                 tokens_in: Callable[[Any], int] = lambda b: int(b[0].size), plot: Callable | None = None,
+                 periodic: Sequence[Periodic] = ()):
         config.check()
+        self.periodic = list(periodic)
         self.model, self.loader, self.loss_fn, self.evaluate = model, train_loader, loss_fn, evaluate
         self.run_dir, self.cfg, self.sample, self.tokens_in, self.plot = Path(run_dir), config, sample, tokens_in, plot
         params = [p for p in model.parameters() if p.requires_grad]
@@ -191,6 +203,9 @@ class Trainer:
                 self._log({"type": "step", "step": self.step, "loss": loss, "lr": self.optimizer.lr,
                            "tokens_seen": self.tokens_seen})
                 done = self.step >= self.total_steps
+                for extra in self.periodic:
+                    if self.step % extra.every == 0 or done:
+                        self._run_periodic(extra)
                 if self.step % cfg.eval_every == 0 or done:
                     now = time.perf_counter()
                     rate = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
@@ -229,6 +244,15 @@ class Trainer:
         self.step += 1
         self.scheduler.step()
         return total / cfg.grad_accum
+
+    def _run_periodic(self, extra: Periodic) -> None:
+        was_training = self.model.training
+        metrics = extra.fn(self.model)
+        self.model.train(was_training)
+        self._log({"type": extra.name, "step": self.step, "epoch": self.step / self.steps_per_epoch,
+                   "tokens_seen": self.tokens_seen, **metrics})
+        shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        tqdm.write(f"step {self.step} {extra.name}: {shown}")
 
     def _evaluate(self, tokens_per_s: float) -> dict[str, Any]:
         metrics = self.evaluate(self.model)
