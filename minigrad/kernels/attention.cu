@@ -16,6 +16,8 @@
 // dv_j = sum_i p_ij dO_i and dk_j = sum_i ds_ij (scale q_i) in attention_backward_dkdv (thread =
 // key row, queries in shared tiles of BQB); dq_i = scale sum_j ds_ij k_j in
 // attention_backward_dq (thread = query row, keys in shared tiles of BKD).
+// The loops over keys and queries stay rolled (the loops over d are unrolled, so the per-row
+// accumulators stay in registers): full unrolling made NVRTC take 20 s for this file.
 // Thread-private rows live in shared memory with a padded stride (D + 1), so that the threads of
 // a warp reading "their" row at the same d hit different banks; tiles read by all threads at
 // the same address are broadcasts.
@@ -42,6 +44,8 @@ extern "C" __global__ void attention_forward(const float* __restrict__ q, const 
     __shared__ float qs[BQ * DP];
     __shared__ float ks[BK * D];
     __shared__ float vs[BK * D];
+    __shared__ float ss[BQ * (BK + 1)];  // this tile's scores, a padded row per thread
+    float* s = ss + threadIdx.x * (BK + 1);
     int bh = blockIdx.y, q0 = blockIdx.x * BQ, tid = threadIdx.x, i = q0 + tid;
     const float* qb = q + (size_t)bh * T * D;
     const float* kb = k + (size_t)bh * S * D;
@@ -66,9 +70,8 @@ extern "C" __global__ void attention_forward(const float* __restrict__ q, const 
             vs[idx] = in ? vb[(size_t)(k0 + r) * D + c] : 0.0f;
         }
         __syncthreads();
-        float s[BK];
         float mt = -INFINITY;
-#pragma unroll
+#pragma unroll 1
         for (int j = 0; j < BK; ++j) {
             float dot = 0.0f;
 #pragma unroll
@@ -83,7 +86,7 @@ extern "C" __global__ void attention_forward(const float* __restrict__ q, const 
             l *= corr;
 #pragma unroll
             for (int d = 0; d < D; ++d) acc[d] *= corr;
-#pragma unroll
+#pragma unroll 1
             for (int j = 0; j < BK; ++j) {
                 float p = expf(s[j] - m_new);  // 0 for masked keys
                 l += p;
@@ -159,6 +162,7 @@ extern "C" __global__ void attention_backward_dkdv(const float* __restrict__ q, 
             dt[tid] = in ? delta[(size_t)bh * T + i0 + tid] : 0.0f;
         }
         __syncthreads();
+#pragma unroll 1
         for (int r = 0; r < BQB; ++r) {
             int ii = i0 + r;
             if (ii >= T || j >= S || (causal && j > ii + off)) continue;  // no barrier in this loop
@@ -224,6 +228,7 @@ extern "C" __global__ void attention_backward_dq(const float* __restrict__ q, co
             vt[idx] = in ? vb[(size_t)(k0 + r) * D + c] : 0.0f;
         }
         __syncthreads();
+#pragma unroll 1
         for (int c = 0; c < BKD; ++c) {
             int jj = k0 + c;
             if (i >= T || jj >= S || (causal && jj > i + off)) continue;
