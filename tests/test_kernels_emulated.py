@@ -144,3 +144,59 @@ def test_adamw_kernels_emulated(emulated):
     for t, p in zip(ref, dev):
         np.testing.assert_allclose(p, t.data, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(flat[0], ref[2].data, rtol=1e-6, atol=1e-7)
+
+
+@pytest.fixture
+def fused_on_numpy(emulated, monkeypatch):
+    """functional's dispatch takes the fused path for float32 NumPy arrays too (emulated kernels)."""
+    import minigrad.kernels as K
+    monkeypatch.setattr(K, "use_fused", lambda *a: all(isinstance(x, np.ndarray) and x.dtype == np.float32
+                                                       and x.size > 0 for x in a))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fused_cross_entropy_function_emulated(fused_on_numpy, monkeypatch, reduction):
+    rng = np.random.default_rng(3)
+    x = _randn(rng, 2, 3, 40, scale=3)
+    t = rng.integers(0, 40, (2, 3))
+    t[0, 1] = -100
+    g = _randn(rng, 2, 3) if reduction == "none" else np.float32(0.6)
+    out = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.undo()  # the composite op
+        L = mg.tensor(x, requires_grad=True)
+        loss = F.cross_entropy(L, t, reduction=reduction)
+        assert (loss._ctx.fn.__name__ == "FusedCrossEntropy") == fused
+        loss.backward(mg.tensor(g))
+        out.append((loss.data, L.grad))
+    for a, b in zip(*out):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_gpt2_forward_backward_fused_emulated(fused_on_numpy, monkeypatch):
+    """A tiny GPT-2's loss and every gradient, all fused ops on the emulated kernels, equal the
+    composite ops' (dropout 0, as the fused attention requires)."""
+    from gpt2 import GPT2, GPT2Config
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 50, (2, 20)), rng.integers(0, 50, (2, 20))
+    y[1, 3] = -100
+    calls = []
+    for mod, name in ((attn_launch, "forward"), (attn_launch, "backward"), (ln_launch, "forward"),
+                      (gelu_launch, "backward"), (ce_launch, "backward"), (emb_launch, "backward")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, _n=f"{mod.__name__}.{name}", **k: (calls.append(_n),
+                                                                                                 _real(*a, **k))[1])
+    results = []
+    for fused in (True, False):
+        if not fused:
+            assert len(set(calls)) == 6, calls  # every fused kernel ran
+            monkeypatch.undo()
+        mg.manual_seed(0)
+        model = GPT2(GPT2Config(vocab_size=50, n_ctx=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+        _, loss = model(x, y)
+        loss.backward()
+        results.append([loss.data] + [p.grad for _, p in sorted(model.named_parameters())])
+    assert len(results[0]) > 10
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
