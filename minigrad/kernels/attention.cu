@@ -6,8 +6,8 @@
 // Scores s_ij = (scale * q_i) . k_j. With causal, query i sees keys j <= i + (S - T) (the last T
 // of S positions, as with a KV cache); the host only sends S >= T, so every row sees key 0.
 //
-// Forward (grid: ceil(T / BQ) x BH, BQ threads): thread = query row. Keys arrive in shared
-// tiles of BK; per tile the row's running max m, sum l and output accumulator acc follow
+// Forward (grid: ceil(T / BQ) x BH, BQ threads): thread = query row, its scaled q in registers.
+// Keys arrive in shared tiles of BK; per tile the row's running max m, sum l and output accumulator acc follow
 //     m' = max(m, max_j s_ij);  l = l exp(m - m') + sum_j exp(s_ij - m');
 //     acc = acc exp(m - m') + sum_j exp(s_ij - m') v_j
 // and at the end o_i = acc / l, lse_i = m + log(l).
@@ -41,7 +41,6 @@
 extern "C" __global__ void attention_forward(const float* __restrict__ q, const float* __restrict__ k,
                                              const float* __restrict__ v, float* __restrict__ o,
                                              float* __restrict__ lse, int T, int S, float scale, int causal) {
-    __shared__ float qs[BQ * DP];
     __shared__ float ks[BK * D];
     __shared__ float vs[BK * D];
     __shared__ float ss[BQ * (BK + 1)];  // this tile's scores, a padded row per thread
@@ -50,10 +49,9 @@ extern "C" __global__ void attention_forward(const float* __restrict__ q, const 
     const float* qb = q + (size_t)bh * T * D;
     const float* kb = k + (size_t)bh * S * D;
     const float* vb = v + (size_t)bh * S * D;
-    for (int idx = tid; idx < BQ * D; idx += BQ) {
-        int r = idx / D, c = idx % D;
-        qs[r * DP + c] = (q0 + r < T) ? qb[(size_t)(q0 + r) * D + c] * scale : 0.0f;
-    }
+    float qr[D];  // this row of q, scaled, in registers: the score loop then reads one shared operand
+#pragma unroll
+    for (int d = 0; d < D; ++d) qr[d] = (i < T) ? qb[(size_t)i * D + d] * scale : 0.0f;
     int off = S - T;
     int key_end = causal ? min(S, q0 + BQ + off) : S;  // keys any row of this block sees
     int last = causal ? i + off : S - 1;               // the last key this row sees
@@ -62,7 +60,7 @@ extern "C" __global__ void attention_forward(const float* __restrict__ q, const 
     for (int d = 0; d < D; ++d) acc[d] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     for (int k0 = 0; k0 < key_end; k0 += BK) {
-        __syncthreads();  // the previous tile has been used by every thread (and qs is loaded)
+        __syncthreads();  // the previous tile has been used by every thread
         for (int idx = tid; idx < BK * D; idx += BQ) {
             int r = idx / D, c = idx % D;
             bool in = k0 + r < S;
@@ -75,7 +73,7 @@ extern "C" __global__ void attention_forward(const float* __restrict__ q, const 
         for (int j = 0; j < BK; ++j) {
             float dot = 0.0f;
 #pragma unroll
-            for (int d = 0; d < D; ++d) dot += qs[tid * DP + d] * ks[j * D + d];
+            for (int d = 0; d < D; ++d) dot += qr[d] * ks[j * D + d];
             int kk = k0 + j;
             s[j] = (kk < S && kk <= last) ? dot : -INFINITY;
             mt = fmaxf(mt, s[j]);
