@@ -362,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         sock.bind((args.host, args.port))
     except OSError as e:
         raise cli.TaskError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    sock.listen(2048)   # clients may connect from now on; uvicorn accepts once it runs
     server = load_server(args)
     server.scheduler.start()
     app = make_app(server)

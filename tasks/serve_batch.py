@@ -65,7 +65,7 @@ class Scheduler:
         self.waiting: deque[Job] = deque()
         self.cond = threading.Condition()
         self.stats = {"finished": 0, "cancelled": 0, "timeouts": 0, "errors": 0, "tokens": 0,
-                      "steps": 0, "max_batch_seen": 0}
+                      "steps": 0, "steps_batched": 0, "max_batch_seen": 0}
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -83,7 +83,8 @@ class Scheduler:
 
     def submit(self, job: Job) -> None:
         with self.cond:
-            if len(self.waiting) >= self.max_queue:
+            free_rows = max(0, self.max_batch - len(self.running))
+            if len(self.waiting) >= self.max_queue + free_rows:
                 raise QueueFull(f"{len(self.waiting)} requests are already waiting (--max-queue)")
             self.waiting.append(job)
             self.cond.notify()
@@ -159,6 +160,7 @@ class Scheduler:
         n = len(self.running)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], n)
         self.stats["steps"] += 1
+        self.stats["steps_batched"] += n > 1   # steps that decoded two or more requests at once
         ids = np.asarray([[job.last] for job in self.running], dtype=np.int64)      # (n, 1)
         logits = self._forward(ids, self.cache.rows(0, n))                          # (n, V)
         self._sample_and_emit(list(self.running), logits)
