@@ -329,3 +329,47 @@ def test_api_key_and_queue_full(tmp_path):
         conn.close()
     finally:
         s.close()
+
+
+# ---------------------------------------------------------------- the judge against our server
+def test_judge_scores_through_our_server(tmp_path):
+    """tasks.evaluate judge --api openai against tasks.serve: every record gets what parse_score
+    makes of the server's greedy reply (a tiny random model rarely answers with a number, and a
+    reply without one is recorded as a failure, as for any judge)."""
+    import subprocess
+    import sys
+
+    from serve_helpers import REPO, env
+    from tasks.judge import ScoreParseError, judge_prompt, parse_score
+
+    run = save_tiny_run(tmp_path / "judge-run", task="instruct")
+    s = Served("--init", str(run), "--model-name", "tiny-judge", "--api-key-env", "JUDGE_KEY",
+               "--max-tokens", "8", extra_env={"JUDGE_KEY": "k3y"})
+    try:
+        records = [{"instruction": "Add 2 and 3.", "input": "", "output": "5", "model_response": "5"},
+                   {"instruction": "Name a colour.", "input": "", "output": "Red", "model_response": "Blue"}]
+        responses = tmp_path / "responses.json"
+        responses.write_text(json.dumps(records))
+        out = tmp_path / "scores.json"
+        r = subprocess.run([sys.executable, "-m", "tasks.evaluate", "judge", "--api", "openai",
+                            "--url", s.url, "--model", "tiny-judge", "--responses", str(responses),
+                            "--out", str(out), "--retries", "0", "--no-progress"],
+                           cwd=REPO, env={**env(), "OPENAI_API_KEY": "k3y"}, capture_output=True,
+                           text=True, timeout=300)
+        scores = json.loads(out.read_text())["scores"]
+        assert len(scores) == 2 and "mean score" in r.stdout
+        for rec, got in zip(records, scores):
+            # the same request the judge sends (temperature 0: greedy, so the reply is fixed)
+            status, reply = post(s.url + "/v1/chat/completions",
+                                 {"model": "tiny-judge", "temperature": 0,
+                                  "messages": [{"role": "user", "content": judge_prompt(rec)}]},
+                                 {"Authorization": "Bearer k3y"})
+            assert status == 200
+            try:
+                want = (parse_score(reply["choices"][0]["message"]["content"]), None)
+            except ScoreParseError as e:
+                want = (None, str(e))
+            assert (got["score"], got["error"]) == want
+        assert r.returncode == (0 if any(g["score"] is not None for g in scores) else 1), r.stderr
+    finally:
+        s.close()
