@@ -171,13 +171,13 @@ class Scheduler:
         return backend.to_device(logits.data[:, -1, :], "cpu")
 
     def _sample_and_emit(self, jobs: list[Job], logits: np.ndarray) -> None:
-        greedy = [i for i, job in enumerate(jobs) if job.temperature == 0.0]
-        nxt = np.empty(len(jobs), dtype=np.int64)
-        if greedy:
-            nxt[greedy] = np.argmax(logits[greedy], axis=-1)
+        # rows with the same settings are sampled in one call, each with its own generator
+        groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
-            if job.temperature != 0.0:   # own settings and generator: one row at a time
-                nxt[i] = sample_next(logits[i:i + 1], job.temperature, job.top_k, job.top_p, job.rng)[0]
+            groups.setdefault((job.temperature, job.top_k, job.top_p), []).append(i)
+        nxt = np.empty(len(jobs), dtype=np.int64)
+        for (temperature, top_k, top_p), rows in groups.items():
+            nxt[rows] = sample_next(logits[rows], temperature, top_k, top_p, [jobs[i].rng for i in rows])
         for job, token in zip(jobs, nxt.tolist()):
             job.last = token
             job.generated += 1
