@@ -174,6 +174,7 @@ class Server:
                     return
                 continue
             if kind == "token":
+                text.tokens += 1   # what this response reports; the job may run a step past a stop
                 if value == self.tok.eot_id:
                     continue   # the end is reported as finish "stop", not as text
                 piece = text.push(value)
@@ -250,8 +251,8 @@ def make_app(server: Server):
         text = StopText(server.tok, stops)
 
         def usage() -> dict:
-            return {"prompt_tokens": len(ids), "completion_tokens": job.generated,
-                    "total_tokens": len(ids) + job.generated}
+            return {"prompt_tokens": len(ids), "completion_tokens": text.tokens,
+                    "total_tokens": len(ids) + text.tokens}
 
         def choice(piece: str, finish, stream: bool) -> dict:
             if not chat:

@@ -173,6 +173,7 @@ class StopText:
         self.text = ""
         self.sent = 0
         self.stopped = False
+        self.tokens = 0       # tokens received, counted by the caller (usage)
 
     def push(self, token: int) -> str:
         """New text to show after this token ('' if none yet); sets `stopped` at a stop string."""

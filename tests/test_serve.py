@@ -54,6 +54,18 @@ def test_per_row_cache_moves_a_row():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_sample_next_with_a_generator_per_row_draws_what_each_row_draws_alone():
+    from gpt2.generate import sample_next
+    logits = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
+    together = sample_next(logits, 0.9, 20, 0.95, [np.random.default_rng(s) for s in (1, 2, 3)])
+    for row, seed in enumerate((1, 2, 3)):
+        alone = sample_next(logits[row:row + 1], 0.9, 20, 0.95, np.random.default_rng(seed))
+        assert together[row] == alone[0]
+    gens = [np.random.default_rng(s) for s in (1, 2, 3)]
+    draws = np.stack([sample_next(logits, 1.0, None, None, gens) for _ in range(30)])
+    assert len(set(map(tuple, draws.T.tolist()))) == 3            # the rows do differ
+
+
 # ---------------------------------------------------------------- request pieces
 class CharTokenizer:
     """One character per token, enough to test stop strings."""
@@ -121,6 +133,18 @@ def test_scheduler_queue_is_bounded_and_jobs_match_alone():
     assert [got[0], got[1]] == alone
     assert sched.stats["steps_batched"] > 0
     assert alone[0][-1] == ("finish", "length") and len(alone[0]) == 13
+
+    # a job past its deadline leaves with "timeout", whether it waits or runs
+    late = Scheduler(model, max_batch=1, max_queue=2)
+    jobs = [job(6, [1], 1), job(7, [1], 1)]
+    for j in jobs:
+        late.submit(j)
+    late.step()                                     # the first runs, the second waits
+    for j in jobs:
+        j.deadline = time.monotonic() - 1
+    late.step()
+    assert got[6][-1] == got[7][-1] == ("finish", "timeout") and not late.running and not late.waiting
+    assert late.stats["timeouts"] == 2
 
     # not started, so nothing leaves the queue: one job for the free row, two may wait, no more
     full = Scheduler(model, max_batch=1, max_queue=2)
