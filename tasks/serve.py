@@ -165,13 +165,19 @@ class Server:
 
     async def tokens(self, job, events, text: StopText, request=None):
         """(new text, finish reason or None) as tokens come; cancels the job at a stop string."""
+        checked = time.monotonic()
         while True:
             try:
                 kind, value = await asyncio.wait_for(events.get(), timeout=0.5)
-            except asyncio.TimeoutError:   # a non-streaming client that left frees its slot too
-                if request is not None and await request.is_disconnected():
+            except asyncio.TimeoutError:
+                kind = None
+            # a non-streaming client that left frees its slot too (twice a second, we look)
+            if request is not None and time.monotonic() - checked > 0.5:
+                checked = time.monotonic()
+                if await request.is_disconnected():
                     self.scheduler.cancel(job)
                     return
+            if kind is None:
                 continue
             if kind == "token":
                 text.tokens += 1   # what this response reports; the job may run a step past a stop
@@ -184,15 +190,15 @@ class Server:
                     return
                 if piece:
                     yield piece, None
-            else:
-                if value.startswith("error") or value in ("timeout", "cancelled"):
-                    raise ApiError(504 if value == "timeout" else 500,
-                                   f"generation failed: {value}" if value.startswith("error") else
-                                   f"generation did not finish within {self.timeout:g} s (--timeout)"
-                                   if value == "timeout" else "generation was cancelled",
-                                   code=value.split(":")[0], type="server_error")
+            elif value == "timeout":
+                raise ApiError(504, f"generation did not finish within {self.timeout:g} s (--timeout)",
+                               code="timeout", type="server_error")
+            elif value in ("stop", "length"):
                 yield text.flush(), ("stop" if text.stopped else value)
                 return
+            else:   # "error: ..." (or "cancelled", which only we ask for)
+                raise ApiError(500, f"generation failed: {value}", code="generation_failed",
+                               type="server_error")
 
 
 def make_app(server: Server):

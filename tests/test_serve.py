@@ -329,14 +329,21 @@ def test_unknown_paths_and_chat_type_errors(server):
     assert status == 400
 
 
-def test_a_client_that_disconnects_frees_its_slot(server):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_frees_its_slot(server, stream):
     _, before = get(server.url + "/health")
     u = urlparse(server.url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    conn.request("POST", "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 1000, "stream": True}),
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 1000, "stream": stream}),
                  {"Content-Type": "application/json"})
-    r = conn.getresponse()
-    assert r.status == 200 and r.readline().startswith(b"data: ")
+    if stream:
+        r = conn.getresponse()
+        assert r.status == 200 and r.readline().startswith(b"data: ")
+    else:                                                  # wait until it runs, then leave
+        for _ in range(100):
+            if get(server.url + "/health")[1]["running"]:
+                break
+            time.sleep(0.05)
     conn.sock.shutdown(2)
     conn.close()
     for _ in range(200):                                   # bounded wait: 20 s at most
