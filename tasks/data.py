@@ -2,7 +2,8 @@
 
 The manifest below records every data file the tasks use: its place in the cache
 (`minigrad.hub.cache_dir()`), the URL it is downloaded from when online, and its size and
-sha256. The pretraining part turns a token list into sliding windows of (input, target) pairs,
+sha256 (or git blob id, when that is all its publisher gives). A file taken from a zip names its
+member; one built from what the URL serves (MMLU's CSVs) names its converter. The pretraining part turns a token list into sliding windows of (input, target) pairs,
 targets shifted by one token, and batches them with a loader that can be saved and resumed
 in the middle of an epoch.
 """
@@ -29,11 +30,13 @@ from minigrad.hub import MissingFileError
 class DatasetEntry:
     relpath: str  # where the file lives inside the cache
     url: str  # where it comes from (for an archive: the archive's URL)
-    size: int  # bytes of the file at relpath (after extraction, for an archive)
-    sha256: str  # of the file at relpath
+    size: int | None  # bytes of the file at relpath (after extraction or conversion); None: unknown
+    sha256: str | None  # of the file at relpath; None when only a git blob id is published
     description: str
-    member: str | None = None  # name of the file inside the archive at `url`, if any
-    downloadable: bool = True  # False: we know the source but cannot build the file from it
+    member: str | None = None  # name of the file inside the zip at `url`, if any
+    git_blob: str | None = None  # git's id of the file at relpath (GitHub-hosted files)
+    # name of a function in CONVERTERS that builds the file from what `url` serves (MMLU's CSVs)
+    convert: str | None = None
 
 
 _RASBT = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
@@ -69,9 +72,23 @@ DATASETS: dict[str, DatasetEntry] = {
         "mmlu/mmlu.jsonl",
         "https://people.eecs.berkeley.edu/~hendrycks/data.tar",
         8_135_441, "9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c",
-        "MMLU test set (MIT): 14,042 questions as JSON lines",
-        downloadable=False),
+        "MMLU test set (MIT): 14,042 questions as JSON lines, converted from the CSVs of data.tar",
+        convert="mmlu"),
+    "hellaswag": DatasetEntry(
+        "hellaswag/hellaswag_val.jsonl",
+        "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl",
+        None, None, "HellaSwag validation set (MIT): 10,042 items, a context and 4 endings each",
+        git_blob="0f5ee25d72216f12317d5d8a7b92deafa423d81e"),
 }
+
+
+def _convert_mmlu(entry: DatasetEntry, path: Path, progress: bool) -> Path:
+    from tasks.mmlu import download_and_convert  # tasks.mmlu imports this module
+    return download_and_convert(entry, path, progress)
+
+
+# Builders of files that are not served as they are: (entry, destination, progress) -> path
+CONVERTERS = {"mmlu": _convert_mmlu}
 
 
 class UnknownDatasetError(ValueError):
@@ -95,16 +112,19 @@ def ensure_dataset(name: str, progress: bool = True) -> Path:
     """Path of the dataset's file, downloading (and extracting) it first if it is missing."""
     entry = _entry(name)
     path = dataset_path(name)
-    if not entry.downloadable and not path.is_file():
-        raise MissingFileError(
-            f"dataset {name!r} is not in the cache and cannot be downloaded automatically: "
-            f"put the file at exactly {path} ({entry.size:,} bytes, sha256 {entry.sha256}). "
-            f"Its original source is {entry.url}, in another format.",
-            url=entry.url, path=path)
-    if entry.member is None:
-        return hub.ensure_file(entry.relpath, entry.url, entry.sha256, entry.size, progress)
+    if entry.member is None and entry.convert is None:
+        return hub.ensure_file(entry.relpath, entry.url, entry.sha256, entry.size, progress,
+                               git_blob=entry.git_blob)
     if path.is_file():  # same cheap size check as hub.ensure_file does for cached files
         return hub.ensure_file(entry.relpath, entry.url, size=entry.size, progress=progress)
+    if entry.convert is not None:
+        if hub.offline():
+            raise MissingFileError(
+                f"dataset {name!r} is not in the cache and MINIGRAD_OFFLINE is set: put the file at "
+                f"exactly {path} ({entry.size:,} bytes, sha256 {entry.sha256}), or run once online "
+                f"to download {entry.url} and convert it", url=entry.url, path=path,
+                reason="offline mode: MINIGRAD_OFFLINE is set")
+        return CONVERTERS[entry.convert](entry, path, progress)
     return _fetch_from_archive(name, entry, path, progress)
 
 

@@ -1,11 +1,13 @@
-"""Evaluate an instruction-tuned GPT-2: judge-model scores of its responses, and MMLU accuracy.
+"""Evaluate a GPT-2: judge-model scores of its responses, MMLU accuracy, HellaSwag.
 
     python -m tasks.evaluate judge --responses responses.json --url http://localhost:11434 \\
         --model llama3 [--api ollama|openai] [--out scores.json]
     python -m tasks.evaluate mmlu --weights 124M --shots 5 --limit 20 [--subjects anatomy ...]
-    python -m tasks.evaluate mmlu --checkpoint runs/instruct [--backend cupy]
+    python -m tasks.evaluate mmlu --checkpoint runs/instruct [--backend cupy] [--plot mmlu.png]
+    python -m tasks.evaluate hellaswag --init 124M [--limit 100] [--out runs/hellaswag]
 
-The pieces live in tasks/judge.py (HTTP judge client) and tasks/mmlu.py (MMLU scoring).
+The pieces live in tasks/judge.py (HTTP judge client), tasks/mmlu.py (MMLU scoring) and
+tasks/hellaswag.py (HellaSwag scoring).
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ import os
 import sys
 from pathlib import Path
 
+from minigrad.backend import BackendError
 from minigrad.hub import ChecksumError, MissingFileError
-from tasks.checkpoint import write_json
+from tasks.checkpoint import read_json, write_json
+from tasks.cli import TaskError
+from tasks.hellaswag import HellaSwagDataError, evaluate_hellaswag, load_hellaswag
 from tasks.judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, judge_records,
                          load_responses)
-from tasks.mmlu import MMLUDataError, evaluate_mmlu, load_mmlu, model_next_token_logits
+from tasks.mmlu import (MMLUDataError, ensure_dev, evaluate_mmlu, load_mmlu,
+                        model_next_token_logits)
 
 
 class ModelUnavailableError(RuntimeError):
@@ -102,19 +108,63 @@ def run_mmlu(args: argparse.Namespace) -> int:
     if args.shots not in (0, 5):
         raise MMLUDataError(f"--shots must be 0 or 5, got {args.shots}")
     questions = load_mmlu(args.data)  # before the model: a missing file fails fast
+    dev = None
+    if args.shots and args.shots_from == "dev":
+        dev = load_mmlu(args.dev or ensure_dev(progress=not args.no_progress))
     tokenizer = load_tokenizer()
     model = load_model(args)
     config = getattr(model, "config", None)
     max_context = args.max_context or getattr(config, "n_ctx", 1024)
     result = evaluate_mmlu(questions, model_next_token_logits(model), tokenizer,
                            shots=args.shots, limit=args.limit, subjects=args.subjects,
-                           max_context=max_context, progress=not args.no_progress)
+                           max_context=max_context, progress=not args.no_progress, dev=dev)
     print(result.table())
+    source = {"weights": args.weights} if args.weights else {"checkpoint": args.checkpoint}
     if args.out:
-        source = {"weights": args.weights} if args.weights else {"checkpoint": args.checkpoint}
-        write_json(args.out, {**source, "shots": args.shots, "limit": args.limit,
-                          "max_context": max_context, **result.to_dict()})
+        write_json(args.out, {**source, "shots": args.shots,
+                              "shots_from": args.shots_from if args.shots else None,
+                              "limit": args.limit, "max_context": max_context, **result.to_dict()})
         print(f"results saved to {args.out}")
+    if args.plot:
+        from tasks.plots import plot_subject_accuracy
+        title = f"MMLU {args.shots}-shot: {next(iter(source.values()))}"
+        print(f"plot saved to {plot_subject_accuracy(result.per_subject, args.plot, title)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- HellaSwag
+
+
+def run_hellaswag(args: argparse.Namespace) -> int:
+    items = load_hellaswag(args.data, args.limit)  # before the model: a missing file fails fast
+    out = Path(args.out)
+    config = {"init": args.init, "data": str(args.data) if args.data else "hellaswag"}
+    config_path = out / "hellaswag_config.json"
+    if config_path.is_file():  # a rerun resumes only what the same model scored on the same data
+        before = read_json(config_path)
+        changed = [k for k in config if before.get(k) != config[k]]
+        if changed:
+            raise HellaSwagDataError(
+                f"{out} holds HellaSwag results of {', '.join(f'{k}={before.get(k)!r}' for k in changed)}; "
+                f"choose another --out for {', '.join(f'{k}={config[k]!r}' for k in changed)}")
+    tokenizer = load_tokenizer()
+    from tasks.cli import device_of
+    from tasks.generate import load_model as load_lm
+    try:
+        model = load_lm(args.init, device_of(args))
+    except MissingFileError:
+        raise  # its message already says where to put the file
+    except (FileNotFoundError, KeyError, ValueError, BackendError) as err:
+        raise ModelUnavailableError(f"cannot load the model from {args.init}: {err}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(config_path, config)
+    result = evaluate_hellaswag(model, items, tokenizer, out / "hellaswag.jsonl",
+                                progress=not args.no_progress)
+    write_json(out / "hellaswag_results.json", {**config, **result.to_dict()})
+    print(f"HellaSwag ({result.n} items, completion style): acc {result.acc:.4f}  "
+          f"acc_norm {result.acc_norm:.4f}")
+    print(f"per-item results in {out / 'hellaswag.jsonl'}, summary in "
+          f"{out / 'hellaswag_results.json'}")
     return 0
 
 
@@ -151,14 +201,35 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--weights", help="official GPT-2 weights: 124M, 355M, 774M, 1558M")
     m.add_argument("--subjects", nargs="+", help="only these subjects (default: all 57)")
     m.add_argument("--shots", type=int, choices=(0, 5), default=0, help="examples per prompt")
+    m.add_argument("--shots-from", choices=("dev", "test"), default="dev",
+                   help="dev: each subject's first dev questions (MMLU's protocol; the dev split is "
+                        "converted with the test split when online); test: its first test "
+                        "questions, which are then not scored (default: %(default)s)")
+    m.add_argument("--dev", help="MMLU dev-split JSON-lines file (default: the data cache's)")
     m.add_argument("--limit", type=int, help="score at most N questions per subject")
     m.add_argument("--max-context", type=int,
                    help="keep the last N prompt tokens (default: the model's context)")
     m.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     m.add_argument("--data", help="MMLU JSON-lines file (default: the data cache's)")
     m.add_argument("--out", help="save the accuracy table as JSON here")
+    m.add_argument("--plot", metavar="PNG", help="draw the accuracy per subject here")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=run_mmlu)
+
+    h = sub.add_parser("hellaswag", help="HellaSwag acc and acc_norm, completion style (as llm.c)")
+    h.add_argument("--init", required=True,
+                   help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, or a "
+                        "run/checkpoint folder")
+    h.add_argument("--limit", type=int, help="score only the first N items (default: all 10,042)")
+    h.add_argument("--out", default="runs/hellaswag",
+                   help="folder for hellaswag.jsonl (one line per item, written as it goes: a "
+                        "rerun skips the items done) and hellaswag_results.json "
+                        "(default: %(default)s)")
+    h.add_argument("--data", help="HellaSwag JSON-lines file (default: the data cache's "
+                                  "validation set, downloaded when online)")
+    h.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    h.add_argument("--no-progress", action="store_true", help="no progress bar")
+    h.set_defaults(func=run_hellaswag)
     return parser
 
 
@@ -166,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (JudgeInputError, MMLUDataError, ModelUnavailableError, MissingFileError,
-            ChecksumError) as err:
+    except (JudgeInputError, MMLUDataError, HellaSwagDataError, ModelUnavailableError,
+            MissingFileError, ChecksumError, TaskError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -37,18 +37,18 @@ import numpy as np
 
 import minigrad as mg
 import minigrad.functional as F
+from gpt2.tokenizer import EOT_ID
 from minigrad import nn
 
-from . import cli
+from . import cli, runfolder
 from .checkpoint import CHECKPOINTS, read_json, write_json
 from .data import DATASETS, BatchLoader, ensure_dataset
-from .judge import format_alpaca_prompt
+from .jsonl import append_jsonl, read_jsonl
+from .alpaca import format_prompt
 from .plots import plot_curves
 from .train import Trainer, TrainConfig, mean_loss, read_metrics
 
 DEFAULT_DATA = "instruction-data"
-RESPONSE_HEADER = "\n\n### Response:\n"
-EOT_ID = 50256        # GPT-2's <|endoftext|>: ends every example and pads the batches
 IGNORE_INDEX = -100   # targets the loss skips (cross_entropy's default)
 
 
@@ -57,11 +57,6 @@ class InstructionDataError(cli.UsageError):
 
 
 # ----------------------------------------------------------------------------- records and prompts
-
-
-def format_prompt(record: dict) -> str:
-    """The text the model continues: the Alpaca prompt up to and including "### Response:\\n"."""
-    return format_alpaca_prompt(record) + RESPONSE_HEADER
 
 
 def format_example(record: dict) -> str:
@@ -195,12 +190,6 @@ def _lora_of(model) -> dict | None:
     return None
 
 
-def with_lora(model, run: dict):
-    """run.json's model_builder: wrap a fresh GPT2 in the adapters the run trained."""
-    nn.apply_lora(model, rank=run["lora"]["rank"], alpha=run["lora"]["alpha"])
-    return model
-
-
 # ----------------------------------------------------------------------------- answering
 
 
@@ -239,11 +228,10 @@ def _prepare_items(tokenizer, records, max_length: int, mask_instructions: bool,
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    args, resuming = runfolder.start(args)
     device = cli.device_of(args)
     from gpt2.tokenizer import get_tokenizer
 
-    if args.lora_rank is not None and args.lora_rank < 1:
-        raise cli.UsageError(f"--lora-rank must be at least 1, got {args.lora_rank}")
     if args.max_length is not None and args.max_length < 2:
         raise cli.UsageError(f"--max-length must be at least 2, got {args.max_length}")
     path = resolve_data(args.data)
@@ -282,8 +270,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                                    mask_instructions=args.mask_instructions)
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise cli.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     run: dict[str, Any] = {
         "task": "instruct", "args": cli.config_json(args), "model_config": model.config.to_dict(),
@@ -291,11 +277,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "data": {"source": args.data if args.data in DATASETS else str(path.resolve()),
                  "num_records": len(records), "split_seed": args.split_seed,
                  "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}},
-        "max_length": max_length}
-    lora = _lora_of(model)
-    if lora is not None:
-        run.update(lora=lora, model_builder="tasks.instruct.with_lora")
-    write_json(out / "run.json", run)
+        "max_length": max_length, "model_kind": "gpt2", "lora": _lora_of(model)}
+    if not resuming:
+        write_json(out / "run.json", run)
     trainable = model.num_parameters(trainable_only=True)
     print(f"model: {model.num_parameters():,} parameters ({trainable:,} trainable) on {device}; "
           f"{len(train_recs)} train / {len(val_recs)} val / {len(test_recs)} test records; "
@@ -314,7 +298,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
                       sample=sample if args.sample_tokens > 0 else None, plot=plot)
-    return 130 if trainer.run(args.resume) is None else 0
+    return trainer.exit_code if trainer.run(args.resume) is None else 0
 
 
 # ----------------------------------------------------------------------------- respond and chat
@@ -342,12 +326,15 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_respond(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 1 or args.batch_size < 1:
-        raise cli.UsageError("--max-new-tokens and --batch-size must be at least 1")
+    if args.max_new_tokens < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise cli.UsageError("--max-new-tokens, --batch-size and --limit must be at least 1")
+    ckpt = Path(args.checkpoint)
+    name = args.split if args.data is None else Path(args.data).stem
+    out = Path(args.out) if args.out else _run_dir(ckpt) / f"responses_{name}.json"
+    runfolder.check_output_file(out)  # before any work: a bad --out must not cost the answers
     model, tokenizer, run = _load(args)
     if args.data is not None:
         records = load_records(resolve_data(args.data), require_output=False)
-        name = Path(args.data).stem
     else:
         info = run.get("data")
         if not info:
@@ -358,20 +345,29 @@ def cmd_respond(args: argparse.Namespace) -> int:
                 f"{info['source']} now has {len(all_records)} records, but the run was trained on "
                 f"{info['num_records']}: the split cannot be recomputed; give --data FILE")
         train, val, test = split_records(all_records, info["split_seed"])
-        records, name = {"train": train, "val": val, "test": test}[args.split], args.split
+        records = {"train": train, "val": val, "test": test}[args.split]
     if args.limit is not None:
         records = records[:args.limit]
-    out = Path(args.out) if args.out else _run_dir(Path(args.checkpoint)) / f"responses_{name}.json"
 
     from tqdm import tqdm
-    answered = []
-    with tqdm(total=len(records), desc="responding", unit="record", disable=args.no_progress) as bar:
-        for start in range(0, len(records), args.batch_size):
+    # each answer is appended to OUT.partial.jsonl as it comes; a rerun with the same --out skips
+    # the records answered there, and OUT (the JSON list the judge reads) is written at the end
+    partial = out.with_name(out.name + ".partial.jsonl")
+    answered = read_jsonl(partial)
+    if [r["instruction"] for r in answered] != [r["instruction"] for r in records[:len(answered)]]:
+        raise cli.UsageError(f"{partial} holds answers to other records; delete it or choose another --out")
+    if answered:
+        print(f"{len(answered)} records already answered in {partial}; continuing")
+    with tqdm(total=len(records), initial=len(answered), desc="responding", unit="record",
+              disable=args.no_progress) as bar:
+        for start in range(len(answered), len(records), args.batch_size):
             batch = records[start:start + args.batch_size]
             for rec, answer in zip(batch, respond_batch(model, tokenizer, batch, args.max_new_tokens)):
                 answered.append({**rec, "model_response": answer})
+                append_jsonl(partial, answered[-1])
             bar.update(len(batch))
     write_json(out, answered)
+    partial.unlink()
     print(f"{len(answered)} responses written to {out}")
     return 0
 
@@ -463,7 +459,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         q.add_argument("--backend", default="numpy", choices=("numpy", "cupy"),
                        help="numpy (CPU) or cupy (NVIDIA GPU) (default: %(default)s)")
     c.set_defaults(func=cmd_chat)
-    return p.parse_args(argv)
+    return cli.parse(p, argv)
 
 
 @cli.main_guard

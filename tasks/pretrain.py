@@ -17,11 +17,11 @@ from pathlib import Path
 import minigrad as mg
 import minigrad.functional as F
 
-from . import cli
+from . import cli, runfolder
 from .checkpoint import write_json
 from .data import DATASETS, make_pretrain_loaders, read_text
-from .plots import plot_curves
-from .train import Trainer, TrainConfig, mean_loss, read_metrics
+from .plots import plot_curves, plot_loss_and_accuracy
+from .train import Periodic, Trainer, TrainConfig, mean_loss, read_metrics
 
 SAMPLE_PROMPT = "Every effort moves you"
 # the manifest's raw-text entries (the others are labelled rows, JSON records or questions)
@@ -38,14 +38,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stride", type=int, default=None, help="window stride in tokens (default: the context)")
     p.add_argument("--train-frac", type=float, default=0.9, help="train share of the text (default: %(default)s)")
     p.add_argument("--sample-tokens", type=int, default=25, help="tokens of the greedy sample printed at each eval; 0 = none (default: %(default)s)")
+    p.add_argument("--hellaswag-every", type=int, default=0,
+                   help="score HellaSwag every N steps and plot it beside the loss; 0 = never "
+                        "(default: %(default)s)")
+    p.add_argument("--hellaswag-limit", type=int, default=None,
+                   help="score only its first M items (default: all 10,042)")
     cli.add_model_args(p, context_default=256, tie_default=False, embedding_std_default=1.0)
     cli.add_train_args(p, epochs=10, batch_size=2, lr=4e-4, eval_every=5, eval_batches=5, out="runs/pretrain")
-    args = p.parse_args(argv)
+    args = cli.parse(p, argv)
     if args.dataset is None and args.text is None:
         args.dataset = "the-verdict"
     if args.dataset is not None and args.dataset not in TEXT_DATASETS:
         what = "not raw text" if args.dataset in DATASETS else "unknown"
         p.error(f"--dataset {args.dataset!r} is {what}; known text datasets: {', '.join(TEXT_DATASETS)}")
+    if args.hellaswag_every < 0 or (args.hellaswag_limit is not None and args.hellaswag_limit < 1):
+        p.error("--hellaswag-every must be >= 0 and --hellaswag-limit >= 1")
     return args
 
 
@@ -65,12 +72,18 @@ def greedy_sample(model, tokenizer, prompt: str, n: int) -> str:
 
 @cli.main_guard
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, resuming = runfolder.start(parse_args(argv))
     device = cli.device_of(args)
     from gpt2.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer()
     text = read_text(args.text if args.text else args.dataset)
+    periodic = []
+    if args.hellaswag_every:  # load the items now: a missing file fails before any training
+        from .hellaswag import hellaswag_metrics, load_hellaswag
+        items = load_hellaswag(limit=args.hellaswag_limit)
+        periodic.append(Periodic("hellaswag", args.hellaswag_every,
+                                 lambda m: hellaswag_metrics(m, items, tokenizer)))
     model = cli.build_model(args)
     context = args.context or model.config.n_ctx
     train_loader, val_loader = make_pretrain_loaders(
@@ -80,11 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise cli.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args),
-                                  "model_config": model.config.to_dict()})
+    if not resuming:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args),
+                                      "model_config": model.config.to_dict(), "model_kind": "gpt2"})
     print(f"model: {model.num_parameters():,} parameters on {device}; "
           f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size}x{context} tokens")
 
@@ -93,14 +105,19 @@ def main(argv: list[str] | None = None) -> int:
                 "val_loss": mean_loss(m, val_loader, lm_loss, args.eval_batches)}
 
     def plot(run_dir):
-        plot_curves([r for r in read_metrics(run_dir) if r["type"] == "eval"], ["train_loss", "val_loss"],
-                    Path(run_dir) / "loss.png", "loss")
+        records = read_metrics(run_dir)
+        evals = [r for r in records if r["type"] == "eval"]
+        plot_curves(evals, ["train_loss", "val_loss"], Path(run_dir) / "loss.png", "loss")
+        plot_loss_and_accuracy(evals, ["train_loss", "val_loss"],
+                               [r for r in records if r["type"] == "hellaswag"],
+                               ["hellaswag_acc", "hellaswag_acc_norm"],
+                               Path(run_dir) / "loss_hellaswag.png", "HellaSwag accuracy", chance=0.25)
 
     trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
                       sample=(lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens))
-                      if args.sample_tokens > 0 else None,
+                      if args.sample_tokens > 0 else None, periodic=periodic,
                       plot=plot)
-    return 130 if trainer.run(args.resume) is None else 0
+    return trainer.exit_code if trainer.run(args.resume) is None else 0
 
 
 if __name__ == "__main__":

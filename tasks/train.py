@@ -6,22 +6,21 @@ batch, what to evaluate, what to print as a sample); `Trainer.fit` does the rest
 """
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
 import minigrad as mg
-from minigrad.io import atomic_write_text
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
 from .cli import TaskError
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .jsonl import append_jsonl, read_jsonl, rewrite_jsonl
 
 
 class NonFiniteLoss(TaskError):
@@ -60,6 +59,16 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive, got {self.lr}")
 
 
+@dataclass
+class Periodic:
+    """An extra evaluation every `every` updates and after the last (e.g. HellaSwag), logged as
+    {"type": name, "step", "epoch", "tokens_seen", **fn(model)}. It writes to the run folder, so
+    with data parallel it belongs to rank 0 alone."""
+    name: str
+    every: int
+    fn: Callable[[Any], dict[str, Any]]
+
+
 def mean_loss(model, loader, loss_fn: Callable, max_batches: int) -> float:
     """Average of loss_fn over the first `max_batches` batches of `loader`, in eval mode."""
     was_training = model.training
@@ -87,8 +96,10 @@ class Trainer:
 
     def __init__(self, model, train_loader, loss_fn: Callable, evaluate: Callable, run_dir: str | Path,
                  config: TrainConfig, sample: Callable | None = None,
-                 tokens_in: Callable[[Any], int] = lambda b: int(b[0].size), plot: Callable | None = None):
+                 tokens_in: Callable[[Any], int] = lambda b: int(b[0].size), plot: Callable | None = None,
+                 periodic: Sequence[Periodic] = ()):
         config.check()
+        self.periodic = list(periodic)
         self.model, self.loader, self.loss_fn, self.evaluate = model, train_loader, loss_fn, evaluate
         self.run_dir, self.cfg, self.sample, self.tokens_in, self.plot = Path(run_dir), config, sample, tokens_in, plot
         params = [p for p in model.parameters() if p.requires_grad]
@@ -110,6 +121,8 @@ class Trainer:
         self.scheduler = CosineWithWarmup(self.optimizer, config.warmup, total, min_lr=min_lr)
         self.step = self.start_step = 0
         self.tokens_seen = 0
+        self.stopped_by: int | None = None  # the signal that stopped fit(), if one did
+        self.exit_code = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     # ------------------------------------------------------------ state
@@ -129,30 +142,33 @@ class Trainer:
         if ckpt is None:
             return False
         state = load_checkpoint(ckpt, self.model, self.optimizer)
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.loader.load_state_dict(state["loader"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        mg.set_rng_state(state["rng"])
-        if self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        try:
+            self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+            self.loader.load_state_dict(state["loader"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            mg.set_rng_state(state["rng"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{ckpt / 'state.json'} lacks {e} or holds it in another shape; "
+                                  "the checkpoint cannot be resumed") from None
+        if self.metrics_path.exists():  # a torn last line (killed mid-write) is dropped with the rest
+            rewrite_jsonl(self.metrics_path, [r for r in read_metrics(self.run_dir) if r["step"] <= self.step])
         tqdm.write(f"resumed from {ckpt} (step {self.step})")
         return True
 
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.metrics_path, record)
 
     # ------------------------------------------------------------ the loop
     def run(self, resume: bool, summary: bool = True) -> dict[str, Any] | None:
         """What a task's main does: fit(), from the newest checkpoint when `resume`. Returns the
-        last evaluation, or None when Ctrl-C stopped the run (fit has saved it by then)."""
+        last evaluation, or None when Ctrl-C or SIGTERM stopped the run (fit has saved it by then;
+        `exit_code` is then 130 or 143, what the task's main returns)."""
         if resume and not self.resume():
             print(f"no checkpoint in {self.run_dir}: starting from the beginning")
         try:
             last = self.fit()
         except KeyboardInterrupt:
+            self.exit_code = 128 + (self.stopped_by or signal.SIGINT)
             return None
         if summary and last:
             print(f"done: step {self.step}, train loss {last.get('train_loss', float('nan')):.3f}, "
@@ -164,12 +180,16 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
         self.start_step = self.step  # after any resume: what this session adds starts here
-        interrupted = {"flag": False}
+        self.stopped_by = None
 
-        def on_sigint(signum, frame):
-            interrupted["flag"] = True  # finish the current step, then save and stop
+        def on_signal(signum, frame):
+            if self.stopped_by is not None:
+                # a second signal stops at once: a checkpoint being written is discarded whole
+                # (save_checkpoint), a torn metrics line is dropped on resume
+                raise KeyboardInterrupt
+            self.stopped_by = signum  # finish the current step, then save and stop
 
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
+        old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         last_eval: dict[str, Any] = {}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.progress,
                    dynamic_ncols=True, desc="train")
@@ -183,19 +203,24 @@ class Trainer:
                 self._log({"type": "step", "step": self.step, "loss": loss, "lr": self.optimizer.lr,
                            "tokens_seen": self.tokens_seen})
                 done = self.step >= self.total_steps
+                for extra in self.periodic:
+                    if self.step % extra.every == 0 or done:
+                        self._run_periodic(extra)
                 if self.step % cfg.eval_every == 0 or done:
                     now = time.perf_counter()
                     rate = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
                     last_eval = self._evaluate(rate)
                     self.save()
                     t_last, tok_last = time.perf_counter(), self.tokens_seen
-                if interrupted["flag"]:
+                if self.stopped_by is not None:
                     path = self.save()
-                    tqdm.write(f"interrupted: saved {path}; continue with --resume")
+                    tqdm.write(f"interrupted: saved {path} on {signal.Signals(self.stopped_by).name}; "
+                               f"continue with --out {self.run_dir} --resume")
                     raise KeyboardInterrupt
         finally:
             bar.close()
-            signal.signal(signal.SIGINT, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
         return last_eval
 
     def _update(self) -> float:
@@ -220,6 +245,15 @@ class Trainer:
         self.scheduler.step()
         return total / cfg.grad_accum
 
+    def _run_periodic(self, extra: Periodic) -> None:
+        was_training = self.model.training
+        metrics = extra.fn(self.model)
+        self.model.train(was_training)
+        self._log({"type": extra.name, "step": self.step, "epoch": self.step / self.steps_per_epoch,
+                   "tokens_seen": self.tokens_seen, **metrics})
+        shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        tqdm.write(f"step {self.step} {extra.name}: {shown}")
+
     def _evaluate(self, tokens_per_s: float) -> dict[str, Any]:
         metrics = self.evaluate(self.model)
         record = {"type": "eval", "step": self.step, "epoch": self.step / self.steps_per_epoch,
@@ -239,7 +273,5 @@ class Trainer:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of metrics.jsonl; a torn last line (the process died mid-write) is skipped."""
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
