@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .alpaca import HEADER as ALPACA_HEADER
+from .alpaca import RESPONSE_HEADER
 from .generate import _TextStream
-from .instruct import RESPONSE_HEADER
-from .judge import ALPACA_HEADER
 
 MAX_STOPS = 4   # as OpenAI: at most four stop strings
 

@@ -30,7 +30,7 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, needs_tokenizer):
     s = Served("--init", str(save_tiny_run(tmp_path_factory.mktemp("chat") / "run", task="instruct")),
                "--model-name", "tiny-instruct")
     yield s

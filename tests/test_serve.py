@@ -87,7 +87,7 @@ def test_stop_text_cuts_before_a_stop_string_split_over_tokens():
 
 
 def test_chat_rendering():
-    from tasks.instruct import format_prompt
+    from tasks.alpaca import format_prompt
     msgs = [("user", "Name a colour.")]
     assert render_chat(msgs, instruct=True) == format_prompt({"instruction": "Name a colour.", "input": ""})
     two = render_chat([("system", "Be brief."), ("user", "a"), ("assistant", "b"), ("user", "c")], True)
@@ -156,7 +156,7 @@ def test_scheduler_queue_is_bounded_and_jobs_match_alone():
 
 # ---------------------------------------------------------------- over HTTP
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, needs_tokenizer):
     s = Served("--init", str(save_tiny_run(tmp_path_factory.mktemp("serve") / "run")),
                "--max-batch", "4", "--max-queue", "4")
     yield s
@@ -355,7 +355,7 @@ def test_a_client_that_disconnects_frees_its_slot(server, stream):
     assert now["tokens"] - before["tokens"] < 1000        # it did not run to the end
 
 
-def test_api_key_and_queue_full(tmp_path):
+def test_api_key_and_queue_full(tmp_path, needs_tokenizer):
     run = save_tiny_run(tmp_path / "run")
     s = Served("--init", str(run), "--api-key-env", "MY_KEY", "--max-batch", "1", "--max-queue", "0",
                extra_env={"MY_KEY": "s3cret"})
@@ -383,7 +383,7 @@ def test_api_key_and_queue_full(tmp_path):
 
 
 # ---------------------------------------------------------------- the judge against our server
-def test_judge_scores_through_our_server(tmp_path):
+def test_judge_scores_through_our_server(tmp_path, needs_tokenizer):
     """tasks.evaluate judge --api openai against tasks.serve: every record gets what parse_score
     makes of the server's greedy reply (a tiny random model rarely answers with a number, and a
     reply without one is recorded as a failure, as for any judge)."""
