@@ -18,17 +18,19 @@ import sys
 from pathlib import Path
 
 from minigrad.backend import BackendError
-from minigrad.hub import ChecksumError, MissingFileError
+from minigrad.hub import MissingFileError
+from tasks import cli
 from tasks.checkpoint import read_json, write_json
 from tasks.cli import TaskError
+from tasks.jsonl import append_jsonl, read_jsonl
+from tasks.runfolder import check_output_file
 from tasks.hellaswag import HellaSwagDataError, evaluate_hellaswag, load_hellaswag
-from tasks.judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, judge_records,
-                         load_responses)
+from tasks.judge import APIS, JUDGE_PROMPT, JudgeClient, JudgeUnreachableError, judge_records, load_responses
 from tasks.mmlu import (MMLUDataError, ensure_dev, evaluate_mmlu, load_mmlu,
                         model_next_token_logits)
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(TaskError):
     """The model (or the code to load it) cannot be had."""
 
 
@@ -42,6 +44,8 @@ def default_scores_path(responses: str | os.PathLike) -> Path:
 
 def run_judge(args: argparse.Namespace) -> int:
     records = load_responses(args.responses)
+    out = Path(args.out) if args.out else default_scores_path(args.responses)
+    check_output_file(out)  # before any request: a bad --out must not cost the scores
     api_key = None
     if args.api == "openai":
         api_key = os.environ.get(args.api_key_env) or None
@@ -50,9 +54,18 @@ def run_judge(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     client = JudgeClient(args.url, args.model, api=args.api, api_key=api_key,
                          timeout=args.timeout, retries=args.retries, backoff=args.backoff)
-    result = judge_records(records, client, progress=not args.no_progress)
-
-    out = Path(args.out) if args.out else default_scores_path(args.responses)
+    # each score is appended to OUT.partial.jsonl as it comes; a rerun with the same --out
+    # continues after them, and OUT is written from all of them at the end
+    partial = out.with_name(out.name + ".partial.jsonl")
+    done = read_jsonl(partial)
+    if done:
+        print(f"{len(done)} records already scored in {partial}; continuing")
+    try:
+        result = judge_records(records, client, progress=not args.no_progress, done=done,
+                               on_score=lambda score: append_jsonl(partial, score))
+    except JudgeUnreachableError as err:
+        kept = f"; the {len(read_jsonl(partial))} scores so far are kept in {partial}" if partial.exists() else ""
+        raise TaskError(f"{err}{kept}; start the judge server, then run the same command again") from None
     write_json(out, {
         "judge": {"api": args.api, "url": client.url, "model": args.model,
                   "prompt_template": JUDGE_PROMPT},
@@ -67,6 +80,7 @@ def run_judge(args: argparse.Namespace) -> int:
     errors = [s for s in result.scores if s["error"]]
     if errors:  # one example is enough to see what went wrong; all are in the file
         print(f"first failure (record {errors[0]['index']}): {errors[0]['error']}")
+    partial.unlink(missing_ok=True)
     print(f"per-record scores saved to {out}")
     return 0 if result.scored else 1
 
@@ -185,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ollama: POST /api/chat; openai: POST /v1/chat/completions")
     j.add_argument("--out", help="where to save per-record scores "
                                  "(default: <responses>-judge-scores.json beside it)")
-    j.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    j.add_argument("--timeout", type=float, default=60.0, help="seconds a whole request may take")
     j.add_argument("--retries", type=int, default=3,
                    help="extra attempts on HTTP 5xx/429, timeouts and connection errors")
     j.add_argument("--backoff", type=float, default=1.0,
@@ -233,17 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli.main_guard
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (JudgeInputError, MMLUDataError, HellaSwagDataError, ModelUnavailableError,
-            MissingFileError, ChecksumError, TaskError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return args.func(args)
 
 
 if __name__ == "__main__":

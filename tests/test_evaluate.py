@@ -25,7 +25,8 @@ class _JudgeHandler(BaseHTTPRequestHandler):
 
     What it answers depends on the record: the server's script maps a marker found in the prompt
     (the record's model_response) to a list of actions, one per request; the last one repeats.
-    An action is ("reply", text), ("status", code), ("slow", seconds, text) or ("raw", bytes).
+    An action is ("reply", text), ("status", code), ("slow", seconds, text), ("raw", bytes) or
+    ("trickle", seconds, n): n bytes, one at a time.
     """
 
     def do_POST(self):
@@ -42,6 +43,18 @@ class _JudgeHandler(BaseHTTPRequestHandler):
             return self._send(action[1], b'{"error": "server trouble"}')
         if kind == "raw":
             return self._send(200, action[1])
+        if kind == "trickle":  # ("trickle", seconds between bytes, number of bytes)
+            self.send_response(200)
+            self.send_header("Content-Length", str(action[2]))
+            self.end_headers()
+            try:
+                for _ in range(action[2]):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(action[1])
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return
         if kind == "slow":
             time.sleep(action[1])
         text = action[-1]
@@ -250,17 +263,50 @@ def test_slow_reply_times_out_and_counts_as_failed(judge_server, tmp_path, capsy
     assert "failed: 1" in stdout
 
 
-def test_unreachable_server_fails_every_record_with_exit_1(judge_server, tmp_path, capsys):
+def test_unreachable_server_stops_at_once_with_one_clear_error(judge_server, tmp_path, capsys):
     srv, url = judge_server("ollama", {"resp-0": [("reply", "1")]})
     srv.shutdown()
     srv.server_close()  # nothing listens on that port any more
     out = tmp_path / "s.json"
-    code, stdout, _ = _run_judge(capsys, "--responses", _write(tmp_path, _records(2)), "--url", url,
-                                 "--model", "m", "--out", out, "--retries", "1", "--backoff", "0")
-    assert code == 1 and "mean score: n/a" in stdout
+    start = time.monotonic()
+    code, stdout, stderr = _run_judge(capsys, "--responses", _write(tmp_path, _records(5)), "--url", url,
+                                      "--model", "m", "--out", out, "--retries", "3", "--backoff", "5")
+    assert time.monotonic() - start < 3.0  # no backoff: refused is not worth another try
+    assert code == 2 and "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "cannot reach" in lines[0] and "refused" in lines[0].lower(), stderr
+    assert not out.exists()
+
+
+def test_scores_are_kept_as_they_come_and_a_rerun_continues(judge_server, tmp_path, capsys):
+    srv, url = judge_server("ollama", {f"resp-{i}": [("reply", str(10 * i))] for i in range(4)})
+    out = tmp_path / "s.json"
+    partial = tmp_path / "s.json.partial.jsonl"
+    # what an interrupted run leaves: two scores, the second line torn
+    partial.write_text(json.dumps({"index": 0, "score": 77, "error": None}) + "\n" + '{"index": 1, "sc')
+    code, stdout, _ = _run_judge(capsys, "--responses", _write(tmp_path, _records(4)), "--url", url,
+                                 "--model", "m", "--out", out)
+    assert code == 0 and "1 records already scored" in stdout
     saved = json.loads(out.read_text())
-    assert saved["scored"] == 0 and saved["failed"] == 2
-    assert all("cannot reach" in s["error"] for s in saved["scores"])
+    assert [s["score"] for s in saved["scores"]] == [77, 10, 20, 30]
+    assert len(srv.requests) == 3 and not partial.exists()
+
+
+def test_an_unwritable_out_is_refused_before_any_request(judge_server, tmp_path, capsys):
+    srv, url = judge_server("ollama", {"resp-0": [("reply", "1")]})
+    (tmp_path / "afile").write_text("")
+    code, _, stderr = _run_judge(capsys, "--responses", _write(tmp_path, _records(1)), "--url", url,
+                                 "--model", "m", "--out", tmp_path / "afile" / "s.json")
+    assert code == 2 and "is a file" in stderr and not srv.requests
+
+
+def test_timeout_bounds_the_whole_request(judge_server):
+    srv, url = judge_server("ollama", {"resp-0": [("trickle", 0.2, 40)]})  # 40 bytes, one every 0.2 s
+    client = judge.JudgeClient(url, "m", timeout=1.0, retries=0)
+    start = time.monotonic()
+    with pytest.raises(judge.JudgeRequestError, match="within 1 s"):
+        client.ask("resp-0")
+    assert time.monotonic() - start < 3.0
 
 
 def test_reply_that_is_not_json_counts_as_failed(judge_server):
