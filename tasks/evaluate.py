@@ -125,19 +125,33 @@ def run_mmlu(args: argparse.Namespace) -> int:
     dev = None
     if args.shots and args.shots_from == "dev":
         dev = load_mmlu(args.dev or ensure_dev(progress=not args.no_progress))
+    for flag, value in (("--limit", args.limit), ("--max-context", args.max_context)):
+        if value is not None and value < 1:
+            raise cli.UsageError(f"{flag} must be at least 1, got {value}")
+    if args.out:
+        check_output_file(Path(args.out))  # before any work
     tokenizer = load_tokenizer()
     model = load_model(args)
-    config = getattr(model, "config", None)
-    max_context = args.max_context or getattr(config, "n_ctx", 1024)
+    n_ctx = getattr(getattr(model, "config", None), "n_ctx", 1024)
+    if args.max_context is not None and args.max_context > n_ctx:
+        raise cli.UsageError(f"--max-context {args.max_context} is longer than the model's context of {n_ctx}")
+    max_context = args.max_context or n_ctx
+    # with --out, each answer is appended to OUT.partial.jsonl; a rerun asks only the rest
+    partial = Path(args.out).with_name(Path(args.out).name + ".partial.jsonl") if args.out else None
+    done = {(r["subject"], r["index"]): r["correct"] for r in read_jsonl(partial)} if partial else {}
+    if done:
+        print(f"{len(done)} questions already answered in {partial}; continuing")
     result = evaluate_mmlu(questions, model_next_token_logits(model), tokenizer,
                            shots=args.shots, limit=args.limit, subjects=args.subjects,
-                           max_context=max_context, progress=not args.no_progress, dev=dev)
+                           max_context=max_context, progress=not args.no_progress, dev=dev, done=done,
+                           on_answer=(lambda r: append_jsonl(partial, r)) if partial else None)
     print(result.table())
     source = {"weights": args.weights} if args.weights else {"checkpoint": args.checkpoint}
     if args.out:
         write_json(args.out, {**source, "shots": args.shots,
                               "shots_from": args.shots_from if args.shots else None,
                               "limit": args.limit, "max_context": max_context, **result.to_dict()})
+        partial.unlink(missing_ok=True)
         print(f"results saved to {args.out}")
     if args.plot:
         from tasks.plots import plot_subject_accuracy

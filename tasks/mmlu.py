@@ -197,11 +197,15 @@ def predict(q: Question, shots: Sequence[Question], next_token_logits: Callable,
 def evaluate_mmlu(questions: Sequence[Question], next_token_logits: Callable[[list[int]], np.ndarray],
                   tokenizer: Encoder, shots: int = 0, limit: int | None = None,
                   subjects: Sequence[str] | None = None, max_context: int = 1024,
-                  progress: bool = True, dev: Sequence[Question] | None = None) -> MMLUResult:
+                  progress: bool = True, dev: Sequence[Question] | None = None,
+                  done: dict[tuple[str, int], bool] | None = None,
+                  on_answer: Callable[[dict], None] | None = None) -> MMLUResult:
     """Accuracy per subject; `limit` caps the scored questions per subject.
 
     The `shots` examples of a subject are the first ones of its `dev` questions when given (every
     test question is then scored), else its first test questions (which are then not scored).
+    `done` maps (subject, index among its scored questions) to whether it was answered right in
+    an earlier, interrupted run: those are not asked again. `on_answer` sees each new answer.
     """
     from tqdm import tqdm
 
@@ -227,11 +231,17 @@ def evaluate_mmlu(questions: Sequence[Question], next_token_logits: Callable[[li
 
     result = MMLUResult()
     bar = tqdm(total=sum(len(p[2]) for p in plan), desc="MMLU", unit="q", disable=not progress)
+    done = done or {}
     for subject, examples, to_score in plan:
         correct = 0
-        for q in to_score:
-            correct += predict(q, examples, next_token_logits, tokenizer, letter_ids,
-                               max_context) == q.answer
+        for i, q in enumerate(to_score):
+            if (subject, i) in done:
+                right = done[(subject, i)]
+            else:
+                right = predict(q, examples, next_token_logits, tokenizer, letter_ids, max_context) == q.answer
+                if on_answer is not None:
+                    on_answer({"subject": subject, "index": i, "correct": bool(right)})
+            correct += right
             bar.update(1)
         result.per_subject[subject] = (correct, len(to_score))
     bar.close()

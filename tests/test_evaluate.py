@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import gpt2
 import minigrad as mg
 from tasks import evaluate, judge, mmlu
 
@@ -542,6 +543,34 @@ def test_mmlu_command_with_rigged_model(tmp_path, capsys, monkeypatch):
     saved = json.loads(out.read_text())
     assert saved["accuracy"] == 1.0 and saved["total"] == 6 and saved["shots"] == 0
     assert saved["subjects"]["anatomy"] == {"correct": 3, "total": 3, "accuracy": 1.0}
+
+
+def test_mmlu_answers_are_kept_as_they_come_and_a_rerun_continues(tmp_path, capsys, monkeypatch):
+    data = _mmlu_file(tmp_path, ANSWERS)
+    tok = FakeTokenizer()
+    model = _rigged(mmlu.load_mmlu(data), tok, shots=0)
+    monkeypatch.setattr(evaluate, "load_tokenizer", lambda: tok)
+    monkeypatch.setattr(evaluate, "load_model", lambda args: model)
+    out = tmp_path / "mmlu.json"
+    partial = tmp_path / "mmlu.json.partial.jsonl"
+    # an interrupted run's answers: the first anatomy question recorded as wrong, then a torn line
+    partial.write_text(json.dumps({"subject": "anatomy", "index": 0, "correct": False}) + "\n" + '{"subj')
+    code = evaluate.main(["mmlu", "--weights", "124M", "--data", str(data), "--limit", "3",
+                          "--out", str(out), "--no-progress"])
+    assert code == 0 and "1 questions already answered" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["subjects"]["anatomy"] == {"correct": 2, "total": 3, "accuracy": 2 / 3}
+    assert len(model.grad_enabled_seen) == 5 and not partial.exists()  # 6 questions, 1 kept
+
+
+def test_mmlu_max_context_longer_than_the_model_is_refused(tmp_path, capsys, monkeypatch):
+    data = _mmlu_file(tmp_path, ANSWERS)
+    monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
+    monkeypatch.setattr(evaluate, "load_model", lambda args: gpt2.GPT2(gpt2.GPT2Config(
+        vocab_size=16, n_ctx=32, n_embd=8, n_layer=1, n_head=2)))
+    assert evaluate.main(["mmlu", "--weights", "124M", "--data", str(data), "--max-context", "5000"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-context 5000 is longer than the model's context of 32" in err and "Traceback" not in err
 
 
 def test_mmlu_command_errors_exit_2(tmp_path, capsys, monkeypatch):
