@@ -33,7 +33,7 @@ from gpt2.classifier import POOLS, GPT2Classifier
 from minigrad import backend, nn
 
 from . import cli, runfolder
-from .checkpoint import CHECKPOINTS, read_json, write_json
+from .checkpoint import read_json, run_dir_of, write_json
 from .classify_data import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
                             longest, pad_ids, per_class_scores, write_split_csvs)
 from .data import BatchLoader
@@ -236,12 +236,6 @@ def train(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- predict
 
-def _run_dir_of(path: Path) -> Path:
-    if (path / "state.json").is_file() and path.parent.name == CHECKPOINTS:
-        return path.parent.parent
-    return path
-
-
 def _read_texts(args) -> list[str]:
     if args.texts and args.file:
         raise cli.UsageError("give texts as arguments or --file, not both")
@@ -275,7 +269,7 @@ def predict(args: argparse.Namespace) -> int:
     ckpt = Path(args.checkpoint)
     if not ckpt.is_dir():
         raise FileNotFoundError(f"no such run folder or checkpoint: {ckpt}")
-    run = read_json(_run_dir_of(ckpt) / "run.json")
+    run = read_json(run_dir_of(ckpt) / "run.json")
     if run.get("task") != "classify":
         raise cli.UsageError(f"{ckpt} is not a tasks.classify run (its task is {run.get('task')!r})")
     c = run["classifier"]

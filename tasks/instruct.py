@@ -41,7 +41,7 @@ from gpt2.tokenizer import EOT_ID
 from minigrad import nn
 
 from . import cli, runfolder
-from .checkpoint import CHECKPOINTS, read_json, write_json
+from .checkpoint import read_json, run_dir_of, write_json
 from .data import DATASETS, BatchLoader, ensure_dataset
 from .jsonl import append_jsonl, read_jsonl
 from .alpaca import format_prompt
@@ -304,13 +304,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- respond and chat
 
 
-def _run_dir(checkpoint: Path) -> Path:
-    """The run folder of a run folder or of one of its checkpoint folders."""
-    if (checkpoint / "state.json").is_file() and checkpoint.parent.name == CHECKPOINTS:
-        return checkpoint.parent.parent
-    return checkpoint
-
-
 def _load(args: argparse.Namespace):
     """(model in eval mode on the chosen device, tokenizer, run.json) of --checkpoint."""
     from gpt2.tokenizer import get_tokenizer
@@ -320,7 +313,7 @@ def _load(args: argparse.Namespace):
     ckpt = Path(args.checkpoint)
     if not ckpt.is_dir():
         raise FileNotFoundError(f"--checkpoint {ckpt}: no such folder")
-    run = read_json(_run_dir(ckpt) / "run.json")
+    run = read_json(run_dir_of(ckpt) / "run.json")
     model = load_model_from_run(ckpt, device=device)
     return model, get_tokenizer(), run
 
@@ -330,7 +323,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
         raise cli.UsageError("--max-new-tokens, --batch-size and --limit must be at least 1")
     ckpt = Path(args.checkpoint)
     name = args.split if args.data is None else Path(args.data).stem
-    out = Path(args.out) if args.out else _run_dir(ckpt) / f"responses_{name}.json"
+    out = Path(args.out) if args.out else run_dir_of(ckpt) / f"responses_{name}.json"
     runfolder.check_output_file(out)  # before any work: a bad --out must not cost the answers
     model, tokenizer, run = _load(args)
     if args.data is not None:

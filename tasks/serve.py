@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import cli
+from .checkpoint import read_json, run_dir_of
 from .serve_api import (INSTRUCT_STOPS, ApiError, StopText, chat_messages, completion_prompt,
                         parse_sampling, render_chat)
 from .serve_batch import Job, QueueFull, Scheduler
@@ -66,14 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_task(init: str) -> str | None:
     """run.json's task for a run or checkpoint folder ("instruct", "pretrain", ...), else None."""
-    path = Path(init)
-    for run_dir in (path, path.parent.parent):
-        if (run_dir / "run.json").is_file():
-            try:
-                return json.loads((run_dir / "run.json").read_text()).get("task")
-            except (OSError, json.JSONDecodeError, AttributeError):
-                return None
-    return None
+    run_json = run_dir_of(init) / "run.json"
+    if not run_json.is_file():
+        return None
+    try:
+        return read_json(run_json).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def default_model_name(init: str) -> str:
