@@ -2,7 +2,7 @@
 
     python -m tasks.classify train --init 124M                 # the book's chapter 6 run
     python -m tasks.classify train --data my.tsv --trainable lora --out runs/mine
-    python -m tasks.classify predict --checkpoint runs/classify "You won a free cruise, reply now!"
+    python -m tasks.classify predict --init runs/classify "You won a free cruise, reply now!"
 
 train: the SMS Spam Collection (or any label<TAB>text file), balanced by sampling every class
 down to the smallest, split 70/10/20 and padded with <|endoftext|> to the longest training text.
@@ -266,7 +266,7 @@ def predict(args: argparse.Namespace) -> int:
         raise cli.UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     texts = _read_texts(args)
     from .checkpoint import load_model_from_run
-    ckpt = Path(args.checkpoint)
+    ckpt = Path(args.init)
     if not ckpt.is_dir():
         raise FileNotFoundError(f"no such run folder or checkpoint: {ckpt}")
     run = read_json(run_dir_of(ckpt) / "run.json")
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("predict", help="label new texts with a trained classifier",
                        description="Print label<TAB>probability<TAB>text for each text.")
     q.add_argument("texts", nargs="*", help="texts to classify (none: read them from --file or stdin)")
-    q.add_argument("--checkpoint", required=True, help="a tasks.classify run folder or one of its checkpoints")
+    cli.add_init_arg(q, old_names=("--checkpoint",), help="a tasks.classify run folder or one of its checkpoints")
     q.add_argument("--file", default=None, help="a UTF-8 file with one text a line ('-' for stdin)")
     q.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
     q.add_argument("--backend", default="numpy", choices=("numpy", "cupy"), help="default: %(default)s")

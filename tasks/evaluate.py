@@ -2,8 +2,8 @@
 
     python -m tasks.evaluate judge --responses responses.json --url http://localhost:11434 \\
         --model llama3 [--api ollama|openai] [--out scores.json]
-    python -m tasks.evaluate mmlu --weights 124M --shots 5 --limit 20 [--subjects anatomy ...]
-    python -m tasks.evaluate mmlu --checkpoint runs/instruct [--backend cupy] [--plot mmlu.png]
+    python -m tasks.evaluate mmlu --init 124M --shots 5 --limit 20 [--subjects anatomy ...]
+    python -m tasks.evaluate mmlu --init runs/instruct [--backend cupy] [--plot mmlu.png]
     python -m tasks.evaluate hellaswag --init 124M [--limit 100] [--out runs/hellaswag]
 
 The pieces live in tasks/judge.py (HTTP judge client), tasks/mmlu.py (MMLU scoring) and
@@ -28,6 +28,10 @@ from tasks.hellaswag import HellaSwagDataError, evaluate_hellaswag, load_hellasw
 from tasks.judge import APIS, JUDGE_PROMPT, JudgeClient, JudgeUnreachableError, judge_records, load_responses
 from tasks.mmlu import (MMLUDataError, ensure_dev, evaluate_mmlu, load_mmlu,
                         model_next_token_logits)
+
+
+INIT_HELP = ("an official size (124M, 355M, 774M, 1558M), a weights file or folder, or a run/checkpoint "
+             "folder")
 
 
 class ModelUnavailableError(TaskError):
@@ -89,25 +93,14 @@ def run_judge(args: argparse.Namespace) -> int:
 
 
 def load_model(args: argparse.Namespace):
-    """The GPT-2 to evaluate: official weights (--weights) or a training run (--checkpoint)."""
-    device = "cuda" if args.backend == "cupy" else "cpu"
-    what = "the official weights" if args.weights else "checkpoints of a training run"
+    """The GPT-2 named by --init (an official size, a weights file, a run or checkpoint folder)."""
+    from tasks.generate import load_model as load_lm
     try:
-        import gpt2
-        if not args.weights:
-            from tasks.checkpoint import load_model_from_run
-    except ImportError as err:
-        raise ModelUnavailableError(
-            f"loading {what} is not available yet in this version ({err})") from None
-    source = args.weights or args.checkpoint
-    try:
-        if args.weights:
-            return gpt2.from_pretrained(args.weights, device=device)
-        return load_model_from_run(args.checkpoint, device=device)
+        return load_lm(args.init, cli.device_of(args))
     except MissingFileError:
         raise  # its message already says where to put the file
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        raise ModelUnavailableError(f"cannot load the model from {source}: {err}") from None
+    except (FileNotFoundError, KeyError, ValueError, BackendError) as err:
+        raise ModelUnavailableError(f"cannot load the model from {args.init}: {err}") from None
 
 
 def load_tokenizer():
@@ -146,7 +139,7 @@ def run_mmlu(args: argparse.Namespace) -> int:
                            max_context=max_context, progress=not args.no_progress, dev=dev, done=done,
                            on_answer=(lambda r: append_jsonl(partial, r)) if partial else None)
     print(result.table())
-    source = {"weights": args.weights} if args.weights else {"checkpoint": args.checkpoint}
+    source = {"init": args.init}
     if args.out:
         write_json(args.out, {**source, "shots": args.shots,
                               "shots_from": args.shots_from if args.shots else None,
@@ -176,14 +169,7 @@ def run_hellaswag(args: argparse.Namespace) -> int:
                 f"{out} holds HellaSwag results of {', '.join(f'{k}={before.get(k)!r}' for k in changed)}; "
                 f"choose another --out for {', '.join(f'{k}={config[k]!r}' for k in changed)}")
     tokenizer = load_tokenizer()
-    from tasks.cli import device_of
-    from tasks.generate import load_model as load_lm
-    try:
-        model = load_lm(args.init, device_of(args))
-    except MissingFileError:
-        raise  # its message already says where to put the file
-    except (FileNotFoundError, KeyError, ValueError, BackendError) as err:
-        raise ModelUnavailableError(f"cannot load the model from {args.init}: {err}") from None
+    model = load_model(args)
     out.mkdir(parents=True, exist_ok=True)
     write_json(config_path, config)
     result = evaluate_hellaswag(model, items, tokenizer, out / "hellaswag.jsonl",
@@ -224,9 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.set_defaults(func=run_judge)
 
     m = sub.add_parser("mmlu", help="MMLU accuracy from next-token logits")
-    src = m.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="folder of a training run")
-    src.add_argument("--weights", help="official GPT-2 weights: 124M, 355M, 774M, 1558M")
+    cli.add_init_arg(m, old_names=("--checkpoint", "--weights"), help=INIT_HELP)
     m.add_argument("--subjects", nargs="+", help="only these subjects (default: all 57)")
     m.add_argument("--shots", type=int, choices=(0, 5), default=0, help="examples per prompt")
     m.add_argument("--shots-from", choices=("dev", "test"), default="dev",
@@ -245,9 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=run_mmlu)
 
     h = sub.add_parser("hellaswag", help="HellaSwag acc and acc_norm, completion style (as llm.c)")
-    h.add_argument("--init", required=True,
-                   help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, or a "
-                        "run/checkpoint folder")
+    cli.add_init_arg(h, help=INIT_HELP)
     h.add_argument("--limit", type=int, help="score only the first N items (default: all 10,042)")
     h.add_argument("--out", default="runs/hellaswag",
                    help="folder for hellaswag.jsonl (one line per item, written as it goes: a "

@@ -29,9 +29,9 @@ DEFAULT_PROMPT = "Every effort moves you"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tasks.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", "--weights", dest="weights", default="124M",
-                   help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, "
-                        "or a run/checkpoint folder of tasks.pretrain (default: %(default)s)")
+    cli.add_init_arg(p, default="124M", old_names=("--weights",),
+                     help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, "
+                          "or a run/checkpoint folder of tasks.pretrain")
     p.add_argument("--prompt", default=DEFAULT_PROMPT,
                    help="text to continue; empty starts from <|endoftext|> (default: %(default)r)")
     p.add_argument("--max-new-tokens", type=int, default=50, help="default: %(default)s")
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:
         raise cli.TaskError(str(e)) from None
-    model = load_model(args.weights, device).eval()
+    model = load_model(args.init, device).eval()
     cfg = model.config
     if args.attention_map is not None and not (0 <= args.layer < cfg.n_layer and 0 <= args.head < cfg.n_head):
         raise cli.UsageError(f"--layer {args.layer} --head {args.head}: this model has layers "
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.temperature_plot is not None:
         ids, probs = save_temperature_plot(model, tok, prompt_ids, args.temperatures, args.top,
                                            args.temperature_plot,
-                                           f"{args.weights}: next token after {args.prompt!r}")
+                                           f"{args.init}: next token after {args.prompt!r}")
         labels = token_labels(tok, ids)
         width = max(len(repr(label)) for label in labels)
         print(f"{'token':<{width}}  " + "  ".join(f"{f'T={t:g}':>8}" for t in args.temperatures))
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = (prompt_ids + new_ids)[-cfg.n_ctx:]   # what the model can see at once
         maps = model.attention_maps(np.asarray([ids]))
         weights = maps[args.layer][0, args.head]
-        title = f"{args.weights}: layer {args.layer}, head {args.head}"
+        title = f"{args.init}: layer {args.layer}, head {args.head}"
         path = save_attention_map(weights, token_labels(tok, ids), args.attention_map, title)
         print(f"attention map: {path}", file=sys.stderr)
     return 0

@@ -2,8 +2,8 @@
 Language Model (From Scratch)".
 
     python -m tasks.instruct train --init 355M --out runs/instruct [--lora-rank 16 --lora-alpha 16]
-    python -m tasks.instruct respond --checkpoint runs/instruct [--split test | --data FILE]
-    python -m tasks.instruct chat --checkpoint runs/instruct
+    python -m tasks.instruct respond --init runs/instruct [--split test | --data FILE]
+    python -m tasks.instruct chat --init runs/instruct
 
 Each record {instruction, input, output} becomes the Alpaca prompt followed by its output:
 
@@ -310,9 +310,9 @@ def _load(args: argparse.Namespace):
     from .checkpoint import load_model_from_run
 
     device = cli.device_of(args)
-    ckpt = Path(args.checkpoint)
+    ckpt = Path(args.init)
     if not ckpt.is_dir():
-        raise FileNotFoundError(f"--checkpoint {ckpt}: no such folder")
+        raise FileNotFoundError(f"--init {ckpt}: no such folder")
     run = read_json(run_dir_of(ckpt) / "run.json")
     model = load_model_from_run(ckpt, device=device)
     return model, get_tokenizer(), run
@@ -321,7 +321,7 @@ def _load(args: argparse.Namespace):
 def cmd_respond(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise cli.UsageError("--max-new-tokens, --batch-size and --limit must be at least 1")
-    ckpt = Path(args.checkpoint)
+    ckpt = Path(args.init)
     name = args.split if args.data is None else Path(args.data).stem
     out = Path(args.out) if args.out else run_dir_of(ckpt) / f"responses_{name}.json"
     runfolder.check_output_file(out)  # before any work: a bad --out must not cost the answers
@@ -331,7 +331,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
     else:
         info = run.get("data")
         if not info:
-            raise cli.UsageError(f"{args.checkpoint} is not a tasks.instruct run: give --data FILE")
+            raise cli.UsageError(f"{args.init} is not a tasks.instruct run: give --data FILE")
         all_records = load_records(resolve_data(info["source"]))
         if len(all_records) != info["num_records"]:
             raise InstructionDataError(
@@ -430,7 +430,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("respond", help="answer a split (or a file) of records, saved as JSON")
-    r.add_argument("--checkpoint", required=True, help="run folder (or one checkpoint folder) of a train run")
+    cli.add_init_arg(r, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--split", choices=("train", "val", "test"), default="test",
                      help="the run's own split to answer (default: %(default)s)")
@@ -443,7 +443,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.set_defaults(func=cmd_respond)
 
     c = sub.add_parser("chat", help="answer instructions read from stdin, one per line")
-    c.add_argument("--checkpoint", required=True, help="run folder (or one checkpoint folder) of a train run")
+    cli.add_init_arg(c, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
     c.add_argument("--max-new-tokens", type=int, default=256, help="default: %(default)s")
     c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
     c.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")

@@ -536,7 +536,7 @@ def test_mmlu_command_with_rigged_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(evaluate, "load_tokenizer", lambda: tok)
     monkeypatch.setattr(evaluate, "load_model", lambda args: model)
     out = tmp_path / "mmlu.json"
-    code = evaluate.main(["mmlu", "--weights", "124M", "--data", str(data), "--limit", "3",
+    code = evaluate.main(["mmlu", "--init", "124M", "--data", str(data), "--limit", "3",
                           "--out", str(out), "--no-progress"])
     stdout = capsys.readouterr().out
     assert code == 0 and "overall" in stdout and "100.00%" in stdout
@@ -555,7 +555,7 @@ def test_mmlu_answers_are_kept_as_they_come_and_a_rerun_continues(tmp_path, caps
     partial = tmp_path / "mmlu.json.partial.jsonl"
     # an interrupted run's answers: the first anatomy question recorded as wrong, then a torn line
     partial.write_text(json.dumps({"subject": "anatomy", "index": 0, "correct": False}) + "\n" + '{"subj')
-    code = evaluate.main(["mmlu", "--weights", "124M", "--data", str(data), "--limit", "3",
+    code = evaluate.main(["mmlu", "--init", "124M", "--data", str(data), "--limit", "3",
                           "--out", str(out), "--no-progress"])
     assert code == 0 and "1 questions already answered" in capsys.readouterr().out
     saved = json.loads(out.read_text())
@@ -568,22 +568,22 @@ def test_mmlu_max_context_longer_than_the_model_is_refused(tmp_path, capsys, mon
     monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
     monkeypatch.setattr(evaluate, "load_model", lambda args: gpt2.GPT2(gpt2.GPT2Config(
         vocab_size=16, n_ctx=32, n_embd=8, n_layer=1, n_head=2)))
-    assert evaluate.main(["mmlu", "--weights", "124M", "--data", str(data), "--max-context", "5000"]) == 2
+    assert evaluate.main(["mmlu", "--init", "124M", "--data", str(data), "--max-context", "5000"]) == 2
     err = capsys.readouterr().err
     assert "--max-context 5000 is longer than the model's context of 32" in err and "Traceback" not in err
 
 
 def test_mmlu_command_errors_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MINIGRAD_DATA_DIR", str(tmp_path / "empty-cache"))
-    assert evaluate.main(["mmlu", "--weights", "124M"]) == 2  # MMLU not in the cache
+    assert evaluate.main(["mmlu", "--init", "124M"]) == 2  # MMLU not in the cache
     assert "mmlu.jsonl" in capsys.readouterr().err
 
-    # no tasks.checkpoint module: a clear "not available yet", not an ImportError traceback
-    monkeypatch.setitem(sys.modules, "tasks.checkpoint", None)
+    # a folder with no model in it: one clear line, not a traceback
     monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
     data = _mmlu_file(tmp_path, ANSWERS)
-    assert evaluate.main(["mmlu", "--checkpoint", str(tmp_path), "--data", str(data)]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert evaluate.main(["mmlu", "--init", str(tmp_path), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the model" in err and "Traceback" not in err
 
 
 @pytest.mark.usefixtures("needs_tokenizer")
@@ -601,7 +601,7 @@ def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
     checkpoint.write_json(run / "run.json", {"model_config": config.to_dict()})
     data = _mmlu_file(tmp_path, ANSWERS)
     out = tmp_path / "mmlu.json"
-    code = evaluate.main(["mmlu", "--checkpoint", str(run), "--data", str(data), "--limit", "2",
+    code = evaluate.main(["mmlu", "--init", str(run), "--data", str(data), "--limit", "2",
                           "--subjects", "anatomy", "--out", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
 
@@ -618,17 +618,17 @@ def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["subjects"] == {"anatomy": {"correct": correct, "total": 2,
                                              "accuracy": correct / 2}}
-    assert saved["max_context"] == 32 and saved["checkpoint"] == str(run)
+    assert saved["max_context"] == 32 and saved["init"] == str(run)
 
 
 def test_mmlu_command_without_a_checkpoint_exits_2(tmp_path, capsys, monkeypatch):
     pytest.importorskip("tasks.checkpoint")
     monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
     data = _mmlu_file(tmp_path, ANSWERS)
-    assert evaluate.main(["mmlu", "--checkpoint", str(tmp_path / "nothing"),
+    assert evaluate.main(["mmlu", "--init", str(tmp_path / "nothing"),
                           "--data", str(data)]) == 2
     err = capsys.readouterr().err
-    assert "cannot load the model" in err and "Traceback" not in err
+    assert "nor an existing file or folder" in err and "Traceback" not in err
 
 
 def test_classifier_like_output_is_a_clear_error(tmp_path):

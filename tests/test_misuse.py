@@ -43,14 +43,14 @@ def test_classify_init_from_a_classifier_run_is_refused(classify_run, tmp_path, 
 
 
 def test_respond_on_a_classifier_run_is_refused(classify_run, tmp_path, capsys):
-    rc = instruct.main(["respond", "--checkpoint", str(classify_run), "--out", str(tmp_path / "r.json")])
+    rc = instruct.main(["respond", "--init", str(classify_run), "--out", str(tmp_path / "r.json")])
     assert rc == 2
     _one_error_line(capsys, str(classify_run))
     assert not (tmp_path / "r.json").exists()
 
 
 def test_generate_from_a_classifier_run_is_refused(classify_run, capsys):
-    rc = generate.main(["--weights", str(classify_run), "--prompt", "hi", "--max-new-tokens", "2"])
+    rc = generate.main(["--init", str(classify_run), "--prompt", "hi", "--max-new-tokens", "2"])
     assert rc == 2
     _one_error_line(capsys, "GPT2Classifier")
 
@@ -222,3 +222,11 @@ def test_missing_optimizer_state_is_refused_on_resume(reference_run, tmp_path, c
     (ckpt / "optimizer.safetensors").unlink()
     assert pretrain.main(["--out", str(out), "--resume"]) == 2
     _one_error_line(capsys, "optimizer.safetensors is missing")
+
+
+@pytest.mark.parametrize("argv", [["--weights", "/no/such/file.safetensors"]])
+def test_old_flag_names_still_work_with_one_notice(argv, capsys):
+    assert generate.main([*argv, "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("note: --weights is deprecated; use --init") == 1
+    assert "error: --init '/no/such/file.safetensors'" in err

@@ -167,7 +167,7 @@ def test_wrong_hash_is_refused_and_nothing_is_saved(served, cache, monkeypatch):
     assert "0" * 64 in msg and hashlib.sha256(expected).hexdigest() in msg and entry.url in msg
     assert list((cache / "mmlu").iterdir()) == []  # no test, no dev, no archive, no .tmp
     # the command line says it in one line
-    assert evaluate.main(["mmlu", "--weights", "124M", "--no-progress"]) == 2
+    assert evaluate.main(["mmlu", "--init", "124M", "--no-progress"]) == 2
 
 
 def test_dev_split_is_converted_when_only_the_test_file_is_cached(served, cache, monkeypatch):
@@ -182,7 +182,7 @@ def test_offline_without_dev_split_says_what_is_missing(tmp_path, cache, monkeyp
     monkeypatch.setenv("MINIGRAD_OFFLINE", "1")
     test_file = tmp_path / "mmlu.jsonl"
     test_file.write_bytes(expected_jsonl(TEST_ROWS, ORDER))
-    assert evaluate.main(["mmlu", "--weights", "124M", "--shots", "5", "--data", str(test_file),
+    assert evaluate.main(["mmlu", "--init", "124M", "--shots", "5", "--data", str(test_file),
                           "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert str(cache / "mmlu" / "mmlu_dev.jsonl") in err and "--shots-from test" in err
@@ -252,7 +252,7 @@ def test_command_five_shot_with_dev_file_table_and_plot(tmp_path, monkeypatch, c
     monkeypatch.setattr(evaluate, "load_tokenizer", WordTokenizer)
     monkeypatch.setattr(evaluate, "load_model", lambda args: AlwaysD())
     out, png = tmp_path / "mmlu.json", tmp_path / "mmlu.png"
-    assert evaluate.main(["mmlu", "--weights", "124M", "--shots", "5", "--data", str(test_file),
+    assert evaluate.main(["mmlu", "--init", "124M", "--shots", "5", "--data", str(test_file),
                           "--dev", str(dev_file), "--out", str(out), "--plot", str(png),
                           "--no-progress"]) == 0
     stdout = capsys.readouterr().out

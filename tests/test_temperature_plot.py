@@ -90,7 +90,7 @@ def test_command_draws_those_numbers_into_a_png(tiny, tok, tmp_path, monkeypatch
 def test_old_weights_flag_still_works(tiny, tmp_path):
     _, folder = tiny
     png = tmp_path / "t.png"
-    assert generate.main(["--weights", str(folder), "--temperature-plot", str(png), "--top", "3"]) == 0
+    assert generate.main(["--init", str(folder), "--temperature-plot", str(png), "--top", "3"]) == 0
     assert png.is_file()
 
 
