@@ -440,9 +440,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _plain_malloc() -> None:
+    """Undo minigrad's allocator tuning (minigrad/backend.py keeps freed memory for the next
+    training step): here each block of text is freed for good, and keeping it made the peak
+    memory creep up with the corpus."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)  # glibc's default
+        libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):
+        pass
+
+
 @cli.main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _plain_malloc()
     from .data import CORPORA, ensure_corpus, link_pretokenized
     if args.shard_tokens < 1:
         raise PrepareError(f"--shard-tokens must be at least 1, got {args.shard_tokens}")
