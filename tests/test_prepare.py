@@ -333,3 +333,16 @@ def test_offline_names_every_missing_file(cache, monkeypatch, tmp_path, capsys):
     for name in ("fineweb_val_000000.bin", "fineweb_train_000001.bin", "fineweb_train_000002.bin"):
         assert str(cache / "fineweb10B" / name) in err
         assert f"kjj0/fineweb10B-gpt2/resolve/main/{name}" in err
+
+
+def test_parquet_input(tmp_path, enc):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow (the [parquet] extra) is not installed")
+    import pyarrow.parquet as pq
+    texts = ["first parquet row", "", "second row\nwith a newline", None, "third " * 50]
+    pq.write_table(pa.table({"id": list(range(5)), "content": texts}), tmp_path / "t.parquet",
+                   row_group_size=2)
+    out = tmp_path / "out"
+    assert _main("--input", tmp_path / "t.parquet", "--out", out, "--text-field", "content",
+                 "--shard-tokens", 20) == 0
+    assert read_folder(out) == expected_tokens(enc, [t for t in texts if t and t.strip()])
+    assert _main("--input", tmp_path / "t.parquet", "--out", tmp_path / "o2") == 2  # no column 'text'
