@@ -112,21 +112,25 @@ def run_prepare(corpus: Path, out: Path, workers: int, shard_tokens: int) -> dic
            "--workers", str(workers), "--shard-tokens", str(shard_tokens), "--no-progress"]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
+    wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise BenchError(f"tasks.prepare failed: {r.stderr.strip()[-2000:]}")
     rss = json.loads(r.stdout.strip().splitlines()[-1])
     index = json.loads((out / "index.json").read_text())
-    return {"workers": workers, "seconds": seconds, "tokens": index["tokens"],
-            "documents": index["documents"], **rss}
+    # seconds: the prepare call itself, without starting Python and importing (~1 s), as the plain
+    # loop's time does not count them either
+    return {"workers": workers, "seconds": rss.pop("seconds_in_prepare"), "wall": wall,
+            "tokens": index["tokens"], "documents": index["documents"], **rss}
 
 
 def _child(argv: list[str]) -> int:
     """Run tasks.prepare here, then print this process's peak RSS and its largest worker's (KiB)."""
     from tasks.prepare import main as prepare_main
 
+    t0 = time.perf_counter()
     code = prepare_main(argv)
-    print(json.dumps({"rss_main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    print(json.dumps({"seconds_in_prepare": time.perf_counter() - t0,
+                      "rss_main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "rss_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
     return code
 
@@ -161,11 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         n, s = baseline_loop(small)
         base = n / s
-        rows.append(["plain tiktoken loop, 1 thread", f"{n:,}", f"{s:.1f}", f"{base / 1e6:.2f}", "1.00", "-"])
+        rows.append(["plain tiktoken loop, 1 thread", f"{n:,}", f"{s:.1f}", f"{base / 1e6:.2f}", "1.00", "-", "-"])
         print(rows[-1], flush=True)
         n, s = threaded_batch(small, args.workers)
         rows.append([f"tiktoken encode_ordinary_batch, {args.workers} threads", f"{n:,}", f"{s:.1f}",
-                     f"{n / s / 1e6:.2f}", f"{n / s / base:.2f}", "-"])
+                     f"{n / s / 1e6:.2f}", f"{n / s / base:.2f}", "-", "-"])
         print(rows[-1], flush=True)
         runs = {}
         for w in sorted({1, args.workers}):
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([f"tasks.prepare --workers {w}", f"{r['tokens']:,}", f"{r['seconds']:.1f}",
                          f"{r['tokens'] / r['seconds'] / 1e6:.2f}",
                          f"{r['tokens'] / r['seconds'] / base:.2f}",
-                         f"{r['rss_main_mib']:.0f} / {r['rss_worker_mib']:.0f}"])
+                         f"{r['rss_main_mib']:.0f} / {r['rss_worker_mib']:.0f}", f"{r['wall']:.1f}"])
             print(rows[-1], flush=True)
         same = all((tmp / "small_w1" / f.name).read_bytes() == f.read_bytes()
                    for f in (tmp / f"small_w{args.workers}").glob("*.bin"))
@@ -202,7 +206,13 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.shard_tokens:,} tokens.", "", machine_info_markdown(info), "",
              "## Throughput (same corpus, same run)", "",
              markdown_table(["tokenizer", "tokens", "seconds", "M tokens/s", "vs plain loop",
-                             "peak RSS MiB (main / worker)"], rows), "",
+                             "peak RSS MiB (main / worker)", "wall s with start-up"], rows), "",
+             "Seconds: the work alone, in the same terms for every row (the plain loop and the "
+             "threads have tiktoken loaded before the clock starts; tasks.prepare's time is its "
+             "main() call, pool start-up included, Python's start-up and imports not: those are "
+             "in the last column). This machine is shared with other jobs (see the load "
+             "average above and the warning below, if any): on a busy machine the workers "
+             "compete for the same two cores and the speed-up shrinks.", "",
              f"Shards byte-identical for --workers 1 and {args.workers}: {'yes' if same else 'NO'}.", ""]
     note = load_note(share_small)
     if note:

@@ -244,13 +244,18 @@ def _encoding():
 def encode_pieces(pieces: list[tuple[bool, str]]) -> tuple[np.ndarray, np.ndarray]:
     """(tokens uint16, tokens per piece) of a list of pieces; runs in a worker process."""
     enc = _encoding()
+    eot = np.array([EOT], dtype=np.uint16)
     out, counts = [], np.empty(len(pieces), dtype=np.int64)
     for i, (start, text) in enumerate(pieces):
-        ids = enc.encode_ordinary(text)
+        if hasattr(enc, "encode_to_numpy"):  # tiktoken >= 0.8: no list of Python ints on the way
+            # with no special token allowed nor disallowed this is encode_ordinary (tested)
+            ids = enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+        else:
+            ids = np.array(enc.encode_ordinary(text), dtype=np.uint32)
         if start:
-            ids.insert(0, EOT)
-        counts[i] = len(ids)
-        out.append(np.array(ids, dtype=np.uint16))
+            out.append(eot)
+        out.append(ids.astype(np.uint16))
+        counts[i] = len(ids) + start
     return (np.concatenate(out) if out else np.zeros(0, np.uint16)), counts
 
 
@@ -281,6 +286,7 @@ def encoded(tasks: Iterator[tuple[int, list]], workers: int
         for first, group in tasks:
             yield first, *encode_pieces(group), sum(s for s, _ in group)
         return
+    _encoding()  # loaded once here: forked workers inherit it
     ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with ctx.Pool(workers, initializer=_encoding) as pool:
         pending: deque = deque()
@@ -478,8 +484,13 @@ def main(argv: list[str] | None = None) -> int:
     if not SHARD_RE.match(shard_name(name, 0)) or "/" in name:
         raise PrepareError(f"--name {name!r} cannot name shard files")
     sources = [Source(p, p.stat().st_size) for p in paths]
-    info = prepare(sources, out, name, args.shard_tokens, args.workers, args.text_field,
-                   progress=not args.no_progress)
+    try:
+        info = prepare(sources, out, name, args.shard_tokens, args.workers, args.text_field,
+                       progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"interrupted: the complete shards in {out} are kept; run the same command again "
+              "to continue after them", file=sys.stderr)
+        return 130
     print(f"{out}: {len(info['shards'])} shards, {info['tokens']:,} tokens "
           f"({info['val_tokens']:,} validation)")
     return 0

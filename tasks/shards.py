@@ -55,7 +55,7 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> Path:
     try:
         with open(tmp, "wb") as f:
             f.write(header(tokens.size).tobytes())
-            f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
+            tokens.astype(TOKEN_DTYPE, copy=False).tofile(f)  # no copy when already uint16
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
