@@ -81,14 +81,14 @@ def baseline_loop(path: Path) -> tuple[int, float]:
     import tiktoken
 
     enc = tiktoken.get_encoding("gpt2")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     n = 0
     for doc in path.read_text(encoding="utf-8").split(SEPARATOR):
         if doc.strip():
             ids = enc.encode_ordinary(doc)
             ids.insert(0, 50256)
             n += len(np.array(ids, dtype=np.uint16))
-    return n, time.perf_counter() - t0
+    return n, time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def threaded_batch(path: Path, threads: int) -> tuple[int, float]:
@@ -96,13 +96,13 @@ def threaded_batch(path: Path, threads: int) -> tuple[int, float]:
     import tiktoken
 
     enc = tiktoken.get_encoding("gpt2")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     docs = [d for d in path.read_text(encoding="utf-8").split(SEPARATOR) if d.strip()]
     n = 0
     for i in range(0, len(docs), 1000):
         for ids in enc.encode_ordinary_batch(docs[i:i + 1000], num_threads=threads):
             n += len(np.array(ids, dtype=np.uint16)) + 1
-    return n, time.perf_counter() - t0
+    return n, time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def run_prepare(corpus: Path, out: Path, workers: int, shard_tokens: int) -> dict:
@@ -125,11 +125,15 @@ def run_prepare(corpus: Path, out: Path, workers: int, shard_tokens: int) -> dic
 
 def _child(argv: list[str]) -> int:
     """Run tasks.prepare here, then print this process's peak RSS and its largest worker's (KiB)."""
-    from tasks.prepare import main as prepare_main
+    from tasks.prepare import _encoding, main as prepare_main
 
-    t0 = time.perf_counter()
+    _encoding()  # tiktoken's GPT-2 tables, loaded before the clock starts as for the plain loop
+    t0, cpu0 = time.perf_counter(), time.process_time()
     code = prepare_main(argv)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"seconds_in_prepare": time.perf_counter() - t0,
+                      "cpu_main": time.process_time() - cpu0,
+                      "cpu_workers": workers.ru_utime + workers.ru_stime,
                       "rss_main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "rss_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
     return code
@@ -163,13 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"small corpus: {small.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - t0:.0f} s",
               flush=True)
         rows = []
-        n, s = baseline_loop(small)
+        n, s, cpu = baseline_loop(small)
         base = n / s
-        rows.append(["plain tiktoken loop, 1 thread", f"{n:,}", f"{s:.1f}", f"{base / 1e6:.2f}", "1.00", "-", "-"])
+        rows.append(["plain tiktoken loop, 1 thread", f"{n:,}", f"{s:.1f}", f"{base / 1e6:.2f}", "1.00",
+                     f"{cpu:.1f}", "-", "-"])
         print(rows[-1], flush=True)
-        n, s = threaded_batch(small, args.workers)
+        n, s, cpu = threaded_batch(small, args.workers)
         rows.append([f"tiktoken encode_ordinary_batch, {args.workers} threads", f"{n:,}", f"{s:.1f}",
-                     f"{n / s / 1e6:.2f}", f"{n / s / base:.2f}", "-", "-"])
+                     f"{n / s / 1e6:.2f}", f"{n / s / base:.2f}", f"{cpu:.1f}", "-", "-"])
         print(rows[-1], flush=True)
         runs = {}
         for w in sorted({1, args.workers}):
@@ -177,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([f"tasks.prepare --workers {w}", f"{r['tokens']:,}", f"{r['seconds']:.1f}",
                          f"{r['tokens'] / r['seconds'] / 1e6:.2f}",
                          f"{r['tokens'] / r['seconds'] / base:.2f}",
+                         f"{r['cpu_main']:.1f} + {r['cpu_workers']:.1f}",
                          f"{r['rss_main_mib']:.0f} / {r['rss_worker_mib']:.0f}", f"{r['wall']:.1f}"])
             print(rows[-1], flush=True)
         same = all((tmp / "small_w1" / f.name).read_bytes() == f.read_bytes()
@@ -206,13 +212,15 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.shard_tokens:,} tokens.", "", machine_info_markdown(info), "",
              "## Throughput (same corpus, same run)", "",
              markdown_table(["tokenizer", "tokens", "seconds", "M tokens/s", "vs plain loop",
-                             "peak RSS MiB (main / worker)", "wall s with start-up"], rows), "",
+                             "CPU s (main + workers)", "peak RSS MiB (main / worker)",
+                             "wall s with start-up"], rows), "",
              "Seconds: the work alone, in the same terms for every row (the plain loop and the "
              "threads have tiktoken loaded before the clock starts; tasks.prepare's time is its "
-             "main() call, pool start-up included, Python's start-up and imports not: those are "
+             "main() call, pool start-up included, Python's start-up, imports and tiktoken's loading not: those are "
              "in the last column). This machine is shared with other jobs (see the load "
              "average above and the warning below, if any): on a busy machine the workers "
-             "compete for the same two cores and the speed-up shrinks.", "",
+             "compete for the same two cores and the speed-up shrinks. The CPU seconds do not depend on "
+             "the load: they show how much work each way does in all, and how it is shared out.", "",
              f"Shards byte-identical for --workers 1 and {args.workers}: {'yes' if same else 'NO'}.", ""]
     note = load_note(share_small)
     if note:
