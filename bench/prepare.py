@@ -216,11 +216,12 @@ def main(argv: list[str] | None = None) -> int:
                              "wall s with start-up"], rows), "",
              "Seconds: the work alone, in the same terms for every row (the plain loop and the "
              "threads have tiktoken loaded before the clock starts; tasks.prepare's time is its "
-             "main() call, pool start-up included, Python's start-up, imports and tiktoken's loading not: those are "
-             "in the last column). This machine is shared with other jobs (see the load "
+             "main() call, pool start-up included; Python's start-up, imports and tiktoken's "
+             "loading are not, but are in the last column). This machine is shared with other jobs (see the load "
              "average above and the warning below, if any): on a busy machine the workers "
-             "compete for the same two cores and the speed-up shrinks. The CPU seconds do not depend on "
-             "the load: they show how much work each way does in all, and how it is shared out.", "",
+             "compete for the same two cores and the speed-up shrinks. The CPU seconds depend much less on "
+             "the load (contention still inflates them somewhat): they show how much work each way does "
+             "in all, and how it is shared out.", "",
              f"Shards byte-identical for --workers 1 and {args.workers}: {'yes' if same else 'NO'}.", ""]
     note = load_note(share_small)
     if note:

@@ -4,7 +4,8 @@ The manifest below records every data file the tasks use: its place in the cache
 (`minigrad.hub.cache_dir()`), the URL it is downloaded from when online, and its size and
 sha256. The pretraining part turns a token list into sliding windows of (input, target) pairs,
 targets shifted by one token, and batches them with a loader that can be saved and resumed
-in the middle of an epoch.
+in the middle of an epoch; `text_shards` puts a text in the cache as token shards for
+tasks.shards.ShardLoader. CORPORA lists the named corpora of `python -m tasks.prepare`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ position embeddings drawn from N(0, 1) (162M parameters). It memorises the text 
 below 1) while the validation loss stays near 6. `--tie-embeddings` builds
 GPT-2's own tied, N(0, 0.02) model instead, which on these 90 steps stays near the unigram loss
 (~6): see bench/results/pretrain_cpu.md.
+
+`--data DIR` trains on token shards from `python -m tasks.prepare` (or llm.c), memory-mapped and
+served by tasks.shards.ShardLoader; `--text`/`--dataset` are tokenized once into shards in the
+cache (tasks.data.text_shards) and served by the same loader, with the same batches as before.
 """
 from __future__ import annotations
 
