@@ -152,8 +152,8 @@ class ShardLoader:
                 f"text or a smaller context")
         if len(self) == 0:
             raise ValueError(
-                f"no batches: {name} has {self.num_windows} windows of {context} tokens, fewer than "
-                f"batch_size={batch_size}; use a smaller batch or more data")
+                f"no batches: {name} has {self.num_windows} windows of context {context}, fewer than "
+                f"batch_size={batch_size}; use a smaller batch or context, or more data")
         self.epoch = 0
         self.position = 0  # batches of the current epoch already handed out
         self._orders: dict[int, _EpochOrder] = {}
