@@ -48,7 +48,7 @@ EOT = 50256
 SEPARATOR = "<|endoftext|>"
 BLOCK_BYTES = 1 << 22  # read size
 PIECE_CHARS = 1 << 20  # a longer document is tokenized in pieces of about this size
-TASK_CHARS = 1 << 21  # text handed to a worker at once
+TASK_CHARS = 1 << 19  # text handed to a worker at once (small: the last task ends the run sooner)
 STATE_FILE = ".prepare_state.json"  # what a rerun needs to continue; gone once index.json is written
 _SAFE = set(string.ascii_letters + string.digits + string.punctuation)
 
