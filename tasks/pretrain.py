@@ -7,6 +7,10 @@ position embeddings drawn from N(0, 1) (162M parameters). It memorises the text 
 below 1) while the validation loss stays near 6. `--tie-embeddings` builds
 GPT-2's own tied, N(0, 0.02) model instead, which on these 90 steps stays near the unigram loss
 (~6): see bench/results/pretrain_cpu.md.
+
+`--data DIR` trains on token shards from `python -m tasks.prepare` (or llm.c), memory-mapped and
+served by tasks.shards.ShardLoader; `--text`/`--dataset` are tokenized once into shards in the
+cache (tasks.data.text_shards) and served by the same loader, with the same batches as before.
 """
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ import minigrad.functional as F
 
 from . import cli, runfolder
 from .checkpoint import write_json
-from .data import DATASETS, make_pretrain_loaders, read_text
+from .data import DATASETS, read_text, text_shards
 from .plots import plot_curves, plot_loss_and_accuracy
+from .shards import ShardLoader, find_shards
 from .train import Periodic, Trainer, TrainConfig, mean_loss, read_metrics
 
 SAMPLE_PROMPT = "Every effort moves you"
@@ -35,6 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--dataset", default=None, help=f"a dataset of the manifest (default: the-verdict); "
                                                       f"known: {', '.join(TEXT_DATASETS)}")
     src.add_argument("--text", default=None, help="a UTF-8 text file to train on instead")
+    src.add_argument("--data", default=None, metavar="DIR",
+                     help="a folder of token shards from tasks.prepare (or llm.c's format); "
+                          "evaluation reads the first --eval-batches batches of its validation shard")
+    p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
+                   help="permute the shard order and the window order every epoch, from --seed; "
+                        "--no-shuffle reads in order, as llm.c (default: shuffle)")
     p.add_argument("--stride", type=int, default=None, help="window stride in tokens (default: the context)")
     p.add_argument("--train-frac", type=float, default=0.9, help="train share of the text (default: %(default)s)")
     p.add_argument("--sample-tokens", type=int, default=25, help="tokens of the greedy sample printed at each eval; 0 = none (default: %(default)s)")
@@ -46,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_model_args(p, context_default=256, tie_default=False, embedding_std_default=1.0)
     cli.add_train_args(p, epochs=10, batch_size=2, lr=4e-4, eval_every=5, eval_batches=5, out="runs/pretrain")
     args = cli.parse(p, argv)
-    if args.dataset is None and args.text is None:
+    if args.dataset is None and args.text is None and args.data is None:
         args.dataset = "the-verdict"
     if args.dataset is not None and args.dataset not in TEXT_DATASETS:
         what = "not raw text" if args.dataset in DATASETS else "unknown"
@@ -77,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     from gpt2.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer()
-    text = read_text(args.text if args.text else args.dataset)
+    if args.data:
+        folder, what = Path(args.data), f"the {{}} shards of {args.data}"
+    else:  # raw text: tokenized once into the cache, then served like any prepared corpus
+        folder, what = text_shards(read_text(args.text or args.dataset), tokenizer, args.train_frac), "{} split"
+    val_paths, train_paths = find_shards(folder)
     periodic = []
     if args.hellaswag_every:  # load the items now: a missing file fails before any training
         from .hellaswag import hellaswag_metrics, load_hellaswag
@@ -86,9 +101,13 @@ def main(argv: list[str] | None = None) -> int:
                                  lambda m: hellaswag_metrics(m, items, tokenizer)))
     model = cli.build_model(args)
     context = args.context or model.config.n_ctx
-    train_loader, val_loader = make_pretrain_loaders(
-        text, tokenizer, context, args.stride or context, args.batch_size, seed=args.seed,
-        train_frac=args.train_frac)
+    stride = args.stride or context
+    train_loader = ShardLoader.from_files(train_paths, context, args.batch_size, stride=stride,
+                                          shuffle=args.shuffle, drop_last=True, seed=args.seed,
+                                          name=what.format("training"))
+    val_loader = ShardLoader.from_files(val_paths, context, args.batch_size, stride=stride,
+                                        shuffle=False, drop_last=False, seed=args.seed,
+                                        name=what.format("validation"))
     model.to(device)
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
 
@@ -98,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args),
                                       "model_config": model.config.to_dict(), "model_kind": "gpt2"})
     print(f"model: {model.num_parameters():,} parameters on {device}; "
-          f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size}x{context} tokens")
+          f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size}x{context} tokens "
+          f"({train_loader.num_tokens:,} / {val_loader.num_tokens:,} tokens in {folder})")
 
     def evaluate(m):
         return {"train_loss": mean_loss(m, train_loader, lm_loss, args.eval_batches),
