@@ -38,13 +38,12 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from gpt2.tokenizer import EOT_ID
 from minigrad import hub
 from minigrad.io import atomic_write_text
 
 from . import cli
-from .shards import SHARD_RE, ShardError, read_header, shard_name, write_shard
-
-EOT = 50256
+from .shards import SHARD_RE, read_header, shard_name, write_shard
 SEPARATOR = "<|endoftext|>"
 BLOCK_BYTES = 1 << 22  # read size
 PIECE_CHARS = 1 << 20  # a longer document is tokenized in pieces of about this size
@@ -244,7 +243,7 @@ def _encoding():
 def encode_pieces(pieces: list[tuple[bool, str]]) -> tuple[np.ndarray, np.ndarray]:
     """(tokens uint16, tokens per piece) of a list of pieces; runs in a worker process."""
     enc = _encoding()
-    eot = np.array([EOT], dtype=np.uint16)
+    eot = np.array([EOT_ID], dtype=np.uint16)
     out, counts = [], np.empty(len(pieces), dtype=np.int64)
     for i, (start, text) in enumerate(pieces):
         if hasattr(enc, "encode_to_numpy"):  # tiktoken >= 0.8: no list of Python ints on the way

@@ -24,6 +24,7 @@ import numpy as np
 import minigrad as mg
 from minigrad import backend
 from gpt2.generate import sample_next
+from gpt2.tokenizer import EOT_ID
 
 # What a job tells its owner, from the scheduler's thread: ("token", id) for every new token,
 # then once ("finish", reason), reason being "stop" (end-of-text), "length" (max_tokens or the
@@ -56,7 +57,7 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, model, max_batch: int = 8, max_queue: int = 32, eos_id: int | None = 50256):
+    def __init__(self, model, max_batch: int = 8, max_queue: int = 32, eos_id: int | None = EOT_ID):
         self.model = model.eval()
         self.n_ctx = model.config.n_ctx
         self.max_batch, self.max_queue, self.eos_id = max_batch, max_queue, eos_id
