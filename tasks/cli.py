@@ -14,6 +14,7 @@ import minigrad as mg
 from minigrad.hub import ChecksumError, MissingFileError
 
 SIZES = ("124M", "355M", "774M", "1558M")
+BACKENDS = ("numpy", "cupy", "standin")  # standin: see minigrad/standin.py
 
 
 class TaskError(Exception):
@@ -47,8 +48,9 @@ def add_model_args(p: argparse.ArgumentParser, *, init_default: str = "random", 
                         f"PyTorch's nn.Embedding 1.0 (default: {embedding_std_default}; 0.02 when tied)")
     # what --init random uses when those two are not given (a task's own choice)
     p.set_defaults(tie_default=tie_default, embedding_std_default=embedding_std_default)
-    g.add_argument("--backend", default="numpy", choices=("numpy", "cupy"),
-                   help="numpy (CPU) or cupy (NVIDIA GPU) (default: %(default)s)")
+    g.add_argument("--backend", default="numpy", choices=BACKENDS,
+                   help="numpy (CPU), cupy (NVIDIA GPU), or standin: NumPy behaving as CuPy, a "
+                        "debugging aid that catches host/device mixing without a GPU (default: %(default)s)")
     g.add_argument("--seed", type=int, default=123, help="random seed (default: %(default)s)")
 
 
@@ -78,7 +80,7 @@ def add_train_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int, 
 
 def device_of(args: argparse.Namespace) -> str:
     """Check the backend now, so a missing GPU is one message before any work starts."""
-    device = "cuda" if args.backend == "cupy" else "cpu"
+    device = {"cupy": "cuda", "standin": "standin"}.get(args.backend, "cpu")
     if device == "cuda" and not mg.gpu_available():
         mg.backend.cupy()  # raises BackendError with the reason
     return device

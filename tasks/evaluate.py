@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from minigrad.hub import ChecksumError, MissingFileError
+from tasks import cli
 from tasks.checkpoint import write_json
 from tasks.judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, judge_records,
                          load_responses)
@@ -70,7 +71,7 @@ def run_judge(args: argparse.Namespace) -> int:
 
 def load_model(args: argparse.Namespace):
     """The GPT-2 to evaluate: official weights (--weights) or a training run (--checkpoint)."""
-    device = "cuda" if args.backend == "cupy" else "cpu"
+    device = cli.device_of(args)
     what = "the official weights" if args.weights else "checkpoints of a training run"
     try:
         import gpt2
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--limit", type=int, help="score at most N questions per subject")
     m.add_argument("--max-context", type=int,
                    help="keep the last N prompt tokens (default: the model's context)")
-    m.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    m.add_argument("--backend", choices=cli.BACKENDS, default="numpy")
     m.add_argument("--data", help="MMLU JSON-lines file (default: the data cache's)")
     m.add_argument("--out", help="save the accuracy table as JSON here")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")

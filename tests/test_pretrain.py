@@ -19,10 +19,17 @@ TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "32", 
 
 pytestmark = pytest.mark.skipif(not (cache_dir() / "the-verdict.txt").is_file(),
                                 reason="the-verdict.txt is not in the data cache")
+BACKEND = ["--backend", "numpy"]  # `pytest --backend standin` runs these jobs on the stand-in
+
+
+@pytest.fixture(autouse=True)
+def _task_backend(task_backend, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "BACKEND", ["--backend", task_backend])
 
 
 def _cmd(out, *extra):
-    return [sys.executable, "-m", "tasks.pretrain", *TINY, "--out", str(out), *extra]
+    # a --backend in `extra` comes last, so it wins
+    return [sys.executable, "-m", "tasks.pretrain", *BACKEND, *TINY, "--out", str(out), *extra]
 
 
 def _run(out, *extra, check=True):
