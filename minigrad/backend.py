@@ -124,6 +124,14 @@ def to_device(a: Any, device: str):
     return xp_for(device).asarray(a)
 
 
+def set_tf32(enabled: bool) -> None:
+    """CuPy's float32 matmuls on TensorFloat-32 tensor cores (10-bit mantissa inputs, float32
+    accumulation), as CUPY_TF32=1 or torch's allow_tf32; or back to exact float32."""
+    from cupy._core import _routines_linalg as linalg  # where CuPy keeps the cuBLAS compute type
+    cupy()
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+
+
 def gpu_available() -> bool:
     try:
         cupy()

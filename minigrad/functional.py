@@ -303,6 +303,10 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
     recomputes softmax - onehot directly into the gradient.
     """
     targets = array_module(logits.data).asarray(_raw(targets))
+    if logits.dtype == np.float16:
+        # float16 mixed precision: the log-sum-exp over the vocabulary and the loss in float32
+        # (as autocast does); the gradient goes back to float16 through the cast
+        logits = logits.astype(np.float32)
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: targets of shape {tuple(targets.shape)} do not match "
                          f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
