@@ -50,7 +50,8 @@ def segment_sum(xp, rows, ids):
     sum of the up to 2d rows of its segment ending at i), and the last row of each run is its sum.
     """
     n = ids.shape[0]
-    order = xp.argsort(ids, kind="stable")
+    # CuPy's argsort is always stable and takes no `kind`
+    order = xp.argsort(ids, kind="stable") if xp is np else xp.argsort(ids)
     ids = ids[order]
     starts = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), ids[1:] != ids[:-1]]))
     if xp is np:

@@ -182,6 +182,9 @@ class ndarray:  # noqa: N801 (CuPy's name)
     def nonzero(self):
         return _wrap(self._a.nonzero())
 
+    def argsort(self, axis=-1, kind=None):
+        return argsort(self, axis, kind)
+
     def __getattr__(self, name: str):
         # reductions and the other array methods: NumPy's, with stand-in arrays in and out
         if name in _METHODS:
@@ -202,7 +205,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
 
 
 _METHODS = {"sum", "mean", "max", "min", "argmax", "argmin", "all", "any", "prod", "cumsum",
-            "std", "var", "clip", "dot", "repeat", "take", "round", "conj", "argsort", "sort"}
+            "std", "var", "clip", "dot", "repeat", "take", "round", "conj", "sort"}
 
 
 def _binary(ufunc, reflected: bool = False, inplace: bool = False):
@@ -331,7 +334,7 @@ UFUNCS = ("add", "subtract", "multiply", "divide", "true_divide", "floor_divide"
           "not_equal", "less", "less_equal", "greater", "greater_equal", "logical_and", "logical_or",
           "logical_not", "bitwise_and", "bitwise_or", "bitwise_xor", "left_shift", "right_shift",
           "invert", "cos", "sin", "floor", "ceil", "reciprocal")
-FUNCTIONS = ("where", "clip", "sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "argsort",
+FUNCTIONS = ("where", "clip", "sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin",
              "sort", "cumsum", "prod", "all", "any", "count_nonzero", "concatenate", "stack", "split",
              "array_split", "broadcast_to", "expand_dims", "squeeze", "swapaxes", "moveaxis", "transpose",
              "reshape", "ravel", "tril", "triu", "copyto", "flatnonzero", "nonzero", "searchsorted",
@@ -359,6 +362,13 @@ class _Linalg:
 
 
 linalg = _Linalg()
+
+
+def argsort(a, axis=-1, kind=None):
+    """cupy.argsort: always stable, and no other `kind` accepted."""
+    if kind is not None:
+        raise NotImplementedError(f"argsort(kind={kind!r}): CuPy's argsort takes only kind=None (it is stable)")
+    return _call(np.argsort, (a,), {"axis": axis, "kind": "stable"})
 
 
 def array(obj, dtype=None, copy=True, order="K", ndmin=0):

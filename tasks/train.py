@@ -1,5 +1,6 @@
 """The training loop every task shares: AdamW with warmup and a schedule, clipping, gradient
-accumulation, periodic evaluation, metrics.jsonl, checkpoints, exact resume, Ctrl-C safety.
+accumulation, periodic evaluation, metrics.jsonl, checkpoints, exact resume, Ctrl-C safety,
+float16 mixed precision (minigrad.amp), and no host-device sync between log steps.
 
 A task supplies the model, the loaders and three small functions (how to get a loss from a
 batch, what to evaluate, what to print as a sample); `Trainer.fit` does the rest.
@@ -224,9 +225,10 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
                     last_eval = self._evaluate(rate)
-                    t_last, tok_last = time.perf_counter(), self.tokens_seen
                 if save:
                     self.save()
+                if evaluate or save:  # the next tokens/s leaves evaluation and saving out
+                    t_last, tok_last = time.perf_counter(), self.tokens_seen
                 if interrupted["flag"]:
                     pending = self._fetch_loss(self.step)
                     if pending is not None:
