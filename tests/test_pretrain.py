@@ -127,6 +127,7 @@ def test_existing_run_without_resume_is_refused(tmp_path):
     (["--text", "/nonexistent/file.txt"], "/nonexistent/file.txt"),
     (["--backend", "cupy"], "cuda"),  # "needs CuPy" or, with CuPy but no GPU, what CUDA said
     (["--context", "4096"], "context"),
+    (["--dtype", "tf32"], "tf32 is the tensor cores'"),  # a CuPy-only mode, refused on the CPU
     (["--tie-embeddings", "--embedding-std", "1"], "scale the logits"),
     (["--embedding-std", "0"], "must be positive"),
     (["--init", "124M", "--no-tie-embeddings"], "brings its own weights"),
@@ -136,6 +137,8 @@ def test_bad_input_is_one_clear_error(tmp_path, extra, message):
         import minigrad
         if minigrad.gpu_available():
             pytest.skip("a GPU is present: cupy is a valid backend here")
+    if extra[:2] == ["--dtype", "tf32"] and BACKEND[1] == "cupy":
+        pytest.skip("tf32 is valid on --backend cupy")
     r = subprocess.run(_cmd(tmp_path / "run", "--max-steps", "1", *extra), cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2
