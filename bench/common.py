@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# numpy (CPU), cupy (GPU), standin: NumPy behaving as CuPy, a debugging aid (minigrad/standin.py)
+BACKENDS = ("numpy", "cupy", "standin")
 
 # Small shapes for developing a benchmark; the official presets ("124M", ...) come from gpt2.config.
 SIZES: dict[str, dict[str, int]] = {
@@ -173,6 +175,8 @@ def check_backend(backend: str) -> str:
     Raises BenchError naming what is missing (CuPy, a GPU, or CUDA in the installed torch)."""
     if backend == "numpy":
         return "cpu"
+    if backend == "standin":  # NumPy behaving as CuPy (minigrad/standin.py): compared with torch on the CPU
+        return "standin"
     import minigrad as mg
     try:
         mg.backend.cupy()

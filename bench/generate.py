@@ -25,6 +25,8 @@ from gpt2 import GPT2, GPT2Config
 from gpt2.generate import generate
 from minigrad.io import atomic_write
 
+from .common import BACKENDS
+
 SIZES = {"tiny": dict(n_layer=2, n_head=4, n_embd=128)}   # plus gpt2.config.PRESETS
 
 
@@ -36,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", default="124M", choices=[*PRESETS, *SIZES], help="default: %(default)s")
     p.add_argument("--prompt-tokens", type=int, default=10, help="default: %(default)s")
     p.add_argument("--new-tokens", type=int, default=100, help="default: %(default)s")
-    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy"), help="default: %(default)s")
+    p.add_argument("--backend", default="numpy", choices=BACKENDS, help="default: %(default)s")
     p.add_argument("--no-torch", action="store_true", help="time minigrad only")
     p.add_argument("--out", default=None,
                    help="markdown file (default: bench/results/generate_<backend>.md; other sizes "
@@ -136,7 +138,7 @@ def machine_info(device: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = "cuda" if args.backend == "cupy" else "cpu"
+    device = {"cupy": "cuda", "standin": "standin"}.get(args.backend, "cpu")
     try:
         mg.backend.xp_for(device)
     except mg.BackendError as e:

@@ -3,6 +3,10 @@
 A tensor wraps one array, `numpy.ndarray` on "cpu" or `cupy.ndarray` on "cuda". Ops never ask
 which backend they run on: they call `xp = array_module(a)` and use `xp.exp`, `xp.matmul`, ...
 so one piece of op code serves both. CuPy is imported the first time something asks for "cuda".
+
+A third device, "standin", is a debugging aid for machines without a GPU: NumPy underneath, but
+its arrays refuse implicit conversion to NumPy as CuPy's do (minigrad/standin.py), so CI runs the
+CuPy code paths and catches host/device mixing that would crash on a GPU.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import sys
 from typing import Any
 
 import numpy as np
+
+from . import standin
 
 
 class BackendError(RuntimeError):
@@ -79,34 +85,51 @@ def normalize_device(device: str | None) -> str:
         return "cpu"
     if device in ("cuda", "gpu", "cupy") or device.startswith("cuda:"):
         return "cuda"
-    raise BackendError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+    if device == "standin":
+        return "standin"
+    raise BackendError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'standin'")
 
 
 def xp_for(device: str | None):
     """The array module for a device name."""
-    return cupy() if normalize_device(device) == "cuda" else np
+    device = normalize_device(device)
+    if device == "cuda":
+        return cupy()
+    return standin if device == "standin" else np
 
 
 def array_module(a: Any):
-    """The array module that owns array `a` (NumPy for anything that is not a CuPy array)."""
+    """The array module that owns array `a` (NumPy for anything that is not a device array)."""
+    if isinstance(a, standin.ndarray):
+        return standin
     if _cupy is not None and isinstance(a, _cupy.ndarray):
         return _cupy
     return np
 
 
 def device_of(a: Any) -> str:
-    return "cuda" if array_module(a) is not np else "cpu"
+    xp = array_module(a)
+    return "cpu" if xp is np else "standin" if xp is standin else "cuda"
 
 
 def to_device(a: Any, device: str):
-    """Move an array to `device` ("cpu" or "cuda"); a no-op when it is there already."""
+    """Move an array to `device` ("cpu", "cuda" or "standin"); a no-op when it is there already."""
     device = normalize_device(device)
-    if device == "cuda":
-        cp = cupy()
-        return a if isinstance(a, cp.ndarray) else cp.asarray(a)
-    if _cupy is not None and isinstance(a, _cupy.ndarray):
-        return _cupy.asnumpy(a)
-    return np.asarray(a)
+    if device_of(a) == device:
+        return a
+    if device_of(a) != "cpu":  # to the host first: the explicit copy each library offers
+        a = array_module(a).asnumpy(a)
+    if device == "cpu":
+        return np.asarray(a)
+    return xp_for(device).asarray(a)
+
+
+def set_tf32(enabled: bool) -> None:
+    """CuPy's float32 matmuls on TensorFloat-32 tensor cores (10-bit mantissa inputs, float32
+    accumulation), as CUPY_TF32=1 or torch's allow_tf32; or back to exact float32."""
+    from cupy._core import _routines_linalg as linalg  # where CuPy keeps the cuBLAS compute type
+    cupy()
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
 
 
 def gpu_available() -> bool:
@@ -119,34 +142,107 @@ def gpu_available() -> bool:
 
 # ---------------------------------------------------------------- random numbers
 # One generator per backend, seeded together by manual_seed. Explicit generators (not NumPy's
-# global state) so a checkpoint can save and restore them for an exact resume.
+# global state) so a checkpoint can save and restore them for an exact resume. They serve
+# initialisation and sampling; dropout draws from no generator at all (see dropout_keep below).
 _rng: dict[str, Any] = {}
 _seed = 0
+_dropout_calls = 0  # dropout masks drawn since manual_seed: the counter of the counter-based hash
 
 
 def manual_seed(seed: int) -> None:
-    """Seed every backend's generator (as torch.manual_seed)."""
-    global _seed
+    """Seed every backend's generator and restart the dropout counter (as torch.manual_seed)."""
+    global _seed, _dropout_calls
     _seed = int(seed)
+    _dropout_calls = 0
     _rng.clear()
 
 
 def rng(device: str = "cpu"):
-    """The generator for a device: numpy.random.Generator or cupy.random.Generator."""
+    """The generator for a device: numpy.random.Generator, cupy.random.Generator or the stand-in's."""
     device = normalize_device(device)
     if device not in _rng:
-        if device == "cpu":
-            _rng[device] = np.random.default_rng(_seed)
-        else:
-            _rng[device] = cupy().random.default_rng(_seed)
+        _rng[device] = np.random.default_rng(_seed) if device == "cpu" else \
+            xp_for(device).random.default_rng(_seed)
     return _rng[device]
 
 
 def get_rng_state() -> dict:
-    """A JSON-serialisable snapshot of the CPU generator (plus the seed the others start from)."""
-    return {"seed": _seed, "cpu": rng("cpu").bit_generator.state}
+    """A JSON-serialisable snapshot: the seed, the dropout counter and the CPU generator.
+
+    Dropout, the only randomness inside a training step, is a function of (seed, counter), so
+    these two integers make resume exact on every backend. Device generators are not saved: they
+    only ever serve initialisation, which a resume replaces by the checkpoint's weights."""
+    return {"seed": _seed, "dropout_calls": _dropout_calls, "cpu": rng("cpu").bit_generator.state}
 
 
 def set_rng_state(state: dict) -> None:
+    global _dropout_calls
     manual_seed(state["seed"])
+    _dropout_calls = int(state.get("dropout_calls", 0))
     rng("cpu").bit_generator.state = state["cpu"]
+
+
+# ---------------------------------------------------------------- dropout masks from a hash
+# A mask is hash(key, element index) >= threshold, where the key comes from (seed, call counter):
+# no generator state lives on the device, the same integer ops give the same bits on NumPy and
+# CuPy, and any mask can be recomputed from two integers. The hash is murmur3's 32-bit finaliser
+# (a bijection with full avalanche) applied twice around a key xor, over a Weyl sequence of the
+# index, which is plenty for Bernoulli masks (tests/test_dropout_rng.py checks the statistics).
+_M64 = (1 << 64) - 1
+_HASH_CHUNK = 1 << 16  # NumPy: 64K uint32 stay in the L2 cache through the dozen passes
+
+
+def _splitmix64(z: int) -> int:
+    """One step of splitmix64's output function on a Python int (host side, for the keys)."""
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _fmix32(xp, x, t) -> None:
+    """murmur3's finaliser on a uint32 array, in place (t: scratch of x's shape)."""
+    xp.right_shift(x, np.uint32(16), out=t)
+    x ^= t
+    x *= np.uint32(0x85EBCA6B)
+    xp.right_shift(x, np.uint32(13), out=t)
+    x ^= t
+    x *= np.uint32(0xC2B2AE35)
+    xp.right_shift(x, np.uint32(16), out=t)
+    x ^= t
+
+
+def hash_uniform_bits(xp, n: int, seed: int, counter: int):
+    """n pseudo-random uint32 (flat) for the key (seed, counter): element i is a function of
+    (seed, counter, i) alone, identical on every backend."""
+    out = xp.empty(n, dtype=np.uint32)
+    chunk = _HASH_CHUNK if xp is np else min(max(n, 1), 1 << 32)
+    t = xp.empty(min(chunk, max(n, 1)), dtype=np.uint32)
+    base = _splitmix64((_splitmix64(seed & _M64) ^ counter) & _M64)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        hi = start >> 32  # element indices past 2**32 get keys of their own
+        key = _splitmix64(base ^ hi) if hi else base
+        k0, k1 = np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
+        x, tt = out[start:stop], t[:stop - start]
+        lo = start & 0xFFFFFFFF
+        x[...] = xp.arange(lo, lo + (stop - start), dtype=np.uint32)
+        x *= np.uint32(0x9E3779B9)  # a Weyl sequence: neighbouring indices land far apart
+        x += k0
+        _fmix32(xp, x, tt)
+        x ^= k1
+        _fmix32(xp, x, tt)
+    return out
+
+
+def dropout_keep(xp, shape: tuple[int, ...], p: float):
+    """A boolean mask of `shape`, True with probability 1 - p, from the next dropout key.
+
+    Each call advances the counter by one, so every dropout site of every step gets its own mask,
+    and a resumed run (seed and counter restored) draws exactly the masks the first run would."""
+    global _dropout_calls
+    counter = _dropout_calls
+    _dropout_calls += 1
+    n = int(np.prod(shape, dtype=np.int64))
+    threshold = np.uint32(min(int(round(p * 2.0 ** 32)), 2 ** 32 - 1))
+    return (hash_uniform_bits(xp, n, _seed, counter) >= threshold).reshape(shape)

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import backend, kernels
 from .backend import array_module
-from .ops import scatter_add
+from .ops import segment_sum
 from .tensor import Function, Tensor
 
 
@@ -79,20 +79,13 @@ class Embedding(Function):
             return kernels.embedding_backward(idx, g, ctx.w_shape)
         xp = array_module(g)
         gw = xp.zeros(ctx.w_shape, dtype=g.dtype)
-        rows = g.reshape(-1, ctx.w_shape[1])
-        # repeated ids must add up: sum the rows of each id first (sort, then one reduceat), so
-        # the scatter itself touches every row of gw at most once (much faster than ufunc.at)
         flat = idx.reshape(-1)
         if flat.size == 0:
-            return gw  # no rows picked (and reduceat cannot take an empty array)
-        order = xp.argsort(flat, kind="stable")
-        ids = flat[order]
-        starts = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), ids[1:] != ids[:-1]]))
-        if xp is np:
-            sums = np.add.reduceat(rows[order], starts, axis=0)
-            gw[ids[starts]] = sums
-        else:
-            scatter_add(xp, gw, flat, rows)
+            return gw  # no rows picked (and a segment sum cannot take an empty array)
+        # repeated ids must add up: sum the rows of each id first, in a fixed order (no atomics,
+        # so the gradient is the same bits every run), then write each row of gw at most once
+        ids, sums = segment_sum(xp, g.reshape(-1, ctx.w_shape[1]), flat)
+        gw[ids] = sums
         return gw
 
 
@@ -316,6 +309,10 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
     recomputes softmax - onehot directly into the gradient.
     """
     targets = array_module(logits.data).asarray(_raw(targets))
+    if logits.dtype == np.float16:
+        # float16 mixed precision: the log-sum-exp over the vocabulary and the loss in float32
+        # (as autocast does); the gradient goes back to float16 through the cast
+        logits = logits.astype(np.float32)
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: targets of shape {tuple(targets.shape)} do not match "
                          f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
@@ -355,7 +352,7 @@ class ScaledDotProductAttention(Function):
         p = _softmax_into(s, -1)
         drop = None
         if dropout_p > 0.0:
-            drop = backend.rng(backend.device_of(q)).random(p.shape, dtype=np.float32) >= dropout_p
+            drop = backend.dropout_keep(xp, p.shape, dropout_p)
             pd = p * drop
             pd *= p.dtype.type(1.0 / (1.0 - dropout_p))
         else:
@@ -420,7 +417,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: boo
 class Dropout(Function):
     @staticmethod
     def forward(ctx, x, p=0.5):
-        keep = backend.rng(backend.device_of(x)).random(x.shape, dtype=np.float32) >= p
+        # from (seed, call counter), not a generator: exact resume on every backend
+        keep = backend.dropout_keep(array_module(x), x.shape, p)
         ctx.save_for_backward(keep)
         ctx.scale = x.dtype.type(1.0 / (1.0 - p))
         out = x * keep

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import backend, standin
 from .backend import array_module
 from .tensor import Context, Function, Tensor
 
@@ -27,12 +28,47 @@ def unbroadcast(grad, shape: tuple[int, ...]):
 
 
 def scatter_add(xp, target, index, values) -> None:
-    """target[index] += values, adding (not overwriting) where an index repeats."""
+    """target[index] += values, adding (not overwriting) where an index repeats.
+
+    On CuPy this is cupyx.scatter_add, whose float atomics add repeats in no fixed order: fine for
+    indexing's backward, but the embedding's gradient uses segment_sum (deterministic) instead."""
     if xp is np:
         np.add.at(target, index, values)
+    elif xp is standin:
+        standin.scatter_add(target, index, values)
     else:
         import cupyx
         cupyx.scatter_add(target, index, values)
+
+
+def segment_sum(xp, rows, ids):
+    """Sum the rows (N, C) that share an id: (unique ids (U,), sums (U, C)), ids ascending.
+
+    Deterministic on every backend (no atomics): sort the ids, then reduce each run of equal ids.
+    NumPy has that reduction (add.reduceat); elsewhere a segmented inclusive scan does it in
+    ceil(log2 N) whole-array passes (Hillis-Steele: after the pass with offset d, row i holds the
+    sum of the up to 2d rows of its segment ending at i), and the last row of each run is its sum.
+    """
+    n = ids.shape[0]
+    # CuPy's argsort is always stable and takes no `kind`
+    order = xp.argsort(ids, kind="stable") if xp is np else xp.argsort(ids)
+    ids = ids[order]
+    starts = xp.flatnonzero(xp.concatenate([xp.ones(1, dtype=bool), ids[1:] != ids[:-1]]))
+    if xp is np:
+        return ids[starts], np.add.reduceat(rows[order], starts, axis=0)
+    acc = rows[order]
+    seg_start = xp.searchsorted(ids, ids, side="left")          # (N,) where each row's run begins
+    pos = xp.arange(n)
+    zero = acc.dtype.type(0)
+    d = 1
+    while d < n:
+        same = (pos[d:] - d) >= seg_start[d:]                   # row i - d is in row i's run
+        nxt = acc.copy()                                        # read old values only: no overlap
+        nxt[d:] += xp.where(same[:, None], acc[:-d], zero)
+        acc = nxt
+        d *= 2
+    ends = xp.concatenate([starts[1:], xp.full(1, n, dtype=starts.dtype)]) - 1
+    return ids[starts], acc[ends]
 
 
 # ---------------------------------------------------------------- elementwise arithmetic
@@ -378,7 +414,7 @@ class Concat(Function):
     @staticmethod
     def backward(ctx, g):
         xp = array_module(g)
-        cuts = np.cumsum(ctx.sizes)[:-1]
+        cuts = np.cumsum(ctx.sizes)[:-1].tolist()  # host ints: a NumPy array is data to CuPy
         return tuple(xp.split(g, cuts, axis=ctx.axis))
 
 
@@ -439,16 +475,27 @@ def chunk(x: Tensor, chunks: int, axis: int = 0) -> list[Tensor]:
     return split(x, -(-n // chunks), axis)
 
 
+def _on_device_of(x, like):
+    """x as an array on `like`'s device (an explicit copy when it is elsewhere); scalars as they
+    are. CuPy refuses a NumPy condition or operand outright, so a mask built with NumPy (as most
+    callers build theirs) must be moved first."""
+    x = _raw(x)
+    if isinstance(x, (int, float, bool, np.generic)):
+        return x
+    xp = array_module(like)
+    return x if array_module(x) is xp else xp.asarray(backend.to_device(x, "cpu"))
+
+
 def where(cond, a, b) -> Tensor:
     """Elementwise cond ? a : b; gradients flow to a and b, not to the condition."""
     like = a if isinstance(a, Tensor) else b
-    return Where.apply(_lift(a, like), _lift(b, like), cond=_raw(cond))
+    return Where.apply(_lift(a, like), _lift(b, like), cond=_on_device_of(cond, like.data))
 
 
 # ---------------------------------------------------------------- Tensor methods
 def _compare(op):
     def method(self, other):
-        return Tensor._wrap(op(self.data, _raw(other)))
+        return Tensor._wrap(op(self.data, _on_device_of(other, self.data)))
     return method
 
 
@@ -497,7 +544,7 @@ def _squeeze(self, axis: int | None = None) -> Tensor:
 def _masked_fill(self, mask, value: float) -> Tensor:
     """Where mask is True, `value`; elsewhere self (no gradient flows to filled places)."""
     fill = Tensor._wrap(array_module(self.data).asarray(value, dtype=self.dtype))
-    return Where.apply(fill, self, cond=_raw(mask))
+    return Where.apply(fill, self, cond=_on_device_of(mask, self.data))
 
 
 Tensor.__add__ = lambda a, b: _binary(Add, a, b)

@@ -103,7 +103,8 @@ def _as_array(data: Any, dtype=None, device: str | None = None):
 
 
 class Tensor:
-    """An n-dimensional array with an optional gradient, on NumPy ("cpu") or CuPy ("cuda")."""
+    """An n-dimensional array with an optional gradient, on NumPy ("cpu") or CuPy ("cuda"), or on
+    the strict CuPy stand-in ("standin", a debugging aid: see minigrad/standin.py)."""
 
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
     __array_priority__ = 1000  # so `ndarray * Tensor` defers to Tensor.__rmul__
@@ -152,7 +153,7 @@ class Tensor:
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
-        dev = ", device='cuda'" if self.device == "cuda" else ""
+        dev = f", device={self.device!r}" if self.device != "cpu" else ""
         return f"tensor({self.numpy()!r}{dev}{grad})"
 
     # ------------------------------------------------------------ conversions

@@ -15,6 +15,7 @@ from gpt2.tokenizer import TokenizerUnavailableError
 from minigrad.hub import ChecksumError, MissingFileError
 
 SIZES = ("124M", "355M", "774M", "1558M")
+BACKENDS = ("numpy", "cupy", "standin")  # standin: see minigrad/standin.py
 
 
 class TaskError(Exception):
@@ -48,8 +49,9 @@ def add_model_args(p: argparse.ArgumentParser, *, init_default: str = "random", 
                         f"PyTorch's nn.Embedding 1.0 (default: {embedding_std_default}; 0.02 when tied)")
     # what --init random uses when those two are not given (a task's own choice)
     p.set_defaults(tie_default=tie_default, embedding_std_default=embedding_std_default)
-    g.add_argument("--backend", default="numpy", choices=("numpy", "cupy"),
-                   help="numpy (CPU) or cupy (NVIDIA GPU) (default: %(default)s)")
+    g.add_argument("--backend", default="numpy", choices=BACKENDS,
+                   help="numpy (CPU), cupy (NVIDIA GPU), or standin: NumPy behaving as CuPy, a "
+                        "debugging aid that catches host/device mixing without a GPU (default: %(default)s)")
     g.add_argument("--seed", type=int, default=123, help="random seed (default: %(default)s)")
 
 
@@ -92,6 +94,22 @@ def add_train_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int, 
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many updates")
     g.add_argument("--eval-every", type=int, default=eval_every, help="default: %(default)s")
     g.add_argument("--eval-batches", type=int, default=eval_batches, help="default: %(default)s")
+    g.add_argument("--save-every", type=int, default=None,
+                   help="steps between checkpoints (default: at each evaluation; every 1000 steps "
+                        "for models of 100M parameters and more); always at the end and on Ctrl-C")
+    g.add_argument("--log-every", type=int, default=1,
+                   help="steps between training-loss records: the loss stays on the device between "
+                        "them (each fetch waits for the GPU), and a non-finite loss is noticed there "
+                        "(default: %(default)s)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "tf32", "float16"),
+                   help="float32; tf32: float32 with TensorFloat-32 matmuls (cupy only); float16: "
+                        "mixed precision, float16 forward/backward over float32 weights with dynamic "
+                        "loss scaling, steps with inf/NaN gradients skipped and counted. bfloat16 is "
+                        "not offered: neither NumPy nor CuPy has that dtype (default: %(default)s)")
+    g.add_argument("--loss-scale", type=float, default=2.0 ** 16,
+                   help="float16: the initial loss scale (default: %(default)s)")
+    g.add_argument("--loss-scale-window", type=int, default=2000,
+                   help="float16: steps without overflow before the loss scale doubles (default: %(default)s)")
     g.add_argument("--keep", type=int, default=2, help="checkpoints kept (default: %(default)s)")
     g.add_argument("--out", default=out, help="run folder (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -100,9 +118,15 @@ def add_train_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int, 
 
 def device_of(args: argparse.Namespace) -> str:
     """Check the backend now, so a missing GPU is one message before any work starts."""
-    device = "cuda" if args.backend == "cupy" else "cpu"
+    device = {"cupy": "cuda", "standin": "standin"}.get(args.backend, "cpu")
     if device == "cuda" and not mg.gpu_available():
         mg.backend.cupy()  # raises BackendError with the reason
+    if getattr(args, "dtype", "float32") == "tf32":
+        if device != "cuda":
+            raise UsageError(f"--dtype tf32 is the tensor cores' TensorFloat-32 matmul mode of NVIDIA "
+                             f"GPUs (--backend cupy); --backend {args.backend} computes float32 "
+                             "matmuls in float32. Use --dtype float32 here.")
+        mg.backend.set_tf32(True)
     return device
 
 

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--limit", type=int, help="score at most N questions per subject")
     m.add_argument("--max-context", type=int,
                    help="keep the last N prompt tokens (default: the model's context)")
-    m.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    m.add_argument("--backend", choices=cli.BACKENDS, default="numpy")
     m.add_argument("--data", help="MMLU JSON-lines file (default: the data cache's)")
     m.add_argument("--out", help="save the accuracy table as JSON here")
     m.add_argument("--plot", metavar="PNG", help="draw the accuracy per subject here")

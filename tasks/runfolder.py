@@ -25,8 +25,8 @@ from .checkpoint import read_json, write_json
 from .cli import UsageError
 
 # Flags that say how to run, not what the run is: free to differ on --resume.
-HOW_TO_RUN = {"out", "resume", "no_progress", "backend", "keep", "eval_every", "eval_batches",
-              "sample_tokens"}
+HOW_TO_RUN = {"out", "resume", "no_progress", "backend", "keep", "eval_every", "eval_batches", "log_every",
+              "save_every", "sample_tokens"}
 # Flags that extend a run; allowed on --resume where the learning rate schedule permits.
 EXTENSIONS = {"max_steps", "epochs"}
 

@@ -1,5 +1,6 @@
 """The training loop every task shares: AdamW with warmup and a schedule, clipping, gradient
-accumulation, periodic evaluation, metrics.jsonl, checkpoints, exact resume, Ctrl-C safety.
+accumulation, periodic evaluation, metrics.jsonl, checkpoints, exact resume, Ctrl-C safety,
+float16 mixed precision (minigrad.amp), and no host-device sync between log steps.
 
 A task supplies the model, the loaders and three small functions (how to get a loss from a
 batch, what to evaluate, what to print as a sample); `Trainer.fit` does the rest.
@@ -16,11 +17,19 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 import minigrad as mg
+from minigrad.amp import LossScaler, MixedPrecision
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
 from .cli import TaskError
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .jsonl import append_jsonl, read_jsonl, rewrite_jsonl
+
+
+DTYPES = ("float32", "tf32", "float16")
+# Checkpoints of models this big (weights + AdamW's two moments: 12 bytes a parameter, 1.2 GB
+# and up) are written every BIG_SAVE_EVERY steps by default rather than at each evaluation.
+BIG_MODEL = 100_000_000
+BIG_SAVE_EVERY = 1000
 
 
 class NonFiniteLoss(TaskError):
@@ -42,6 +51,11 @@ class TrainConfig:
     eval_batches: int = 5
     keep: int = 2
     progress: bool = True
+    log_every: int = 1               # steps between loss fetches (each one a host-device sync)
+    save_every: int | None = None    # None: see Trainer.save_every
+    dtype: str = "float32"           # or "tf32" (set up by tasks.cli), "float16" (mixed precision)
+    loss_scale: float = 2.0 ** 16    # float16: the initial loss scale ...
+    loss_scale_window: int = 2000    # ... doubled after this many steps without overflow
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -49,14 +63,22 @@ class TrainConfig:
         return cls(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
                    schedule=args.schedule, min_lr=args.min_lr, grad_clip=args.grad_clip,
                    grad_accum=args.grad_accum, max_steps=args.max_steps, eval_every=args.eval_every,
-                   eval_batches=args.eval_batches, keep=args.keep, progress=not args.no_progress)
+                   eval_batches=args.eval_batches, keep=args.keep, progress=not args.no_progress,
+                   log_every=args.log_every, save_every=args.save_every, dtype=args.dtype,
+                   loss_scale=args.loss_scale, loss_scale_window=args.loss_scale_window)
 
     def check(self) -> None:
-        for name in ("epochs", "grad_accum", "eval_every", "eval_batches"):
+        for name in ("epochs", "grad_accum", "eval_every", "eval_batches", "log_every", "loss_scale_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.save_every is not None and self.save_every < 1:
+            raise ValueError(f"--save-every must be at least 1, got {self.save_every}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.loss_scale <= 0:
+            raise ValueError(f"--loss-scale must be positive, got {self.loss_scale}")
 
 
 @dataclass
@@ -124,12 +146,25 @@ class Trainer:
         self.stopped_by: int | None = None  # the signal that stopped fit(), if one did
         self.exit_code = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._bar = None
+        n_params = sum(p.size for p in model.parameters())
+        self.save_every = config.save_every or (
+            config.eval_every if n_params < BIG_MODEL else max(config.eval_every, BIG_SAVE_EVERY))
+        # the training loss stays on the device between log steps: (sum of losses, how many)
+        self._loss_sum, self._loss_count = None, 0
+        self.amp = None
+        if config.dtype == "float16":  # float16 forward/backward over the float32 parameters
+            self.amp = MixedPrecision(model.parameters(),
+                                      LossScaler(config.loss_scale, growth_interval=config.loss_scale_window))
 
     # ------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
-        return {"tokens_seen": self.tokens_seen, "epoch": self.step / self.steps_per_epoch,
-                "loader": self.loader.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "rng": mg.get_rng_state()}
+        state = {"tokens_seen": self.tokens_seen, "epoch": self.step / self.steps_per_epoch,
+                 "loader": self.loader.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": mg.get_rng_state()}
+        if self.amp is not None:
+            state["loss_scaler"] = self.amp.scaler.state_dict()
+        return state
 
     def save(self) -> Path:
         return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self._state(),
@@ -147,6 +182,8 @@ class Trainer:
             self.loader.load_state_dict(state["loader"])
             self.scheduler.load_state_dict(state["scheduler"])
             mg.set_rng_state(state["rng"])
+            if self.amp is not None and "loss_scaler" in state:
+                self.amp.scaler.load_state_dict(state["loss_scaler"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{ckpt / 'state.json'} lacks {e} or holds it in another shape; "
                                   "the checkpoint cannot be resumed") from None
@@ -191,29 +228,35 @@ class Trainer:
 
         old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         last_eval: dict[str, Any] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.progress,
-                   dynamic_ncols=True, desc="train")
+        bar = self._bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.progress,
+                               dynamic_ncols=True, desc="train")
         self.model.train()
         t_last, tok_last = time.perf_counter(), self.tokens_seen
         try:
             while self.step < self.total_steps:
-                loss = self._update()
+                s = self.step + 1
+                done = s >= self.total_steps
+                evaluate, save = s % cfg.eval_every == 0 or done, s % self.save_every == 0 or done
+                # the loss comes to the host only at log steps, and before any checkpoint, so that
+                # a non-finite loss is caught before it could be saved
+                self._update(fetch_loss=s % cfg.log_every == 0 or evaluate or save)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.lr:.2e}")
-                self._log({"type": "step", "step": self.step, "loss": loss, "lr": self.optimizer.lr,
-                           "tokens_seen": self.tokens_seen})
-                done = self.step >= self.total_steps
                 for extra in self.periodic:
                     if self.step % extra.every == 0 or done:
                         self._run_periodic(extra)
-                if self.step % cfg.eval_every == 0 or done:
+                if evaluate:
                     now = time.perf_counter()
                     rate = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
                     last_eval = self._evaluate(rate)
+                if save:
                     self.save()
+                if evaluate or save:  # the next tokens/s leaves evaluation and saving out
                     t_last, tok_last = time.perf_counter(), self.tokens_seen
                 if self.stopped_by is not None:
-                    path = self.save()
+                    pending = self._fetch_loss(self.step)
+                    if pending is not None:
+                        self._log_step(pending)
+                    path = self.save() if not save else latest_checkpoint(self.run_dir)
                     tqdm.write(f"interrupted: saved {path} on {signal.Signals(self.stopped_by).name}; "
                                f"continue with --out {self.run_dir} --resume")
                     raise KeyboardInterrupt
@@ -223,27 +266,60 @@ class Trainer:
                 signal.signal(sig, handler)
         return last_eval
 
-    def _update(self) -> float:
+    def _update(self, fetch_loss: bool = True) -> None:
+        """One optimizer step over grad_accum micro-batches. With fetch_loss, the losses summed on
+        the device since the last fetch come to the host, are checked and logged before the
+        update (so a non-finite loss stops the run with the weights untouched)."""
         cfg = self.cfg
-        total = 0.0
+        amp = self.amp
+        if amp is not None:
+            amp.half()
         for _ in range(cfg.grad_accum):
             batch = self.loader.next_batch()
             loss = self.loss_fn(self.model, batch)
-            value = float(loss.item())
-            if not math.isfinite(value):
-                raise NonFiniteLoss(
-                    f"loss is {value} at step {self.step + 1}; stopped. The last good checkpoint is "
-                    f"{latest_checkpoint(self.run_dir) or '(none yet)'}; try a lower --lr or --grad-clip")
-            (loss / cfg.grad_accum if cfg.grad_accum > 1 else loss).backward()
-            total += value
+            # no float(): adding up on the device costs no host-device sync
+            self._loss_sum = loss.data if self._loss_sum is None else self._loss_sum + loss.data
+            self._loss_count += 1
+            if amp is not None:  # float16: a scaled loss, so that small gradients do not underflow
+                loss = loss * (amp.scaler.scale / cfg.grad_accum)
+            elif cfg.grad_accum > 1:
+                loss = loss / cfg.grad_accum
+            loss.backward()
             self.tokens_seen += self.tokens_in(batch)
-        if cfg.grad_clip > 0:
-            clip_grad_norm_(self.optimizer.params, cfg.grad_clip)
-        self.optimizer.step()
+        # float16: the float32 weights back, the gradients unscaled and checked for overflow
+        finite = amp is None or amp.restore()
+        loss = self._fetch_loss(self.step + 1) if fetch_loss else None
+        if finite:
+            if cfg.grad_clip > 0:
+                clip_grad_norm_(self.optimizer.params, cfg.grad_clip)
+            self.optimizer.step()  # float16: skipped when a gradient overflowed (counted in metrics)
         self.optimizer.zero_grad()
         self.step += 1
         self.scheduler.step()
-        return total / cfg.grad_accum
+        if loss is not None:
+            self._log_step(loss)
+
+    def _fetch_loss(self, step: int) -> float | None:
+        """The mean loss since the last fetch, brought to the host (one sync); NonFiniteLoss
+        when it is inf or NaN. None when nothing is pending."""
+        if not self._loss_count:
+            return None
+        loss = float(self._loss_sum) / self._loss_count
+        self._loss_sum, self._loss_count = None, 0
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"loss is {loss} at step {step}; stopped. The last good checkpoint is "
+                f"{latest_checkpoint(self.run_dir) or '(none yet)'}; try a lower --lr or --grad-clip")
+        return loss
+
+    def _log_step(self, loss: float) -> None:
+        record = {"type": "step", "step": self.step, "loss": loss, "lr": self.optimizer.lr,
+                  "tokens_seen": self.tokens_seen}
+        if self.amp is not None:
+            record.update(loss_scale=self.amp.scaler.scale, skipped_steps=self.amp.scaler.skipped)
+        self._log(record)
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.optimizer.lr:.2e}")
 
     def _run_periodic(self, extra: Periodic) -> None:
         was_training = self.model.training

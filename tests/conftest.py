@@ -1,6 +1,8 @@
 """Shared fixtures: the `backend` fixture runs a test on NumPy and, where a GPU is present, on CuPy.
 
 `pytest --backend cupy` runs backend-parametrised tests on CuPy only (it fails loudly if no GPU).
+`pytest --backend standin` runs them on the strict CuPy stand-in (minigrad/standin.py), and the
+task tests' subprocesses with `--backend standin`: what CI does to check the CuPy code paths.
 """
 import os
 
@@ -10,14 +12,14 @@ import minigrad as mg
 
 
 def pytest_addoption(parser):
-    parser.addoption("--backend", action="store", default="all", choices=("all", "numpy", "cupy"),
+    parser.addoption("--backend", action="store", default="all", choices=("all", "numpy", "cupy", "standin"),
                      help="which minigrad backend(s) the `backend` fixture runs on")
 
 
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         choice = metafunc.config.getoption("--backend")
-        devices = {"all": ["cpu", "cuda"], "numpy": ["cpu"], "cupy": ["cuda"]}[choice]
+        devices = {"all": ["cpu", "cuda"], "numpy": ["cpu"], "cupy": ["cuda"], "standin": ["standin"]}[choice]
         metafunc.parametrize("backend", devices, indirect=True)
 
 
@@ -65,6 +67,13 @@ def tmpfs(tmp_path):
     yield mount
     for mnt in mounted:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.fixture
+def task_backend(request) -> str:
+    """The --backend a task test passes to its command: numpy, or the one pytest was given."""
+    choice = request.config.getoption("--backend")
+    return "numpy" if choice == "all" else choice
 
 
 @pytest.fixture(autouse=True)

@@ -19,10 +19,17 @@ TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "32", 
 
 pytestmark = pytest.mark.skipif(not (cache_dir() / "the-verdict.txt").is_file(),
                                 reason="the-verdict.txt is not in the data cache")
+BACKEND = ["--backend", "numpy"]  # `pytest --backend standin` runs these jobs on the stand-in
+
+
+@pytest.fixture(autouse=True)
+def _task_backend(task_backend, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "BACKEND", ["--backend", task_backend])
 
 
 def _cmd(out, *extra):
-    return [sys.executable, "-m", "tasks.pretrain", *TINY, "--out", str(out), *extra]
+    # a --backend in `extra` comes last, so it wins
+    return [sys.executable, "-m", "tasks.pretrain", *BACKEND, *TINY, "--out", str(out), *extra]
 
 
 def _run(out, *extra, check=True):
@@ -134,6 +141,7 @@ def test_existing_run_without_resume_is_refused(tmp_path):
     (["--text", "/nonexistent/file.txt"], "/nonexistent/file.txt"),
     (["--backend", "cupy"], "GPU"),  # without CuPy, or with CuPy but no GPU or driver
     (["--context", "4096"], "context"),
+    (["--dtype", "tf32"], "tf32 is the tensor cores'"),  # a CuPy-only mode, refused on the CPU
     (["--tie-embeddings", "--embedding-std", "1"], "scale the logits"),
     (["--embedding-std", "0"], "must be positive"),
     (["--init", "124M", "--no-tie-embeddings"], "brings its own weights"),
@@ -143,6 +151,8 @@ def test_bad_input_is_one_clear_error(tmp_path, extra, message):
         import minigrad
         if minigrad.gpu_available():
             pytest.skip("a GPU is present: cupy is a valid backend here")
+    if extra[:2] == ["--dtype", "tf32"] and BACKEND[1] == "cupy":
+        pytest.skip("tf32 is valid on --backend cupy")
     r = subprocess.run(_cmd(tmp_path / "run", "--max-steps", "1", *extra), cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2

@@ -80,3 +80,17 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert "step_00000004" in str(err.value)
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000002", "step_00000004"]
     assert all(np.isfinite(p.numpy()).all() for p in model.parameters())  # no NaN step was taken
+
+
+def test_save_every_is_apart_from_eval_every(tmp_path):
+    rng = np.random.default_rng(0)
+    data = Pairs(rng.standard_normal((8, 3)), rng.standard_normal((8, 2)))
+    evals = []
+    mg.manual_seed(0)
+    trainer = Trainer(nn.Linear(3, 2), BatchLoader(data, 4), mse, lambda m: evals.append(1) or {},
+                      tmp_path / "run", TrainConfig(progress=False, eval_every=2, save_every=3, keep=9,
+                                                    epochs=10, max_steps=7))
+    trainer.fit()
+    assert len(evals) == 4  # steps 2, 4, 6 and the last, 7
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == \
+        ["step_00000003", "step_00000006", "step_00000007"]  # and always the last

@@ -1,0 +1,131 @@
+"""float16 mixed precision (minigrad/amp.py through tasks/train.py's Trainer), on NumPy.
+
+A tiny GPT-2 trains with float16 forward/backward over float32 weights: the loss falls, an
+overflow step (forced by a huge initial loss scale) is skipped and counted, the scale backs off,
+and a resume from a checkpoint continues bit for bit (the scaler's state is in it)."""
+import json
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+import minigrad.functional as F
+from gpt2 import GPT2, GPT2Config
+from minigrad.amp import LossScaler, MixedPrecision
+from tasks.checkpoint import list_checkpoints
+from tasks.data import BatchLoader
+from tasks.train import Trainer, TrainConfig
+
+V, T = 64, 8
+
+
+class Windows:
+    """Next-token pairs over a repeating sequence: learnable in a few dozen steps."""
+
+    def __init__(self, n: int = 32):
+        rng = np.random.default_rng(0)
+        base = rng.integers(0, V, size=40)
+        ids = np.tile(base, 40)
+        self.rows = [(ids[i:i + T], ids[i + 1:i + T + 1]) for i in range(0, n * 7, 7)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+def lm_loss(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+# float16 overflows are the point here: NumPy's warnings about them are expected
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+
+
+def _trainer(run_dir, dtype="float16", loss_scale=2.0 ** 24, window=4, **cfg):
+    mg.manual_seed(0)
+    model = GPT2(GPT2Config(vocab_size=V, n_ctx=T, n_embd=32, n_layer=2, n_head=2, dropout=0.1))
+    config = TrainConfig(progress=False, lr=3e-3, epochs=100, dtype=dtype, loss_scale=loss_scale,
+                         loss_scale_window=window, **cfg)
+    return Trainer(model, BatchLoader(Windows(), 4, shuffle=True), lm_loss, lambda m: {}, run_dir, config)
+
+
+def _steps(run_dir):
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if r["type"] == "step"]
+
+
+def test_float16_trains_skips_overflow_steps_and_backs_off(tmp_path):
+    trainer = _trainer(tmp_path / "run", max_steps=24, eval_every=24)
+    trainer.fit()
+    steps = _steps(tmp_path / "run")
+    skipped = [r["skipped_steps"] for r in steps]
+    # 2**24 overflows float16 at once: the first steps are skipped, halving the scale each time
+    assert skipped[0] == 1 and skipped[-1] >= 2, skipped
+    assert steps[0]["loss_scale"] == 2.0 ** 23
+    assert all(p.dtype == np.float32 for p in trainer.model.parameters())  # masters stay float32
+    first = np.mean([r["loss"] for r in steps[:5]])
+    last = np.mean([r["loss"] for r in steps[-5:]])
+    assert last < first - 0.5, (first, last)  # ln(64) = 4.16 at the start
+    # after the overflows, window=4 calm steps double the scale again
+    scales = [r["loss_scale"] for r in steps[skipped[-1]:]]
+    assert max(scales) > scales[0]
+
+
+def test_float16_resume_is_exact(tmp_path):
+    ref = _trainer(tmp_path / "ref", max_steps=12, eval_every=4)
+    ref.fit()
+    expected = [(r["step"], r["loss"], r["loss_scale"], r["skipped_steps"]) for r in _steps(tmp_path / "ref")]
+
+    first = _trainer(tmp_path / "run", max_steps=8, eval_every=4)
+    first.fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000004", "step_00000008"]
+    again = _trainer(tmp_path / "run", max_steps=12, eval_every=4)
+    assert again.resume()
+    assert again.amp.scaler.skipped == first.amp.scaler.skipped > 0
+    again.fit()
+    got = [(r["step"], r["loss"], r["loss_scale"], r["skipped_steps"]) for r in _steps(tmp_path / "run")]
+    assert got == expected
+
+
+def test_float16_matches_float32_closely_without_overflow():
+    """One forward/backward in mixed precision is float32's up to float16 rounding."""
+    grads = {}
+    for dtype in ("float32", "float16"):
+        mg.manual_seed(0)
+        model = GPT2(GPT2Config(vocab_size=V, n_ctx=T, n_embd=32, n_layer=2, n_head=2))
+        x, y = Windows()[0]
+        mp = MixedPrecision(model.parameters(), LossScaler(1024.0)) if dtype == "float16" else None
+        if mp:
+            mp.half()
+        loss = lm_loss(model, (x[None], y[None]))
+        (loss * (mp.scaler.scale if mp else 1.0)).backward()
+        assert mp is None or mp.restore()
+        grads[dtype] = {n: p.grad.copy() for n, p in model.named_parameters()}
+    for name, g32 in grads["float32"].items():
+        g16 = grads["float16"][name]
+        assert g16.dtype == np.float32
+        np.testing.assert_allclose(g16, g32, rtol=0.05, atol=0.02 * np.abs(g32).max() + 1e-6)
+
+
+def test_loss_scaler_rules():
+    s = LossScaler(8.0, growth_interval=2)
+    s.update(False)
+    assert (s.scale, s.skipped, s.good_steps) == (4.0, 1, 0)
+    s.update(True)
+    s.update(True)
+    assert (s.scale, s.good_steps) == (8.0, 0)
+    t = LossScaler()
+    t.load_state_dict(s.state_dict())
+    assert t.state_dict() == s.state_dict()
+    with pytest.raises(ValueError):
+        LossScaler(0.0)
+
+
+def test_log_every_fetches_the_loss_only_at_intervals(tmp_path):
+    trainer = _trainer(tmp_path / "run", dtype="float32", max_steps=10, eval_every=5, log_every=3)
+    trainer.fit()
+    # every 3rd step, and the evaluation/checkpoint steps 5 and 10 (a checkpoint always checks first)
+    assert [r["step"] for r in _steps(tmp_path / "run")] == [3, 5, 6, 9, 10]
