@@ -234,8 +234,13 @@ class Tensor:
                 if isinstance(g, np.generic):
                     g = np.asarray(g)
                 if t.grad is None:
-                    owner = id(_owner(g))
-                    t.grad = g.copy() if owner in never_write else g
+                    buf = getattr(t, "_grad_buf", None)  # a Parameter in a flat buffer: fill its view
+                    if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
+                        buf[...] = g
+                        t.grad = buf
+                    else:
+                        owner = id(_owner(g))
+                        t.grad = g.copy() if owner in never_write else g
                     never_write.add(id(_owner(t.grad)))
                 else:
                     t.grad += g
