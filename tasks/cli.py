@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import minigrad as mg
+import minigrad.distributed as dist
 from minigrad.hub import ChecksumError, MissingFileError
 
 SIZES = ("124M", "355M", "774M", "1558M")
@@ -81,6 +82,8 @@ def device_of(args: argparse.Namespace) -> str:
     device = "cuda" if args.backend == "cupy" else "cpu"
     if device == "cuda" and not mg.gpu_available():
         mg.backend.cupy()  # raises BackendError with the reason
+    if device == "cuda":
+        dist.select_gpu()  # under mpiexec: GPU local_rank, before anything is allocated
     return device
 
 
@@ -147,11 +150,21 @@ def main_guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | N
     @functools.wraps(fn)
     def wrapper(argv: list[str] | None = None) -> int:
         try:
+            dist.init()  # joins the MPI job under mpiexec; nothing otherwise
             return fn(argv)
         except (TaskError, MissingFileError, ChecksumError, FileNotFoundError, IsADirectoryError,
-                mg.BackendError, mg.nn.StateDictError, json.JSONDecodeError, ValueError) as e:
+                mg.BackendError, mg.nn.StateDictError, json.JSONDecodeError, ValueError,
+                dist.DistributedError) as e:
             if os.environ.get("MINIGRAD_DEBUG"):
                 raise  # a developer wants the traceback
+            if dist.world_size() > 1:
+                dist.abort(str(e), 2)  # the other ranks would wait forever in their next collective
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except Exception:
+            if dist.world_size() > 1:  # a bug on one rank: show it, then end the whole job
+                import traceback
+                traceback.print_exc()
+                dist.abort("failed with the traceback above")
+            raise
     return wrapper

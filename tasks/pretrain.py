@@ -11,17 +11,21 @@ GPT-2's own tied, N(0, 0.02) model instead, which on these 90 steps stays near t
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
+import socket
 import sys
 from pathlib import Path
 
 import minigrad as mg
+import minigrad.distributed as dist
 import minigrad.functional as F
 
 from . import cli
-from .checkpoint import write_json
+from .checkpoint import read_json, write_json
 from .data import DATASETS, make_pretrain_loaders, read_text
 from .plots import plot_curves
-from .train import Trainer, TrainConfig, mean_loss, read_metrics
+from .train import Trainer, TrainConfig, check_world_size, mean_loss, read_metrics
 
 SAMPLE_PROMPT = "Every effort moves you"
 # the manifest's raw-text entries (the others are labelled rows, JSON records or questions)
@@ -71,10 +75,16 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = get_tokenizer()
     text = read_text(args.text if args.text else args.dataset)
+    world = dist.world_size()
+    if world > 1:
+        dist.check_same("the training text (sha256)", hashlib.sha256(text.encode()).hexdigest()[:16])
+        dist.check_same("the command line", {k: v for k, v in cli.config_json(args).items()})
     model = cli.build_model(args)
     context = args.context or model.config.n_ctx
+    # the loaders hand out GLOBAL batches (--batch-size rows for each rank); the Trainer gives
+    # rank r its rows, so the sequences of a step do not depend on how they are split
     train_loader, val_loader = make_pretrain_loaders(
-        text, tokenizer, context, args.stride or context, args.batch_size, seed=args.seed,
+        text, tokenizer, context, args.stride or context, args.batch_size * world, seed=args.seed,
         train_frac=args.train_frac)
     model.to(device)
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
@@ -82,11 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise cli.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args),
-                                  "model_config": model.config.to_dict()})
-    print(f"model: {model.num_parameters():,} parameters on {device}; "
-          f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size}x{context} tokens")
+    if args.resume and (out / "run.json").is_file():
+        check_world_size(read_json(out / "run.json"), world, args.batch_size, args.grad_accum)
+    dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args), "world_size": world,
+                                      "model_config": model.config.to_dict()})
+        print(f"model: {model.num_parameters():,} parameters on {device}; "
+              f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size * world}x{context} "
+              f"tokens" + (f" ({world} ranks x {args.batch_size})" if world > 1 else ""))
+    if world > 1:
+        # if a rank dies, mpiexec names its PID: this line says which rank that was
+        pids = dist.allgather((os.getpid(), socket.gethostname()))
+        if dist.is_main():
+            print(f"{world} ranks: " + ", ".join(f"rank {r} = pid {pid} on {host}"
+                                                 for r, (pid, host) in enumerate(pids)), flush=True)
 
     def evaluate(m):
         return {"train_loss": mean_loss(m, train_loader, lm_loss, args.eval_batches),
@@ -99,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
                       sample=(lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens))
                       if args.sample_tokens > 0 else None,
-                      plot=plot)
+                      plot=plot, data_parallel=True)
     return 130 if trainer.run(args.resume) is None else 0
 
 
