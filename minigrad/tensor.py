@@ -45,7 +45,7 @@ def enable_grad():
 class Context:
     """What one op remembers for its backward: saved arrays, which inputs need a gradient."""
 
-    __slots__ = ("fn", "parents", "needs_input_grad", "saved", "__dict__")
+    __slots__ = ("fn", "parents", "needs_input_grad", "saved", "grad_out", "__dict__")
 
     def __init__(self, fn: type, parents: tuple[Tensor, ...], track: bool):
         self.fn = fn
@@ -53,6 +53,7 @@ class Context:
         # forward reads this to skip saving what no backward will need
         self.needs_input_grad = tuple(track and p.requires_grad for p in parents)
         self.saved: tuple = ()
+        self.grad_out: list | None = None  # set by backward(): where an input's gradient may go
 
     def save_for_backward(self, *arrays) -> None:
         self.saved = arrays
@@ -60,6 +61,7 @@ class Context:
     def release(self) -> None:
         """Drop what the forward kept, so activations are freed as soon as backward used them."""
         self.saved = ()
+        self.grad_out = None
         self.__dict__.clear()
 
 
@@ -224,6 +226,7 @@ class Tensor:
         # .grad in place, so a leaf's gradient must not alias another's either).
         seen: Counter[int] = Counter({id(_owner(grad)): 1})
         never_write: set[int] = {id(_owner(grad))}
+        offered: dict[int, Any] = {}  # leaf id -> its flat-buffer gradient view, handed to an op
         for t in order:  # every tensor comes after all the ops that used it
             g = grads.pop(id(t), None)
             ctx = t._ctx
@@ -236,7 +239,8 @@ class Tensor:
                 if t.grad is None:
                     buf = getattr(t, "_grad_buf", None)  # a Parameter in a flat buffer: fill its view
                     if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
-                        buf[...] = g
+                        if g is not buf:  # an op wrote it there already, or copy it in now
+                            buf[...] = g
                         t.grad = buf
                     else:
                         owner = id(_owner(g))
@@ -249,6 +253,18 @@ class Tensor:
                 raise RuntimeError(
                     "backward() reached a tensor whose graph an earlier backward() already freed: "
                     "pass retain_graph=True to the first call, or detach() tensors reused across steps")
+            # A Parameter in an optimizer's flat buffer, with no gradient yet: offer its view of
+            # the flat gradient array to this op (ctx.grad_out[i]), once per backward, so an op
+            # like linear can write its weight gradient there (matmul out=) instead of into a
+            # fresh array that the leaf would then copy. An op may ignore the offer.
+            dests = None
+            for i, p in enumerate(ctx.parents):
+                buf = getattr(p, "_grad_buf", None)
+                if buf is not None and p.grad is None and id(p) not in offered and ctx.needs_input_grad[i]:
+                    dests = dests or [None] * len(ctx.parents)
+                    dests[i] = buf
+                    offered[id(p)] = buf
+            ctx.grad_out = dests
             in_grads = ctx.fn.backward(ctx, g)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
@@ -265,7 +281,9 @@ class Tensor:
                     seen[id(_owner(pg))] += 1
                     continue
                 acc = grads[key]
-                if (acc.base is None and seen[id(acc)] == 1 and id(acc) not in never_write
+                if acc is offered.get(key):
+                    acc += pg  # the leaf's own slot of the flat gradient buffer: ours to add into
+                elif (acc.base is None and seen[id(acc)] == 1 and id(acc) not in never_write
                         and acc.dtype == pg.dtype
                         and getattr(acc.flags, "writeable", True)):  # CuPy has no read-only arrays
                     # nothing else sees acc's memory: add in place, sparing a fresh array (for a

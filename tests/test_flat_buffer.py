@@ -98,3 +98,25 @@ def test_frozen_parameters_stay_out_and_moving_the_model_after_is_an_error():
         p.grad = np.zeros(p.shape, np.float32)
     with pytest.raises(RuntimeError, match="build the optimizer after"):
         opt.step()
+
+
+def test_tied_weight_gets_both_gradients_written_into_its_flat_slot():
+    """An embedding table read twice (lookup, and a transposed linear as GPT-2's tied head): the
+    linear writes its gradient straight into the flat slot, the lookup's is added there."""
+    import minigrad.functional as F
+
+    def grads(flat: bool):
+        mg.manual_seed(3)
+        emb = nn.Embedding(11, 4)
+        lin = nn.Linear(4, 4)
+        params = [emb.weight, lin.weight, lin.bias]
+        opt = optim.AdamW(params) if flat else None
+        idx = np.array([[1, 2, 2, 5]])
+        h = lin(emb(idx))
+        F.linear(h, emb.weight, transposed=True).sum().backward()
+        if flat:
+            assert all(p.grad.base is opt.flat.grad for p in params)
+        return [p.grad.copy() for p in params]
+
+    for a, b in zip(grads(True), grads(False)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
