@@ -230,3 +230,14 @@ def test_ranks_that_disagree_are_refused_at_start(tmp_path):
                        text=True, timeout=60, env=_env())
     assert r.returncode != 0
     assert "ranks disagree on the data: rank 0 has 'shard-hash-0', rank 1 has 'shard-hash-1'" in r.stderr, r.stderr
+
+
+@needs_mpi
+def test_blas_threads_per_rank_are_cores_over_local_ranks():
+    code = "import tasks, os; print(os.environ.get('OPENBLAS_NUM_THREADS'))"
+    r = subprocess.run([_mpiexec(), "-n", "2", sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, env={k: v for k, v in _env().items()
+                                                   if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                                "MKL_NUM_THREADS")})
+    want = str(max(len(os.sched_getaffinity(0)) // 2, 1))
+    assert r.returncode == 0 and r.stdout.split() == [want, want], r.stdout + r.stderr
