@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -53,7 +54,21 @@ def save(state_dict: Mapping[str, Any], path: str | os.PathLike,
         if isinstance(value, Tensor):
             value = value.data
         arrays[name] = np.ascontiguousarray(backend.to_device(value, "cpu"))
-    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=dict(metadata) if metadata else None))
+    atomic_write(path, lambda tmp: _save_file(save_file, arrays, tmp, metadata, path))
+
+
+def _save_file(save_file, arrays, tmp, metadata, path) -> None:
+    """safetensors' writer, with its I/O failures (a full disk, ...) raised as the OSError they are."""
+    from safetensors import SafetensorError
+
+    try:
+        save_file(arrays, tmp, metadata=dict(metadata) if metadata else None)
+    except SafetensorError as e:
+        found = re.search(r"os error (\d+)", str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from e
 
 
 def load(path: str | os.PathLike, device: str | None = None) -> dict[str, Any]:

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import minigrad as mg
+from minigrad.hub import sha256_of
 from minigrad.io import atomic_write_text, umask_mode
+
+from .cli import TaskError
 
 CHECKPOINTS = "checkpoints"
 
@@ -50,21 +53,55 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+class CheckpointError(TaskError):
+    """A checkpoint that cannot be written or trusted: non-finite weights, a file whose sha256
+    disagrees with its manifest, missing optimizer state."""
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete `.step_*` folders a killed writer left behind (one run has one writer, so any
+    temporary folder found before we write is stale). Returns what was removed."""
+    folder = Path(run_dir) / CHECKPOINTS
+    stale = [p for p in folder.glob(".step_*") if p.is_dir()] if folder.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def _all_finite(arrays: dict[str, Any]) -> str | None:
+    """The name of the first array holding NaN or inf, or None."""
+    for name, a in arrays.items():
+        a = a.data if isinstance(a, mg.Tensor) else a
+        if a.dtype.kind == "f" and not bool(mg.backend.array_module(a).isfinite(a).all()):
+            return name
+    return None
+
+
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer=None,
                     state: dict[str, Any] | None = None, keep: int = 3) -> Path:
-    """Write model (+ optimizer) weights and a JSON state; keep only the newest `keep`."""
+    """Write model (+ optimizer) weights and a JSON state; keep only the newest `keep`.
+
+    state.json lists each file's sha256 (checked by load_checkpoint). Weights holding NaN or inf
+    are refused, so the newest checkpoint is always one worth resuming from."""
+    weights = model.state_dict()
+    bad = _all_finite(weights)
+    if bad is not None:
+        raise CheckpointError(f"{bad} holds NaN or inf at step {step}: not saved; the last good checkpoint "
+                              f"is {latest_checkpoint(run_dir) or '(none yet)'}")
     folder = Path(run_dir) / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
     final = folder / f"step_{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=folder))
     try:
         os.chmod(tmp, umask_mode(0o777))
-        mg.save(model.state_dict(), tmp / "model.safetensors")
+        mg.save(weights, tmp / "model.safetensors")
         full_state = dict(state or {}, step=step)
         if optimizer is not None:
             opt = optimizer.state_dict()
             mg.save(opt["arrays"], tmp / "optimizer.safetensors")
             full_state["optimizer"] = opt["meta"]
+        full_state["files"] = {p.name: sha256_of(p) for p in sorted(tmp.glob("*.safetensors"))}
         write_json(tmp / "state.json", full_state)
         if final.exists():
             shutil.rmtree(final)
@@ -77,12 +114,31 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer=None
     return final
 
 
-def load_checkpoint(ckpt: str | os.PathLike, model, optimizer=None) -> dict[str, Any]:
-    """Load weights (and optimizer state) from a checkpoint folder; returns its state dict."""
+def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
+    """state.json of `ckpt`, after checking every file it lists against its sha256."""
     ckpt = Path(ckpt)
     state = read_json(ckpt / "state.json")
+    for name, digest in state.get("files", {}).items():  # checkpoints before manifests list none
+        path = ckpt / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing; the checkpoint cannot be used")
+        if sha256_of(path) != digest:
+            raise CheckpointError(f"{path} is corrupt (its sha256 differs from the one in state.json)")
+    return state
+
+
+def load_checkpoint(ckpt: str | os.PathLike, model, optimizer=None) -> dict[str, Any]:
+    """Load weights (and optimizer state) from a checkpoint folder; returns its state dict.
+
+    With an optimizer, its state must be there: resuming without it would not be exact."""
+    ckpt = Path(ckpt)
+    state = verify_checkpoint(ckpt)
+    if optimizer is not None and not (ckpt / "optimizer.safetensors").is_file():
+        raise CheckpointError(f"{ckpt / 'optimizer.safetensors'} is missing: resuming without the optimizer's "
+                              "state would not continue the run exactly; start a new run from these "
+                              f"weights with --init {ckpt} instead")
     model.load_state_dict(mg.load(ckpt / "model.safetensors"))
-    if optimizer is not None and (ckpt / "optimizer.safetensors").is_file():
+    if optimizer is not None:
         optimizer.load_state_dict({"arrays": mg.load(ckpt / "optimizer.safetensors"),
                                    "meta": state["optimizer"]})
     return state
@@ -91,9 +147,9 @@ def load_checkpoint(ckpt: str | os.PathLike, model, optimizer=None) -> dict[str,
 def load_model_from_run(path: str | os.PathLike, device: str = "cpu"):
     """The model of a run folder (its newest checkpoint) or of one checkpoint folder, in eval mode.
 
-    Works for every task: run.json names the model config and, for a classifier, its head.
+    Works for every task: run.json names the model kind, its config and, for a classifier, its head.
     """
-    from gpt2 import GPT2, GPT2Config
+    from gpt2.registry import build_model
 
     path = Path(path)
     if (path / "state.json").is_file() and path.parent.name == CHECKPOINTS:
@@ -103,13 +159,8 @@ def load_model_from_run(path: str | os.PathLike, device: str = "cpu"):
         if ckpt is None:
             raise FileNotFoundError(f"{path} holds no checkpoint (looked in {path / CHECKPOINTS})")
     run = read_json(run_dir / "run.json")
-    config = GPT2Config.from_dict(run["model_config"])
-    model = GPT2(config)
-    builder = run.get("model_builder")
-    if builder:  # a task that wraps the model (classifier head, LoRA) says how to rebuild it
-        import importlib
-        module, name = builder.rsplit(".", 1)
-        model = getattr(importlib.import_module(module), name)(model, run)
+    verify_checkpoint(ckpt)
+    model = build_model(run)  # the kind run.json names, from gpt2's registry: never a module path
     state = mg.load(ckpt / "model.safetensors")
     model.load_state_dict(state)
     return model.to(device).eval()

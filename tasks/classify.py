@@ -29,6 +29,7 @@ import numpy as np
 
 import minigrad as mg
 import minigrad.functional as F
+from gpt2.classifier import POOLS, GPT2Classifier
 from minigrad import backend, nn
 
 from . import cli
@@ -39,9 +40,7 @@ from .data import BatchLoader
 from .plots import plot_confusion, plot_curves
 from .train import Trainer, TrainConfig, read_metrics
 
-POOLS = ("last", "last-real")
 TRAINABLE = ("last-block", "all", "lora")
-BUILDER = "tasks.classify.build_from_run"
 
 POOL_HELP = """which position's hidden state the head reads. "last" (the book's choice): position -1
 whatever it holds; with right padding that is usually a padding token, which still sees the whole
@@ -52,54 +51,6 @@ their longest text, which is faster. (default: %(default)s)"""
 
 
 # ----------------------------------------------------------------------------- the model
-
-class GPT2Classifier(nn.Module):
-    """GPT-2's trunk (`self.gpt`) with a Linear head on one position instead of the LM head.
-
-    Parameters are `gpt.*` (the GPT-2 names under a prefix) and `head.weight`, `head.bias`.
-    """
-
-    def __init__(self, gpt, num_classes: int, pool: str = "last", pad_id: int = PAD_ID):
-        super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        if gpt.lm_head is not None:
-            # An untied LM head (a tasks.pretrain run with --no-tie-embeddings) is never read here:
-            # dropped, it costs no memory, no optimizer state and no checkpoint space.
-            gpt.lm_head = None
-            gpt.config = gpt.config.replace(tie_word_embeddings=True)
-        self.gpt = gpt
-        self.head = nn.Linear(gpt.config.n_embd, num_classes)
-        self.pool, self.pad_id, self.num_classes = pool, pad_id, num_classes
-
-    @property
-    def config(self):
-        return self.gpt.config
-
-    def pooled_positions(self, idx) -> np.ndarray:
-        """For each row of `idx` (B, T), the position the head reads."""
-        xp = backend.array_module(idx)
-        B, T = idx.shape
-        if self.pool == "last":
-            return xp.full(B, T - 1)
-        real = idx != self.pad_id
-        # the last True of each row (0 if a row were all padding)
-        last = T - 1 - xp.argmax(real[:, ::-1], axis=1)
-        return xp.where(real.any(axis=1), last, 0)
-
-    def forward(self, idx):
-        """Class logits (B, num_classes) for token ids (B, T) (or (T,))."""
-        xp = backend.array_module(self.head.weight.data)
-        idx = xp.asarray(idx.data if isinstance(idx, mg.Tensor) else idx)
-        if idx.ndim == 1:
-            idx = idx[None]
-        pos = self.pooled_positions(idx)
-        if self.pool == "last-real":
-            # attention is causal: positions after the read one cannot change it, so drop them
-            idx = idx[:, :int(pos.max()) + 1]
-        h = self.gpt.hidden_states(idx)                                  # (B, T, C)
-        return self.head(h[xp.arange(idx.shape[0]), pos])                 # (B, num_classes)
-
 
 def set_trainable(model: GPT2Classifier, mode: str, lora_rank: int = 16, lora_alpha: float = 16.0) -> None:
     """Freeze what `mode` leaves alone. Frozen weights cost no gradient work: minigrad records no
@@ -115,16 +66,6 @@ def set_trainable(model: GPT2Classifier, mode: str, lora_rank: int = 16, lora_al
         model.head.requires_grad_(True)
     else:
         raise ValueError(f"--trainable must be one of {', '.join(TRAINABLE)}, got {mode!r}")
-
-
-def build_from_run(gpt, run: dict) -> GPT2Classifier:
-    """The classifier of a run folder around a bare GPT2, ready for its checkpoint
-    (named by run.json's "model_builder"; used by tasks.checkpoint.load_model_from_run)."""
-    c = run["classifier"]
-    model = GPT2Classifier(gpt, len(c["labels"]), c["pool"], c.get("pad_id", PAD_ID))
-    if c["trainable"] == "lora":
-        nn.apply_lora(model.gpt, rank=c["lora_rank"], alpha=c["lora_alpha"])
-    return model
 
 
 # ----------------------------------------------------------------------------- loss and metrics
@@ -230,10 +171,10 @@ def train(args: argparse.Namespace) -> int:
     write_split_csvs(out, splits)
     write_json(out / "run.json", {
         "task": "classify", "args": cli.config_json(args), "model_config": gpt.config.to_dict(),
-        "model_builder": BUILDER,
+        "model_kind": "gpt2-classifier",
         "classifier": {"labels": classes, "pool": args.pool, "trainable": args.trainable,
-                       "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
-                       "max_length": length, "pad_id": PAD_ID}})
+                       "max_length": length, "pad_id": PAD_ID},
+        "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.trainable == "lora" else None})
     sizes = " / ".join(f"{len(splits[n])}" for n in SPLIT_NAMES)
     print(f"data: {n_rows} valid rows ({n_skipped} skipped), classes {', '.join(classes)}; "
           f"train / validation / test {sizes} rows = "
@@ -272,7 +213,7 @@ def train(args: argparse.Namespace) -> int:
                       tokens_in=lambda b: len(b[1]), plot=plot)
     t0 = time.perf_counter()
     if trainer.run(args.resume, summary=False) is None:
-        return 130
+        return trainer.exit_code
     train_time = time.perf_counter() - t0
 
     after_scores = {n: score(model, loader, args.report_batches) for n, loader in evals.items()}

@@ -16,12 +16,12 @@ from typing import Sequence
 
 import numpy as np
 
+from gpt2.classifier import PAD_ID
 from minigrad.io import atomic_write
 
 from .cli import TaskError
 from .data import ensure_dataset
 
-PAD_ID = 50256  # GPT-2's <|endoftext|>, the book's padding token
 SPLIT_NAMES = ("train", "validation", "test")
 
 

@@ -12,6 +12,7 @@ from typing import Callable
 
 import minigrad as mg
 import minigrad.distributed as dist
+from gpt2.tokenizer import TokenizerUnavailableError
 from minigrad.hub import ChecksumError, MissingFileError
 
 SIZES = ("124M", "355M", "774M", "1558M")
@@ -122,9 +123,14 @@ def build_model(args: argparse.Namespace):
         raise UsageError(f"--tie-embeddings and --embedding-std choose how --init random builds a model; "
                          f"--init {init} brings its own weights")
     path = Path(init)
-    if init not in SIZES and path.is_dir() and (path / "run.json").is_file():
+    if path.is_file() and path.name == "model.safetensors" and (path.parent / "state.json").is_file():
+        path = path.parent  # a checkpoint's weights: its folder knows the model's config
+    if init not in SIZES and path.is_dir() and ((path / "run.json").is_file() or (path / "state.json").is_file()):
         from .checkpoint import load_model_from_run
         model = load_model_from_run(path)
+        if not isinstance(model, GPT2):
+            raise UsageError(f"--init {init}: holds a {type(model).__name__}, not a GPT-2 language model "
+                             "to start from")
     else:
         if init not in SIZES and not path.exists() and init not in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
             raise UsageError(f"--init {init!r}: not 'random', an official size ({', '.join(SIZES)}) "
@@ -144,8 +150,20 @@ def config_json(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
 
 
+def describe_os_error(e: OSError) -> str:
+    """One line for a failed file operation: what went wrong, where, and what helps."""
+    import errno
+    where = f": {e.filename}" if e.filename else ""
+    hint = {errno.ENOSPC: "; free some space, then continue with --resume (the last complete checkpoint is intact)",
+            errno.EROFS: "; choose an --out on a writable file system",
+            errno.EACCES: "; check the permissions, or choose another --out",
+            errno.ENOTDIR: "; a file stands where a folder is needed"}.get(e.errno, "")
+    return f"{e.strerror or e}{where}{hint}"
+
+
 def main_guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Run a task's main: expected failures become `error: ...` on stderr and exit status 2."""
+    """Run a task's main: expected failures become one `error: ...` line on stderr and exit
+    status 2 (1 for a failed file operation such as a full disk, 130 for Ctrl-C)."""
 
     @functools.wraps(fn)
     def wrapper(argv: list[str] | None = None) -> int:
@@ -154,13 +172,25 @@ def main_guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | N
             return fn(argv)
         except (TaskError, MissingFileError, ChecksumError, FileNotFoundError, IsADirectoryError,
                 mg.BackendError, mg.nn.StateDictError, json.JSONDecodeError, ValueError,
-                dist.DistributedError) as e:
+                TokenizerUnavailableError, dist.DistributedError) as e:
             if os.environ.get("MINIGRAD_DEBUG"):
                 raise  # a developer wants the traceback
             if dist.world_size() > 1:
                 dist.abort(str(e), 2)  # the other ranks would wait forever in their next collective
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except OSError as e:  # ENOSPC, EROFS, EACCES, ENOTDIR, ... (MissingFileError is caught above)
+            if os.environ.get("MINIGRAD_DEBUG"):
+                raise
+            if dist.world_size() > 1:
+                dist.abort(describe_os_error(e), 1)
+            print(f"error: {describe_os_error(e)}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            if os.environ.get("MINIGRAD_DEBUG"):
+                raise
+            print("error: interrupted", file=sys.stderr)
+            return 130
         except Exception:
             if dist.world_size() > 1:  # a bug on one rank: show it, then end the whole job
                 import traceback

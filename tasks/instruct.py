@@ -37,18 +37,17 @@ import numpy as np
 
 import minigrad as mg
 import minigrad.functional as F
+from gpt2.tokenizer import EOT_ID
 from minigrad import nn
 
 from . import cli
 from .checkpoint import CHECKPOINTS, read_json, write_json
 from .data import DATASETS, BatchLoader, ensure_dataset
-from .judge import format_alpaca_prompt
+from .alpaca import RESPONSE_HEADER, format_prompt
 from .plots import plot_curves
 from .train import Trainer, TrainConfig, mean_loss, read_metrics
 
 DEFAULT_DATA = "instruction-data"
-RESPONSE_HEADER = "\n\n### Response:\n"
-EOT_ID = 50256        # GPT-2's <|endoftext|>: ends every example and pads the batches
 IGNORE_INDEX = -100   # targets the loss skips (cross_entropy's default)
 
 
@@ -57,11 +56,6 @@ class InstructionDataError(cli.UsageError):
 
 
 # ----------------------------------------------------------------------------- records and prompts
-
-
-def format_prompt(record: dict) -> str:
-    """The text the model continues: the Alpaca prompt up to and including "### Response:\\n"."""
-    return format_alpaca_prompt(record) + RESPONSE_HEADER
 
 
 def format_example(record: dict) -> str:
@@ -195,12 +189,6 @@ def _lora_of(model) -> dict | None:
     return None
 
 
-def with_lora(model, run: dict):
-    """run.json's model_builder: wrap a fresh GPT2 in the adapters the run trained."""
-    nn.apply_lora(model, rank=run["lora"]["rank"], alpha=run["lora"]["alpha"])
-    return model
-
-
 # ----------------------------------------------------------------------------- answering
 
 
@@ -291,10 +279,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "data": {"source": args.data if args.data in DATASETS else str(path.resolve()),
                  "num_records": len(records), "split_seed": args.split_seed,
                  "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}},
-        "max_length": max_length}
-    lora = _lora_of(model)
-    if lora is not None:
-        run.update(lora=lora, model_builder="tasks.instruct.with_lora")
+        "max_length": max_length, "model_kind": "gpt2", "lora": _lora_of(model)}
     write_json(out / "run.json", run)
     trainable = model.num_parameters(trainable_only=True)
     print(f"model: {model.num_parameters():,} parameters ({trainable:,} trainable) on {device}; "
@@ -314,7 +299,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
                       sample=sample if args.sample_tokens > 0 else None, plot=plot)
-    return 130 if trainer.run(args.resume) is None else 0
+    return trainer.exit_code if trainer.run(args.resume) is None else 0
 
 
 # ----------------------------------------------------------------------------- respond and chat

@@ -20,15 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .alpaca import format_alpaca_prompt
+
 # The exact request sent to the judge, one per record (the README quotes it).
 JUDGE_PROMPT = (
     "Given the input `{prompt}` and correct output `{output}`, "
     "score the model response `{model_response}` on a scale from 0 to 100, "
     "where 100 is the best score. Respond with the integer number only."
 )
-
-ALPACA_HEADER = ("Below is an instruction that describes a task. "
-                 "Write a response that appropriately completes the request.")
 
 APIS = ("ollama", "openai")
 
@@ -43,14 +42,6 @@ class JudgeRequestError(RuntimeError):
 
 class ScoreParseError(ValueError):
     """The judge's reply holds no integer score in 0..100."""
-
-
-def format_alpaca_prompt(record: dict) -> str:
-    """The Alpaca-style prompt of a record: instruction and, when non-empty, its input."""
-    text = f"{ALPACA_HEADER}\n\n### Instruction:\n{record['instruction']}"
-    if record.get("input"):
-        text += f"\n\n### Input:\n{record['input']}"
-    return text
 
 
 def judge_prompt(record: dict) -> str:

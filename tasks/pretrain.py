@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                       sample=(lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens))
                       if args.sample_tokens > 0 else None,
                       plot=plot, data_parallel=True)
-    return 130 if trainer.run(args.resume) is None else 0
+    return trainer.exit_code if trainer.run(args.resume) is None else 0
 
 
 if __name__ == "__main__":

@@ -179,11 +179,13 @@ class Trainer:
         min_lr = config.lr if config.schedule == "constant" else config.min_lr
         self.scheduler = CosineWithWarmup(self.optimizer, config.warmup, total, min_lr=min_lr)
         self.step = self.start_step = 0
-        self._interrupted = self._stop = False  # a signal came / all ranks agreed to stop
+        self._stop = False  # all ranks agreed to stop after this step (a signal reached one)
         if self.world > 1:
             self._check_ranks_agree()
             dist.broadcast_parameters(self.optimizer.flat.data)  # one starting point, bit for bit
         self.tokens_seen = 0
+        self.stopped_by: int | None = None  # the signal that stopped fit(), if one did
+        self.exit_code = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     def _check_ranks_agree(self) -> None:
@@ -226,10 +228,9 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
         self.scheduler.load_state_dict(state["scheduler"])
         mg.set_rng_state(state["rng"])
-        if self.main and self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
-            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        if self.main and self.metrics_path.exists():  # a torn last line (killed mid-write) is dropped
+            kept = [r for r in read_metrics(self.run_dir) if r["step"] <= self.step]
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         if self.main:
             tqdm.write(f"resumed from {ckpt} (step {self.step})")
         return True
@@ -243,12 +244,14 @@ class Trainer:
     # ------------------------------------------------------------ the loop
     def run(self, resume: bool, summary: bool = True) -> dict[str, Any] | None:
         """What a task's main does: fit(), from the newest checkpoint when `resume`. Returns the
-        last evaluation, or None when Ctrl-C stopped the run (fit has saved it by then)."""
+        last evaluation, or None when Ctrl-C or SIGTERM stopped the run (fit has saved it by then;
+        `exit_code` is then 130 or 143, what the task's main returns)."""
         if resume and not self.resume() and self.main:
             print(f"no checkpoint in {self.run_dir}: starting from the beginning")
         try:
             last = self.fit()
         except KeyboardInterrupt:
+            self.exit_code = 128 + (self.stopped_by or signal.SIGINT)
             return None
         if summary and last and self.main:
             print(f"done: step {self.step}, train loss {last.get('train_loss', float('nan')):.3f}, "
@@ -261,13 +264,17 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
         self.start_step = self.step  # after any resume: what this session adds starts here
-        self._interrupted = False
+        self.stopped_by = None
 
         def on_signal(signum, frame):
-            self._interrupted = True  # finish the current step, then save and stop
+            if self.stopped_by is not None:
+                # a second signal stops at once: a checkpoint being written is discarded whole
+                # (save_checkpoint), a torn metrics line is dropped on resume
+                raise KeyboardInterrupt
+            self.stopped_by = signum  # finish the current step, then save and stop
 
         # SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler; mpiexec passes it on to every rank)
-        old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         last_eval: dict[str, Any] = {}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress and self.main),
                    dynamic_ncols=True, desc="train")
@@ -290,12 +297,14 @@ class Trainer:
                 if self._stop:  # every rank agreed on it in _update's all-reduce
                     path = self.save()
                     if self.main:
-                        tqdm.write(f"interrupted: saved {path}; continue with --resume")
+                        why = signal.Signals(self.stopped_by).name if self.stopped_by else "another rank's signal"
+                        tqdm.write(f"interrupted: saved {path} on {why}; "
+                                   f"continue with --out {self.run_dir} --resume")
                     raise KeyboardInterrupt
         finally:
             bar.close()
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
         return last_eval
 
     def _update(self) -> float:
@@ -323,7 +332,7 @@ class Trainer:
         if self.world > 1:
             # one small all-reduce for the loss and the stop flag (all ranks stop at the same
             # step), then one for every gradient at once: the optimizer's flat buffer
-            total, stop = dist.all_reduce_sum([total, float(self._interrupted)])
+            total, stop = dist.all_reduce_sum([total, float(self.stopped_by is not None)])
             if not math.isfinite(total):
                 self._non_finite(total)
             self._stop = stop > 0
@@ -333,7 +342,7 @@ class Trainer:
             dist.all_reduce_(flat.grad)
             flat.grad *= flat.grad.dtype.type(1.0 / self.world)
         else:
-            self._stop = self._interrupted
+            self._stop = self.stopped_by is not None
         if cfg.grad_clip > 0:
             clip_grad_norm_(self.optimizer.params, cfg.grad_clip)
         self.optimizer.step()
@@ -368,7 +377,16 @@ class Trainer:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl; a torn last line (the process died mid-write) is skipped."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:  # only the last line can be torn by a crash
+                raise ValueError(f"{path}, line {i + 1}: not a JSON record") from None
+    return records

@@ -33,6 +33,16 @@ def backend(request):
     return device
 
 
+@pytest.fixture(scope="session")
+def needs_tokenizer():
+    """Skip, naming the missing files, where GPT-2's tokenizer cannot be loaded (offline, empty cache)."""
+    from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
+    try:
+        return get_tokenizer()
+    except TokenizerUnavailableError as err:
+        pytest.skip(str(err))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     mg.manual_seed(0)

@@ -12,7 +12,9 @@ import pytest
 import minigrad as mg
 from gpt2 import GPT2, GPT2Config
 from tasks import classify
-from tasks.classify import GPT2Classifier, build_from_run, classify_loss, set_trainable
+from gpt2.classifier import GPT2Classifier
+from gpt2.registry import build_model
+from tasks.classify import classify_loss, set_trainable
 from tasks.classify_data import (PAD_ID, balance, class_names, confusion_matrix, longest,
                                  per_class_scores, read_labelled_file, split_rows)
 from tasks.data import BatchLoader, dataset_path
@@ -150,10 +152,11 @@ def test_lora_trains_only_adapters_and_head_and_reloads(tmp_path):
     assert changed <= trainable
     assert {"head.weight", "gpt.h.0.attn.c_attn.lora_B"} <= changed
 
-    # what load_model_from_run does with run.json's "model_builder"
-    run = {"classifier": {"labels": ["a", "b"], "pool": "last-real", "trainable": "lora",
-                          "lora_rank": 4, "lora_alpha": 8}}
-    rebuilt = build_from_run(tiny_gpt(), run)
+    # what load_model_from_run does with run.json: the registry's kind, adapters as data
+    run = {"model_kind": "gpt2-classifier", "model_config": model.config.to_dict(),
+           "classifier": {"labels": ["a", "b"], "pool": "last-real", "trainable": "lora"},
+           "lora": {"rank": 4, "alpha": 8}}
+    rebuilt = build_model(run)
     rebuilt.load_state_dict(model.state_dict())  # strict: every name matches
     ids = np.array([[1, 2, 3, PAD_ID]])
     with mg.no_grad():
@@ -162,6 +165,7 @@ def test_lora_trains_only_adapters_and_head_and_reloads(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_tiny_run_learns_a_toy_task_and_predicts(tmp_path, capsys):
     out = tmp_path / "run"
     rc = classify.main(["train", "--data", str(toy_tsv(tmp_path / "toy.tsv")), *TINY, "--trainable", "all",
@@ -181,7 +185,7 @@ def test_tiny_run_learns_a_toy_task_and_predicts(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     assert len((out / "test.csv").read_text().splitlines()) == 81
     run = json.loads((out / "run.json").read_text())
-    assert run["model_builder"] == "tasks.classify.build_from_run"
+    assert run["model_kind"] == "gpt2-classifier" and "model_builder" not in run
     table = capsys.readouterr().out
     assert "acc after" in table and "precision" in table
 
@@ -212,6 +216,7 @@ def _fails(capsys, argv):
     return err
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
     out = ["--out", str(tmp_path / "out")]
     assert "no such file" in _fails(capsys, ["train", "--data", str(tmp_path / "nope.tsv"), *TINY, *out])

@@ -437,6 +437,7 @@ def test_letter_ids_must_be_single_tokens():
         mmlu.letter_token_ids(CharTokenizer())
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_gpt2_letter_tokens_are_single_tokens():
     from gpt2.tokenizer import get_tokenizer
     tok = get_tokenizer()
@@ -510,6 +511,7 @@ def test_mmlu_command_errors_exit_2(tmp_path, capsys, monkeypatch):
     assert "not available yet" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
     """The real pieces together: a run folder from tasks.checkpoint, GPT-2's tokenizer, a model
     whose context (32) is shorter than the prompts, so they must be cut from the left."""

@@ -297,6 +297,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_cli_streams_text_from_a_run_folder(tmp_path):
     save_tiny_run(tmp_path / "run")
     png = tmp_path / "attn.png"
@@ -310,6 +311,7 @@ def test_cli_streams_text_from_a_run_folder(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_cli_reads_a_saved_weights_folder(tmp_path):
     weights = pytest.importorskip("gpt2.weights")
     if not hasattr(weights, "save_pretrained"):
@@ -322,6 +324,7 @@ def test_cli_reads_a_saved_weights_folder(tmp_path):
     assert r.stdout.startswith("Hello") and len(r.stdout) > len("Hello\n")
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 @pytest.mark.parametrize("extra", [[], ["--no-cache"]])
 def test_cli_matches_the_library(tmp_path, capsys, monkeypatch, extra):
     # in-process, with the loader replaced: the printed text is the greedy continuation
@@ -356,6 +359,7 @@ def test_cli_bad_arguments_exit_2(args):
     assert "Traceback" not in r.stderr and r.stderr.strip()
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_cli_bad_layer_exits_2(tmp_path):
     save_tiny_run(tmp_path / "run")
     r = run_cli("--weights", str(tmp_path / "run"), "--attention-map", str(tmp_path / "a.png"),

@@ -14,7 +14,7 @@ from minigrad.hub import cache_dir
 from tasks import cli
 from tasks.instruct import (EOT_ID, InstructionDataError, InstructionLoader, collate, format_example,
                             format_prompt, load_records, parse_args, response_text, split_records)
-from tasks.judge import format_alpaca_prompt
+from tasks.alpaca import format_alpaca_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--init", "random", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "128",
@@ -88,6 +88,7 @@ def test_prompt_text_with_and_without_input():
     assert format_prompt(rec).startswith(format_alpaca_prompt(rec))
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_response_text_stops_at_eos_and_drops_the_header():
     from gpt2.tokenizer import get_tokenizer
     tok = get_tokenizer()
@@ -172,6 +173,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_train_respond_and_chat(tmp_path, data_file):
     run = tmp_path / "run"
     r = _ok("train", *TINY, "--data", data_file, "--out", run, "--max-steps", "6", "--eval-every", "3",
@@ -206,6 +208,7 @@ def test_train_respond_and_chat(tmp_path, data_file):
     assert r.stdout == expected and r.stdout.count("\n") >= 2
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_resume_continues_exactly(tmp_path, data_file):
     common = ["train", *TINY, "--data", data_file, "--eval-every", "2", "--sample-tokens", "0"]
     _ok(*common, "--out", tmp_path / "ref", "--max-steps", "6")
@@ -220,6 +223,7 @@ def test_resume_continues_exactly(tmp_path, data_file):
     assert _run(*common, "--out", run, "--max-steps", "6").returncode == 2
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_lora_trains_only_the_adapters(tmp_path, data_file):
     run = tmp_path / "lora"
     argv = ["train", *TINY, "--data", data_file, "--out", run, "--max-steps", "3", "--eval-every", "3",
@@ -227,7 +231,7 @@ def test_lora_trains_only_the_adapters(tmp_path, data_file):
     r = _ok(*argv)
     assert "LoRA: 8 linear layers" in r.stdout
     meta = json.loads((run / "run.json").read_text())
-    assert meta["lora"] == {"rank": 4, "alpha": 8.0} and meta["model_builder"] == "tasks.instruct.with_lora"
+    assert meta["lora"] == {"rank": 4, "alpha": 8.0} and meta["model_kind"] == "gpt2"
 
     ckpt = next((run / "checkpoints").iterdir())
     trained = mg.load(ckpt / "model.safetensors")
@@ -239,7 +243,7 @@ def test_lora_trains_only_the_adapters(tmp_path, data_file):
         assert np.array_equal(np.asarray(trained[k]), np.asarray(v)), f"{k} changed"
     assert any(np.abs(np.asarray(trained[k])).max() > 0 for k in adapters if k.endswith("lora_B"))
 
-    # the run loads back (through its model_builder) and answers
+    # the run loads back (the registry's kind, adapters from run.json) and answers
     from tasks.checkpoint import load_model_from_run
     model = load_model_from_run(run)
     assert sum(isinstance(m, nn.LoRALinear) for m in model.modules()) == 8

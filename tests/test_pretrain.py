@@ -90,19 +90,33 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     assert got == expected  # every loss, before and after the kill, bit for bit
 
 
-def test_ctrl_c_saves_then_resume_finishes_exactly(tmp_path):
-    args = ("--max-steps", "60", "--eval-every", "100")  # no checkpoint but the one Ctrl-C writes
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_then_resume_finishes_exactly(tmp_path, sig, code):
+    """Ctrl-C, or SIGTERM as schedulers and `docker stop` send: finish the step, save, exit."""
+    args = ("--max-steps", "60", "--eval-every", "100")  # no checkpoint but the one the signal writes
     ref = tmp_path / "ref"
     _run(ref, *args)
 
     run = tmp_path / "run"
-    proc, output = _signal_at_step(run, 3, signal.SIGINT, *args)
-    assert proc.returncode == 130, output
-    assert "interrupted: saved" in output and "Traceback" not in output
+    proc, output = _signal_at_step(run, 3, sig, *args)
+    assert proc.returncode == code, output
+    assert "interrupted: saved" in output and "--resume" in output and "Traceback" not in output
     stopped = max(_step_losses(run))
     assert stopped < 60, "the run ended before Ctrl-C reached it"
     assert [p.name for p in list_checkpoints(run)] == [f"step_{stopped:08d}"]
 
+    _run(run, *args, "--resume")
+    assert _step_losses(run) == _step_losses(ref)
+
+
+def test_a_torn_metrics_line_does_not_block_resume(tmp_path):
+    args = ("--max-steps", "6", "--eval-every", "3")
+    ref = tmp_path / "ref"
+    _run(ref, *args)
+    run = tmp_path / "run"
+    _run(run, "--max-steps", "3", "--eval-every", "3")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"type": "step", "step": 4, "lo')  # what a kill in the middle of a write leaves
     _run(run, *args, "--resume")
     assert _step_losses(run) == _step_losses(ref)
 
