@@ -74,8 +74,9 @@ def worker(job: dict) -> None:
         opt.flat.gather_grads()
         sync()
         t1 = time.perf_counter()
-        dist.all_reduce_(opt.flat.grad)
-        opt.flat.grad *= opt.flat.grad.dtype.type(1.0 / world)
+        if world > 1:  # as tasks/train.py: one process neither reduces nor rescales
+            dist.all_reduce_(opt.flat.grad)
+            opt.flat.grad *= opt.flat.grad.dtype.type(1.0 / world)
         sync()
         t2 = time.perf_counter()
         opt.step()
@@ -145,7 +146,7 @@ def render(args, job: dict, results: list[dict], info: dict) -> str:
              f"ranks; {job['steps']} steps, the first a warm-up, medians of the others. Each configuration "
              "gets the same cores (BLAS threads per rank = cores / ranks).", "",
              markdown_table(["ranks x threads", "rows/rank", "s/step", "steps/s", "speed-up",
-                             "all-reduce ms/step", "all-reduce share", "gradient MiB/rank",
+                             "all-reduce + 1/R scaling ms/step", "share of the step", "gradient MiB/rank",
                              "MiB sent per rank (ring)", "GB/s"], rows), "",
              f"Losses of every configuration agree with the first to {worst:.1e} relative "
              "(the same global batch, split differently).", ""]
