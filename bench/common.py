@@ -147,6 +147,26 @@ def device_syncs(backend: str) -> tuple[Callable[[], None] | None, Callable[[], 
     return (lambda: cp.cuda.Device().synchronize()), torch.cuda.synchronize
 
 
+def gpu_event_timer(framework: str) -> Callable[[], tuple[Callable[[], None], Callable[[], None], Callable[[], float]]]:
+    """A factory of CUDA-event timers for "minigrad" (CuPy events) or "torch": each call gives
+    (start, stop, seconds); start and stop record an event on the current stream, and seconds()
+    (after the GPU has passed stop) is the GPU time between them, launch gaps included."""
+    if framework == "torch":
+        import torch
+
+        def make():
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            return a.record, b.record, lambda: a.elapsed_time(b) / 1e3
+        return make
+    import minigrad as mg
+    cp = mg.backend.cupy()
+
+    def make():
+        a, b = cp.cuda.Event(), cp.cuda.Event()
+        return a.record, b.record, lambda: (b.synchronize(), cp.cuda.get_elapsed_time(a, b) / 1e3)[1]
+    return make
+
+
 def check_backend(backend: str) -> str:
     """The minigrad device for --backend, checked now so that a missing GPU is one clear message.
 

@@ -17,8 +17,9 @@ On --backend cupy the defaults become batch 8 x 1024 tokens and the report adds 
 from __future__ import annotations
 
 import argparse
-import shlex
 import json
+import os
+import shlex
 import resource
 import shutil
 import subprocess
@@ -31,7 +32,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import breakdown
-from .common import (RESULTS_DIR, BenchError, ForeignLoad, check_backend, config_dict, fmt_ms, load_note, machine_info,
+from .common import (RESULTS_DIR, BenchError, ForeignLoad, check_backend, config_dict, fmt_ms, gpu_event_timer,
+                     load_note, machine_info,
                      machine_info_markdown, main_guard, markdown_table, set_torch_threads, size_choices,
                      write_atomic)
 
@@ -73,12 +75,17 @@ def run_steps(step: Callable[[Any, Any], tuple[float, dict]], data: list,
     return losses, times, foreign.share()
 
 
-def make_step(model, opt) -> Callable[..., tuple[float, dict[str, float]]]:
+def make_step(model, opt, timer=None) -> Callable[..., tuple[float, dict[str, float]]]:
     """One training step, the same code for both frameworks (their APIs agree here):
     step(x, y, phase_sync=None) -> (loss, seconds per phase). `phase_sync` waits for the GPU
-    between phases, for a breakdown; without it the phases on a GPU are launch times only."""
+    between phases, for a breakdown; without it the phases on a GPU are launch times only.
+    With `timer` (common.gpu_event_timer), "gpu" is the step's time between two CUDA events, from
+    before the forward to after the optimizer, and "total" (host clock) becomes that time."""
 
     def step(x, y, phase_sync: Callable[[], None] | None = None):
+        events = timer() if timer else None
+        if events:
+            events[0]()
         t0 = time.perf_counter()
         _, loss = model(x, y)
         if phase_sync:
@@ -89,13 +96,19 @@ def make_step(model, opt) -> Callable[..., tuple[float, dict[str, float]]]:
             phase_sync()
         t2 = time.perf_counter()
         opt.step()
+        if events:
+            events[1]()
         if phase_sync:
             phase_sync()
         t3 = time.perf_counter()
         value = float(loss.item())   # waits for the GPU, so "total" is the whole step
         opt.zero_grad()              # drops the gradients (PyTorch: set_to_none, its default)
         t4 = time.perf_counter()
-        return value, {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2, "total": t4 - t0}
+        parts = {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2, "total": t4 - t0}
+        if events:
+            parts["host_total"] = parts["total"]
+            parts["total"] = parts["gpu"] = events[2]()
+        return value, parts
     return step
 
 
@@ -143,11 +156,12 @@ def worker_minigrad(job: dict) -> dict:
         sync = cp.cuda.Device().synchronize
     data = [(mg.backend.to_device(x, device), mg.backend.to_device(y, device)) for x, y in batches(job)]
 
-    step = make_step(model, opt)
+    step = make_step(model, opt, gpu_event_timer("minigrad") if device == "cuda" else None)
     losses, times, load = run_steps(step, data, "minigrad")
     out = {"losses": losses, "times": times, "load": load, "peak_rss_mib": peak_rss_mib()}
     if device == "cuda":
         out["gpu_pool_mib"] = mg.backend.cupy().get_default_memory_pool().total_bytes() / 2**20
+        out["fused"] = os.environ.get("MINIGRAD_FUSED", "1") != "0"
     if job["profile"]:
         prof_data = [data[i % len(data)] for i in range(PROFILE_STEPS)]
         it = iter(prof_data)
@@ -173,7 +187,7 @@ def worker_torch(job: dict) -> dict:
                             weight_decay=job["weight_decay"], fused=True)
     data = [(torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)) for x, y in batches(job)]
 
-    step = make_step(model, opt)
+    step = make_step(model, opt, gpu_event_timer("torch") if dev == "cuda" else None)
     losses, times, load = run_steps(step, data, "torch")
     out = {"losses": losses, "times": times, "load": load, "peak_rss_mib": peak_rss_mib(),
            "threads": torch.get_num_threads()}
@@ -232,7 +246,7 @@ def render(args, job: dict, n_params: int, mg_res: dict, th_res: dict, info: dic
                      f"{mg_res['gpu_pool_mib'] / th_res['gpu_pool_mib']:.2f}x"])
         if args.peak_tflops:
             mfu = [6 * n_params * tokens / t / (args.peak_tflops * 1e12) for t in (t_mg, t_th)]
-            rows.append([f"MFU (peak {args.peak_tflops:g} TFLOP/s)", f"{100 * mfu[0]:.1f}%", f"{100 * mfu[1]:.1f}%",
+            rows.append([f"MFU (6 N tokens/s over {args.peak_tflops:g} TFLOP/s)", f"{100 * mfu[0]:.1f}%", f"{100 * mfu[1]:.1f}%",
                          f"{mfu[0] / mfu[1]:.2f}x"])
     n = min(len(mg_res["losses"]), len(th_res["losses"]), 10)
     loss_rows, worst = [], 0.0
@@ -253,6 +267,9 @@ def render(args, job: dict, n_params: int, mg_res: dict, th_res: dict, info: dic
              f"of the other {job['steps'] - 1}; peak RSS is the process's maximum resident memory "
              "(resource.getrusage), model creation included.", "",
              markdown_table(["", "minigrad", "PyTorch", "minigrad / PyTorch"], rows), "",
+             *([f"Times per step on the GPU: CUDA events (cupy.cuda.Event, torch.cuda.Event) around forward, "
+                f"backward and optimizer; minigrad's fused kernels "
+                f"{'on' if mg_res.get('fused', True) else 'off (MINIGRAD_FUSED=0)'}.", ""] if gpu else []),
              f"PyTorch: {th_res.get('threads', '?')} threads. Ratio below 1 in time (above 1 in tokens/s): "
              "minigrad is faster. PyTorch's peak RSS includes its own libraries (a few hundred MiB).", ""]
     if len(mg_res["repeat_times"]) > 1:

@@ -98,15 +98,20 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def sample_next(logits: np.ndarray, temperature: float = 0.0, top_k: int | None = None,
-                top_p: float | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
-    """The next token id per row of `logits` (B, V): argmax when temperature is 0, else a draw."""
+                top_p: float | None = None,
+                rng: np.random.Generator | Sequence[np.random.Generator] | None = None) -> np.ndarray:
+    """The next token id per row of `logits` (B, V): argmax when temperature is 0, else a draw.
+
+    `rng` may be a list of B generators, one per row (a server's requests each have their own
+    seed): row b then draws exactly what it would draw alone."""
     if temperature == 0.0:
         return np.argmax(logits, axis=-1).astype(np.int64)
     rng = rng if rng is not None else backend.rng("cpu")
     # float64 here is cheap (B rows of V) and keeps the cumulative sums clean
     probs = _softmax(filter_logits(np.asarray(logits, dtype=np.float64) / temperature, top_k, top_p))
     cdf = np.cumsum(probs, axis=-1)
-    u = rng.random(len(probs))[:, None] * cdf[:, -1:]
+    draws = np.array([g.random() for g in rng]) if isinstance(rng, (list, tuple)) else rng.random(len(probs))
+    u = draws[:, None] * cdf[:, -1:]
     # inverse CDF: the first token whose cumulative probability passes u (a filtered token adds
     # nothing to the sum, so it is never the first). Rounding can make u == cdf[-1]: then take
     # the last token that has any probability.

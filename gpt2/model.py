@@ -30,18 +30,61 @@ class KVCache:
 
     `pos` counts the positions filled. A forward pass with a cache appends its new keys and
     values and attends over everything before them, so decoding costs one position per token.
+
+    With `per_row=True` each row has its own fill count, `lengths` (B,), instead of the shared
+    `pos`: rows of different lengths decode together without padding their prompts (a server's
+    continuous batch). A forward pass then places row b's tokens at positions lengths[b]..., and
+    each row attends only to its own filled positions; what lies beyond a row's length (a longer
+    neighbour's keys, or stale ones of a finished request) is masked out.
     """
 
-    def __init__(self, config: GPT2Config, batch_size: int, device: str = "cpu", dtype=np.float32):
+    def __init__(self, config: GPT2Config, batch_size: int, device: str = "cpu", dtype=np.float32,
+                 per_row: bool = False):
         xp = backend.xp_for(device)
         shape = (batch_size, config.n_head, config.n_ctx, config.head_dim)
         self.k = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [xp.zeros(shape, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0
+        self.lengths = np.zeros(batch_size, dtype=np.int64) if per_row else None
         self.capacity = config.n_ctx
 
     def reset(self) -> None:
         self.pos = 0
+        if self.lengths is not None:
+            self.lengths[:] = 0
+
+    def append(self, layer: int, k, v):
+        """Store the new keys and values (B, H, T, D) of `layer`; return all (B, H, S, D) to attend to."""
+        T = k.shape[2]
+        if self.lengths is None:
+            start, S = self.pos, self.pos + T
+            self.k[layer][:, :, start:S] = k
+            self.v[layer][:, :, start:S] = v
+        else:
+            S = int(self.lengths.max()) + T
+            for b, start in enumerate(self.lengths.tolist()):   # B is a handful of requests
+                self.k[layer][b, :, start:start + T] = k[b]
+                self.v[layer][b, :, start:start + T] = v[b]
+        return self.k[layer][:, :, :S], self.v[layer][:, :, :S]
+
+    def rows(self, start: int, stop: int) -> "KVCache":
+        """A cache over rows [start, stop) sharing this one's buffers (and per-row lengths):
+        a server runs its batch's filled rows, or prefills one row, through such a view."""
+        view = object.__new__(KVCache)
+        view.k = [k[start:stop] for k in self.k]
+        view.v = [v[start:stop] for v in self.v]
+        view.pos, view.capacity = 0, self.capacity
+        view.lengths = None if self.lengths is None else self.lengths[start:stop]
+        return view
+
+    def copy_row(self, src: int, dst: int) -> None:
+        """Row src's keys, values and length into row dst (to keep a batch's rows contiguous)."""
+        n = self.capacity if self.lengths is None else int(self.lengths[src])
+        for k, v in zip(self.k, self.v):
+            k[dst, :, :n] = k[src, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
+        if self.lengths is not None:
+            self.lengths[dst] = self.lengths[src]
 
 
 class CausalSelfAttention(nn.Module):
@@ -61,11 +104,7 @@ class CausalSelfAttention(nn.Module):
         qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]                            # (B, H, T, D) each
         if cache is not None:
-            start = cache.pos
-            cache.k[layer][:, :, start:start + T] = k.data
-            cache.v[layer][:, :, start:start + T] = v.data
-            k = Tensor._wrap(cache.k[layer][:, :, :start + T])      # (B, H, S, D)
-            v = Tensor._wrap(cache.v[layer][:, :, :start + T])
+            k, v = (Tensor._wrap(a) for a in cache.append(layer, k.data, v.data))  # (B, H, S, D)
         if self.record_weights:
             self.last_weights = _attention_weights(q.data, k.data, attn_mask)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, attn_mask=attn_mask,
@@ -182,30 +221,45 @@ class GPT2(nn.Module):
         if idx.ndim == 1:
             idx = idx[None]
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
+        ragged = cache is not None and cache.lengths is not None
+        if ragged:
+            lengths = xp.asarray(cache.lengths)                        # (B,) each row's own start
+            end = int(cache.lengths.max()) + T if B else T
+            if attn_mask is not None:
+                raise ValueError("a per-row KV cache masks by its lengths; give no attn_mask")
+        else:
+            start = cache.pos if cache is not None else 0
+            end = start + T
         cfg = self.config
-        if start + T > cfg.n_ctx:
-            raise ValueError(f"sequence of {start + T} positions is longer than the context of {cfg.n_ctx}; "
+        if end > cfg.n_ctx:
+            raise ValueError(f"sequence of {end} positions is longer than the context of {cfg.n_ctx}; "
                              f"crop the input to its last {cfg.n_ctx} tokens")
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= cfg.vocab_size):
             raise ValueError(f"token ids must be in [0, {cfg.vocab_size}); got values in "
                              f"[{int(idx.min())}, {int(idx.max())}]")
-        if position_ids is None:
-            position_ids = xp.arange(start, start + T)
-        else:
+        if position_ids is not None:
             position_ids = xp.asarray(position_ids.data if isinstance(position_ids, Tensor) else position_ids)
+        elif ragged:
+            position_ids = lengths[:, None] + xp.arange(T)             # (B, T)
+        else:
+            position_ids = xp.arange(start, end)
         mask = None
-        if attn_mask is not None:
+        if ragged:
+            # row b's query at position p sees keys 0..p of its own row, nothing past its length
+            mask = (xp.arange(end)[None, None, :] <= (lengths[:, None] + xp.arange(T))[:, :, None])[:, None]
+        elif attn_mask is not None:                                   # (B, 1, T, S) above
             m = xp.asarray(attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask).astype(bool)
-            if m.shape != (B, start + T):
-                raise ValueError(f"attn_mask must have shape (B, S) = {(B, start + T)}, got {m.shape}")
+            if m.shape != (B, end):
+                raise ValueError(f"attn_mask must have shape (B, S) = {(B, end)}, got {m.shape}")
             mask = m[:, None, None, :]                                # (B, 1, 1, S)
 
         x = self.wte(idx) + self.wpe(position_ids)                    # (B, T, C)
         x = F.dropout(x, cfg.dropout, self.training)
         for i, block in enumerate(self.h):
             x = block(x, mask, cache, i)
-        if cache is not None:
+        if ragged:
+            cache.lengths += T
+        elif cache is not None:
             cache.pos += T
         return self.ln_f(x)
 
@@ -221,6 +275,6 @@ class GPT2(nn.Module):
             for block in self.h:
                 block.attn.record_weights, block.attn.last_weights = False, None
 
-    def new_cache(self, batch_size: int) -> KVCache:
-        return KVCache(self.config, batch_size, self.device, self.wte.weight.dtype)
+    def new_cache(self, batch_size: int, per_row: bool = False) -> KVCache:
+        return KVCache(self.config, batch_size, self.device, self.wte.weight.dtype, per_row)
 

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from . import backend
+from . import backend, kernels
 from .backend import array_module
 from .ops import scatter_add
 from .tensor import Function, Tensor
@@ -87,6 +87,8 @@ class Embedding(Function):
     @staticmethod
     def backward(ctx, g):
         (idx,) = ctx.saved
+        if kernels.use_fused(g):  # CUDA: sorted segment sums, deterministic (minigrad/kernels)
+            return kernels.embedding_backward(idx, g, ctx.w_shape)
         xp = array_module(g)
         gw = xp.zeros(ctx.w_shape, dtype=g.dtype)
         rows = g.reshape(-1, ctx.w_shape[1])
@@ -157,6 +159,8 @@ class LayerNorm(Function):
 
 def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float = 1e-5) -> Tensor:
     """Normalise over the last axis, then scale by w and shift by b."""
+    if kernels.use_fused(x.data, w.data, b.data):
+        return kernels.FusedLayerNorm.apply(x, w, b, eps=eps)
     return LayerNorm.apply(x, w, b, eps=eps)
 
 
@@ -198,6 +202,8 @@ class Gelu(Function):
 
 
 def gelu(x: Tensor) -> Tensor:
+    if kernels.use_fused(x.data):
+        return kernels.FusedGelu.apply(x)
     return Gelu.apply(x)
 
 
@@ -325,6 +331,8 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: targets of shape {tuple(targets.shape)} do not match "
                          f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
+    if kernels.use_fused(logits.data) and reduction in ("mean", "sum", "none"):
+        return kernels.FusedCrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction)
     return CrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction)
 
 
@@ -413,6 +421,9 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: boo
     mask = _raw(attn_mask)
     if mask is not None:
         mask = array_module(q.data).asarray(mask).astype(bool, copy=False)
+    if kernels.attention_fits(q.data, k.data, v.data, is_causal, mask, float(dropout_p)):
+        s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        return kernels.FusedAttention.apply(q, k, v, is_causal=is_causal, scale=s)
     return ScaledDotProductAttention.apply(q, k, v, is_causal=is_causal, attn_mask=mask,
                                            dropout_p=float(dropout_p), scale=scale)
 

@@ -2,8 +2,9 @@
 
 Files live under `cache_dir()` at a relative path chosen by the caller. A download goes to
 `<file>.part` first (so an interrupted one can be resumed with an HTTP Range request) and is
-renamed to its final name only after its size and sha256 check out, so the cache never holds
-a half-written or corrupt file under its real name.
+renamed to its final name only after its size and digest check out, so the cache never holds
+a half-written or corrupt file under its real name. The digest is a sha256, or a git blob id for
+files whose publisher only gives that (a file in a GitHub repository: sha1 of "blob <size>\0" + bytes).
 
 Environment variables:
     MINIGRAD_DATA_DIR   use this folder as the cache instead of `<repo root>/data`
@@ -27,6 +28,8 @@ __all__ = [
     "MissingFileError",
     "cache_dir",
     "ensure_file",
+    "git_blob_id_of",
+    "offline",
     "sha256_of",
     "verify_file",
 ]
@@ -76,10 +79,22 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def verify_file(path: str | os.PathLike, sha256: str | None = None, size: int | None = None) -> Path:
-    """Check a file's size and/or sha256; raise ChecksumError on a mismatch, return the path.
+def git_blob_id_of(path: str | os.PathLike) -> str:
+    """The id git gives the file's content: hex sha1 of b"blob <size>\\0" followed by the bytes."""
+    path = Path(path)
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    The error's `expected`/`actual` are the sha256 digests when `sha256` is given, else the sizes.
+
+def verify_file(path: str | os.PathLike, sha256: str | None = None, size: int | None = None,
+                git_blob: str | None = None) -> Path:
+    """Check a file's size, sha256 and/or git blob id; raise ChecksumError on a mismatch, return
+    the path.
+
+    The error's `expected`/`actual` are the digests when one is given, else the sizes.
     """
     path = Path(path)
     if not path.is_file():
@@ -93,6 +108,12 @@ def verify_file(path: str | os.PathLike, sha256: str | None = None, size: int | 
         expected_digest, actual_digest = sha256.lower(), sha256_of(path)
         if actual_digest != expected_digest:
             problems.append(f"expected sha256 {expected_digest}, got {actual_digest}")
+    if git_blob is not None:
+        expected_blob, actual_blob = git_blob.lower(), git_blob_id_of(path)
+        if actual_blob != expected_blob:
+            problems.append(f"expected git blob id {expected_blob}, got {actual_blob}")
+            if expected_digest is None:
+                expected_digest, actual_digest = expected_blob, actual_blob
     if problems:
         if expected_digest is not None:
             expected, actual = expected_digest, actual_digest
@@ -104,7 +125,8 @@ def verify_file(path: str | os.PathLike, sha256: str | None = None, size: int | 
     return path
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """True when MINIGRAD_OFFLINE asks never to touch the network."""
     return os.environ.get("MINIGRAD_OFFLINE", "") not in ("", "0")
 
 
@@ -192,12 +214,12 @@ def _download(url: str, part: Path, dest: Path, size: int | None, progress: bool
 
 
 def ensure_file(relpath: str, url: str, sha256: str | None = None, size: int | None = None,
-                progress: bool = True) -> Path:
+                progress: bool = True, git_blob: str | None = None) -> Path:
     """Return cache_dir()/relpath, downloading and verifying it first if it is not there yet.
 
     A file already in the cache is only checked by size (hashing every time would be slow);
     use `verify_file` for a full check. Raises MissingFileError when the file is absent and
-    cannot be downloaded, ChecksumError when the download does not match `size`/`sha256`.
+    cannot be downloaded, ChecksumError when the download does not match `size`/`sha256`/`git_blob`.
     """
     dest = _resolve(relpath)
     if dest.is_file():
@@ -208,7 +230,7 @@ def ensure_file(relpath: str, url: str, sha256: str | None = None, size: int | N
                 f"delete it and run again to download a fresh copy from {url}",
                 size, actual, dest)
         return dest
-    if _offline():
+    if offline():
         raise _missing(url, dest, "offline mode: MINIGRAD_OFFLINE is set")
 
     part = dest.with_name(dest.name + ".part")
@@ -216,7 +238,7 @@ def ensure_file(relpath: str, url: str, sha256: str | None = None, size: int | N
     while True:
         _download(url, part, dest, size, progress)
         try:
-            verify_file(part, sha256=sha256, size=size)
+            verify_file(part, sha256=sha256, size=size, git_blob=git_blob)
         except ChecksumError as err:
             part.unlink(missing_ok=True)
             if resumed:

@@ -20,13 +20,12 @@ class Parameter(Tensor):
     backward() fills (so `grad` is that view after a backward).
     """
 
-    __slots__ = ("_grad_buf",)
+    __slots__ = ()
 
     def __init__(self, data: Any, requires_grad: bool = True):
         if isinstance(data, Tensor):
             data = data.data
         super().__init__(data, requires_grad=requires_grad)
-        self._grad_buf = None
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, device={self.device!r})"

@@ -107,7 +107,8 @@ def _as_array(data: Any, dtype=None, device: str | None = None):
 class Tensor:
     """An n-dimensional array with an optional gradient, on NumPy ("cpu") or CuPy ("cuda")."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
+    # _grad_buf: this tensor's view of an optimizer's flat gradient buffer (nn.FlatParameters)
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_grad_buf", "__weakref__")
     __array_priority__ = 1000  # so `ndarray * Tensor` defers to Tensor.__rmul__
 
     def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None, dtype=None):
@@ -115,13 +116,14 @@ class Tensor:
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx: Context | None = None
+        self._grad_buf = None
         if self.requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"only floating point tensors can require grad, got {self.data.dtype}")
 
     @classmethod
     def _wrap(cls, array: Any, requires_grad: bool = False) -> Tensor:
         t = cls.__new__(cls)
-        t.data, t.grad, t.requires_grad, t._ctx = array, None, requires_grad, None
+        t.data, t.grad, t.requires_grad, t._ctx, t._grad_buf = array, None, requires_grad, None, None
         return t
 
     # ------------------------------------------------------------ properties
@@ -237,7 +239,7 @@ class Tensor:
                 if isinstance(g, np.generic):
                     g = np.asarray(g)
                 if t.grad is None:
-                    buf = getattr(t, "_grad_buf", None)  # a Parameter in a flat buffer: fill its view
+                    buf = getattr(t, "_grad_buf", None)  # a parameter in a flat buffer: fill its view
                     if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
                         if g is not buf:  # an op wrote it there already, or copy it in now
                             buf[...] = g

@@ -144,6 +144,14 @@ def load_checkpoint(ckpt: str | os.PathLike, model, optimizer=None) -> dict[str,
     return state
 
 
+def run_dir_of(path: str | os.PathLike) -> Path:
+    """The run folder of a run folder or of one of its checkpoint folders."""
+    path = Path(path)
+    if (path / "state.json").is_file() and path.parent.name == CHECKPOINTS:
+        return path.parent.parent
+    return path
+
+
 def load_model_from_run(path: str | os.PathLike, device: str = "cpu"):
     """The model of a run folder (its newest checkpoint) or of one checkpoint folder, in eval mode.
 
@@ -152,12 +160,10 @@ def load_model_from_run(path: str | os.PathLike, device: str = "cpu"):
     from gpt2.registry import build_model
 
     path = Path(path)
-    if (path / "state.json").is_file() and path.parent.name == CHECKPOINTS:
-        ckpt, run_dir = path, path.parent.parent
-    else:
-        run_dir, ckpt = path, latest_checkpoint(path)
-        if ckpt is None:
-            raise FileNotFoundError(f"{path} holds no checkpoint (looked in {path / CHECKPOINTS})")
+    run_dir = run_dir_of(path)
+    ckpt = path if run_dir != path else latest_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"{path} holds no checkpoint (looked in {path / CHECKPOINTS})")
     run = read_json(run_dir / "run.json")
     verify_checkpoint(ckpt)
     model = build_model(run)  # the kind run.json names, from gpt2's registry: never a module path

@@ -2,7 +2,7 @@
 
     python -m tasks.classify train --init 124M                 # the book's chapter 6 run
     python -m tasks.classify train --data my.tsv --trainable lora --out runs/mine
-    python -m tasks.classify predict --checkpoint runs/classify "You won a free cruise, reply now!"
+    python -m tasks.classify predict --init runs/classify "You won a free cruise, reply now!"
 
 train: the SMS Spam Collection (or any label<TAB>text file), balanced by sampling every class
 down to the smallest, split 70/10/20 and padded with <|endoftext|> to the longest training text.
@@ -32,8 +32,8 @@ import minigrad.functional as F
 from gpt2.classifier import POOLS, GPT2Classifier
 from minigrad import backend, nn
 
-from . import cli
-from .checkpoint import CHECKPOINTS, read_json, write_json
+from . import cli, runfolder
+from .checkpoint import read_json, run_dir_of, write_json
 from .classify_data import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
                             longest, pad_ids, per_class_scores, write_split_csvs)
 from .data import BatchLoader
@@ -133,14 +133,9 @@ def _scores_dict(s: Scores) -> dict:
 
 
 def train(args: argparse.Namespace) -> int:
+    args, resuming = runfolder.start(args)
     device = cli.device_of(args)
-    for flag, value in (("--lora-rank", args.lora_rank), ("--max-length", args.max_length),
-                        ("--report-batches", args.report_batches), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise cli.UsageError(f"{flag} must be at least 1, got {value}")
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise cli.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     splits, classes, n_rows, n_skipped = load_splits(args)
 
     tokenizer = _tokenizer()
@@ -169,12 +164,13 @@ def train(args: argparse.Namespace) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     write_split_csvs(out, splits)
-    write_json(out / "run.json", {
-        "task": "classify", "args": cli.config_json(args), "model_config": gpt.config.to_dict(),
-        "model_kind": "gpt2-classifier",
-        "classifier": {"labels": classes, "pool": args.pool, "trainable": args.trainable,
-                       "max_length": length, "pad_id": PAD_ID},
-        "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.trainable == "lora" else None})
+    if not resuming:
+        write_json(out / "run.json", {
+            "task": "classify", "args": cli.config_json(args), "model_config": gpt.config.to_dict(),
+            "model_kind": "gpt2-classifier",
+            "classifier": {"labels": classes, "pool": args.pool, "trainable": args.trainable,
+                           "max_length": length, "pad_id": PAD_ID},
+            "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.trainable == "lora" else None})
     sizes = " / ".join(f"{len(splits[n])}" for n in SPLIT_NAMES)
     print(f"data: {n_rows} valid rows ({n_skipped} skipped), classes {', '.join(classes)}; "
           f"train / validation / test {sizes} rows = "
@@ -240,12 +236,6 @@ def train(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- predict
 
-def _run_dir_of(path: Path) -> Path:
-    if (path / "state.json").is_file() and path.parent.name == CHECKPOINTS:
-        return path.parent.parent
-    return path
-
-
 def _read_texts(args) -> list[str]:
     if args.texts and args.file:
         raise cli.UsageError("give texts as arguments or --file, not both")
@@ -276,10 +266,10 @@ def predict(args: argparse.Namespace) -> int:
         raise cli.UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     texts = _read_texts(args)
     from .checkpoint import load_model_from_run
-    ckpt = Path(args.checkpoint)
+    ckpt = Path(args.init)
     if not ckpt.is_dir():
         raise FileNotFoundError(f"no such run folder or checkpoint: {ckpt}")
-    run = read_json(_run_dir_of(ckpt) / "run.json")
+    run = read_json(run_dir_of(ckpt) / "run.json")
     if run.get("task") != "classify":
         raise cli.UsageError(f"{ckpt} is not a tasks.classify run (its task is {run.get('task')!r})")
     c = run["classifier"]
@@ -346,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("predict", help="label new texts with a trained classifier",
                        description="Print label<TAB>probability<TAB>text for each text.")
     q.add_argument("texts", nargs="*", help="texts to classify (none: read them from --file or stdin)")
-    q.add_argument("--checkpoint", required=True, help="a tasks.classify run folder or one of its checkpoints")
+    cli.add_init_arg(q, old_names=("--checkpoint",), help="a tasks.classify run folder or one of its checkpoints")
     q.add_argument("--file", default=None, help="a UTF-8 file with one text a line ('-' for stdin)")
     q.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
     q.add_argument("--backend", default="numpy", choices=("numpy", "cupy"), help="default: %(default)s")
@@ -356,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli.main_guard
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cli.parse(build_parser(), argv)
     return args.func(args)
 
 

@@ -54,6 +54,27 @@ def add_model_args(p: argparse.ArgumentParser, *, init_default: str = "random", 
     g.add_argument("--seed", type=int, default=123, help="random seed (default: %(default)s)")
 
 
+class _OldName(argparse.Action):
+    """An older flag name that still works, with a one-line notice naming the new one."""
+
+    quiet = False  # cli.parse parses twice; say it once
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if not _OldName.quiet:
+            print(f"note: {option_string} is deprecated; use --init", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_init_arg(p: argparse.ArgumentParser, *, help: str, default: str | None = None,
+                 old_names: tuple[str, ...] = ()) -> None:
+    """--init, the one flag every job uses to say which weights to start from (a preset, a run
+    folder, a checkpoint folder, a .safetensors file); `old_names` keep working for now."""
+    g = p.add_mutually_exclusive_group(required=default is None)
+    g.add_argument("--init", default=default, help=help + ("" if default is None else " (default: %(default)s)"))
+    for name in old_names:
+        g.add_argument(name, dest="init", action=_OldName, help=argparse.SUPPRESS)
+
+
 def add_train_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float,
                    weight_decay: float = 0.1, eval_every: int = 5, eval_batches: int = 5,
                    out: str = "runs/run") -> None:
@@ -146,8 +167,31 @@ def build_model(args: argparse.Namespace):
     return model
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parser.parse_args(argv), plus `args.typed`: the flags the user typed (not defaulted), which
+    --resume compares with the run's own (a flag typed with its default value counts as typed)."""
+    args = parser.parse_args(argv)
+    parsers = [parser]
+    for action in parser._actions:  # and the chosen subcommand's parser
+        if isinstance(action, argparse._SubParsersAction):
+            parsers += list(action.choices.values())
+    saved = [(a, a.default) for p in parsers for a in p._actions if a.dest != "help"]
+    try:
+        _OldName.quiet = True
+        for a, _ in saved:
+            a.default = argparse.SUPPRESS
+        typed_only = parser.parse_args(argv)
+    finally:
+        _OldName.quiet = False
+        for a, default in saved:
+            a.default = default
+    dests = {a.dest for a, _ in saved}
+    args.typed = {k for k in vars(typed_only) if k in dests}
+    return args
+
+
 def config_json(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in vars(args).items() if k != "func" and not callable(v)}
+    return {k: v for k, v in vars(args).items() if k not in ("func", "typed") and not callable(v)}
 
 
 def describe_os_error(e: OSError) -> str:

@@ -2,9 +2,11 @@
 
 The manifest below records every data file the tasks use: its place in the cache
 (`minigrad.hub.cache_dir()`), the URL it is downloaded from when online, and its size and
-sha256. The pretraining part turns a token list into sliding windows of (input, target) pairs,
+sha256 (or git blob id, when that is all its publisher gives). A file taken from a zip names its
+member; one built from what the URL serves (MMLU's CSVs) names its converter. The pretraining part turns a token list into sliding windows of (input, target) pairs,
 targets shifted by one token, and batches them with a loader that can be saved and resumed
-in the middle of an epoch.
+in the middle of an epoch; `text_shards` puts a text in the cache as token shards for
+tasks.shards.ShardLoader. CORPORA lists the named corpora of `python -m tasks.prepare`.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ from minigrad.hub import MissingFileError
 class DatasetEntry:
     relpath: str  # where the file lives inside the cache
     url: str  # where it comes from (for an archive: the archive's URL)
-    size: int  # bytes of the file at relpath (after extraction, for an archive)
-    sha256: str  # of the file at relpath
+    size: int | None  # bytes of the file at relpath (after extraction or conversion); None: unknown
+    sha256: str | None  # of the file at relpath; None when only a git blob id is published
     description: str
-    member: str | None = None  # name of the file inside the archive at `url`, if any
-    downloadable: bool = True  # False: we know the source but cannot build the file from it
+    member: str | None = None  # name of the file inside the zip at `url`, if any
+    git_blob: str | None = None  # git's id of the file at relpath (GitHub-hosted files)
+    # name of a function in CONVERTERS that builds the file from what `url` serves (MMLU's CSVs)
+    convert: str | None = None
 
 
 _RASBT = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
@@ -69,9 +73,23 @@ DATASETS: dict[str, DatasetEntry] = {
         "mmlu/mmlu.jsonl",
         "https://people.eecs.berkeley.edu/~hendrycks/data.tar",
         8_135_441, "9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c",
-        "MMLU test set (MIT): 14,042 questions as JSON lines",
-        downloadable=False),
+        "MMLU test set (MIT): 14,042 questions as JSON lines, converted from the CSVs of data.tar",
+        convert="mmlu"),
+    "hellaswag": DatasetEntry(
+        "hellaswag/hellaswag_val.jsonl",
+        "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl",
+        None, None, "HellaSwag validation set (MIT): 10,042 items, a context and 4 endings each",
+        git_blob="0f5ee25d72216f12317d5d8a7b92deafa423d81e"),
 }
+
+
+def _convert_mmlu(entry: DatasetEntry, path: Path, progress: bool) -> Path:
+    from tasks.mmlu import download_and_convert  # tasks.mmlu imports this module
+    return download_and_convert(entry, path, progress)
+
+
+# Builders of files that are not served as they are: (entry, destination, progress) -> path
+CONVERTERS = {"mmlu": _convert_mmlu}
 
 
 class UnknownDatasetError(ValueError):
@@ -95,16 +113,19 @@ def ensure_dataset(name: str, progress: bool = True) -> Path:
     """Path of the dataset's file, downloading (and extracting) it first if it is missing."""
     entry = _entry(name)
     path = dataset_path(name)
-    if not entry.downloadable and not path.is_file():
-        raise MissingFileError(
-            f"dataset {name!r} is not in the cache and cannot be downloaded automatically: "
-            f"put the file at exactly {path} ({entry.size:,} bytes, sha256 {entry.sha256}). "
-            f"Its original source is {entry.url}, in another format.",
-            url=entry.url, path=path)
-    if entry.member is None:
-        return hub.ensure_file(entry.relpath, entry.url, entry.sha256, entry.size, progress)
+    if entry.member is None and entry.convert is None:
+        return hub.ensure_file(entry.relpath, entry.url, entry.sha256, entry.size, progress,
+                               git_blob=entry.git_blob)
     if path.is_file():  # same cheap size check as hub.ensure_file does for cached files
         return hub.ensure_file(entry.relpath, entry.url, size=entry.size, progress=progress)
+    if entry.convert is not None:
+        if hub.offline():
+            raise MissingFileError(
+                f"dataset {name!r} is not in the cache and MINIGRAD_OFFLINE is set: put the file at "
+                f"exactly {path} ({entry.size:,} bytes, sha256 {entry.sha256}), or run once online "
+                f"to download {entry.url} and convert it", url=entry.url, path=path,
+                reason="offline mode: MINIGRAD_OFFLINE is set")
+        return CONVERTERS[entry.convert](entry, path, progress)
     return _fetch_from_archive(name, entry, path, progress)
 
 
@@ -301,14 +322,188 @@ class BatchLoader:
 
 
 def make_pretrain_loaders(text: str, tokenizer: Tokenizer, context: int, stride: int,
-                          batch_size: int, seed: int = 0, train_frac: float = 0.9
-                          ) -> tuple[BatchLoader, BatchLoader]:
-    """Train and validation loaders over raw text, split by characters as in the book.
+                          batch_size: int, seed: int = 0, train_frac: float = 0.9):
+    """Train and validation loaders over raw text in memory, split by characters as in the book.
 
-    Train: shuffled, drop_last=True. Validation: in order, drop_last=False.
+    Train: shuffled, drop_last=True. Validation: in order, drop_last=False. The same
+    tasks.shards.ShardLoader that serves prepared shards (`text_shards` + `find_shards`).
     """
+    from .shards import ShardLoader
+
     train_text, val_text = train_val_split_text(text, train_frac)
-    train = TextWindows(tokenizer.encode(train_text), context, stride, name="training split")
-    val = TextWindows(tokenizer.encode(val_text), context, stride, name="validation split")
-    return (BatchLoader(train, batch_size, shuffle=True, drop_last=True, seed=seed),
-            BatchLoader(val, batch_size, shuffle=False, drop_last=False, seed=seed))
+    train = np.asarray(tokenizer.encode(train_text), dtype=np.int64)
+    val = np.asarray(tokenizer.encode(val_text), dtype=np.int64)
+    return (ShardLoader([train], context, batch_size, stride, shuffle=True, drop_last=True,
+                        seed=seed, name="training split"),
+            ShardLoader([val], context, batch_size, stride, shuffle=False, drop_last=False,
+                        seed=seed, name="validation split"))
+
+
+def text_shards(text: str, tokenizer: Tokenizer, train_frac: float = 0.9) -> Path:
+    """A folder of shards holding `text` split by characters (the last 1 - train_frac is the
+    validation shard), prepared once in the cache under the text's sha256 and the split.
+
+    The tokens are `tokenizer.encode` of each part, as tasks.pretrain has always trained on
+    them (no <|endoftext|> added: the text is one document), so the batches stay the same.
+    """
+    import hashlib
+    import json
+    import shutil
+
+    from minigrad.io import atomic_write_text
+    from .shards import write_shard
+
+    key = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    folder = hub.cache_dir() / "shards" / f"text-{key[:16]}-{train_frac:g}"
+    if (folder / "index.json").is_file():
+        return folder
+    train_text, val_text = train_val_split_text(text, train_frac)
+    parts = {"text_val_000000.bin": val_text, "text_train_000001.bin": train_text}
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")  # renamed whole when complete
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        shards = []
+        for fname, part in parts.items():
+            ids = np.asarray(tokenizer.encode(part), dtype=np.int64)
+            write_shard(tmp / fname, ids)
+            shards.append({"file": fname, "tokens": int(ids.size), "characters": len(part)})
+        atomic_write_text(tmp / "index.json", json.dumps(
+            {"text_sha256": key, "train_frac": train_frac, "tokenizer": "gpt2 (encode)",
+             "shards": shards}, indent=1))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another run made it meanwhile
+            if not (folder / "index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+# ----------------------------------------------------------------------------- corpora for tasks.prepare
+
+_HF = "https://huggingface.co/datasets"
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    relpath: str  # where the file lives inside the cache
+    url: str
+    # None: not yet recorded here. The file is then checked by what it must look like (a shard's
+    # header against its size) and the sha256 computed on first download goes into index.json.
+    sha256: str | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Corpus:
+    kind: str  # "text" (.txt), "parquet", or "shards" (already tokenized, in llm.c's format)
+    files: tuple[CorpusFile, ...]  # validation first where the corpus has its own
+    description: str
+    limit_first: int = 0  # --shards N keeps the first `limit_first` files and N more
+
+
+def _from_dataset(name: str) -> CorpusFile:
+    e = DATASETS[name]
+    return CorpusFile(e.relpath, e.url, e.sha256, e.size)
+
+
+CORPORA: dict[str, Corpus] = {
+    "the-verdict": Corpus("text", (_from_dataset("the-verdict"),), DATASETS["the-verdict"].description),
+    "tinyshakespeare": Corpus("text", (_from_dataset("tinyshakespeare"),),
+                              DATASETS["tinyshakespeare"].description),
+    "tinystories": Corpus("text", tuple(
+        CorpusFile(f"tinystories/TinyStoriesV2-GPT4-{split}.txt",
+                   f"{_HF}/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-{split}.txt")
+        for split in ("valid", "train")),
+        "TinyStoriesV2-GPT4 (CDLA-Sharing-1.0): stories separated by <|endoftext|>, ~470M tokens"),
+    "fineweb-edu-10B": Corpus("parquet", tuple(
+        CorpusFile(f"fineweb-edu-10B/{i:03d}_00000.parquet",
+                   f"{_HF}/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT/{i:03d}_00000.parquet")
+        for i in range(14)),
+        "FineWeb-Edu sample-10BT (ODC-By): 14 parquet files, ~10B tokens; needs pyarrow"),
+    "fineweb10B": Corpus("shards", (
+        CorpusFile("fineweb10B/fineweb_val_000000.bin",
+                   f"{_HF}/kjj0/fineweb10B-gpt2/resolve/main/fineweb_val_000000.bin"),
+        *(CorpusFile(f"fineweb10B/fineweb_train_{i:06d}.bin",
+                     f"{_HF}/kjj0/fineweb10B-gpt2/resolve/main/fineweb_train_{i:06d}.bin")
+          for i in range(1, 104))),
+        "FineWeb 10B tokens already tokenized for GPT-2 in llm.c's format (kjj0/fineweb10B-gpt2): "
+        "a validation shard and 103 training shards of 100M tokens", limit_first=1),
+}
+
+
+def corpus_files(name: str, shards: int | None = None) -> tuple[CorpusFile, ...]:
+    """The files of a named corpus; `shards` keeps only that many training files."""
+    corpus = CORPORA[name]
+    if shards is None:
+        return corpus.files
+    if shards < 1:
+        raise ValueError(f"--shards must be at least 1, got {shards}")
+    return corpus.files[:corpus.limit_first + shards]
+
+
+def ensure_corpus(name: str, shards: int | None = None, progress: bool = True) -> list[Path]:
+    """Paths of a named corpus's files in the cache, downloading the missing ones.
+
+    Files whose digest the manifest records are verified by it (hub.ensure_file). When any
+    cannot be had, one MissingFileError names every missing file, its URL and where to put it.
+    """
+    from .shards import read_header
+
+    files = corpus_files(name, shards)
+    paths, missing = [], []
+    for f in files:
+        try:
+            path = hub.ensure_file(f.relpath, f.url, f.sha256, f.size, progress)
+        except MissingFileError as err:
+            missing.append((f, err))
+            continue
+        if path.suffix == ".bin":
+            try:
+                read_header(path)  # no digest recorded: at least the header must fit the size
+            except ValueError:
+                path.unlink()  # useless; the next run downloads it afresh
+                raise
+        paths.append(path)
+    if missing:
+        where = "\n".join(f"  {err.path}  <-  {f.url}" for f, err in missing)
+        reason = missing[0][1].reason
+        raise MissingFileError(
+            f"corpus {name!r}: {len(missing)} of {len(files)} files are missing and could not be "
+            f"downloaded ({reason}). Download them and put each at the path shown (or set "
+            f"MINIGRAD_DATA_DIR to a folder holding them):\n{where}",
+            url=missing[0][0].url, path=missing[0][1].path, reason=reason)
+    return paths
+
+
+def link_pretokenized(name: str, paths: Sequence[Path], out: Path) -> dict:
+    """Put already-tokenized shards (checked) in `out` (hard links, or copies across devices)
+    and write an index.json with their token counts and sha256 (recorded on first download)."""
+    import json
+    import shutil
+
+    from minigrad.io import atomic_write_text
+    from .shards import read_header
+
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for p in paths:
+        n = read_header(p)
+        dest = out / p.name
+        if dest.resolve() != p.resolve() and not dest.exists():
+            try:
+                os.link(p, dest)
+            except OSError:
+                shutil.copyfile(p, dest.with_name(dest.name + ".tmp"))
+                os.replace(dest.with_name(dest.name + ".tmp"), dest)
+        entry = {f.relpath: f for f in CORPORA[name].files}[
+            str(PurePosixPath(*p.relative_to(hub.cache_dir()).parts))]
+        shards.append({"file": p.name, "tokens": n, "url": entry.url,
+                       "sha256": entry.sha256 or hub.sha256_of(p),
+                       "sha256_source": "manifest" if entry.sha256 else "computed on download"})
+    info = {"format": "llm.c token shards: 256 int32 header (20240520, 1, tokens), uint16 tokens",
+            "corpus": name, "tokens": sum(s["tokens"] for s in shards),
+            "val_tokens": shards[0]["tokens"], "shards": shards}
+    atomic_write_text(out / "index.json", json.dumps(info, indent=1))
+    return info

@@ -1,11 +1,13 @@
-"""Evaluate an instruction-tuned GPT-2: judge-model scores of its responses, and MMLU accuracy.
+"""Evaluate a GPT-2: judge-model scores of its responses, MMLU accuracy, HellaSwag.
 
     python -m tasks.evaluate judge --responses responses.json --url http://localhost:11434 \\
         --model llama3 [--api ollama|openai] [--out scores.json]
-    python -m tasks.evaluate mmlu --weights 124M --shots 5 --limit 20 [--subjects anatomy ...]
-    python -m tasks.evaluate mmlu --checkpoint runs/instruct [--backend cupy]
+    python -m tasks.evaluate mmlu --init 124M --shots 5 --limit 20 [--subjects anatomy ...]
+    python -m tasks.evaluate mmlu --init runs/instruct [--backend cupy] [--plot mmlu.png]
+    python -m tasks.evaluate hellaswag --init 124M [--limit 100] [--out runs/hellaswag]
 
-The pieces live in tasks/judge.py (HTTP judge client) and tasks/mmlu.py (MMLU scoring).
+The pieces live in tasks/judge.py (HTTP judge client), tasks/mmlu.py (MMLU scoring) and
+tasks/hellaswag.py (HellaSwag scoring).
 """
 
 from __future__ import annotations
@@ -15,14 +17,24 @@ import os
 import sys
 from pathlib import Path
 
-from minigrad.hub import ChecksumError, MissingFileError
-from tasks.checkpoint import write_json
-from tasks.judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, judge_records,
-                         load_responses)
-from tasks.mmlu import MMLUDataError, evaluate_mmlu, load_mmlu, model_next_token_logits
+from minigrad.backend import BackendError
+from minigrad.hub import MissingFileError
+from tasks import cli
+from tasks.checkpoint import read_json, write_json
+from tasks.cli import TaskError
+from tasks.jsonl import append_jsonl, read_jsonl
+from tasks.runfolder import check_output_file
+from tasks.hellaswag import HellaSwagDataError, evaluate_hellaswag, load_hellaswag
+from tasks.judge import APIS, JUDGE_PROMPT, JudgeClient, JudgeUnreachableError, judge_records, load_responses
+from tasks.mmlu import (MMLUDataError, ensure_dev, evaluate_mmlu, load_mmlu,
+                        model_next_token_logits)
 
 
-class ModelUnavailableError(RuntimeError):
+INIT_HELP = ("an official size (124M, 355M, 774M, 1558M), a weights file or folder, or a run/checkpoint "
+             "folder")
+
+
+class ModelUnavailableError(TaskError):
     """The model (or the code to load it) cannot be had."""
 
 
@@ -36,6 +48,8 @@ def default_scores_path(responses: str | os.PathLike) -> Path:
 
 def run_judge(args: argparse.Namespace) -> int:
     records = load_responses(args.responses)
+    out = Path(args.out) if args.out else default_scores_path(args.responses)
+    check_output_file(out)  # before any request: a bad --out must not cost the scores
     api_key = None
     if args.api == "openai":
         api_key = os.environ.get(args.api_key_env) or None
@@ -44,9 +58,18 @@ def run_judge(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     client = JudgeClient(args.url, args.model, api=args.api, api_key=api_key,
                          timeout=args.timeout, retries=args.retries, backoff=args.backoff)
-    result = judge_records(records, client, progress=not args.no_progress)
-
-    out = Path(args.out) if args.out else default_scores_path(args.responses)
+    # each score is appended to OUT.partial.jsonl as it comes; a rerun with the same --out
+    # continues after them, and OUT is written from all of them at the end
+    partial = out.with_name(out.name + ".partial.jsonl")
+    done = read_jsonl(partial)
+    if done:
+        print(f"{len(done)} records already scored in {partial}; continuing")
+    try:
+        result = judge_records(records, client, progress=not args.no_progress, done=done,
+                               on_score=lambda score: append_jsonl(partial, score))
+    except JudgeUnreachableError as err:
+        kept = f"; the {len(read_jsonl(partial))} scores so far are kept in {partial}" if partial.exists() else ""
+        raise TaskError(f"{err}{kept}; start the judge server, then run the same command again") from None
     write_json(out, {
         "judge": {"api": args.api, "url": client.url, "model": args.model,
                   "prompt_template": JUDGE_PROMPT},
@@ -61,6 +84,7 @@ def run_judge(args: argparse.Namespace) -> int:
     errors = [s for s in result.scores if s["error"]]
     if errors:  # one example is enough to see what went wrong; all are in the file
         print(f"first failure (record {errors[0]['index']}): {errors[0]['error']}")
+    partial.unlink(missing_ok=True)
     print(f"per-record scores saved to {out}")
     return 0 if result.scored else 1
 
@@ -69,25 +93,14 @@ def run_judge(args: argparse.Namespace) -> int:
 
 
 def load_model(args: argparse.Namespace):
-    """The GPT-2 to evaluate: official weights (--weights) or a training run (--checkpoint)."""
-    device = "cuda" if args.backend == "cupy" else "cpu"
-    what = "the official weights" if args.weights else "checkpoints of a training run"
+    """The GPT-2 named by --init (an official size, a weights file, a run or checkpoint folder)."""
+    from tasks.generate import load_model as load_lm
     try:
-        import gpt2
-        if not args.weights:
-            from tasks.checkpoint import load_model_from_run
-    except ImportError as err:
-        raise ModelUnavailableError(
-            f"loading {what} is not available yet in this version ({err})") from None
-    source = args.weights or args.checkpoint
-    try:
-        if args.weights:
-            return gpt2.from_pretrained(args.weights, device=device)
-        return load_model_from_run(args.checkpoint, device=device)
+        return load_lm(args.init, cli.device_of(args))
     except MissingFileError:
         raise  # its message already says where to put the file
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        raise ModelUnavailableError(f"cannot load the model from {source}: {err}") from None
+    except (FileNotFoundError, KeyError, ValueError, BackendError) as err:
+        raise ModelUnavailableError(f"cannot load the model from {args.init}: {err}") from None
 
 
 def load_tokenizer():
@@ -102,19 +115,70 @@ def run_mmlu(args: argparse.Namespace) -> int:
     if args.shots not in (0, 5):
         raise MMLUDataError(f"--shots must be 0 or 5, got {args.shots}")
     questions = load_mmlu(args.data)  # before the model: a missing file fails fast
+    dev = None
+    if args.shots and args.shots_from == "dev":
+        dev = load_mmlu(args.dev or ensure_dev(progress=not args.no_progress))
+    for flag, value in (("--limit", args.limit), ("--max-context", args.max_context)):
+        if value is not None and value < 1:
+            raise cli.UsageError(f"{flag} must be at least 1, got {value}")
+    if args.out:
+        check_output_file(Path(args.out))  # before any work
     tokenizer = load_tokenizer()
     model = load_model(args)
-    config = getattr(model, "config", None)
-    max_context = args.max_context or getattr(config, "n_ctx", 1024)
+    n_ctx = getattr(getattr(model, "config", None), "n_ctx", 1024)
+    if args.max_context is not None and args.max_context > n_ctx:
+        raise cli.UsageError(f"--max-context {args.max_context} is longer than the model's context of {n_ctx}")
+    max_context = args.max_context or n_ctx
+    # with --out, each answer is appended to OUT.partial.jsonl; a rerun asks only the rest
+    partial = Path(args.out).with_name(Path(args.out).name + ".partial.jsonl") if args.out else None
+    done = {(r["subject"], r["index"]): r["correct"] for r in read_jsonl(partial)} if partial else {}
+    if done:
+        print(f"{len(done)} questions already answered in {partial}; continuing")
     result = evaluate_mmlu(questions, model_next_token_logits(model), tokenizer,
                            shots=args.shots, limit=args.limit, subjects=args.subjects,
-                           max_context=max_context, progress=not args.no_progress)
+                           max_context=max_context, progress=not args.no_progress, dev=dev, done=done,
+                           on_answer=(lambda r: append_jsonl(partial, r)) if partial else None)
     print(result.table())
+    source = {"init": args.init}
     if args.out:
-        source = {"weights": args.weights} if args.weights else {"checkpoint": args.checkpoint}
-        write_json(args.out, {**source, "shots": args.shots, "limit": args.limit,
-                          "max_context": max_context, **result.to_dict()})
+        write_json(args.out, {**source, "shots": args.shots,
+                              "shots_from": args.shots_from if args.shots else None,
+                              "limit": args.limit, "max_context": max_context, **result.to_dict()})
+        partial.unlink(missing_ok=True)
         print(f"results saved to {args.out}")
+    if args.plot:
+        from tasks.plots import plot_subject_accuracy
+        title = f"MMLU {args.shots}-shot: {next(iter(source.values()))}"
+        print(f"plot saved to {plot_subject_accuracy(result.per_subject, args.plot, title)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- HellaSwag
+
+
+def run_hellaswag(args: argparse.Namespace) -> int:
+    items = load_hellaswag(args.data, args.limit)  # before the model: a missing file fails fast
+    out = Path(args.out)
+    config = {"init": args.init, "data": str(args.data) if args.data else "hellaswag"}
+    config_path = out / "hellaswag_config.json"
+    if config_path.is_file():  # a rerun resumes only what the same model scored on the same data
+        before = read_json(config_path)
+        changed = [k for k in config if before.get(k) != config[k]]
+        if changed:
+            raise HellaSwagDataError(
+                f"{out} holds HellaSwag results of {', '.join(f'{k}={before.get(k)!r}' for k in changed)}; "
+                f"choose another --out for {', '.join(f'{k}={config[k]!r}' for k in changed)}")
+    tokenizer = load_tokenizer()
+    model = load_model(args)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(config_path, config)
+    result = evaluate_hellaswag(model, items, tokenizer, out / "hellaswag.jsonl",
+                                progress=not args.no_progress)
+    write_json(out / "hellaswag_results.json", {**config, **result.to_dict()})
+    print(f"HellaSwag ({result.n} items, completion style): acc {result.acc:.4f}  "
+          f"acc_norm {result.acc_norm:.4f}")
+    print(f"per-item results in {out / 'hellaswag.jsonl'}, summary in "
+          f"{out / 'hellaswag_results.json'}")
     return 0
 
 
@@ -135,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ollama: POST /api/chat; openai: POST /v1/chat/completions")
     j.add_argument("--out", help="where to save per-record scores "
                                  "(default: <responses>-judge-scores.json beside it)")
-    j.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    j.add_argument("--timeout", type=float, default=60.0, help="seconds a whole request may take")
     j.add_argument("--retries", type=int, default=3,
                    help="extra attempts on HTTP 5xx/429, timeouts and connection errors")
     j.add_argument("--backoff", type=float, default=1.0,
@@ -146,33 +210,43 @@ def build_parser() -> argparse.ArgumentParser:
     j.set_defaults(func=run_judge)
 
     m = sub.add_parser("mmlu", help="MMLU accuracy from next-token logits")
-    src = m.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="folder of a training run")
-    src.add_argument("--weights", help="official GPT-2 weights: 124M, 355M, 774M, 1558M")
+    cli.add_init_arg(m, old_names=("--checkpoint", "--weights"), help=INIT_HELP)
     m.add_argument("--subjects", nargs="+", help="only these subjects (default: all 57)")
     m.add_argument("--shots", type=int, choices=(0, 5), default=0, help="examples per prompt")
+    m.add_argument("--shots-from", choices=("dev", "test"), default="dev",
+                   help="dev: each subject's first dev questions (MMLU's protocol; the dev split is "
+                        "converted with the test split when online); test: its first test "
+                        "questions, which are then not scored (default: %(default)s)")
+    m.add_argument("--dev", help="MMLU dev-split JSON-lines file (default: the data cache's)")
     m.add_argument("--limit", type=int, help="score at most N questions per subject")
     m.add_argument("--max-context", type=int,
                    help="keep the last N prompt tokens (default: the model's context)")
     m.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     m.add_argument("--data", help="MMLU JSON-lines file (default: the data cache's)")
     m.add_argument("--out", help="save the accuracy table as JSON here")
+    m.add_argument("--plot", metavar="PNG", help="draw the accuracy per subject here")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=run_mmlu)
+
+    h = sub.add_parser("hellaswag", help="HellaSwag acc and acc_norm, completion style (as llm.c)")
+    cli.add_init_arg(h, help=INIT_HELP)
+    h.add_argument("--limit", type=int, help="score only the first N items (default: all 10,042)")
+    h.add_argument("--out", default="runs/hellaswag",
+                   help="folder for hellaswag.jsonl (one line per item, written as it goes: a "
+                        "rerun skips the items done) and hellaswag_results.json "
+                        "(default: %(default)s)")
+    h.add_argument("--data", help="HellaSwag JSON-lines file (default: the data cache's "
+                                  "validation set, downloaded when online)")
+    h.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    h.add_argument("--no-progress", action="store_true", help="no progress bar")
+    h.set_defaults(func=run_hellaswag)
     return parser
 
 
+@cli.main_guard
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (JudgeInputError, MMLUDataError, ModelUnavailableError, MissingFileError,
-            ChecksumError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return args.func(args)
 
 
 if __name__ == "__main__":

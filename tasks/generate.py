@@ -1,11 +1,15 @@
 """Generate text with GPT-2: `python -m tasks.generate --prompt "Every effort moves you"`.
 
-The text streams to stdout as the tokens come. --weights takes an official size (124M, 355M,
-774M, 1558M), a weights file or folder, or a run folder of tasks.pretrain. --attention-map
-draws one layer's head over the prompt and the generated tokens.
+The text streams to stdout as the tokens come. --init (or its older name --weights) takes an
+official size (124M, 355M, 774M, 1558M), a weights file or folder, or a run folder of
+tasks.pretrain. --attention-map draws one layer's head over the prompt and the generated tokens.
+--temperature-plot draws, instead of generating, how temperature reshapes the distribution of
+the next token: the probabilities softmax(logits / T) of the most likely tokens at each T.
 
-    python -m tasks.generate --weights 124M --max-new-tokens 50 --temperature 0.8 --top-k 40 \\
+    python -m tasks.generate --init 124M --max-new-tokens 50 --temperature 0.8 --top-k 40 \\
         --top-p 0.95 --seed 123 --attention-map attn.png --layer 5 --head 1
+    python -m tasks.generate --init 124M --prompt "Every effort moves you" \\
+        --temperature-plot temperature.png --temperatures 0.1,1,5 --top 10
 """
 from __future__ import annotations
 
@@ -25,9 +29,9 @@ DEFAULT_PROMPT = "Every effort moves you"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tasks.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="124M",
-                   help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, "
-                        "or a run/checkpoint folder of tasks.pretrain (default: %(default)s)")
+    cli.add_init_arg(p, default="124M", old_names=("--weights",),
+                     help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, "
+                          "or a run/checkpoint folder of tasks.pretrain")
     p.add_argument("--prompt", default=DEFAULT_PROMPT,
                    help="text to continue; empty starts from <|endoftext|> (default: %(default)r)")
     p.add_argument("--max-new-tokens", type=int, default=50, help="default: %(default)s")
@@ -46,6 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also save a heatmap of one layer/head's attention over the final text")
     p.add_argument("--layer", type=int, default=0, help="layer of --attention-map, from 0 (default: %(default)s)")
     p.add_argument("--head", type=int, default=0, help="head of --attention-map, from 0 (default: %(default)s)")
+    p.add_argument("--temperature-plot", metavar="OUT.png", default=None,
+                   help="instead of generating, draw the next token's probabilities at each of "
+                        "--temperatures for the --top most likely tokens")
+    p.add_argument("--temperatures", default="0.1,1,5",
+                   help="comma-separated temperatures for --temperature-plot (default: %(default)s)")
+    p.add_argument("--top", type=int, default=10,
+                   help="tokens drawn by --temperature-plot (default: %(default)s)")
     args = p.parse_args(argv)
     if args.max_new_tokens < 0:
         p.error("--max-new-tokens must be >= 0")
@@ -59,6 +70,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         fmt = Path(args.attention_map).suffix.lstrip(".").lower()
         if fmt not in ("png", "pdf", "svg", "jpg", "jpeg"):
             p.error(f"--attention-map {args.attention_map!r}: give a .png, .pdf, .svg or .jpg file name")
+    if args.temperature_plot is not None and Path(args.temperature_plot).suffix.lower() != ".png":
+        p.error(f"--temperature-plot {args.temperature_plot!r}: give a .png file name")
+    try:
+        args.temperatures = [float(t) for t in args.temperatures.split(",")]
+    except ValueError:
+        p.error(f"--temperatures {args.temperatures!r}: give numbers separated by commas, e.g. 0.1,1,5")
+    if not all(t > 0 for t in args.temperatures):  # also refuses nan
+        p.error("--temperatures must all be > 0 (temperature 0 is greedy: one token gets everything)")
+    if args.top < 1:
+        p.error("--top must be >= 1")
     return args
 
 
@@ -68,7 +89,7 @@ def _is_run_folder(path: Path) -> bool:
 
 
 def load_model(weights: str, device: str):
-    """The GPT2 named by --weights, on `device`."""
+    """The GPT2 named by --init (or --weights), on `device`."""
     import gpt2
     from gpt2.config import HF_NAMES, PRESETS
 
@@ -77,7 +98,7 @@ def load_model(weights: str, device: str):
         try:
             from .checkpoint import load_model_from_run
         except ImportError as e:
-            raise cli.TaskError(f"--weights {weights}: a run folder needs tasks.checkpoint, which could "
+            raise cli.TaskError(f"--init {weights}: a run folder needs tasks.checkpoint, which could "
                                 f"not be imported ({e})") from None
         model = load_model_from_run(path, device=device)
     elif weights in PRESETS or weights in HF_NAMES.values() or path.exists():
@@ -88,12 +109,55 @@ def load_model(weights: str, device: str):
                 raise
             raise cli.TaskError("loading official weights needs gpt2/weights.py, which is missing") from None
     else:
-        raise cli.UsageError(f"--weights {weights!r}: not an official size ({', '.join(PRESETS)}) "
+        raise cli.UsageError(f"--init {weights!r}: not an official size ({', '.join(PRESETS)}) "
                              "nor an existing file or folder")
     if not isinstance(model, gpt2.GPT2):
-        raise cli.UsageError(f"--weights {weights}: holds a {type(model).__name__}, not a GPT-2 "
+        raise cli.UsageError(f"--init {weights}: holds a {type(model).__name__}, not a GPT-2 "
                              "language model, so it cannot generate text")
     return model
+
+
+# ---------------------------------------------------------------- temperature
+def next_token_logits(model, ids: list[int]) -> np.ndarray:
+    """The model's logits for the token after `ids` (its last n_ctx tokens), shape (vocab,)."""
+    import minigrad as mg
+    ids = ids[-model.config.n_ctx:]
+    with mg.no_grad():
+        return model(np.asarray([ids])).numpy()[0, -1]                  # (vocab,)
+
+
+def temperature_probabilities(logits: np.ndarray, temperatures: list[float], top: int
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids of the `top` most likely tokens, most likely first; their probabilities
+    softmax(logits / T) at each T, shape (len(temperatures), top)).
+
+    Dividing by T > 0 keeps the order of the logits, so the top tokens are the same at every T;
+    each softmax is over the whole vocabulary, so a row sums to less than 1 when other tokens
+    keep some probability.
+    """
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    ids = np.argsort(-logits, kind="stable")[:top]
+    probs = np.empty((len(temperatures), len(ids)))
+    for i, t in enumerate(temperatures):
+        z = logits / t
+        z = np.exp(z - z.max())
+        probs[i] = z[ids] / z.sum()
+    return ids, probs
+
+
+def save_temperature_plot(model, tok, prompt_ids: list[int], temperatures: list[float], top: int,
+                          path: str | Path, title: str) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the next token's top probabilities at each temperature as grouped bars; returns
+    what temperature_probabilities gave."""
+    from .plots import plot_grouped_bars
+
+    ids, probs = temperature_probabilities(next_token_logits(model, prompt_ids), temperatures, top)
+    labels = [repr(label) for label in token_labels(tok, ids)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing")  # emoji, CJK tokens
+        plot_grouped_bars(labels, {f"T = {t:g}": row for t, row in zip(temperatures, probs)},
+                          path, "probability of the next token", title)
+    return ids, probs
 
 
 # ---------------------------------------------------------------- output
@@ -174,12 +238,24 @@ def main(argv: list[str] | None = None) -> int:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:
         raise cli.TaskError(str(e)) from None
-    model = load_model(args.weights, device).eval()
+    model = load_model(args.init, device).eval()
     cfg = model.config
     if args.attention_map is not None and not (0 <= args.layer < cfg.n_layer and 0 <= args.head < cfg.n_head):
         raise cli.UsageError(f"--layer {args.layer} --head {args.head}: this model has layers "
                              f"0..{cfg.n_layer - 1} and heads 0..{cfg.n_head - 1}")
     prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
+
+    if args.temperature_plot is not None:
+        ids, probs = save_temperature_plot(model, tok, prompt_ids, args.temperatures, args.top,
+                                           args.temperature_plot,
+                                           f"{args.init}: next token after {args.prompt!r}")
+        labels = token_labels(tok, ids)
+        width = max(len(repr(label)) for label in labels)
+        print(f"{'token':<{width}}  " + "  ".join(f"{f'T={t:g}':>8}" for t in args.temperatures))
+        for j, label in enumerate(labels):
+            print(f"{repr(label):<{width}}  " + "  ".join(f"{p:8.4f}" for p in probs[:, j]))
+        print(f"temperature plot: {args.temperature_plot}", file=sys.stderr)
+        return 0
 
     out = sys.stdout
     out.write(args.prompt)
@@ -207,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = (prompt_ids + new_ids)[-cfg.n_ctx:]   # what the model can see at once
         maps = model.attention_maps(np.asarray([ids]))
         weights = maps[args.layer][0, args.head]
-        title = f"{args.weights}: layer {args.layer}, head {args.head}"
+        title = f"{args.init}: layer {args.layer}, head {args.head}"
         path = save_attention_map(weights, token_labels(tok, ids), args.attention_map, title)
         print(f"attention map: {path}", file=sys.stderr)
     return 0

@@ -2,8 +2,8 @@
 Language Model (From Scratch)".
 
     python -m tasks.instruct train --init 355M --out runs/instruct [--lora-rank 16 --lora-alpha 16]
-    python -m tasks.instruct respond --checkpoint runs/instruct [--split test | --data FILE]
-    python -m tasks.instruct chat --checkpoint runs/instruct
+    python -m tasks.instruct respond --init runs/instruct [--split test | --data FILE]
+    python -m tasks.instruct chat --init runs/instruct
 
 Each record {instruction, input, output} becomes the Alpaca prompt followed by its output:
 
@@ -40,10 +40,11 @@ import minigrad.functional as F
 from gpt2.tokenizer import EOT_ID
 from minigrad import nn
 
-from . import cli
-from .checkpoint import CHECKPOINTS, read_json, write_json
+from . import cli, runfolder
+from .checkpoint import read_json, run_dir_of, write_json
 from .data import DATASETS, BatchLoader, ensure_dataset
-from .alpaca import RESPONSE_HEADER, format_prompt
+from .jsonl import append_jsonl, read_jsonl
+from .alpaca import format_prompt
 from .plots import plot_curves
 from .train import Trainer, TrainConfig, mean_loss, read_metrics
 
@@ -227,11 +228,10 @@ def _prepare_items(tokenizer, records, max_length: int, mask_instructions: bool,
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    args, resuming = runfolder.start(args)
     device = cli.device_of(args)
     from gpt2.tokenizer import get_tokenizer
 
-    if args.lora_rank is not None and args.lora_rank < 1:
-        raise cli.UsageError(f"--lora-rank must be at least 1, got {args.lora_rank}")
     if args.max_length is not None and args.max_length < 2:
         raise cli.UsageError(f"--max-length must be at least 2, got {args.max_length}")
     path = resolve_data(args.data)
@@ -270,8 +270,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                                    mask_instructions=args.mask_instructions)
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise cli.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     run: dict[str, Any] = {
         "task": "instruct", "args": cli.config_json(args), "model_config": model.config.to_dict(),
@@ -280,7 +278,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "num_records": len(records), "split_seed": args.split_seed,
                  "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}},
         "max_length": max_length, "model_kind": "gpt2", "lora": _lora_of(model)}
-    write_json(out / "run.json", run)
+    if not resuming:
+        write_json(out / "run.json", run)
     trainable = model.num_parameters(trainable_only=True)
     print(f"model: {model.num_parameters():,} parameters ({trainable:,} trainable) on {device}; "
           f"{len(train_recs)} train / {len(val_recs)} val / {len(test_recs)} test records; "
@@ -305,58 +304,63 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- respond and chat
 
 
-def _run_dir(checkpoint: Path) -> Path:
-    """The run folder of a run folder or of one of its checkpoint folders."""
-    if (checkpoint / "state.json").is_file() and checkpoint.parent.name == CHECKPOINTS:
-        return checkpoint.parent.parent
-    return checkpoint
-
-
 def _load(args: argparse.Namespace):
     """(model in eval mode on the chosen device, tokenizer, run.json) of --checkpoint."""
     from gpt2.tokenizer import get_tokenizer
     from .checkpoint import load_model_from_run
 
     device = cli.device_of(args)
-    ckpt = Path(args.checkpoint)
+    ckpt = Path(args.init)
     if not ckpt.is_dir():
-        raise FileNotFoundError(f"--checkpoint {ckpt}: no such folder")
-    run = read_json(_run_dir(ckpt) / "run.json")
+        raise FileNotFoundError(f"--init {ckpt}: no such folder")
+    run = read_json(run_dir_of(ckpt) / "run.json")
     model = load_model_from_run(ckpt, device=device)
     return model, get_tokenizer(), run
 
 
 def cmd_respond(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 1 or args.batch_size < 1:
-        raise cli.UsageError("--max-new-tokens and --batch-size must be at least 1")
+    if args.max_new_tokens < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise cli.UsageError("--max-new-tokens, --batch-size and --limit must be at least 1")
+    ckpt = Path(args.init)
+    name = args.split if args.data is None else Path(args.data).stem
+    out = Path(args.out) if args.out else run_dir_of(ckpt) / f"responses_{name}.json"
+    runfolder.check_output_file(out)  # before any work: a bad --out must not cost the answers
     model, tokenizer, run = _load(args)
     if args.data is not None:
         records = load_records(resolve_data(args.data), require_output=False)
-        name = Path(args.data).stem
     else:
         info = run.get("data")
         if not info:
-            raise cli.UsageError(f"{args.checkpoint} is not a tasks.instruct run: give --data FILE")
+            raise cli.UsageError(f"{args.init} is not a tasks.instruct run: give --data FILE")
         all_records = load_records(resolve_data(info["source"]))
         if len(all_records) != info["num_records"]:
             raise InstructionDataError(
                 f"{info['source']} now has {len(all_records)} records, but the run was trained on "
                 f"{info['num_records']}: the split cannot be recomputed; give --data FILE")
         train, val, test = split_records(all_records, info["split_seed"])
-        records, name = {"train": train, "val": val, "test": test}[args.split], args.split
+        records = {"train": train, "val": val, "test": test}[args.split]
     if args.limit is not None:
         records = records[:args.limit]
-    out = Path(args.out) if args.out else _run_dir(Path(args.checkpoint)) / f"responses_{name}.json"
 
     from tqdm import tqdm
-    answered = []
-    with tqdm(total=len(records), desc="responding", unit="record", disable=args.no_progress) as bar:
-        for start in range(0, len(records), args.batch_size):
+    # each answer is appended to OUT.partial.jsonl as it comes; a rerun with the same --out skips
+    # the records answered there, and OUT (the JSON list the judge reads) is written at the end
+    partial = out.with_name(out.name + ".partial.jsonl")
+    answered = read_jsonl(partial)
+    if [r["instruction"] for r in answered] != [r["instruction"] for r in records[:len(answered)]]:
+        raise cli.UsageError(f"{partial} holds answers to other records; delete it or choose another --out")
+    if answered:
+        print(f"{len(answered)} records already answered in {partial}; continuing")
+    with tqdm(total=len(records), initial=len(answered), desc="responding", unit="record",
+              disable=args.no_progress) as bar:
+        for start in range(len(answered), len(records), args.batch_size):
             batch = records[start:start + args.batch_size]
             for rec, answer in zip(batch, respond_batch(model, tokenizer, batch, args.max_new_tokens)):
                 answered.append({**rec, "model_response": answer})
+                append_jsonl(partial, answered[-1])
             bar.update(len(batch))
     write_json(out, answered)
+    partial.unlink()
     print(f"{len(answered)} responses written to {out}")
     return 0
 
@@ -426,7 +430,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("respond", help="answer a split (or a file) of records, saved as JSON")
-    r.add_argument("--checkpoint", required=True, help="run folder (or one checkpoint folder) of a train run")
+    cli.add_init_arg(r, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--split", choices=("train", "val", "test"), default="test",
                      help="the run's own split to answer (default: %(default)s)")
@@ -439,7 +443,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.set_defaults(func=cmd_respond)
 
     c = sub.add_parser("chat", help="answer instructions read from stdin, one per line")
-    c.add_argument("--checkpoint", required=True, help="run folder (or one checkpoint folder) of a train run")
+    cli.add_init_arg(c, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
     c.add_argument("--max-new-tokens", type=int, default=256, help="default: %(default)s")
     c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
     c.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
@@ -448,7 +452,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         q.add_argument("--backend", default="numpy", choices=("numpy", "cupy"),
                        help="numpy (CPU) or cupy (NVIDIA GPU) (default: %(default)s)")
     c.set_defaults(func=cmd_chat)
-    return p.parse_args(argv)
+    return cli.parse(p, argv)
 
 
 @cli.main_guard

@@ -40,6 +40,11 @@ class JudgeRequestError(RuntimeError):
     """A request to the judge failed for good (after any retries)."""
 
 
+class JudgeUnreachableError(JudgeRequestError):
+    """Nothing listens at the judge's address (connection refused, unknown host): no record can be
+    scored, so the run stops at once instead of failing every record after its retries."""
+
+
 class ScoreParseError(ValueError):
     """The judge's reply holds no integer score in 0..100."""
 
@@ -87,7 +92,7 @@ class JudgeClient:
     model: str
     api: str = "ollama"
     api_key: str | None = None  # sent as a Bearer token (OpenAI-compatible API only)
-    timeout: float = 60.0  # seconds per request
+    timeout: float = 60.0  # seconds a whole request may take (connect, send, every read)
     retries: int = 3  # extra attempts after the first, for retryable failures only
     backoff: float = 1.0  # seconds before the first retry; doubles after each one
     sleep: Callable[[float], None] = time.sleep
@@ -132,9 +137,10 @@ class JudgeClient:
         data = json.dumps(body).encode("utf-8")
         req = urllib.request.Request(url, data=data, method="POST",
                                      headers={"Content-Type": "application/json", **headers})
+        deadline = time.monotonic() + self.timeout
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
+                raw = self._read_until(resp, deadline)
         except urllib.error.HTTPError as err:
             msg = self._scrub(f"HTTP {err.code} {err.reason} from {url}")
             err.close()
@@ -146,6 +152,8 @@ class JudgeClient:
         except urllib.error.URLError as err:
             if isinstance(err.reason, (TimeoutError, socket.timeout)):
                 raise _RetryableError(f"no reply from {url} within {self.timeout:g} s") from None
+            if isinstance(err.reason, (ConnectionRefusedError, socket.gaierror)):
+                raise JudgeUnreachableError(self._scrub(f"cannot reach {url}: {err.reason}")) from None
             raise _RetryableError(self._scrub(f"cannot reach {url}: {err.reason}")) from None
         except (ConnectionError, http.client.HTTPException) as err:
             raise _RetryableError(self._scrub(f"connection to {url} failed: {err!r}")) from None
@@ -153,6 +161,16 @@ class JudgeClient:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise JudgeRequestError(f"the reply from {url} is not JSON") from None
+
+    def _read_until(self, resp, deadline: float) -> bytes:
+        """The body, read in chunks so that a server trickling bytes cannot outlast the deadline
+        (urllib's timeout bounds each read, not the whole request)."""
+        chunks = []
+        while chunk := resp.read1(1 << 16):  # what has arrived, at most one socket read
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise TimeoutError
+        return b"".join(chunks)
 
     def _reply_text(self, reply: Any) -> str:
         try:
@@ -215,17 +233,26 @@ class JudgeResult:
         return sum(values) / len(values) if values else None
 
 
-def judge_records(records: Sequence[dict], client: JudgeClient, progress: bool = True
-                  ) -> JudgeResult:
-    """Ask the judge about every record; a failure is recorded and the run goes on."""
+def judge_records(records: Sequence[dict], client: JudgeClient, progress: bool = True,
+                  done: Sequence[dict] = (), on_score: Callable[[dict], None] | None = None) -> JudgeResult:
+    """Ask the judge about every record after the `done` ones; a failed record is recorded and the
+    run goes on, but an unreachable judge stops it (JudgeUnreachableError). `on_score` sees each
+    new score as it comes (to append it to a file)."""
     from tqdm import tqdm
 
-    scores = []
-    for i, rec in enumerate(tqdm(records, desc="judging", unit="record", disable=not progress)):
-        score, error = None, None
-        try:
-            score = parse_score(client.ask(judge_prompt(rec)))
-        except (JudgeRequestError, ScoreParseError) as err:
-            error = str(err)
-        scores.append({"index": i, "score": score, "error": error})
+    scores = list(done)
+    with tqdm(total=len(records), initial=len(scores), desc="judging", unit="record",
+              disable=not progress) as bar:
+        for i in range(len(scores), len(records)):
+            score, error = None, None
+            try:
+                score = parse_score(client.ask(judge_prompt(records[i])))
+            except JudgeUnreachableError:
+                raise
+            except (JudgeRequestError, ScoreParseError) as err:
+                error = str(err)
+            scores.append({"index": i, "score": score, "error": error})
+            if on_score is not None:
+                on_score(scores[-1])
+            bar.update(1)
     return JudgeResult(scores)

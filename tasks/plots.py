@@ -67,3 +67,77 @@ def plot_confusion(matrix, labels: Sequence[str], path: str | os.PathLike, title
         ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_subject_accuracy(per_subject: dict[str, tuple[int, int]], path: str | os.PathLike,
+                          title: str = "", chance: float = 0.25) -> Path:
+    """One horizontal bar per subject (accuracy = correct / total), best at the top, with the
+    chance level and the overall accuracy as vertical lines."""
+    items = sorted(per_subject.items(), key=lambda kv: kv[1][0] / kv[1][1])
+    names = [s for s, _ in items]
+    accs = [c / n for _, (c, n) in items]
+    overall = sum(c for c, _ in per_subject.values()) / sum(n for _, n in per_subject.values())
+    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.22 * len(items)))
+    ax.barh(range(len(items)), accs, color="tab:blue")
+    ax.set_yticks(range(len(items)), names, fontsize=8)
+    ax.axvline(chance, color="gray", linestyle=":", label=f"chance ({chance:.0%})")
+    ax.axvline(overall, color="tab:red", linestyle="--", label=f"overall ({overall:.1%})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, len(items) - 0.4)
+    ax.set_xlabel("accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_grouped_bars(labels: Sequence[str], series: dict[str, Sequence[float]],
+                      path: str | os.PathLike, ylabel: str, title: str = "") -> Path:
+    """Bars for each label, one bar per series side by side (e.g. a token's probability at each
+    temperature); the labels are drawn as they are, so pass readable ones."""
+    n = len(series)
+    width = 0.8 / max(n, 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(labels) * max(n, 2) / 2 + 2), 4))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + (i - (n - 1) / 2) * width for j in range(len(labels))]
+        ax.bar(xs, values, width=width, label=name)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_loss_and_accuracy(evals: Sequence[dict], loss_keys: Sequence[str], accs: Sequence[dict],
+                           acc_keys: Sequence[str], path: str | os.PathLike, acc_label: str,
+                           chance: float | None = None) -> Path | None:
+    """Two panels against tokens seen: the losses on the left, accuracies (e.g. HellaSwag acc and
+    acc_norm, measured every N steps) on the right."""
+    evals = [e for e in evals if any(k in e for k in loss_keys)]
+    accs = [a for a in accs if any(k in a for k in acc_keys)]
+    if not accs:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+    for k in loss_keys:
+        pts = [(e["tokens_seen"], e[k]) for e in evals if k in e]
+        if pts:
+            left.plot(*zip(*pts), label=k.replace("_", " "), marker="o" if len(pts) < 30 else None,
+                      markersize=3)
+    left.set_xlabel("tokens seen")
+    left.set_ylabel("loss")
+    if evals:
+        left.legend()
+    for k in acc_keys:
+        pts = [(a["tokens_seen"], a[k]) for a in accs if k in a]
+        if pts:
+            right.plot(*zip(*pts), label=k.replace("_", " "), marker="o", markersize=3)
+    if chance is not None:
+        right.axhline(chance, color="gray", linestyle=":", label=f"chance ({chance:.0%})")
+    right.set_xlabel("tokens seen")
+    right.set_ylabel(acc_label)
+    right.legend()
+    fig.tight_layout()
+    return _save(fig, path)

@@ -7,6 +7,10 @@ position embeddings drawn from N(0, 1) (162M parameters). It memorises the text 
 below 1) while the validation loss stays near 6. `--tie-embeddings` builds
 GPT-2's own tied, N(0, 0.02) model instead, which on these 90 steps stays near the unigram loss
 (~6): see bench/results/pretrain_cpu.md.
+
+`--data DIR` trains on token shards from `python -m tasks.prepare` (or llm.c), memory-mapped and
+served by tasks.shards.ShardLoader; `--text`/`--dataset` are tokenized once into shards in the
+cache (tasks.data.text_shards) and served by the same loader, with the same batches as before.
 """
 from __future__ import annotations
 
@@ -21,11 +25,12 @@ import minigrad as mg
 import minigrad.distributed as dist
 import minigrad.functional as F
 
-from . import cli
+from . import cli, runfolder
 from .checkpoint import read_json, write_json
-from .data import DATASETS, make_pretrain_loaders, read_text
-from .plots import plot_curves
-from .train import Trainer, TrainConfig, check_world_size, mean_loss, read_metrics
+from .data import DATASETS, read_text, text_shards
+from .plots import plot_curves, plot_loss_and_accuracy
+from .shards import ShardLoader, find_shards
+from .train import Periodic, Trainer, TrainConfig, check_world_size, mean_loss, read_metrics
 
 SAMPLE_PROMPT = "Every effort moves you"
 # the manifest's raw-text entries (the others are labelled rows, JSON records or questions)
@@ -39,17 +44,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--dataset", default=None, help=f"a dataset of the manifest (default: the-verdict); "
                                                       f"known: {', '.join(TEXT_DATASETS)}")
     src.add_argument("--text", default=None, help="a UTF-8 text file to train on instead")
+    src.add_argument("--data", default=None, metavar="DIR",
+                     help="a folder of token shards from tasks.prepare (or llm.c's format); "
+                          "evaluation reads the first --eval-batches batches of its validation shard")
+    p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
+                   help="permute the shard order and the window order every epoch, from --seed; "
+                        "--no-shuffle reads in order, as llm.c (default: shuffle)")
     p.add_argument("--stride", type=int, default=None, help="window stride in tokens (default: the context)")
     p.add_argument("--train-frac", type=float, default=0.9, help="train share of the text (default: %(default)s)")
     p.add_argument("--sample-tokens", type=int, default=25, help="tokens of the greedy sample printed at each eval; 0 = none (default: %(default)s)")
+    p.add_argument("--hellaswag-every", type=int, default=0,
+                   help="score HellaSwag every N steps and plot it beside the loss; 0 = never "
+                        "(default: %(default)s)")
+    p.add_argument("--hellaswag-limit", type=int, default=None,
+                   help="score only its first M items (default: all 10,042)")
     cli.add_model_args(p, context_default=256, tie_default=False, embedding_std_default=1.0)
     cli.add_train_args(p, epochs=10, batch_size=2, lr=4e-4, eval_every=5, eval_batches=5, out="runs/pretrain")
-    args = p.parse_args(argv)
-    if args.dataset is None and args.text is None:
+    args = cli.parse(p, argv)
+    if args.dataset is None and args.text is None and args.data is None:
         args.dataset = "the-verdict"
     if args.dataset is not None and args.dataset not in TEXT_DATASETS:
         what = "not raw text" if args.dataset in DATASETS else "unknown"
         p.error(f"--dataset {args.dataset!r} is {what}; known text datasets: {', '.join(TEXT_DATASETS)}")
+    if args.hellaswag_every < 0 or (args.hellaswag_limit is not None and args.hellaswag_limit < 1):
+        p.error("--hellaswag-every must be >= 0 and --hellaswag-limit >= 1")
     return args
 
 
@@ -69,39 +87,55 @@ def greedy_sample(model, tokenizer, prompt: str, n: int) -> str:
 
 @cli.main_guard
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args, resuming = runfolder.start(parse_args(argv))
     device = cli.device_of(args)
     from gpt2.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer()
-    text = read_text(args.text if args.text else args.dataset)
     world = dist.world_size()
     if world > 1:
-        dist.check_same("the training text (sha256)", hashlib.sha256(text.encode()).hexdigest()[:16])
         dist.check_same("the command line", {k: v for k, v in cli.config_json(args).items()})
+    if args.data:
+        folder, what = Path(args.data), f"the {{}} shards of {args.data}"
+    else:  # raw text: tokenized once into the cache, then served like any prepared corpus
+        text = read_text(args.text or args.dataset)
+        if world > 1:
+            dist.check_same("the training text (sha256)", hashlib.sha256(text.encode()).hexdigest()[:16])
+        folder, what = text_shards(text, tokenizer, args.train_frac), "{} split"
+    val_paths, train_paths = find_shards(folder)
+    periodic = []
+    if args.hellaswag_every:  # load the items now: a missing file fails before any training
+        from .hellaswag import hellaswag_metrics, load_hellaswag
+        items = load_hellaswag(limit=args.hellaswag_limit)
+        periodic.append(Periodic("hellaswag", args.hellaswag_every,
+                                 lambda m: hellaswag_metrics(m, items, tokenizer)))
     model = cli.build_model(args)
     context = args.context or model.config.n_ctx
+    stride = args.stride or context
     # the loaders hand out GLOBAL batches (--batch-size rows for each rank); the Trainer gives
     # rank r its rows, so the sequences of a step do not depend on how they are split
-    train_loader, val_loader = make_pretrain_loaders(
-        text, tokenizer, context, args.stride or context, args.batch_size * world, seed=args.seed,
-        train_frac=args.train_frac)
+    train_loader = ShardLoader.from_files(train_paths, context, args.batch_size * world, stride=stride,
+                                          shuffle=args.shuffle, drop_last=True, seed=args.seed,
+                                          name=what.format("training"))
+    val_loader = ShardLoader.from_files(val_paths, context, args.batch_size * world, stride=stride,
+                                        shuffle=False, drop_last=False, seed=args.seed,
+                                        name=what.format("validation"))
     model.to(device)
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise cli.UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if args.resume and (out / "run.json").is_file():
+    if resuming and (out / "run.json").is_file():
         check_world_size(read_json(out / "run.json"), world, args.batch_size, args.grad_accum)
     dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
     if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args), "world_size": world,
-                                      "model_config": model.config.to_dict()})
+        if not resuming:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args), "world_size": world,
+                                          "model_config": model.config.to_dict(), "model_kind": "gpt2"})
         print(f"model: {model.num_parameters():,} parameters on {device}; "
               f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size * world}x{context} "
-              f"tokens" + (f" ({world} ranks x {args.batch_size})" if world > 1 else ""))
+              f"tokens" + (f" ({world} ranks x {args.batch_size})" if world > 1 else "")
+              + f" ({train_loader.num_tokens:,} / {val_loader.num_tokens:,} tokens in {folder})")
     if world > 1:
         # if a rank dies, mpiexec names its PID: this line says which rank that was
         pids = dist.allgather((os.getpid(), socket.gethostname()))
@@ -114,12 +148,17 @@ def main(argv: list[str] | None = None) -> int:
                 "val_loss": mean_loss(m, val_loader, lm_loss, args.eval_batches)}
 
     def plot(run_dir):
-        plot_curves([r for r in read_metrics(run_dir) if r["type"] == "eval"], ["train_loss", "val_loss"],
-                    Path(run_dir) / "loss.png", "loss")
+        records = read_metrics(run_dir)
+        evals = [r for r in records if r["type"] == "eval"]
+        plot_curves(evals, ["train_loss", "val_loss"], Path(run_dir) / "loss.png", "loss")
+        plot_loss_and_accuracy(evals, ["train_loss", "val_loss"],
+                               [r for r in records if r["type"] == "hellaswag"],
+                               ["hellaswag_acc", "hellaswag_acc_norm"],
+                               Path(run_dir) / "loss_hellaswag.png", "HellaSwag accuracy", chance=0.25)
 
     trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
                       sample=(lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens))
-                      if args.sample_tokens > 0 else None,
+                      if args.sample_tokens > 0 else None, periodic=periodic,
                       plot=plot, data_parallel=True)
     return trainer.exit_code if trainer.run(args.resume) is None else 0
 

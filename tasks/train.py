@@ -19,17 +19,17 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
 import minigrad as mg
 import minigrad.distributed as dist
-from minigrad.io import atomic_write_text
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
 from .cli import TaskError
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .jsonl import append_jsonl, read_jsonl, rewrite_jsonl
 
 
 class NonFiniteLoss(TaskError):
@@ -83,6 +83,16 @@ def local_batch(batch):
     n = len(batch[0])
     sl = rank_rows(n)
     return type(batch)(a[sl] for a in batch), n
+
+
+@dataclass
+class Periodic:
+    """An extra evaluation every `every` updates and after the last (e.g. HellaSwag), logged as
+    {"type": name, "step", "epoch", "tokens_seen", **fn(model)}. It writes to the run folder, so
+    with data parallel it belongs to rank 0 alone."""
+    name: str
+    every: int
+    fn: Callable[[Any], dict[str, Any]]
 
 
 def mean_loss(model, loader, loss_fn: Callable, max_batches: int) -> float:
@@ -153,8 +163,9 @@ class Trainer:
     def __init__(self, model, train_loader, loss_fn: Callable, evaluate: Callable, run_dir: str | Path,
                  config: TrainConfig, sample: Callable | None = None,
                  tokens_in: Callable[[Any], int] = lambda b: int(b[0].size), plot: Callable | None = None,
-                 data_parallel: bool = False):
+                 periodic: Sequence[Periodic] = (), data_parallel: bool = False):
         config.check()
+        self.periodic = list(periodic)
         self.world, self.rank, self.main = dist.world_size(), dist.rank(), dist.is_main()
         if self.world > 1 and not data_parallel:
             raise TaskError(f"this task does not train on several processes yet (started on {self.world} "
@@ -224,22 +235,23 @@ class Trainer:
         if ckpt is None:
             return False
         state = load_checkpoint(ckpt, self.model, self.optimizer)
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.loader.load_state_dict(state["loader"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        mg.set_rng_state(state["rng"])
+        try:
+            self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+            self.loader.load_state_dict(state["loader"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            mg.set_rng_state(state["rng"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{ckpt / 'state.json'} lacks {e} or holds it in another shape; "
+                                  "the checkpoint cannot be resumed") from None
         if self.main and self.metrics_path.exists():  # a torn last line (killed mid-write) is dropped
-            kept = [r for r in read_metrics(self.run_dir) if r["step"] <= self.step]
-            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+            rewrite_jsonl(self.metrics_path, [r for r in read_metrics(self.run_dir) if r["step"] <= self.step])
         if self.main:
             tqdm.write(f"resumed from {ckpt} (step {self.step})")
         return True
 
     def _log(self, record: dict[str, Any]) -> None:
-        if not self.main:
-            return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.main:  # rank 0 alone writes the run folder
+            append_jsonl(self.metrics_path, record)
 
     # ------------------------------------------------------------ the loop
     def run(self, resume: bool, summary: bool = True) -> dict[str, Any] | None:
@@ -288,6 +300,9 @@ class Trainer:
                 self._log({"type": "step", "step": self.step, "loss": loss, "lr": self.optimizer.lr,
                            "tokens_seen": self.tokens_seen})
                 done = self.step >= self.total_steps
+                for extra in self.periodic:  # rank 0 alone (e.g. HellaSwag); the others wait for it
+                    if self.main and (self.step % extra.every == 0 or done):
+                        self._run_periodic(extra)
                 if self.step % cfg.eval_every == 0 or done:
                     now = time.perf_counter()
                     rate = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
@@ -356,6 +371,15 @@ class Trainer:
             f"loss is {value} at step {self.step + 1}; stopped. The last good checkpoint is "
             f"{latest_checkpoint(self.run_dir) or '(none yet)'}; try a lower --lr or --grad-clip")
 
+    def _run_periodic(self, extra: Periodic) -> None:
+        was_training = self.model.training
+        metrics = extra.fn(self.model)
+        self.model.train(was_training)
+        self._log({"type": extra.name, "step": self.step, "epoch": self.step / self.steps_per_epoch,
+                   "tokens_seen": self.tokens_seen, **metrics})
+        shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        tqdm.write(f"step {self.step} {extra.name}: {shown}")
+
     def _evaluate(self, tokens_per_s: float) -> dict[str, Any]:
         metrics = self.evaluate(self.model)  # every rank: mean_loss sums over them
         if not self.main:
@@ -378,15 +402,4 @@ class Trainer:
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of metrics.jsonl; a torn last line (the process died mid-write) is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:  # only the last line can be torn by a crash
-                raise ValueError(f"{path}, line {i + 1}: not a JSON record") from None
-    return records
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")

@@ -43,6 +43,30 @@ def needs_tokenizer():
         pytest.skip(str(err))
 
 
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size, read_only=False) -> a folder on a small tmpfs of its own (a full or read-only
+    disk, for real); skips where mounting is not allowed (not root). Unmounted afterwards."""
+    import shutil
+    import subprocess
+    mounted = []
+
+    def mount(size: str, read_only: bool = False):
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("mounting a tmpfs needs root")
+        mnt = tmp_path / f"tmpfs{len(mounted)}"
+        mnt.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)]).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     mg.manual_seed(0)

@@ -192,7 +192,7 @@ def test_tiny_run_learns_a_toy_task_and_predicts(tmp_path, capsys):
     # predict on the saved checkpoint gives the test accuracy that training reported
     test_rows = [line.split(",", 1) for line in (out / "test.csv").read_text().splitlines()[1:]]
     (tmp_path / "texts.txt").write_text("\n".join(text for _, text in test_rows) + "\n")
-    assert classify.main(["predict", "--checkpoint", str(out), "--file", str(tmp_path / "texts.txt")]) == 0
+    assert classify.main(["predict", "--init", str(out), "--file", str(tmp_path / "texts.txt")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 80
     labels = [line.split("\t")[0] for line in lines]
@@ -201,7 +201,7 @@ def test_tiny_run_learns_a_toy_task_and_predicts(tmp_path, capsys):
     accuracy = np.mean([got == want for got, (want, _) in zip(labels, test_rows)])
     assert accuracy == pytest.approx(results["after"]["test"]["accuracy"])
 
-    assert classify.main(["predict", "--checkpoint", str(out), "ok see you at lunch prize",
+    assert classify.main(["predict", "--init", str(out), "ok see you at lunch prize",
                           "thanks see you tomorrow"]) == 0
     assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == ["spam", "ham"]
 
@@ -239,7 +239,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "skipped" in err and "2 malformed" in err and "line 1" in err and "line 102" in err
     # the run folder is taken now
     assert "already holds a run" in _fails(capsys, ["train", "--data", str(bad), *TINY, *out])
-    assert "no such run folder" in _fails(capsys, ["predict", "--checkpoint", str(tmp_path / "nope"), "hi"])
+    assert "no such run folder" in _fails(capsys, ["predict", "--init", str(tmp_path / "nope"), "hi"])
 
 
 def test_unknown_option_exits_2_without_traceback():

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import gpt2
 import minigrad as mg
 from tasks import evaluate, judge, mmlu
 
@@ -25,7 +26,8 @@ class _JudgeHandler(BaseHTTPRequestHandler):
 
     What it answers depends on the record: the server's script maps a marker found in the prompt
     (the record's model_response) to a list of actions, one per request; the last one repeats.
-    An action is ("reply", text), ("status", code), ("slow", seconds, text) or ("raw", bytes).
+    An action is ("reply", text), ("status", code), ("slow", seconds, text), ("raw", bytes) or
+    ("trickle", seconds, n): n bytes, one at a time.
     """
 
     def do_POST(self):
@@ -42,6 +44,18 @@ class _JudgeHandler(BaseHTTPRequestHandler):
             return self._send(action[1], b'{"error": "server trouble"}')
         if kind == "raw":
             return self._send(200, action[1])
+        if kind == "trickle":  # ("trickle", seconds between bytes, number of bytes)
+            self.send_response(200)
+            self.send_header("Content-Length", str(action[2]))
+            self.end_headers()
+            try:
+                for _ in range(action[2]):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(action[1])
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return
         if kind == "slow":
             time.sleep(action[1])
         text = action[-1]
@@ -250,17 +264,50 @@ def test_slow_reply_times_out_and_counts_as_failed(judge_server, tmp_path, capsy
     assert "failed: 1" in stdout
 
 
-def test_unreachable_server_fails_every_record_with_exit_1(judge_server, tmp_path, capsys):
+def test_unreachable_server_stops_at_once_with_one_clear_error(judge_server, tmp_path, capsys):
     srv, url = judge_server("ollama", {"resp-0": [("reply", "1")]})
     srv.shutdown()
     srv.server_close()  # nothing listens on that port any more
     out = tmp_path / "s.json"
-    code, stdout, _ = _run_judge(capsys, "--responses", _write(tmp_path, _records(2)), "--url", url,
-                                 "--model", "m", "--out", out, "--retries", "1", "--backoff", "0")
-    assert code == 1 and "mean score: n/a" in stdout
+    start = time.monotonic()
+    code, stdout, stderr = _run_judge(capsys, "--responses", _write(tmp_path, _records(5)), "--url", url,
+                                      "--model", "m", "--out", out, "--retries", "3", "--backoff", "5")
+    assert time.monotonic() - start < 3.0  # no backoff: refused is not worth another try
+    assert code == 2 and "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "cannot reach" in lines[0] and "refused" in lines[0].lower(), stderr
+    assert not out.exists()
+
+
+def test_scores_are_kept_as_they_come_and_a_rerun_continues(judge_server, tmp_path, capsys):
+    srv, url = judge_server("ollama", {f"resp-{i}": [("reply", str(10 * i))] for i in range(4)})
+    out = tmp_path / "s.json"
+    partial = tmp_path / "s.json.partial.jsonl"
+    # what an interrupted run leaves: two scores, the second line torn
+    partial.write_text(json.dumps({"index": 0, "score": 77, "error": None}) + "\n" + '{"index": 1, "sc')
+    code, stdout, _ = _run_judge(capsys, "--responses", _write(tmp_path, _records(4)), "--url", url,
+                                 "--model", "m", "--out", out)
+    assert code == 0 and "1 records already scored" in stdout
     saved = json.loads(out.read_text())
-    assert saved["scored"] == 0 and saved["failed"] == 2
-    assert all("cannot reach" in s["error"] for s in saved["scores"])
+    assert [s["score"] for s in saved["scores"]] == [77, 10, 20, 30]
+    assert len(srv.requests) == 3 and not partial.exists()
+
+
+def test_an_unwritable_out_is_refused_before_any_request(judge_server, tmp_path, capsys):
+    srv, url = judge_server("ollama", {"resp-0": [("reply", "1")]})
+    (tmp_path / "afile").write_text("")
+    code, _, stderr = _run_judge(capsys, "--responses", _write(tmp_path, _records(1)), "--url", url,
+                                 "--model", "m", "--out", tmp_path / "afile" / "s.json")
+    assert code == 2 and "is a file" in stderr and not srv.requests
+
+
+def test_timeout_bounds_the_whole_request(judge_server):
+    srv, url = judge_server("ollama", {"resp-0": [("trickle", 0.2, 40)]})  # 40 bytes, one every 0.2 s
+    client = judge.JudgeClient(url, "m", timeout=1.0, retries=0)
+    start = time.monotonic()
+    with pytest.raises(judge.JudgeRequestError, match="within 1 s"):
+        client.ask("resp-0")
+    assert time.monotonic() - start < 3.0
 
 
 def test_reply_that_is_not_json_counts_as_failed(judge_server):
@@ -489,7 +536,7 @@ def test_mmlu_command_with_rigged_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(evaluate, "load_tokenizer", lambda: tok)
     monkeypatch.setattr(evaluate, "load_model", lambda args: model)
     out = tmp_path / "mmlu.json"
-    code = evaluate.main(["mmlu", "--weights", "124M", "--data", str(data), "--limit", "3",
+    code = evaluate.main(["mmlu", "--init", "124M", "--data", str(data), "--limit", "3",
                           "--out", str(out), "--no-progress"])
     stdout = capsys.readouterr().out
     assert code == 0 and "overall" in stdout and "100.00%" in stdout
@@ -498,17 +545,45 @@ def test_mmlu_command_with_rigged_model(tmp_path, capsys, monkeypatch):
     assert saved["subjects"]["anatomy"] == {"correct": 3, "total": 3, "accuracy": 1.0}
 
 
+def test_mmlu_answers_are_kept_as_they_come_and_a_rerun_continues(tmp_path, capsys, monkeypatch):
+    data = _mmlu_file(tmp_path, ANSWERS)
+    tok = FakeTokenizer()
+    model = _rigged(mmlu.load_mmlu(data), tok, shots=0)
+    monkeypatch.setattr(evaluate, "load_tokenizer", lambda: tok)
+    monkeypatch.setattr(evaluate, "load_model", lambda args: model)
+    out = tmp_path / "mmlu.json"
+    partial = tmp_path / "mmlu.json.partial.jsonl"
+    # an interrupted run's answers: the first anatomy question recorded as wrong, then a torn line
+    partial.write_text(json.dumps({"subject": "anatomy", "index": 0, "correct": False}) + "\n" + '{"subj')
+    code = evaluate.main(["mmlu", "--init", "124M", "--data", str(data), "--limit", "3",
+                          "--out", str(out), "--no-progress"])
+    assert code == 0 and "1 questions already answered" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["subjects"]["anatomy"] == {"correct": 2, "total": 3, "accuracy": 2 / 3}
+    assert len(model.grad_enabled_seen) == 5 and not partial.exists()  # 6 questions, 1 kept
+
+
+def test_mmlu_max_context_longer_than_the_model_is_refused(tmp_path, capsys, monkeypatch):
+    data = _mmlu_file(tmp_path, ANSWERS)
+    monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
+    monkeypatch.setattr(evaluate, "load_model", lambda args: gpt2.GPT2(gpt2.GPT2Config(
+        vocab_size=16, n_ctx=32, n_embd=8, n_layer=1, n_head=2)))
+    assert evaluate.main(["mmlu", "--init", "124M", "--data", str(data), "--max-context", "5000"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-context 5000 is longer than the model's context of 32" in err and "Traceback" not in err
+
+
 def test_mmlu_command_errors_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MINIGRAD_DATA_DIR", str(tmp_path / "empty-cache"))
-    assert evaluate.main(["mmlu", "--weights", "124M"]) == 2  # MMLU not in the cache
+    assert evaluate.main(["mmlu", "--init", "124M"]) == 2  # MMLU not in the cache
     assert "mmlu.jsonl" in capsys.readouterr().err
 
-    # no tasks.checkpoint module: a clear "not available yet", not an ImportError traceback
-    monkeypatch.setitem(sys.modules, "tasks.checkpoint", None)
+    # a folder with no model in it: one clear line, not a traceback
     monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
     data = _mmlu_file(tmp_path, ANSWERS)
-    assert evaluate.main(["mmlu", "--checkpoint", str(tmp_path), "--data", str(data)]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert evaluate.main(["mmlu", "--init", str(tmp_path), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the model" in err and "Traceback" not in err
 
 
 @pytest.mark.usefixtures("needs_tokenizer")
@@ -526,7 +601,7 @@ def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
     checkpoint.write_json(run / "run.json", {"model_config": config.to_dict()})
     data = _mmlu_file(tmp_path, ANSWERS)
     out = tmp_path / "mmlu.json"
-    code = evaluate.main(["mmlu", "--checkpoint", str(run), "--data", str(data), "--limit", "2",
+    code = evaluate.main(["mmlu", "--init", str(run), "--data", str(data), "--limit", "2",
                           "--subjects", "anatomy", "--out", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
 
@@ -543,17 +618,17 @@ def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["subjects"] == {"anatomy": {"correct": correct, "total": 2,
                                              "accuracy": correct / 2}}
-    assert saved["max_context"] == 32 and saved["checkpoint"] == str(run)
+    assert saved["max_context"] == 32 and saved["init"] == str(run)
 
 
 def test_mmlu_command_without_a_checkpoint_exits_2(tmp_path, capsys, monkeypatch):
     pytest.importorskip("tasks.checkpoint")
     monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
     data = _mmlu_file(tmp_path, ANSWERS)
-    assert evaluate.main(["mmlu", "--checkpoint", str(tmp_path / "nothing"),
+    assert evaluate.main(["mmlu", "--init", str(tmp_path / "nothing"),
                           "--data", str(data)]) == 2
     err = capsys.readouterr().err
-    assert "cannot load the model" in err and "Traceback" not in err
+    assert "nor an existing file or folder" in err and "Traceback" not in err
 
 
 def test_classifier_like_output_is_a_clear_error(tmp_path):

@@ -301,7 +301,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_streams_text_from_a_run_folder(tmp_path):
     save_tiny_run(tmp_path / "run")
     png = tmp_path / "attn.png"
-    r = run_cli("--weights", str(tmp_path / "run"), "--prompt", "Every effort moves you",
+    r = run_cli("--init", str(tmp_path / "run"), "--prompt", "Every effort moves you",
                 "--max-new-tokens", "8", "--temperature", "0.8", "--top-k", "40", "--top-p", "0.95",
                 "--attention-map", str(png), "--layer", "0", "--head", "1")
     assert r.returncode == 0, r.stderr
@@ -318,7 +318,7 @@ def test_cli_reads_a_saved_weights_folder(tmp_path):
         pytest.skip("gpt2.weights has no save_pretrained")
     mg.manual_seed(0)
     weights.save_pretrained(GPT2(GPT2Config(n_ctx=32, n_embd=16, n_layer=1, n_head=2)), tmp_path / "tiny")
-    r = run_cli("--weights", str(tmp_path / "tiny"), "--prompt", "Hello", "--max-new-tokens", "5",
+    r = run_cli("--init", str(tmp_path / "tiny"), "--prompt", "Hello", "--max-new-tokens", "5",
                 "--no-cache")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Hello") and len(r.stdout) > len("Hello\n")
@@ -336,7 +336,7 @@ def test_cli_matches_the_library(tmp_path, capsys, monkeypatch, extra):
     mg.manual_seed(0)
     model = GPT2(GPT2Config(n_ctx=64, n_embd=16, n_layer=1, n_head=2))
     monkeypatch.setattr(gpt2, "from_pretrained", lambda name, device="cpu", **kw: model)
-    code = cli_generate.main(["--weights", "124M", "--prompt", "Hello there", "--max-new-tokens", "6",
+    code = cli_generate.main(["--init", "124M", "--prompt", "Hello there", "--max-new-tokens", "6",
                               "--ignore-eos", *extra])
     assert code == 0
     tok = get_tokenizer()
@@ -350,7 +350,7 @@ def test_cli_matches_the_library(tmp_path, capsys, monkeypatch, extra):
     ["--top-p", "1.5"],
     ["--top-k", "0"],
     ["--backend", "tpu"],
-    ["--weights", "/no/such/weights.safetensors"],
+    ["--init", "/no/such/weights.safetensors"],
     ["--attention-map", "out.txt"],
 ])
 def test_cli_bad_arguments_exit_2(args):
@@ -362,7 +362,7 @@ def test_cli_bad_arguments_exit_2(args):
 @pytest.mark.usefixtures("needs_tokenizer")
 def test_cli_bad_layer_exits_2(tmp_path):
     save_tiny_run(tmp_path / "run")
-    r = run_cli("--weights", str(tmp_path / "run"), "--attention-map", str(tmp_path / "a.png"),
+    r = run_cli("--init", str(tmp_path / "run"), "--attention-map", str(tmp_path / "a.png"),
                 "--layer", "3")
     assert r.returncode == 2 and "layers 0..0" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "a.png").exists()

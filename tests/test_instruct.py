@@ -161,7 +161,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     for args in (["train", *TINY, "--data", bad, "--out", tmp_path / "r1"],
                  ["train", *TINY, "--data", notjson, "--out", tmp_path / "r2"],
                  ["train", *TINY, "--data", tmp_path / "missing.json", "--out", tmp_path / "r3"],
-                 ["respond", "--checkpoint", tmp_path / "nothing"]):
+                 ["respond", "--init", tmp_path / "nothing"]):
         r = _run(*args)
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
@@ -188,10 +188,23 @@ def test_train_respond_and_chat(tmp_path, data_file):
     assert info["split"] == {"train": 34, "val": 2, "test": 4} and info["split_seed"] is None
 
     out = tmp_path / "responses.json"
-    _ok("respond", "--checkpoint", run, "--out", out, "--max-new-tokens", "4", "--no-progress")
+    _ok("respond", "--init", run, "--out", out, "--max-new-tokens", "4", "--no-progress")
     answered = json.loads(out.read_text())
     assert [a["instruction"] for a in answered] == [r["instruction"] for r in split_records(_records())[2]]
     assert all(isinstance(a["model_response"], str) for a in answered)
+    # interrupted after one answer (and mid-way through writing a second): the rerun keeps the first
+    partial = tmp_path / "again.json.partial.jsonl"
+    partial.write_text(json.dumps({**answered[0], "model_response": "KEPT"}) + "\n" + '{"instruction": "Na')
+    r = _ok("respond", "--init", run, "--out", tmp_path / "again.json", "--max-new-tokens", "4",
+            "--no-progress")
+    assert "1 records already answered" in r.stdout
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again == [{**answered[0], "model_response": "KEPT"}] + answered[1:]
+    assert not partial.exists()
+    # a --out that cannot be written is refused before any answer is computed
+    (tmp_path / "afile").write_text("")
+    r = _run("respond", "--init", run, "--out", tmp_path / "afile" / "r.json")
+    assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
 
     # chat prints, for each line, exactly the greedy tokens generate() gives (then a newline)
     from gpt2.generate import generate
@@ -204,7 +217,7 @@ def test_train_respond_and_chat(tmp_path, data_file):
         ids = tok.encode_ordinary(format_prompt({"instruction": line}))
         new = [int(t) for t in generate(model, [ids], 5, eos_id=EOT_ID)[0, len(ids):]]
         expected += tok.decode(new[:new.index(EOT_ID)] if EOT_ID in new else new) + "\n"
-    r = _ok("chat", "--checkpoint", run, "--max-new-tokens", "5", stdin="\n".join(lines) + "\n")
+    r = _ok("chat", "--init", run, "--max-new-tokens", "5", stdin="\n".join(lines) + "\n")
     assert r.stdout == expected and r.stdout.count("\n") >= 2
 
 
@@ -248,6 +261,6 @@ def test_lora_trains_only_the_adapters(tmp_path, data_file):
     model = load_model_from_run(run)
     assert sum(isinstance(m, nn.LoRALinear) for m in model.modules()) == 8
     out = tmp_path / "r.json"
-    _ok("respond", "--checkpoint", run, "--split", "val", "--out", out, "--max-new-tokens", "2",
+    _ok("respond", "--init", run, "--split", "val", "--out", out, "--max-new-tokens", "2",
         "--no-progress")
     assert len(json.loads(out.read_text())) == 2

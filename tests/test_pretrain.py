@@ -132,7 +132,7 @@ def test_existing_run_without_resume_is_refused(tmp_path):
     (["--dataset", "nope"], "'nope' is unknown; known text datasets: the-verdict, tinyshakespeare"),
     (["--dataset", "sms-spam"], "'sms-spam' is not raw text"),
     (["--text", "/nonexistent/file.txt"], "/nonexistent/file.txt"),
-    (["--backend", "cupy"], "cupy"),
+    (["--backend", "cupy"], "GPU"),  # without CuPy, or with CuPy but no GPU or driver
     (["--context", "4096"], "context"),
     (["--tie-embeddings", "--embedding-std", "1"], "scale the logits"),
     (["--embedding-std", "0"], "must be positive"),

@@ -1,0 +1,136 @@
+"""Starting or resuming a run folder, the one way every training task does it.
+
+    args = cli.parse(parser, argv)              # remembers which flags were typed
+    args, resuming = runfolder.start(args)      # checks everything; creates nothing
+    ...                                         # build the model, the data
+    if not resuming:
+        write_json(out / "run.json", ...)       # written once, before the first step
+
+`--out R --resume` needs no other flag: the run's own arguments come back from `R/run.json`.
+A typed flag that would change the run (lr, model, data, seed, batch, schedule, ...) is refused
+with both values named, and run.json is left byte for byte as it was. Extending a run
+(`--max-steps`, `--epochs`) is allowed where the schedule is defined past its end (constant
+learning rate); each extension is appended to run.json's `history`, never written over `args`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import read_json, write_json
+from .cli import UsageError
+
+# Flags that say how to run, not what the run is: free to differ on --resume.
+HOW_TO_RUN = {"out", "resume", "no_progress", "backend", "keep", "eval_every", "eval_batches",
+              "sample_tokens"}
+# Flags that extend a run; allowed on --resume where the learning rate schedule permits.
+EXTENSIONS = {"max_steps", "epochs"}
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric flag in range, before anything is read or written."""
+    at_least_1 = ("epochs", "batch_size", "grad_accum", "eval_every", "eval_batches", "max_steps",
+                  "n_layer", "n_head", "n_embd", "context", "keep", "max_length", "report_batches",
+                  "lora_rank", "stride")
+    for name in at_least_1:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in ("weight_decay", "warmup", "min_lr", "grad_clip", "sample_tokens"):
+        value = getattr(args, name, None)
+        if value is not None and (value < 0 or not math.isfinite(value)):
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 0, got {value}")
+    lr = getattr(args, "lr", None)
+    if lr is not None and not (lr > 0 and math.isfinite(lr)):
+        raise UsageError(f"--lr must be positive, got {lr}")
+    dropout = getattr(args, "dropout", None)
+    if dropout is not None and not 0 <= dropout < 1:
+        raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
+
+
+def check_out(out: Path, resume: bool) -> None:
+    """--out can be created and written, and holds no other run unless --resume."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {existing} is not writable (read-only or no permission)")
+
+
+def check_output_file(path: Path) -> None:
+    """An output file can be written: not a folder, and its folder exists or can be created."""
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a folder; give a file name")
+    check_out(path.parent, resume=True)
+
+
+def effective_args(run: dict[str, Any]) -> dict[str, Any]:
+    """run.json's arguments with every recorded extension applied, oldest first."""
+    args = dict(run["args"])
+    for entry in run.get("history", []):
+        args.update(entry.get("changed", {}))
+    return args
+
+
+def _extension_refused(saved: dict[str, Any], changes: dict[str, Any], run_dir: Path) -> str | None:
+    if saved.get("schedule", "constant") != "constant" and changes:
+        return (f"this run's {saved['schedule']} schedule is fixed by its length "
+                f"(--max-steps {saved.get('max_steps')}, --epochs {saved.get('epochs')}); extending it would "
+                f"change the learning rate of steps already taken. Start a new run from it with "
+                f"--init {run_dir} instead")
+    return None
+
+
+def start(args: argparse.Namespace) -> tuple[argparse.Namespace, bool]:
+    """Validate a training task's arguments and, for --resume, merge them with the run's own.
+
+    Returns (arguments to use, whether an existing run is resumed). Creates nothing."""
+    out = Path(args.out)
+    check_numbers(args)
+    check_out(out, args.resume)
+    run_json = out / "run.json"
+    if not (args.resume and run_json.is_file()):
+        if args.resume:
+            print(f"note: {out} holds no run yet; starting a new one")
+        return args, False
+
+    run = read_json(run_json)
+    if not isinstance(run, dict) or not isinstance(run.get("args"), dict):
+        raise UsageError(f"{run_json} has no 'args': not a run folder of these tasks")
+    saved = effective_args(run)
+    typed = getattr(args, "typed", set())
+    changes: dict[str, Any] = {}
+    for name in sorted(typed - HOW_TO_RUN):
+        new, old = getattr(args, name), saved.get(name)
+        if new == old:
+            continue
+        if name not in EXTENSIONS:
+            raise UsageError(f"--{name.replace('_', '-')} {new} differs from this run's {old}; --resume "
+                             f"continues the run as it was (drop the flag, or start a new run with --init {out})")
+        changes[name] = new
+    refused = _extension_refused(saved, changes, out)
+    if refused:
+        raise UsageError(refused)
+
+    merged = argparse.Namespace(**vars(args))
+    for name, value in saved.items():
+        if name in ("out", "resume") or name in changes or (name in HOW_TO_RUN and name in typed):
+            continue  # the folder is where it is now, whatever its old path was
+        setattr(merged, name, value)
+    check_numbers(merged)
+    if changes:
+        history = run.get("history", []) + [{"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changes}]
+        write_json(run_json, {**run, "history": history})
+        print("extending the run: " + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} -> {v}"
+                                                for k, v in changes.items()))
+    return merged, True
