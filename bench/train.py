@@ -216,6 +216,17 @@ def _median(xs: list[float]) -> float:
     return float(np.median(xs))
 
 
+def _combine(results: list[dict]) -> dict:
+    """One framework's repeats as one result: the first run's losses and breakdown, each run's
+    median step time in `repeat_times`, the worst load and peak memory."""
+    out = dict(results[0])
+    out["repeat_times"] = [_median(r["times"][1:]) for r in results]
+    out["peak_rss_mib"] = max(r["peak_rss_mib"] for r in results)
+    loads = [r["load"] for r in results if r["load"] is not None]
+    out["load"] = max(loads) if loads else None
+    return out
+
+
 def _pct(share: float | None) -> str:
     return "?" if share is None else f"{100 * share:.0f}%"
 
@@ -223,7 +234,7 @@ def _pct(share: float | None) -> str:
 def render(args, job: dict, n_params: int, mg_res: dict, th_res: dict, info: dict[str, str]) -> tuple[str, bool]:
     B, T = job["B"], job["T"]
     tokens = B * T
-    t_mg, t_th = _median(mg_res["times"][1:]), _median(th_res["times"][1:])
+    t_mg, t_th = _median(mg_res["repeat_times"]), _median(th_res["repeat_times"])
     gpu = job["device"] == "cuda"
     rows = [["time per step, median (s)", f"{t_mg:.3f}", f"{t_th:.3f}", f"{t_mg / t_th:.2f}x"],
             ["tokens/s", f"{tokens / t_mg:.0f}", f"{tokens / t_th:.0f}", f"{t_th / t_mg:.2f}x"],
@@ -261,6 +272,14 @@ def render(args, job: dict, n_params: int, mg_res: dict, th_res: dict, info: dic
                 f"{'on' if mg_res.get('fused', True) else 'off (MINIGRAD_FUSED=0)'}.", ""] if gpu else []),
              f"PyTorch: {th_res.get('threads', '?')} threads. Ratio below 1 in time (above 1 in tokens/s): "
              "minigrad is faster. PyTorch's peak RSS includes its own libraries (a few hundred MiB).", ""]
+    if len(mg_res["repeat_times"]) > 1:
+        reps = [[i + 1, f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}x"]
+                for i, (a, b) in enumerate(zip(mg_res["repeat_times"], th_res["repeat_times"]))]
+        ratios = [a / b for a, b in zip(mg_res["repeat_times"], th_res["repeat_times"])]
+        lines += [f"{len(reps)} repeats, the two frameworks interleaved (odd repeats minigrad first, even "
+                  f"ones PyTorch first); the table above gives the median of the repeats' medians. "
+                  f"Median of the per-repeat ratios: {_median(ratios):.2f}x.", "",
+                  markdown_table(["repeat", "minigrad s/step", "PyTorch s/step", "ratio"], reps), ""]
     note = load_note(max(mg_res["load"] or 0.0, th_res["load"] or 0.0))
     if note:
         lines += [note, ""]
@@ -323,6 +342,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=123, help="default: %(default)s")
     p.add_argument("--peak-tflops", type=float, help="the GPU's peak float32 TFLOP/s, for MFU (cupy)")
     p.add_argument("--no-profile", action="store_true", help="skip the per-op breakdown")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run both frameworks this many times, alternating which goes first; the time "
+                        "is the median over repeats of each run's median (on a shared machine use 3 "
+                        "or more) (default: %(default)s)")
     p.add_argument("--out", help="markdown file (default: bench/results/train_cpu.md or train_cuda.md; "
                                  "sizes other than 124M add _<size>)")
     p.add_argument("--worker", nargs=2, metavar=("KIND", "JOB"), help=argparse.SUPPRESS)
@@ -371,10 +394,16 @@ def main(argv: list[str] | None = None) -> int:
         job_path.write_text(json.dumps(job))
         print(f"drawing the initial weights ({args.size}) ...", file=sys.stderr)
         n_params = run_worker("init", job_path)["n_params"]
-        print(f"minigrad: {args.steps} steps of {B} x {T} tokens", file=sys.stderr)
-        mg_res = run_worker("minigrad", job_path)
-        print(f"PyTorch: {args.steps} steps of {B} x {T} tokens", file=sys.stderr)
-        th_res = run_worker("torch", job_path)
+        runs: dict[str, list[dict]] = {"minigrad": [], "torch": []}
+        for rep in range(args.repeats):
+            # interleaved: the load of a shared machine drifts, so neither side always goes first
+            order = ("minigrad", "torch") if rep % 2 == 0 else ("torch", "minigrad")
+            job_path.write_text(json.dumps(dict(job, profile=job["profile"] and rep == 0)))
+            for kind in order:
+                print(f"{kind} (repeat {rep + 1}/{args.repeats}): {args.steps} steps of {B} x {T} tokens",
+                      file=sys.stderr)
+                runs[kind].append(run_worker(kind, job_path))
+        mg_res, th_res = _combine(runs["minigrad"]), _combine(runs["torch"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text, ok = render(args, job, n_params, mg_res, th_res, info)

@@ -51,10 +51,22 @@ class Linear(Function):
         gx = gw = None
         if need[0]:
             gx = (g2 @ (w if ctx.transposed else w.T)).reshape(ctx.x_shape)
+        # an optimizer's flat gradient buffer may be offered for w and b (see Tensor.backward)
+        dest = ctx.grad_out or (None, None, None)
+        xp = array_module(g2)
         if need[1]:
-            gw = g2.T @ x2 if ctx.transposed else x2.T @ g2
-        gb = g2.sum(axis=0) if len(need) > 2 and need[2] else None
+            a, c = (g2.T, x2) if ctx.transposed else (x2.T, g2)
+            gw = xp.matmul(a, c, out=dest[1]) if _fits(dest[1], a.shape[0], c.shape[1], g2.dtype) else a @ c
+        gb = None
+        if len(need) > 2 and need[2]:
+            gb = g2.sum(axis=0, out=dest[2]) if _fits(dest[2], g2.shape[1], None, g2.dtype) else g2.sum(axis=0)
         return gx, gw, gb
+
+
+def _fits(dest, rows: int, cols: int | None, dtype) -> bool:
+    """Whether an offered output array has the result's shape and dtype."""
+    shape = (rows,) if cols is None else (rows, cols)
+    return dest is not None and dest.shape == shape and dest.dtype == dtype
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None = None, transposed: bool = False) -> Tensor:

@@ -25,19 +25,33 @@ def _unique(params: Iterable[Tensor]) -> list[Tensor]:
 
 
 class Optimizer:
+    """Holds the parameter groups and, for the parameters it trains, one FlatParameters: all
+    their arrays back to back in `flat.data`, their gradients in `flat.grad` (the Parameters
+    become views), so that an update, a clip or an all-reduce is one pass over one array.
+    Groups are contiguous ranges of the flat arrays (`group_ranges`)."""
+
     def __init__(self, params: Iterable[Tensor], defaults: dict[str, Any]):
         params = list(params)
         if params and isinstance(params[0], dict):  # parameter groups, as in PyTorch
             groups = [dict(defaults, **g) for g in params]
         else:
             groups = [dict(defaults, params=params)]
-        for g in groups:
-            g["params"] = _unique(g["params"])
+        seen: set[int] = set()
+        for g in groups:  # a parameter belongs to one group (its first)
+            g["params"] = [p for p in _unique(g["params"]) if id(p) not in seen]
+            seen.update(id(p) for p in g["params"])
         if not any(g["params"] for g in groups):
             raise ValueError("optimizer got an empty parameter list")
         self.param_groups = groups
         self.state: dict[int, dict[str, Any]] = {}
         self.step_count = 0
+        from .nn import FlatParameters
+        self.flat = FlatParameters(self.params)
+        self.group_ranges, i = [], 0
+        for g in groups:
+            self.group_ranges.append((self.flat.offsets[i], self.flat.offsets[i + len(g["params"])]))
+            i += len(g["params"])
+        self._flat_state: dict[str, Any] = {}
 
     @property
     def params(self) -> list[Tensor]:
@@ -53,8 +67,38 @@ class Optimizer:
             g["lr"] = value
 
     def zero_grad(self) -> None:
+        """Forget the gradients (the flat buffer is not cleared: the next backward overwrites
+        each parameter's view, so zeroing costs nothing)."""
         for p in self.params:
             p.grad = None
+
+    def flat_state(self, name: str):
+        """A per-parameter state (exp_avg, ...) as one flat array, zeros at first; self.state
+        holds each parameter's view of it, as PyTorch's per-parameter state."""
+        if name not in self._flat_state:
+            xp = backend.array_module(self.flat.data)
+            arr = xp.zeros_like(self.flat.data)
+            for p, lo, hi in zip(self.flat.params, self.flat.offsets, self.flat.offsets[1:]):
+                st = self.state.setdefault(id(p), {})
+                view = arr[lo:hi].reshape(p.shape)
+                if name in st:  # loaded from a checkpoint before the flat array existed
+                    view[...] = st[name]
+                st[name] = view
+            self._flat_state[name] = arr
+        return self._flat_state[name]
+
+    def _segments(self) -> list[tuple[dict[str, Any], int, int]]:
+        """(group, lo, hi): the flat ranges to update, one per group when every parameter has
+        a gradient; parameters without one are skipped, as PyTorch does."""
+        self.flat.check_intact()
+        runs = self.flat.gather_grads()
+        out = []
+        for g, (glo, ghi) in zip(self.param_groups, self.group_ranges):
+            for lo, hi in runs:
+                lo, hi = max(lo, glo), min(hi, ghi)
+                if lo < hi:
+                    out.append((g, lo, hi))
+        return out
 
     # ------------------------------------------------------------ state for exact resume
     def state_dict(self) -> dict[str, Any]:
@@ -74,11 +118,7 @@ class Optimizer:
         meta, arrays = state["meta"], state["arrays"]
         if len(meta["groups"]) != len(self.param_groups):
             raise ValueError("optimizer state has a different number of parameter groups")
-        for g, saved in zip(self.param_groups, meta["groups"]):
-            for k, v in saved.items():
-                g[k] = tuple(v) if isinstance(v, list) else v
-        self.step_count = int(meta["step_count"])
-        self.state = {}
+        loaded: dict[int, dict[str, Any]] = {}
         for key, value in arrays.items():
             i, name = key.split(".", 1)
             i = int(i)
@@ -87,7 +127,14 @@ class Optimizer:
             p = params[i]
             if tuple(value.shape) != p.shape:
                 raise ValueError(f"optimizer state {key} has shape {tuple(value.shape)}, parameter has {p.shape}")
-            self.state.setdefault(id(p), {})[name] = backend.to_device(value, p.device).astype(p.dtype)
+            loaded.setdefault(id(p), {})[name] = backend.to_device(value, p.device).astype(p.dtype)
+        for g, saved in zip(self.param_groups, meta["groups"]):
+            for k, v in saved.items():
+                g[k] = tuple(v) if isinstance(v, list) else v
+        self.step_count = int(meta["step_count"])
+        self.state, self._flat_state = loaded, {}
+        for name in sorted({n for st in loaded.values() for n in st}):
+            self.flat_state(name)  # back into flat arrays (zeros where a parameter had none)
 
 
 class AdamW(Optimizer):
@@ -96,6 +143,8 @@ class AdamW(Optimizer):
         p -= lr * wd * p
         m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2
         p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    over the flat arrays, one pass per parameter group (see adamw_flat).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -103,36 +152,45 @@ class AdamW(Optimizer):
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"invalid AdamW hyper-parameters: lr={lr}, betas={betas}, eps={eps}, wd={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self._scratch = None
 
     def step(self) -> None:
+        segments = self._segments()
         self.step_count += 1
         t = self.step_count
-        for group in self.param_groups:
+        m, v = self.flat_state("exp_avg"), self.flat_state("exp_avg_sq")
+        if self._scratch is None:
+            xp = backend.array_module(self.flat.data)
+            # NumPy: a chunk that stays in L2 cache; CuPy: big chunks (bandwidth is plentiful)
+            self._scratch = xp.empty(min(len(self.flat), _CHUNK if xp is np else 1 << 24), self.flat.data.dtype)
+        for group, lo, hi in segments:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-            step_size = lr / bc1
-            inv_sqrt_bc2 = 1.0 / math.sqrt(bc2)
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                xp = backend.array_module(p.data)
-                st = self.state.get(id(p))
-                if st is None:
-                    st = self.state[id(p)] = {"exp_avg": xp.zeros(p.shape, p.dtype),
-                                              "exp_avg_sq": xp.zeros(p.shape, p.dtype)}
-                if xp is np and p.data.flags.c_contiguous:
-                    _adamw_chunked(p.data, g, st["exp_avg"], st["exp_avg_sq"], lr * wd, b1, b2, eps,
-                                   step_size, inv_sqrt_bc2)
-                else:
-                    _adamw_whole(xp, p.data, g, st, lr * wd, b1, b2, eps, step_size, inv_sqrt_bc2)
+            adamw_flat(self.flat.data[lo:hi], self.flat.grad[lo:hi], m[lo:hi], v[lo:hi], self._scratch,
+                       lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, step=t)
 
 
 # A chunk of 64K floats and its scratch stay in the CPU's L2 cache, so the dozen passes of the
 # update run from cache and main memory sees each array about once (~3x faster than whole-array
 # passes at GPT-2 124M).
 _CHUNK = 1 << 16
-_scratch = np.empty(_CHUNK, dtype=np.float64)
+
+
+def adamw_flat(p, g, m, v, scratch, *, lr: float, b1: float, b2: float, eps: float,
+               weight_decay: float, step: int) -> None:
+    """AdamW on flat 1-D arrays in place, `scratch.size` elements at a time (NumPy or CuPy).
+
+    The one place the update's arithmetic lives; a fused GPU kernel can replace the loop.
+    """
+    xp = backend.array_module(p)
+    bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
+    step_size = lr / bc1
+    inv_sqrt_bc2 = 1.0 / math.sqrt(bc2)
+    decay = lr * weight_decay
+    n = scratch.size
+    for i in range(0, p.size, n):
+        sl = slice(i, i + n)
+        pc, gc, mc, vc = p[sl], g[sl], m[sl], v[sl]
+        _adamw_update(xp, pc, gc, mc, vc, scratch[:pc.size], decay, b1, b2, eps, step_size, inv_sqrt_bc2)
 
 
 def _adamw_update(xp, p, g, m, v, t, decay, b1, b2, eps, step_size, inv_sqrt_bc2) -> None:
@@ -152,24 +210,6 @@ def _adamw_update(xp, p, g, m, v, t, decay, b1, b2, eps, step_size, inv_sqrt_bc2
     xp.divide(m, t, out=t)
     t *= -step_size
     p += t                                  # p -= lr / bc1 * m / (sqrt(v / bc2) + eps)
-
-
-def _adamw_chunked(p, g, m, v, decay, b1, b2, eps, step_size, inv_sqrt_bc2) -> None:
-    """The update in chunks that stay in cache, so each pass over memory is cheap (NumPy)."""
-    pf, gf, mf, vf = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)  # views: contiguous
-    tmp_all = _scratch.view(p.dtype)[:_CHUNK]
-    for i in range(0, pf.size, _CHUNK):
-        sl = slice(i, i + _CHUNK)
-        _adamw_update(np, pf[sl], gf[sl], mf[sl], vf[sl], tmp_all[:pf[sl].size], decay, b1, b2, eps,
-                      step_size, inv_sqrt_bc2)
-
-
-def _adamw_whole(xp, p, g, st, decay, b1, b2, eps, step_size, inv_sqrt_bc2) -> None:
-    """The same update with whole-array passes (CuPy: memory bandwidth is plentiful there)."""
-    if "_tmp" not in st:
-        st["_tmp"] = xp.empty_like(p)
-    _adamw_update(xp, p, g, st["exp_avg"], st["exp_avg_sq"], st["_tmp"], decay, b1, b2, eps,
-                  step_size, inv_sqrt_bc2)
 
 
 class SGD(Optimizer):
@@ -199,16 +239,30 @@ class SGD(Optimizer):
 
 def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> float:
     """Scale all gradients together so their global L2 norm is at most max_norm; returns the
-    norm before clipping (as torch.nn.utils.clip_grad_norm_)."""
+    norm before clipping (as torch.nn.utils.clip_grad_norm_).
+
+    Gradients that together fill an optimizer's flat gradient buffer are handled as that one
+    array: one BLAS dot product and one scaling pass.
+    """
     grads = [p.grad for p in _unique(params) if p.grad is not None]
     if not grads:
         return 0.0
+    arrays = []  # whole flat buffers where the gradients cover one, else the gradients themselves
+    by_owner: dict[int, list] = {}
+    for g in grads:
+        by_owner.setdefault(id(g.base) if g.base is not None else id(g), []).append(g)
+    for gs in by_owner.values():
+        owner = gs[0].base
+        if owner is not None and owner.ndim == 1 and sum(g.size for g in gs) == owner.size:
+            arrays.append(owner)  # disjoint views (de-duplicated parameters) covering all of it
+        else:
+            arrays.extend(gs)
     # vdot runs in BLAS over the flat array: one pass, no squared temporary
-    total = math.sqrt(sum(float(backend.array_module(g).vdot(g.ravel(), g.ravel())) for g in grads))
+    total = math.sqrt(sum(float(backend.array_module(a).vdot(a.ravel(), a.ravel())) for a in arrays))
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
-        for g in grads:
-            g *= g.dtype.type(coef)
+        for a in arrays:
+            a *= a.dtype.type(coef)
     return total
 
 

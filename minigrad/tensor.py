@@ -45,7 +45,7 @@ def enable_grad():
 class Context:
     """What one op remembers for its backward: saved arrays, which inputs need a gradient."""
 
-    __slots__ = ("fn", "parents", "needs_input_grad", "saved", "__dict__")
+    __slots__ = ("fn", "parents", "needs_input_grad", "saved", "grad_out", "__dict__")
 
     def __init__(self, fn: type, parents: tuple[Tensor, ...], track: bool):
         self.fn = fn
@@ -53,6 +53,7 @@ class Context:
         # forward reads this to skip saving what no backward will need
         self.needs_input_grad = tuple(track and p.requires_grad for p in parents)
         self.saved: tuple = ()
+        self.grad_out: list | None = None  # set by backward(): where an input's gradient may go
 
     def save_for_backward(self, *arrays) -> None:
         self.saved = arrays
@@ -60,6 +61,7 @@ class Context:
     def release(self) -> None:
         """Drop what the forward kept, so activations are freed as soon as backward used them."""
         self.saved = ()
+        self.grad_out = None
         self.__dict__.clear()
 
 
@@ -106,7 +108,8 @@ class Tensor:
     """An n-dimensional array with an optional gradient, on NumPy ("cpu") or CuPy ("cuda"), or on
     the strict CuPy stand-in ("standin", a debugging aid: see minigrad/standin.py)."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
+    # _grad_buf: this tensor's view of an optimizer's flat gradient buffer (nn.FlatParameters)
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_grad_buf", "__weakref__")
     __array_priority__ = 1000  # so `ndarray * Tensor` defers to Tensor.__rmul__
 
     def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None, dtype=None):
@@ -114,13 +117,14 @@ class Tensor:
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx: Context | None = None
+        self._grad_buf = None
         if self.requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"only floating point tensors can require grad, got {self.data.dtype}")
 
     @classmethod
     def _wrap(cls, array: Any, requires_grad: bool = False) -> Tensor:
         t = cls.__new__(cls)
-        t.data, t.grad, t.requires_grad, t._ctx = array, None, requires_grad, None
+        t.data, t.grad, t.requires_grad, t._ctx, t._grad_buf = array, None, requires_grad, None, None
         return t
 
     # ------------------------------------------------------------ properties
@@ -225,6 +229,7 @@ class Tensor:
         # .grad in place, so a leaf's gradient must not alias another's either).
         seen: Counter[int] = Counter({id(_owner(grad)): 1})
         never_write: set[int] = {id(_owner(grad))}
+        offered: dict[int, Any] = {}  # leaf id -> its flat-buffer gradient view, handed to an op
         for t in order:  # every tensor comes after all the ops that used it
             g = grads.pop(id(t), None)
             ctx = t._ctx
@@ -235,8 +240,14 @@ class Tensor:
                 if isinstance(g, np.generic):
                     g = np.asarray(g)
                 if t.grad is None:
-                    owner = id(_owner(g))
-                    t.grad = g.copy() if owner in never_write else g
+                    buf = getattr(t, "_grad_buf", None)  # a parameter in a flat buffer: fill its view
+                    if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
+                        if g is not buf:  # an op wrote it there already, or copy it in now
+                            buf[...] = g
+                        t.grad = buf
+                    else:
+                        owner = id(_owner(g))
+                        t.grad = g.copy() if owner in never_write else g
                     never_write.add(id(_owner(t.grad)))
                 else:
                     t.grad += g
@@ -245,6 +256,18 @@ class Tensor:
                 raise RuntimeError(
                     "backward() reached a tensor whose graph an earlier backward() already freed: "
                     "pass retain_graph=True to the first call, or detach() tensors reused across steps")
+            # A Parameter in an optimizer's flat buffer, with no gradient yet: offer its view of
+            # the flat gradient array to this op (ctx.grad_out[i]), once per backward, so an op
+            # like linear can write its weight gradient there (matmul out=) instead of into a
+            # fresh array that the leaf would then copy. An op may ignore the offer.
+            dests = None
+            for i, p in enumerate(ctx.parents):
+                buf = getattr(p, "_grad_buf", None)
+                if buf is not None and p.grad is None and id(p) not in offered and ctx.needs_input_grad[i]:
+                    dests = dests or [None] * len(ctx.parents)
+                    dests[i] = buf
+                    offered[id(p)] = buf
+            ctx.grad_out = dests
             in_grads = ctx.fn.backward(ctx, g)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)
@@ -261,7 +284,9 @@ class Tensor:
                     seen[id(_owner(pg))] += 1
                     continue
                 acc = grads[key]
-                if (acc.base is None and seen[id(acc)] == 1 and id(acc) not in never_write
+                if acc is offered.get(key):
+                    acc += pg  # the leaf's own slot of the flat gradient buffer: ours to add into
+                elif (acc.base is None and seen[id(acc)] == 1 and id(acc) not in never_write
                         and acc.dtype == pg.dtype
                         and getattr(acc.flags, "writeable", True)):  # CuPy has no read-only arrays
                     # nothing else sees acc's memory: add in place, sparing a fresh array (for a

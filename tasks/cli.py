@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import minigrad as mg
+import minigrad.distributed as dist
 from gpt2.tokenizer import TokenizerUnavailableError
 from minigrad.hub import ChecksumError, MissingFileError
 
@@ -121,6 +122,8 @@ def device_of(args: argparse.Namespace) -> str:
     device = {"cupy": "cuda", "standin": "standin"}.get(args.backend, "cpu")
     if device == "cuda" and not mg.gpu_available():
         mg.backend.cupy()  # raises BackendError with the reason
+    if device == "cuda":
+        dist.select_gpu()  # under mpiexec: GPU local_rank, before anything is allocated
     if getattr(args, "dtype", "float32") == "tf32":
         if device != "cuda":
             raise UsageError(f"--dtype tf32 is the tensor cores' TensorFloat-32 matmul mode of NVIDIA "
@@ -233,17 +236,22 @@ def main_guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | N
     @functools.wraps(fn)
     def wrapper(argv: list[str] | None = None) -> int:
         try:
+            dist.init()  # joins the MPI job under mpiexec; nothing otherwise
             return fn(argv)
         except (TaskError, MissingFileError, ChecksumError, FileNotFoundError, IsADirectoryError,
                 mg.BackendError, mg.nn.StateDictError, json.JSONDecodeError, ValueError,
-                TokenizerUnavailableError) as e:
+                TokenizerUnavailableError, dist.DistributedError) as e:
             if os.environ.get("MINIGRAD_DEBUG"):
                 raise  # a developer wants the traceback
+            if dist.world_size() > 1:
+                dist.abort(str(e), 2)  # the other ranks would wait forever in their next collective
             print(f"error: {e}", file=sys.stderr)
             return 2
         except OSError as e:  # ENOSPC, EROFS, EACCES, ENOTDIR, ... (MissingFileError is caught above)
             if os.environ.get("MINIGRAD_DEBUG"):
                 raise
+            if dist.world_size() > 1:
+                dist.abort(describe_os_error(e), 1)
             print(f"error: {describe_os_error(e)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
@@ -251,4 +259,10 @@ def main_guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | N
                 raise
             print("error: interrupted", file=sys.stderr)
             return 130
+        except Exception:
+            if dist.world_size() > 1:  # a bug on one rank: show it, then end the whole job
+                import traceback
+                traceback.print_exc()
+                dist.abort("failed with the traceback above")
+            raise
     return wrapper

@@ -15,18 +15,22 @@ cache (tasks.data.text_shards) and served by the same loader, with the same batc
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
+import socket
 import sys
 from pathlib import Path
 
 import minigrad as mg
+import minigrad.distributed as dist
 import minigrad.functional as F
 
 from . import cli, runfolder
-from .checkpoint import write_json
+from .checkpoint import read_json, write_json
 from .data import DATASETS, read_text, text_shards
 from .plots import plot_curves, plot_loss_and_accuracy
 from .shards import ShardLoader, find_shards
-from .train import Periodic, Trainer, TrainConfig, mean_loss, read_metrics
+from .train import Periodic, Trainer, TrainConfig, check_world_size, mean_loss, read_metrics
 
 SAMPLE_PROMPT = "Every effort moves you"
 # the manifest's raw-text entries (the others are labelled rows, JSON records or questions)
@@ -88,10 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     from gpt2.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer()
+    world = dist.world_size()
+    if world > 1:
+        dist.check_same("the command line", {k: v for k, v in cli.config_json(args).items()})
     if args.data:
         folder, what = Path(args.data), f"the {{}} shards of {args.data}"
     else:  # raw text: tokenized once into the cache, then served like any prepared corpus
-        folder, what = text_shards(read_text(args.text or args.dataset), tokenizer, args.train_frac), "{} split"
+        text = read_text(args.text or args.dataset)
+        if world > 1:
+            dist.check_same("the training text (sha256)", hashlib.sha256(text.encode()).hexdigest()[:16])
+        folder, what = text_shards(text, tokenizer, args.train_frac), "{} split"
     val_paths, train_paths = find_shards(folder)
     periodic = []
     if args.hellaswag_every:  # load the items now: a missing file fails before any training
@@ -102,23 +112,36 @@ def main(argv: list[str] | None = None) -> int:
     model = cli.build_model(args)
     context = args.context or model.config.n_ctx
     stride = args.stride or context
-    train_loader = ShardLoader.from_files(train_paths, context, args.batch_size, stride=stride,
+    # the loaders hand out GLOBAL batches (--batch-size rows for each rank); the Trainer gives
+    # rank r its rows, so the sequences of a step do not depend on how they are split
+    train_loader = ShardLoader.from_files(train_paths, context, args.batch_size * world, stride=stride,
                                           shuffle=args.shuffle, drop_last=True, seed=args.seed,
                                           name=what.format("training"))
-    val_loader = ShardLoader.from_files(val_paths, context, args.batch_size, stride=stride,
+    val_loader = ShardLoader.from_files(val_paths, context, args.batch_size * world, stride=stride,
                                         shuffle=False, drop_last=False, seed=args.seed,
                                         name=what.format("validation"))
     model.to(device)
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
 
     out = Path(args.out)
-    if not resuming:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args),
-                                      "model_config": model.config.to_dict(), "model_kind": "gpt2"})
-    print(f"model: {model.num_parameters():,} parameters on {device}; "
-          f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size}x{context} tokens "
-          f"({train_loader.num_tokens:,} / {val_loader.num_tokens:,} tokens in {folder})")
+    if resuming and (out / "run.json").is_file():
+        check_world_size(read_json(out / "run.json"), world, args.batch_size, args.grad_accum)
+    dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
+    if dist.is_main():
+        if not resuming:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args), "world_size": world,
+                                          "model_config": model.config.to_dict(), "model_kind": "gpt2"})
+        print(f"model: {model.num_parameters():,} parameters on {device}; "
+              f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size * world}x{context} "
+              f"tokens" + (f" ({world} ranks x {args.batch_size})" if world > 1 else "")
+              + f" ({train_loader.num_tokens:,} / {val_loader.num_tokens:,} tokens in {folder})")
+    if world > 1:
+        # if a rank dies, mpiexec names its PID: this line says which rank that was
+        pids = dist.allgather((os.getpid(), socket.gethostname()))
+        if dist.is_main():
+            print(f"{world} ranks: " + ", ".join(f"rank {r} = pid {pid} on {host}"
+                                                 for r, (pid, host) in enumerate(pids)), flush=True)
 
     def evaluate(m):
         return {"train_loss": mean_loss(m, train_loader, lm_loss, args.eval_batches),
@@ -136,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
                       sample=(lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens))
                       if args.sample_tokens > 0 else None, periodic=periodic,
-                      plot=plot)
+                      plot=plot, data_parallel=True)
     return trainer.exit_code if trainer.run(args.resume) is None else 0
 
 

@@ -4,9 +4,16 @@ float16 mixed precision (minigrad.amp), and no host-device sync between log step
 
 A task supplies the model, the loaders and three small functions (how to get a loss from a
 batch, what to evaluate, what to print as a sample); `Trainer.fit` does the rest.
+
+Data parallel (under `mpiexec -n N`, see minigrad.distributed): a task that opts in
+(`data_parallel=True`) hands the Trainer loaders of GLOBAL batches (N x --batch-size rows); rank r
+trains on its rows (`rank_rows`), gradients are summed over ranks in one all-reduce of the
+optimizer's flat gradient buffer, and rank 0 alone writes the run folder and shows progress.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import signal
 import time
@@ -17,6 +24,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 import minigrad as mg
+import minigrad.distributed as dist
 from minigrad.amp import LossScaler, MixedPrecision
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
@@ -81,6 +89,23 @@ class TrainConfig:
             raise ValueError(f"--loss-scale must be positive, got {self.loss_scale}")
 
 
+def rank_rows(n: int) -> slice:
+    """This rank's rows of a global batch of n rows: rank r of W takes [r n/W, (r+1) n/W), so
+    W ranks x B rows hold exactly the sequences of one rank x W B rows."""
+    r, w = dist.rank(), dist.world_size()
+    return slice(r * n // w, (r + 1) * n // w)
+
+
+def local_batch(batch):
+    """(rows of this rank, rows in all) of a batch: a tuple or list of arrays with the same
+    first dimension (one process: the batch itself)."""
+    if dist.world_size() == 1:
+        return batch, None
+    n = len(batch[0])
+    sl = rank_rows(n)
+    return type(batch)(a[sl] for a in batch), n
+
+
 @dataclass
 class Periodic:
     """An extra evaluation every `every` updates and after the last (e.g. HellaSwag), logged as
@@ -92,7 +117,11 @@ class Periodic:
 
 
 def mean_loss(model, loader, loss_fn: Callable, max_batches: int) -> float:
-    """Average of loss_fn over the first `max_batches` batches of `loader`, in eval mode."""
+    """Average of loss_fn over the first `max_batches` batches of `loader`, in eval mode.
+
+    Under several ranks each evaluates its rows of every (global) batch and the row-weighted
+    average is summed over ranks, so the number covers the same tokens whatever the world size.
+    """
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
@@ -100,10 +129,46 @@ def mean_loss(model, loader, loss_fn: Callable, max_batches: int) -> float:
         for i, batch in enumerate(loader.peek() if hasattr(loader, "peek") else loader):
             if i >= max_batches:
                 break
-            total += float(loss_fn(model, batch).item())
+            part, rows = local_batch(batch)
+            if rows is None:
+                total += float(loss_fn(model, part).item())
+            elif len(part[0]):
+                total += float(loss_fn(model, part).item()) * len(part[0]) / rows
             n += 1
     model.train(was_training)
+    total = dist.all_reduce_sum([total])[0]
     return total / n if n else float("nan")
+
+
+def code_fingerprint() -> str:
+    """sha256 of the project's Python sources (minigrad, gpt2, tasks): ranks running different
+    code would train on a silent mixture."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for pkg in ("minigrad", "gpt2", "tasks"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def check_world_size(run_json: dict, world_size: int, batch_size: int, grad_accum: int) -> None:
+    """On --resume: the global batch (batch x accumulation x ranks) must be the one the run
+    started with, or the data position and the loss curve would mean something else."""
+    before = int(run_json.get("world_size", 1))
+    if before == world_size:
+        return
+    args = run_json.get("args", {})
+    old = int(args.get("batch_size", 0)) * int(args.get("grad_accum", 1)) * before
+    new = batch_size * grad_accum * world_size
+    if old != new:
+        raise TaskError(
+            f"this run was trained on {before} rank(s) with a global batch of {old} sequences; resuming "
+            f"on {world_size} rank(s) with --batch-size {batch_size} --grad-accum {grad_accum} gives {new}. "
+            f"Resume with `mpiexec -n {before}`, or choose --batch-size/--grad-accum so that the global "
+            f"batch stays {old}")
+    if dist.is_main():
+        print(f"note: resuming a run of {before} rank(s) on {world_size}; the global batch stays {old} "
+              f"sequences, so the data order is unchanged (losses may differ by float rounding)")
 
 
 class Trainer:
@@ -119,9 +184,13 @@ class Trainer:
     def __init__(self, model, train_loader, loss_fn: Callable, evaluate: Callable, run_dir: str | Path,
                  config: TrainConfig, sample: Callable | None = None,
                  tokens_in: Callable[[Any], int] = lambda b: int(b[0].size), plot: Callable | None = None,
-                 periodic: Sequence[Periodic] = ()):
+                 periodic: Sequence[Periodic] = (), data_parallel: bool = False):
         config.check()
         self.periodic = list(periodic)
+        self.world, self.rank, self.main = dist.world_size(), dist.rank(), dist.is_main()
+        if self.world > 1 and not data_parallel:
+            raise TaskError(f"this task does not train on several processes yet (started on {self.world} "
+                            "ranks by an MPI launcher): run it as one process")
         self.model, self.loader, self.loss_fn, self.evaluate = model, train_loader, loss_fn, evaluate
         self.run_dir, self.cfg, self.sample, self.tokens_in, self.plot = Path(run_dir), config, sample, tokens_in, plot
         params = [p for p in model.parameters() if p.requires_grad]
@@ -142,6 +211,10 @@ class Trainer:
         min_lr = config.lr if config.schedule == "constant" else config.min_lr
         self.scheduler = CosineWithWarmup(self.optimizer, config.warmup, total, min_lr=min_lr)
         self.step = self.start_step = 0
+        self._stop = False  # all ranks agreed to stop after this step (a signal reached one)
+        if self.world > 1:
+            self._check_ranks_agree()
+            dist.broadcast_parameters(self.optimizer.flat.data)  # one starting point, bit for bit
         self.tokens_seen = 0
         self.stopped_by: int | None = None  # the signal that stopped fit(), if one did
         self.exit_code = 0
@@ -157,6 +230,19 @@ class Trainer:
             self.amp = MixedPrecision(model.parameters(),
                                       LossScaler(config.loss_scale, growth_interval=config.loss_scale_window))
 
+    def _check_ranks_agree(self) -> None:
+        """Ranks must run the same code on the same data with the same settings."""
+        h = hashlib.sha256()
+        h.update(json.dumps({k: v for k, v in vars(self.cfg).items() if k != "progress"},
+                            sort_keys=True, default=str).encode())
+        h.update(repr((len(self.loader), self.total_steps, self.loader.state_dict(),
+                       [(n, p.shape) for n, p in self.model.named_parameters()])).encode())
+        first = next(iter(self.loader.peek())) if hasattr(self.loader, "peek") else None
+        for a in first or ():
+            h.update(getattr(a, "tobytes", lambda: repr(a).encode())())
+        dist.check_same("the code (sha256 of minigrad, gpt2, tasks)", code_fingerprint())
+        dist.check_same("the training settings and data (loader, first batch, model shapes)", h.hexdigest()[:16])
+
     # ------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
         state = {"tokens_seen": self.tokens_seen, "epoch": self.step / self.steps_per_epoch,
@@ -167,8 +253,14 @@ class Trainer:
         return state
 
     def save(self) -> Path:
-        return save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self._state(),
-                               keep=self.cfg.keep)
+        """Rank 0 writes the checkpoint (every rank holds the same weights); the others wait for
+        it, so a job that ends right after has the checkpoint on disk."""
+        path = self.run_dir / "checkpoints" / f"step_{self.step:08d}"
+        if self.main:
+            path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self._state(),
+                                   keep=self.cfg.keep)
+        dist.barrier()
+        return path
 
     def resume(self) -> bool:
         """Continue from the newest checkpoint, if any; metrics after it are dropped (they will
@@ -187,34 +279,37 @@ class Trainer:
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{ckpt / 'state.json'} lacks {e} or holds it in another shape; "
                                   "the checkpoint cannot be resumed") from None
-        if self.metrics_path.exists():  # a torn last line (killed mid-write) is dropped with the rest
+        if self.main and self.metrics_path.exists():  # a torn last line (killed mid-write) is dropped
             rewrite_jsonl(self.metrics_path, [r for r in read_metrics(self.run_dir) if r["step"] <= self.step])
-        tqdm.write(f"resumed from {ckpt} (step {self.step})")
+        if self.main:
+            tqdm.write(f"resumed from {ckpt} (step {self.step})")
         return True
 
     def _log(self, record: dict[str, Any]) -> None:
-        append_jsonl(self.metrics_path, record)
+        if self.main:  # rank 0 alone writes the run folder
+            append_jsonl(self.metrics_path, record)
 
     # ------------------------------------------------------------ the loop
     def run(self, resume: bool, summary: bool = True) -> dict[str, Any] | None:
         """What a task's main does: fit(), from the newest checkpoint when `resume`. Returns the
         last evaluation, or None when Ctrl-C or SIGTERM stopped the run (fit has saved it by then;
         `exit_code` is then 130 or 143, what the task's main returns)."""
-        if resume and not self.resume():
+        if resume and not self.resume() and self.main:
             print(f"no checkpoint in {self.run_dir}: starting from the beginning")
         try:
             last = self.fit()
         except KeyboardInterrupt:
             self.exit_code = 128 + (self.stopped_by or signal.SIGINT)
             return None
-        if summary and last:
+        if summary and last and self.main:
             print(f"done: step {self.step}, train loss {last.get('train_loss', float('nan')):.3f}, "
                   f"val loss {last.get('val_loss', float('nan')):.3f}; outputs in {self.run_dir}")
         return last
 
     def fit(self) -> dict[str, Any]:
         """Train until the epochs or max_steps are done. Returns the last evaluation."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
         self.start_step = self.step  # after any resume: what this session adds starts here
         self.stopped_by = None
@@ -226,10 +321,11 @@ class Trainer:
                 raise KeyboardInterrupt
             self.stopped_by = signum  # finish the current step, then save and stop
 
+        # SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler; mpiexec passes it on to every rank)
         old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         last_eval: dict[str, Any] = {}
-        bar = self._bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.progress,
-                               dynamic_ncols=True, desc="train")
+        bar = self._bar = tqdm(total=self.total_steps, initial=self.step,
+                               disable=not (cfg.progress and self.main), dynamic_ncols=True, desc="train")
         self.model.train()
         t_last, tok_last = time.perf_counter(), self.tokens_seen
         try:
@@ -241,8 +337,8 @@ class Trainer:
                 # a non-finite loss is caught before it could be saved
                 self._update(fetch_loss=s % cfg.log_every == 0 or evaluate or save)
                 bar.update(1)
-                for extra in self.periodic:
-                    if self.step % extra.every == 0 or done:
+                for extra in self.periodic:  # rank 0 alone (e.g. HellaSwag); the others wait for it
+                    if self.main and (self.step % extra.every == 0 or done):
                         self._run_periodic(extra)
                 if evaluate:
                     now = time.perf_counter()
@@ -252,13 +348,15 @@ class Trainer:
                     self.save()
                 if evaluate or save:  # the next tokens/s leaves evaluation and saving out
                     t_last, tok_last = time.perf_counter(), self.tokens_seen
-                if self.stopped_by is not None:
+                if self._stop:  # every rank agreed on it in _update's all-reduce
                     pending = self._fetch_loss(self.step)
                     if pending is not None:
                         self._log_step(pending)
                     path = self.save() if not save else latest_checkpoint(self.run_dir)
-                    tqdm.write(f"interrupted: saved {path} on {signal.Signals(self.stopped_by).name}; "
-                               f"continue with --out {self.run_dir} --resume")
+                    if self.main:
+                        why = signal.Signals(self.stopped_by).name if self.stopped_by else "another rank's signal"
+                        tqdm.write(f"interrupted: saved {path} on {why}; "
+                                   f"continue with --out {self.run_dir} --resume")
                     raise KeyboardInterrupt
         finally:
             bar.close()
@@ -267,27 +365,53 @@ class Trainer:
         return last_eval
 
     def _update(self, fetch_loss: bool = True) -> None:
-        """One optimizer step over grad_accum micro-batches. With fetch_loss, the losses summed on
-        the device since the last fetch come to the host, are checked and logged before the
-        update (so a non-finite loss stops the run with the weights untouched)."""
+        """One optimizer step over grad_accum (global) micro-batches. With fetch_loss, the losses
+        summed on the device since the last fetch come to the host, are checked and logged
+        before the update (so a non-finite loss stops the run with the weights untouched).
+        On several ranks the loss is fetched every step, with the stop flag in one all-reduce."""
         cfg = self.cfg
         amp = self.amp
         if amp is not None:
             amp.half()
         for _ in range(cfg.grad_accum):
             batch = self.loader.next_batch()
-            loss = self.loss_fn(self.model, batch)
-            # no float(): adding up on the device costs no host-device sync
-            self._loss_sum = loss.data if self._loss_sum is None else self._loss_sum + loss.data
+            self.tokens_seen += self.tokens_in(batch)  # the global batch's
             self._loss_count += 1
+            part, rows = local_batch(batch)
+            # the global loss is the row-weighted mean of the ranks' means: weight this rank's by
+            # rows_r / rows, times W because the all-reduced gradient is divided by W below
+            share = 1.0 if rows is None else len(part[0]) / rows
+            if share == 0:
+                continue  # a short last batch left this rank no rows
+            loss = self.loss_fn(self.model, part)
+            # no float(): adding up on the device costs no host-device sync
+            weighted = loss.data if share == 1.0 else loss.data * share
+            self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
             if amp is not None:  # float16: a scaled loss, so that small gradients do not underflow
-                loss = loss * (amp.scaler.scale / cfg.grad_accum)
+                loss = loss * (amp.scaler.scale * share * self.world / cfg.grad_accum)
+            elif self.world > 1:
+                loss = loss * (share * self.world / cfg.grad_accum)
             elif cfg.grad_accum > 1:
                 loss = loss / cfg.grad_accum
             loss.backward()
-            self.tokens_seen += self.tokens_in(batch)
         # float16: the float32 weights back, the gradients unscaled and checked for overflow
         finite = amp is None or amp.restore()
+        if self.world > 1:
+            # one small all-reduce for the loss and the stop flag (all ranks stop at the same
+            # step), then one for every gradient at once: the optimizer's flat buffer
+            local = 0.0 if self._loss_sum is None else float(self._loss_sum)
+            total, stop, overflow = dist.all_reduce_sum([local, float(self.stopped_by is not None),
+                                                         float(not finite)])
+            self._loss_sum, self._stop, finite = total, stop > 0, overflow == 0
+            fetch_loss = True
+            if finite:
+                flat = self.optimizer.flat
+                flat.fill_missing_grads()
+                flat.gather_grads()
+                dist.all_reduce_(flat.grad)
+                flat.grad *= flat.grad.dtype.type(1.0 / self.world)
+        else:
+            self._stop = self.stopped_by is not None
         loss = self._fetch_loss(self.step + 1) if fetch_loss else None
         if finite:
             if cfg.grad_clip > 0:
@@ -331,7 +455,9 @@ class Trainer:
         tqdm.write(f"step {self.step} {extra.name}: {shown}")
 
     def _evaluate(self, tokens_per_s: float) -> dict[str, Any]:
-        metrics = self.evaluate(self.model)
+        metrics = self.evaluate(self.model)  # every rank: mean_loss sums over them
+        if not self.main:
+            return metrics
         record = {"type": "eval", "step": self.step, "epoch": self.step / self.steps_per_epoch,
                   "tokens_seen": self.tokens_seen, "lr": self.optimizer.lr,
                   "tokens_per_s": tokens_per_s, **metrics}
