@@ -76,6 +76,35 @@ def task_backend(request) -> str:
     return "numpy" if choice == "all" else choice
 
 
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty data cache of the test's own, with downloads allowed (they go to local servers)."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("MINIGRAD_DATA_DIR", str(d))
+    monkeypatch.delenv("MINIGRAD_OFFLINE", raising=False)
+    return d
+
+
+@pytest.fixture
+def served(tmp_path):
+    """(folder, URL): a local HTTP server on 127.0.0.1 over tmp_path/served, for download tests."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep pytest's output clean
+            pass
+
+    root = tmp_path / "served"
+    root.mkdir()
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield root, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     mg.manual_seed(0)

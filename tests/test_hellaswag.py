@@ -3,10 +3,7 @@ interruption, the download with its git blob id check, and the pretraining hook.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -231,31 +228,6 @@ def test_git_blob_id_is_gits():
     import hashlib
     content = b"hello\n"
     assert hashlib.sha1(b"blob 6\0" + content).hexdigest() == "ce013625030ba8dba906f756967f9e9ca394464a"
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest's output clean
-        pass
-
-
-@pytest.fixture
-def served(tmp_path):
-    """A local HTTP server over tmp_path/served."""
-    root = tmp_path / "served"
-    root.mkdir()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield root, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    d = tmp_path / "cache"
-    monkeypatch.setenv("MINIGRAD_DATA_DIR", str(d))
-    monkeypatch.delenv("MINIGRAD_OFFLINE", raising=False)
-    return d
 
 
 def test_download_checks_the_git_blob_id(served, cache, monkeypatch, tmp_path):

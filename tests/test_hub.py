@@ -68,14 +68,6 @@ def server(tmp_path):
     srv.server_close()
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    d = tmp_path / "cache"
-    monkeypatch.setenv("MINIGRAD_DATA_DIR", str(d))
-    monkeypatch.delenv("MINIGRAD_OFFLINE", raising=False)
-    return d
-
-
 def test_cache_dir_env_and_default(monkeypatch, tmp_path):
     monkeypatch.setenv("MINIGRAD_DATA_DIR", str(tmp_path / "elsewhere"))
     assert hub.cache_dir() == tmp_path / "elsewhere"

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import hashlib
 import io
 import json
 import re
 import tarfile
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -112,31 +109,6 @@ def test_conversion_reproduces_the_cached_file(tmp_path):
 
 
 # ---------------------------------------------------------------- download
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest's output clean
-        pass
-
-
-@pytest.fixture
-def served(tmp_path):
-    """A local HTTP server over tmp_path/served."""
-    root = tmp_path / "served"
-    root.mkdir()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield root, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    d = tmp_path / "cache"
-    monkeypatch.setenv("MINIGRAD_DATA_DIR", str(d))
-    monkeypatch.delenv("MINIGRAD_OFFLINE", raising=False)
-    return d
 
 
 def _serve_mmlu(monkeypatch, served, sha256, size):

@@ -252,14 +252,6 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
 # ----------------------------------------------------------------------------- named corpora
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    d = tmp_path / "cache"
-    monkeypatch.setenv("MINIGRAD_DATA_DIR", str(d))
-    monkeypatch.delenv("MINIGRAD_OFFLINE", raising=False)
-    return d
-
-
 def _add_corpus(monkeypatch, name, corpus):
     monkeypatch.setitem(data.CORPORA, name, corpus)
 
