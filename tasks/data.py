@@ -16,7 +16,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol, Sequence
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -240,7 +240,59 @@ class TextWindows:
         return self.ids[s:s + self.context], self.ids[s + 1:s + self.context + 1]
 
 
-class BatchLoader:
+class EpochLoader:
+    """What every loader of the training loop shares: epochs of `len(self)` batches served in an
+    order that is a pure function of (seed, epoch), so that `state_dict()` (epoch, position,
+    seed and a few numbers identifying the data: plain ints, JSON-friendly) resumes exactly.
+
+    A subclass sets batch_size, shuffle, drop_last, seed, and provides `__len__`,
+    `_batch_at(epoch, position)` and `_identity()` (what the saved state must agree with).
+    """
+
+    epoch = 0
+    position = 0  # batches of the current epoch already handed out
+
+    def _batch_at(self, epoch: int, position: int):
+        raise NotImplementedError
+
+    def _identity(self) -> dict:
+        raise NotImplementedError
+
+    def next_batch(self):
+        """The next batch, moving on to the next epoch (and its order) after the last one."""
+        batch = self._batch_at(self.epoch, self.position)
+        self.position += 1
+        if self.position == len(self):
+            self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
+    def __iter__(self):
+        """The rest of the current epoch (and the state moves along)."""
+        epoch = self.epoch
+        while self.epoch == epoch:
+            yield self.next_batch()
+
+    def peek(self, epoch: int = 0):
+        """All batches of `epoch` from its start, leaving the loader's state alone (for evaluation)."""
+        for position in range(len(self)):
+            yield self._batch_at(epoch, position)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, **self._identity()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, mine in self._identity().items():
+            if key in state and state[key] != mine:
+                raise ValueError(f"loader state does not fit this data: {key} is {state[key]!r} in "
+                                 f"the checkpoint but {mine!r} here")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position < len(self):
+            raise ValueError(f"invalid loader state: epoch={epoch}, position={position} "
+                             f"({len(self)} batches per epoch)")
+        self.epoch, self.position, self.seed = epoch, position, int(state["seed"])
+
+
+class BatchLoader(EpochLoader):
     """Batches of (x, y) int64 arrays of shape (B, T) from a dataset of (x, y) pairs.
 
     Iterating yields the rest of the current epoch; the epoch counter moves on as soon as its
@@ -283,42 +335,12 @@ class BatchLoader:
         y = np.stack([p[1] for p in pairs]).astype(np.int64, copy=False)
         return x, y
 
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """The next batch, moving on to the next epoch (and its order) after the last one."""
-        batch = self._batch(self.order(self.epoch), self.position)
-        self.position += 1
-        if self.position == len(self):
-            self.epoch, self.position = self.epoch + 1, 0
-        return batch
+    def _batch_at(self, epoch: int, position: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._batch(self.order(epoch), position)
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The rest of the current epoch (and the state moves along)."""
-        epoch = self.epoch
-        while self.epoch == epoch:
-            yield self.next_batch()
-
-    def peek(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All batches of `epoch` from its start, leaving the loader's state alone (for evaluation)."""
-        order = self.order(epoch)
-        for position in range(len(self)):
-            yield self._batch(order, position)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "num_samples": len(self.dataset), "batch_size": self.batch_size,
+    def _identity(self) -> dict:
+        return {"num_samples": len(self.dataset), "batch_size": self.batch_size,
                 "shuffle": self.shuffle, "drop_last": self.drop_last}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("num_samples", "batch_size", "shuffle", "drop_last"):
-            mine = self.state_dict()[key]
-            if key in state and state[key] != mine:
-                raise ValueError(f"loader state does not fit this loader: {key} is "
-                                 f"{state[key]!r} in the state but {mine!r} here")
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position < len(self):
-            raise ValueError(f"invalid loader state: epoch={epoch}, position={position} "
-                             f"({len(self)} batches per epoch)")
-        self.epoch, self.position, self.seed = epoch, position, int(state["seed"])
 
 
 def make_pretrain_loaders(text: str, tokenizer: Tokenizer, context: int, stride: int,

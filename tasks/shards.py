@@ -21,6 +21,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .data import EpochLoader
+
 MAGIC = 20240520
 VERSION = 1
 HEADER_INTS = 256
@@ -112,7 +114,7 @@ def find_shards(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     return val, train
 
 
-class ShardLoader:
+class ShardLoader(EpochLoader):
     """Batches of (x, y) int32 arrays of shape (B, T) from token shards, resumable mid-epoch.
 
     Windows start at 0, stride, 2*stride, ... inside each shard as long as a full target fits
@@ -175,7 +177,7 @@ class ShardLoader:
             order = self._orders[epoch] = _EpochOrder(self, epoch)
         return order
 
-    def _batch(self, epoch: int, position: int) -> tuple[np.ndarray, np.ndarray]:
+    def _batch_at(self, epoch: int, position: int) -> tuple[np.ndarray, np.ndarray]:
         first = position * self.batch_size
         count = min(self.batch_size, self.num_windows - first)
         T = self.context
@@ -193,45 +195,14 @@ class ShardLoader:
                     rows[lo + i] = data[int(s):int(s) + T + 1]
         return rows[:, :-1], rows[:, 1:]  # (B, T) inputs, (B, T) targets
 
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """The next batch, moving on to the next epoch (and its order) after the last one."""
-        batch = self._batch(self.epoch, self.position)
-        self.position += 1
-        if self.position == len(self):
-            self.epoch, self.position = self.epoch + 1, 0
-        return batch
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The rest of the current epoch (and the state moves along)."""
-        epoch = self.epoch
-        while self.epoch == epoch:
-            yield self.next_batch()
-
-    def peek(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All batches of `epoch` from its start, leaving the loader's state alone (for evaluation)."""
-        for position in range(len(self)):
-            yield self._batch(epoch, position)
-
-    def state_dict(self) -> dict:
+    def _identity(self) -> dict:
         # the keys of tasks.data.BatchLoader's state, plus what identifies the shards
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "num_samples": self.num_windows, "batch_size": self.batch_size,
-                "shuffle": self.shuffle, "drop_last": self.drop_last,
-                "num_tokens": self.num_tokens, "num_shards": len(self.shards),
+        return {"num_samples": self.num_windows, "batch_size": self.batch_size, "shuffle": self.shuffle,
+                "drop_last": self.drop_last, "num_tokens": self.num_tokens, "num_shards": len(self.shards),
                 "context": self.context, "stride": self.stride}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = self.state_dict()
-        for key in ("num_samples", "batch_size", "shuffle", "drop_last", "num_tokens", "num_shards",
-                    "context", "stride"):
-            if key in state and state[key] != mine[key]:
-                raise ValueError(f"loader state does not fit this data: {key} is {state[key]!r} in "
-                                 f"the checkpoint but {mine[key]!r} here")
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position < len(self):
-            raise ValueError(f"invalid loader state: epoch={epoch}, position={position} "
-                             f"({len(self)} batches per epoch)")
-        self.epoch, self.position, self.seed = epoch, position, int(state["seed"])
+        super().load_state_dict(state)
         self._orders.clear()
 
 
