@@ -38,6 +38,7 @@ from .classify_data import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matri
                             longest, pad_ids, per_class_scores, write_split_csvs)
 from .data import BatchLoader
 from .plots import plot_confusion, plot_curves
+from .progress import progress_bar
 from .train import Trainer, TrainConfig, read_metrics
 
 TRAINABLE = ("last-block", "all", "lora")
@@ -85,15 +86,18 @@ class Scores:
     targets: np.ndarray
 
 
-def score(model, loader, max_batches: int | None = None) -> Scores:
-    """Loss and accuracy over the first `max_batches` batches (all if None), in one pass."""
+def score(model, loader, max_batches: int | None = None, desc: str | None = None) -> Scores:
+    """Loss and accuracy over the first `max_batches` batches (all if None), in one pass; with
+    `desc`, a progress bar of that name."""
+    n_batches = len(loader) if max_batches is None else min(max_batches, len(loader))
     was_training = model.training
     model.eval()
     losses, preds, targets = [], [], []
-    with mg.no_grad():
+    with mg.no_grad(), progress_bar(total=n_batches, desc=desc, unit="batch", disable=desc is None) as bar:
         for i, (x, y) in enumerate(loader.peek()):
-            if max_batches is not None and i >= max_batches:
+            if i >= n_batches:
                 break
+            bar.update(1)
             logits = model(x)
             losses.append(float(F.cross_entropy(logits, backend.array_module(logits.data).asarray(y)).item()))
             preds.append(backend.to_device(logits.data, "cpu").argmax(axis=-1))
@@ -184,7 +188,8 @@ def train(args: argparse.Namespace) -> int:
     if before_path.exists():  # a resumed run keeps the scores of the untrained model
         before = read_json(before_path)
     else:
-        before = {n: _scores_dict(score(model, loader, args.report_batches)) for n, loader in evals.items()}
+        before = {n: _scores_dict(score(model, loader, args.report_batches, desc=f"scoring {n}"))
+                  for n, loader in evals.items()}
         write_json(before_path, before)
 
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever came before
@@ -206,13 +211,13 @@ def train(args: argparse.Namespace) -> int:
 
     # "tokens" in the Trainer's bookkeeping are examples here
     trainer = Trainer(model, loaders["train"], classify_loss, evaluate, out, TrainConfig.from_args(args),
-                      tokens_in=lambda b: len(b[1]), plot=plot)
+                      tokens_in=lambda b: len(b[1]), plot=plot, unit="examples")
     t0 = time.perf_counter()
     if trainer.run(args.resume, summary=False) is None:
         return trainer.exit_code
     train_time = time.perf_counter() - t0
 
-    after_scores = {n: score(model, loader, args.report_batches) for n, loader in evals.items()}
+    after_scores = {n: score(model, loader, args.report_batches, desc=f"scoring {n}") for n, loader in evals.items()}
     after = {n: _scores_dict(s) for n, s in after_scores.items()}
     test = after_scores["test"]
     matrix = confusion_matrix(test.targets, test.predictions, len(classes))

@@ -179,7 +179,7 @@ def evaluate_hellaswag(model, items: Sequence[Item], tokenizer, out: str | os.Pa
                        progress: bool = True) -> HellaSwagResult:
     """Score `items`; with `out` (a .jsonl file) each record is appended as soon as it is known
     and the items already in it are skipped, so a rerun after a crash or Ctrl-C resumes."""
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     out = Path(out) if out is not None else None
     done = read_done(out) if out is not None else {}
@@ -191,7 +191,7 @@ def evaluate_hellaswag(model, items: Sequence[Item], tokenizer, out: str | os.Pa
     todo = [it for it in items if it.index not in done]
     was_training = getattr(model, "training", False)
     model.eval()  # no dropout while scoring
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="HellaSwag", unit="item",
+    bar = progress_bar(total=len(items), initial=len(items) - len(todo), desc="HellaSwag", unit="item",
                disable=not progress, dynamic_ncols=True)
     f = None
     try:

@@ -342,7 +342,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
     if args.limit is not None:
         records = records[:args.limit]
 
-    from tqdm import tqdm
+    from .progress import progress_bar
     # each answer is appended to OUT.partial.jsonl as it comes; a rerun with the same --out skips
     # the records answered there, and OUT (the JSON list the judge reads) is written at the end
     partial = out.with_name(out.name + ".partial.jsonl")
@@ -351,7 +351,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
         raise cli.UsageError(f"{partial} holds answers to other records; delete it or choose another --out")
     if answered:
         print(f"{len(answered)} records already answered in {partial}; continuing")
-    with tqdm(total=len(records), initial=len(answered), desc="responding", unit="record",
+    with progress_bar(total=len(records), initial=len(answered), desc="responding", unit="record",
               disable=args.no_progress) as bar:
         for start in range(len(answered), len(records), args.batch_size):
             batch = records[start:start + args.batch_size]

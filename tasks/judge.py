@@ -238,10 +238,10 @@ def judge_records(records: Sequence[dict], client: JudgeClient, progress: bool =
     """Ask the judge about every record after the `done` ones; a failed record is recorded and the
     run goes on, but an unreachable judge stops it (JudgeUnreachableError). `on_score` sees each
     new score as it comes (to append it to a file)."""
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     scores = list(done)
-    with tqdm(total=len(records), initial=len(scores), desc="judging", unit="record",
+    with progress_bar(total=len(records), initial=len(scores), desc="judging", unit="record",
               disable=not progress) as bar:
         for i in range(len(scores), len(records)):
             score, error = None, None

@@ -207,7 +207,7 @@ def evaluate_mmlu(questions: Sequence[Question], next_token_logits: Callable[[li
     `done` maps (subject, index among its scored questions) to whether it was answered right in
     an earlier, interrupted run: those are not asked again. `on_answer` sees each new answer.
     """
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     if max_context < 1:
         raise MMLUDataError(f"max_context must be >= 1, got {max_context}")
@@ -230,7 +230,7 @@ def evaluate_mmlu(questions: Sequence[Question], next_token_logits: Callable[[li
                             f"{shots} question(s), all used as shots")
 
     result = MMLUResult()
-    bar = tqdm(total=sum(len(p[2]) for p in plan), desc="MMLU", unit="q", disable=not progress)
+    bar = progress_bar(total=sum(len(p[2]) for p in plan), desc="MMLU", unit="q", disable=not progress)
     done = done or {}
     for subject, examples, to_score in plan:
         correct = 0

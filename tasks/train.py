@@ -31,6 +31,7 @@ from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 from .cli import TaskError
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .jsonl import append_jsonl, read_jsonl, rewrite_jsonl
+from .progress import progress_bar
 
 
 DTYPES = ("float32", "tf32", "float16")
@@ -184,9 +185,10 @@ class Trainer:
     def __init__(self, model, train_loader, loss_fn: Callable, evaluate: Callable, run_dir: str | Path,
                  config: TrainConfig, sample: Callable | None = None,
                  tokens_in: Callable[[Any], int] = lambda b: int(b[0].size), plot: Callable | None = None,
-                 periodic: Sequence[Periodic] = (), data_parallel: bool = False):
+                 periodic: Sequence[Periodic] = (), unit: str = "tokens", data_parallel: bool = False):
         config.check()
         self.periodic = list(periodic)
+        self.unit = unit  # what tokens_in counts: "tokens", or "examples" for a classifier
         self.world, self.rank, self.main = dist.world_size(), dist.rank(), dist.is_main()
         if self.world > 1 and not data_parallel:
             raise TaskError(f"this task does not train on several processes yet (started on {self.world} "
@@ -324,7 +326,7 @@ class Trainer:
         # SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler; mpiexec passes it on to every rank)
         old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         last_eval: dict[str, Any] = {}
-        bar = self._bar = tqdm(total=self.total_steps, initial=self.step,
+        bar = self._bar = progress_bar(total=self.total_steps, initial=self.step,
                                disable=not (cfg.progress and self.main), dynamic_ncols=True, desc="train")
         self.model.train()
         t_last, tok_last = time.perf_counter(), self.tokens_seen
@@ -454,19 +456,19 @@ class Trainer:
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         tqdm.write(f"step {self.step} {extra.name}: {shown}")
 
-    def _evaluate(self, tokens_per_s: float) -> dict[str, Any]:
+    def _evaluate(self, rate: float) -> dict[str, Any]:
         metrics = self.evaluate(self.model)  # every rank: mean_loss sums over them
         if not self.main:
             return metrics
         record = {"type": "eval", "step": self.step, "epoch": self.step / self.steps_per_epoch,
                   "tokens_seen": self.tokens_seen, "lr": self.optimizer.lr,
-                  "tokens_per_s": tokens_per_s, **metrics}
+                  f"{self.unit}_per_s": rate, **metrics}
         for k in ("train_loss", "val_loss"):
             if k in metrics and math.isfinite(metrics[k]) and metrics[k] < 50:
                 record[k.replace("loss", "ppl")] = math.exp(metrics[k])
         self._log(record)
         shown = " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-        tqdm.write(f"step {self.step} (epoch {record['epoch']:.2f}): {shown}, {tokens_per_s:.0f} tok/s")
+        tqdm.write(f"step {self.step} (epoch {record['epoch']:.2f}): {shown}, {rate:.0f} {self.unit}/s")
         if self.sample is not None:
             tqdm.write(f"  sample: {self.sample(self.model)!r}")
         if self.plot is not None:

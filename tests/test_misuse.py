@@ -230,3 +230,13 @@ def test_old_flag_names_still_work_with_one_notice(argv, capsys):
     err = capsys.readouterr().err
     assert err.count("note: --weights is deprecated; use --init") == 1
     assert "error: --init '/no/such/file.safetensors'" in err
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, needs_tokenizer):
+    _verdict_cached()
+    args = [a for a in RUN if a != "--no-progress"]
+    r = subprocess.run([sys.executable, "-m", "tasks.pretrain", "--out", str(tmp_path / "run"), *args],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr + r.stdout  # no carriage returns in a log file
+    assert "train: 12/12 (100%)" in r.stderr and "loss" in r.stderr
