@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-# numpy (CPU), cupy (GPU), standin: NumPy behaving as CuPy, a debugging aid (minigrad/standin.py)
-BACKENDS = ("numpy", "cupy", "standin")
 
 # Small shapes for developing a benchmark; the official presets ("124M", ...) come from gpt2.config.
 SIZES: dict[str, dict[str, int]] = {

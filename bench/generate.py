@@ -24,8 +24,8 @@ import minigrad as mg
 from gpt2 import GPT2, GPT2Config
 from gpt2.generate import generate
 from minigrad.io import atomic_write
+from tasks.cli import add_backend_arg
 
-from .common import BACKENDS
 
 SIZES = {"tiny": dict(n_layer=2, n_head=4, n_embd=128)}   # plus gpt2.config.PRESETS
 
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", default="124M", choices=[*PRESETS, *SIZES], help="default: %(default)s")
     p.add_argument("--prompt-tokens", type=int, default=10, help="default: %(default)s")
     p.add_argument("--new-tokens", type=int, default=100, help="default: %(default)s")
-    p.add_argument("--backend", default="numpy", choices=BACKENDS, help="default: %(default)s")
+    add_backend_arg(p)
     p.add_argument("--no-torch", action="store_true", help="time minigrad only")
     p.add_argument("--out", default=None,
                    help="markdown file (default: bench/results/generate_<backend>.md; other sizes "

@@ -19,9 +19,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .common import (BACKENDS, RESULTS_DIR, BenchError, ForeignLoad, check_backend, config_dict, device_syncs, fmt_ms,
+from .common import (RESULTS_DIR, BenchError, ForeignLoad, check_backend, config_dict, device_syncs, fmt_ms,
                      load_note, machine_info, machine_info_markdown, main_guard, markdown_table,
                      set_torch_threads, size_choices, time_each, write_atomic)
+from tasks.cli import add_backend_arg
 
 BLOCK_TARGET = 1.1  # the goal: one block within 1.1x of PyTorch eager on the CPU
 AGREE_RTOL = 1e-4   # float32 sums in another order differ by ~1e-6 relative; a wrong formula by far more
@@ -241,7 +242,7 @@ def render(rows: list[dict], args, cfg: dict, B: int, T: int, info: dict[str, st
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.ops", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", default="numpy", choices=BACKENDS, help="default: %(default)s")
+    add_backend_arg(p)
     p.add_argument("--repeat", type=int, default=5, help="timed runs per op (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default: %(default)s)")
     p.add_argument("--size", default="124M", choices=size_choices(), help="default: %(default)s")

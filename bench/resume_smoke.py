@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .common import BenchError, main_guard, write_atomic
+from tasks.cli import add_backend_arg
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--context", "64", "--batch-size", "4",
@@ -39,7 +40,7 @@ def _losses(run: Path) -> dict[int, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.resume_smoke", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
+    add_backend_arg(p)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--out", help="markdown file for the verdict")

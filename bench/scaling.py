@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .common import (RESULTS_DIR, BenchError, ForeignLoad, config_dict, load_note, machine_info,
                      machine_info_markdown, main_guard, markdown_table, size_choices, write_atomic)
+from tasks.cli import add_backend_arg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,7 +165,7 @@ def parse_args(argv):
     p.add_argument("--global-batch", type=int, default=4, help="sequences per step, all ranks (default: %(default)s)")
     p.add_argument("--context", type=int, default=256, help="default: %(default)s")
     p.add_argument("--steps", type=int, default=6, help="including one warm-up (default: %(default)s)")
-    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy"), help="default: %(default)s")
+    add_backend_arg(p)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--out", help="markdown file (default: bench/results/scaling.md, or scaling_cuda.md)")
     p.add_argument("--worker", help=argparse.SUPPRESS)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bench.common import (RESULTS_DIR, BenchError, ForeignLoad, load_note, machine_info,
                           machine_info_markdown, main_guard, markdown_table, write_atomic)
+from tasks.cli import add_backend_arg
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Every effort moves you"
@@ -45,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-head", type=int, default=8, help="for --init random (default: %(default)s)")
     p.add_argument("--n-embd", type=int, default=256, help="for --init random (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch (default: %(default)s)")
-    p.add_argument("--backend", default="numpy", choices=("numpy", "cupy"), help="default: %(default)s")
+    add_backend_arg(p)
     p.add_argument("--blas-threads", type=int, default=None,
                    help="OPENBLAS/OMP/MKL_NUM_THREADS for the server (default: the library's own)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: %(default)s)")

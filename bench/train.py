@@ -32,10 +32,11 @@ from typing import Any, Callable
 import numpy as np
 
 from . import breakdown
-from .common import (BACKENDS, RESULTS_DIR, BenchError, ForeignLoad, check_backend, config_dict, fmt_ms, gpu_event_timer,
+from .common import (RESULTS_DIR, BenchError, ForeignLoad, check_backend, config_dict, fmt_ms, gpu_event_timer,
                      load_note, machine_info,
                      machine_info_markdown, main_guard, markdown_table, set_torch_threads, size_choices,
                      write_atomic)
+from tasks.cli import add_backend_arg
 
 LOSS_RTOL = 1e-4
 PROFILE_STEPS = 2
@@ -328,7 +329,7 @@ def _render_profile(mg_res: dict, th_res: dict) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", default="numpy", choices=BACKENDS, help="default: %(default)s")
+    add_backend_arg(p)
     p.add_argument("--batch-size", type=int, help="default: 2 (numpy), 8 (cupy)")
     p.add_argument("--context", type=int, help="tokens per sequence; default: 256 (numpy), 1024 (cupy)")
     p.add_argument("--steps", type=int, default=10, help="including one warm-up step (default: %(default)s)")

@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_init_arg(q, old_names=("--checkpoint",), help="a tasks.classify run folder or one of its checkpoints")
     q.add_argument("--file", default=None, help="a UTF-8 file with one text a line ('-' for stdin)")
     q.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
-    q.add_argument("--backend", default="numpy", choices=cli.BACKENDS, help="default: %(default)s")
+    cli.add_backend_arg(q)
     q.set_defaults(func=predict)
     return p
 

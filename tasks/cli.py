@@ -27,6 +27,13 @@ class UsageError(TaskError):
     """A problem with what the user asked for."""
 
 
+def add_backend_arg(p) -> None:
+    """--backend, the same for every job and benchmark."""
+    p.add_argument("--backend", default="numpy", choices=BACKENDS,
+                   help="numpy (CPU), cupy (NVIDIA GPU), or standin: NumPy behaving as CuPy, a "
+                        "debugging aid that catches host/device mixing without a GPU (default: %(default)s)")
+
+
 def add_model_args(p: argparse.ArgumentParser, *, init_default: str = "random", size_default: str = "124M",
                    context_default: int | None = None, dropout_default: float = 0.1,
                    tie_default: bool = True, embedding_std_default: float = 0.02) -> None:
@@ -50,9 +57,7 @@ def add_model_args(p: argparse.ArgumentParser, *, init_default: str = "random", 
                         f"PyTorch's nn.Embedding 1.0 (default: {embedding_std_default}; 0.02 when tied)")
     # what --init random uses when those two are not given (a task's own choice)
     p.set_defaults(tie_default=tie_default, embedding_std_default=embedding_std_default)
-    g.add_argument("--backend", default="numpy", choices=BACKENDS,
-                   help="numpy (CPU), cupy (NVIDIA GPU), or standin: NumPy behaving as CuPy, a "
-                        "debugging aid that catches host/device mixing without a GPU (default: %(default)s)")
+    add_backend_arg(g)
     g.add_argument("--seed", type=int, default=123, help="random seed (default: %(default)s)")
 
 

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--limit", type=int, help="score at most N questions per subject")
     m.add_argument("--max-context", type=int,
                    help="keep the last N prompt tokens (default: the model's context)")
-    m.add_argument("--backend", choices=cli.BACKENDS, default="numpy")
+    cli.add_backend_arg(m)
     m.add_argument("--data", help="MMLU JSON-lines file (default: the data cache's)")
     m.add_argument("--out", help="save the accuracy table as JSON here")
     m.add_argument("--plot", metavar="PNG", help="draw the accuracy per subject here")
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     h.add_argument("--data", help="HellaSwag JSON-lines file (default: the data cache's "
                                   "validation set, downloaded when online)")
-    h.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    cli.add_backend_arg(h)
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
     h.set_defaults(func=run_hellaswag)
     return parser

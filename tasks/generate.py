@@ -41,8 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=None,
                    help="sample from the smallest set of tokens whose probability reaches p")
     p.add_argument("--seed", type=int, default=123, help="sampling seed (default: %(default)s)")
-    p.add_argument("--backend", default="numpy", choices=cli.BACKENDS,
-                   help="numpy (CPU), cupy (NVIDIA GPU) or standin (a debugging aid) (default: %(default)s)")
+    cli.add_backend_arg(p)
     p.add_argument("--no-cache", action="store_true",
                    help="recompute the whole sequence every step instead of using the KV cache")
     p.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")

@@ -449,8 +449,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     c.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
     c.add_argument("--seed", type=int, default=123, help="sampling seed (default: %(default)s)")
     for q in (r, c):
-        q.add_argument("--backend", default="numpy", choices=cli.BACKENDS,
-                       help="numpy (CPU), cupy (NVIDIA GPU) or standin (a debugging aid) (default: %(default)s)")
+        cli.add_backend_arg(q)
     c.set_defaults(func=cmd_chat)
     return cli.parse(p, argv)
 
