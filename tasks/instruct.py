@@ -36,7 +36,6 @@ from typing import Any, Sequence
 import numpy as np
 
 import minigrad as mg
-import minigrad.functional as F
 from gpt2.tokenizer import EOT_ID
 from minigrad import nn
 
@@ -45,8 +44,7 @@ from .checkpoint import read_json, run_dir_of, write_json
 from .data import DATASETS, BatchLoader, ensure_dataset
 from .jsonl import append_jsonl, read_jsonl
 from .alpaca import format_prompt
-from .plots import plot_curves
-from .train import Trainer, TrainConfig, mean_loss, read_metrics
+from .train import Trainer, TrainConfig, lm_loss, loss_evaluation, plot_losses
 
 DEFAULT_DATA = "instruction-data"
 IGNORE_INDEX = -100   # targets the loss skips (cross_entropy's default)
@@ -173,12 +171,6 @@ class InstructionLoader(BatchLoader):
                        mask_instructions=self.mask_instructions)
 
 
-def lm_loss(model, batch):
-    x, y = batch
-    xp = mg.backend.array_module(model.wte.weight.data)
-    return F.cross_entropy(model(xp.asarray(x)), xp.asarray(y), ignore_index=IGNORE_INDEX)
-
-
 # ----------------------------------------------------------------------------- LoRA
 
 
@@ -285,19 +277,12 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{len(train_recs)} train / {len(val_recs)} val / {len(test_recs)} test records; "
           f"{len(train_loader)} batches of {args.batch_size} per epoch")
 
-    def evaluate(m):
-        return {"train_loss": mean_loss(m, train_loader, lm_loss, args.eval_batches),
-                "val_loss": mean_loss(m, val_loader, lm_loss, args.eval_batches)}
-
     def sample(m):
         return respond_batch(m, tokenizer, val_recs[:1], args.sample_tokens)[0]
 
-    def plot(run_dir):
-        plot_curves([r for r in read_metrics(run_dir) if r["type"] == "eval"], ["train_loss", "val_loss"],
-                    Path(run_dir) / "loss.png", "loss")
-
+    evaluate = loss_evaluation({"train": train_loader, "val": val_loader}, lm_loss, args.eval_batches)
     trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
-                      sample=sample if args.sample_tokens > 0 else None, plot=plot)
+                      sample=sample if args.sample_tokens > 0 else None, plot=plot_losses)
     return trainer.exit_code if trainer.run(args.resume) is None else 0
 
 

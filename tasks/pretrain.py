@@ -23,14 +23,14 @@ from pathlib import Path
 
 import minigrad as mg
 import minigrad.distributed as dist
-import minigrad.functional as F
 
 from . import cli, runfolder
 from .checkpoint import read_json, write_json
 from .data import DATASETS, read_text, text_shards
-from .plots import plot_curves, plot_loss_and_accuracy
+from .plots import plot_loss_and_accuracy
 from .shards import ShardLoader, find_shards
-from .train import Periodic, Trainer, TrainConfig, check_world_size, mean_loss, read_metrics
+from .train import (Periodic, Trainer, TrainConfig, check_world_size, lm_loss, loss_evaluation, plot_losses,
+                    read_metrics)
 
 SAMPLE_PROMPT = "Every effort moves you"
 # the manifest's raw-text entries (the others are labelled rows, JSON records or questions)
@@ -69,13 +69,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.hellaswag_every < 0 or (args.hellaswag_limit is not None and args.hellaswag_limit < 1):
         p.error("--hellaswag-every must be >= 0 and --hellaswag-limit >= 1")
     return args
-
-
-def lm_loss(model, batch):
-    x, y = batch
-    xp = mg.backend.array_module(model.wte.weight.data)
-    logits = model(xp.asarray(x))
-    return F.cross_entropy(logits, xp.asarray(y))
 
 
 def greedy_sample(model, tokenizer, prompt: str, n: int) -> str:
@@ -143,14 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{world} ranks: " + ", ".join(f"rank {r} = pid {pid} on {host}"
                                                  for r, (pid, host) in enumerate(pids)), flush=True)
 
-    def evaluate(m):
-        return {"train_loss": mean_loss(m, train_loader, lm_loss, args.eval_batches),
-                "val_loss": mean_loss(m, val_loader, lm_loss, args.eval_batches)}
+    evaluate = loss_evaluation({"train": train_loader, "val": val_loader}, lm_loss, args.eval_batches)
 
     def plot(run_dir):
+        plot_losses(run_dir)
         records = read_metrics(run_dir)
         evals = [r for r in records if r["type"] == "eval"]
-        plot_curves(evals, ["train_loss", "val_loss"], Path(run_dir) / "loss.png", "loss")
         plot_loss_and_accuracy(evals, ["train_loss", "val_loss"],
                                [r for r in records if r["type"] == "hellaswag"],
                                ["hellaswag_acc", "hellaswag_acc_norm"],

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 import minigrad as mg
+import minigrad.functional as F
 import minigrad.distributed as dist
 from minigrad.amp import LossScaler, MixedPrecision
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
@@ -170,6 +171,28 @@ def check_world_size(run_json: dict, world_size: int, batch_size: int, grad_accu
     if dist.is_main():
         print(f"note: resuming a run of {before} rank(s) on {world_size}; the global batch stays {old} "
               f"sequences, so the data order is unchanged (losses may differ by float rounding)")
+
+
+def lm_loss(model, batch):
+    """Next-token cross-entropy of a GPT-2 on a batch (x, y) of token ids (B, T); targets of -100
+    (instruct's padding and masked prompts) add nothing."""
+    x, y = batch
+    xp = mg.backend.array_module(model.wte.weight.data)
+    return F.cross_entropy(model(xp.asarray(x)), xp.asarray(y))
+
+
+def loss_evaluation(loaders: dict[str, Any], loss_fn: Callable, batches: int) -> Callable:
+    """The `evaluate` of a language-model task: {NAME_loss: mean loss of `batches` batches} for
+    each loader, e.g. {"train": ..., "val": ...}."""
+    return lambda model: {f"{name}_loss": mean_loss(model, loader, loss_fn, batches)
+                          for name, loader in loaders.items()}
+
+
+def plot_losses(run_dir: str | Path) -> Path | None:
+    """loss.png of a run: train and validation loss of every evaluation in metrics.jsonl."""
+    from .plots import plot_curves
+    return plot_curves([r for r in read_metrics(run_dir) if r["type"] == "eval"], ["train_loss", "val_loss"],
+                       Path(run_dir) / "loss.png", "loss")
 
 
 class Trainer:
