@@ -36,7 +36,7 @@ from . import cli, runfolder
 from .checkpoint import read_json, run_dir_of, write_json
 from .classify_data import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
                             longest, pad_ids, per_class_scores, write_split_csvs)
-from .data import BatchLoader
+from .loaders import BatchLoader
 from .plots import plot_confusion, plot_curves
 from .progress import progress_bar
 from .train import Trainer, TrainConfig, read_metrics

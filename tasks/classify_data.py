@@ -174,7 +174,7 @@ def pad_ids(encoded: Sequence[Sequence[int]], length: int, pad_id: int = PAD_ID)
 
 
 class LabelledTokens:
-    """(token ids (T,), class id) pairs of equal length T, for tasks.data.BatchLoader."""
+    """(token ids (T,), class id) pairs of equal length T, for tasks.loaders.BatchLoader."""
 
     def __init__(self, rows: Sequence[Row], classes: Sequence[str], tokenizer, length: int):
         index = {c: i for i, c in enumerate(classes)}

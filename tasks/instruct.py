@@ -41,8 +41,9 @@ from minigrad import nn
 
 from . import cli, runfolder
 from .checkpoint import read_json, run_dir_of, write_json
-from .data import DATASETS, BatchLoader, ensure_dataset
+from .data import DATASETS, ensure_dataset
 from .jsonl import append_jsonl, read_jsonl
+from .loaders import BatchLoader
 from .alpaca import format_prompt
 from .train import Trainer, TrainConfig, lm_loss, loss_evaluation, plot_losses
 

@@ -10,7 +10,7 @@ GPT-2's own tied, N(0, 0.02) model instead, which on these 90 steps stays near t
 
 `--data DIR` trains on token shards from `python -m tasks.prepare` (or llm.c), memory-mapped and
 served by tasks.shards.ShardLoader; `--text`/`--dataset` are tokenized once into shards in the
-cache (tasks.data.text_shards) and served by the same loader, with the same batches as before.
+cache (tasks.loaders.text_shards) and served by the same loader, with the same batches as before.
 """
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ import minigrad.distributed as dist
 
 from . import cli, runfolder
 from .checkpoint import read_json, write_json
-from .data import DATASETS, read_text, text_shards
+from .data import DATASETS, read_text
+from .loaders import text_shards
 from .plots import plot_loss_and_accuracy
 from .shards import ShardLoader, find_shards
-from .train import (Periodic, Trainer, TrainConfig, check_world_size, lm_loss, loss_evaluation, plot_losses,
+from .parallel import check_world_size
+from .train import (Periodic, Trainer, TrainConfig, lm_loss, loss_evaluation, plot_losses,
                     read_metrics)
 
 SAMPLE_PROMPT = "Every effort moves you"

@@ -1,4 +1,4 @@
-"""tasks.data: manifest, dataset fetching, sliding windows and the resumable batch loader."""
+"""tasks.data and tasks.loaders: manifest, dataset fetching, sliding windows and the resumable batch loader."""
 
 import dataclasses
 import hashlib
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigrad import hub
-from tasks import data
+from tasks import data, loaders
 
 
 class CharTokenizer:
@@ -160,16 +160,16 @@ def test_read_text_bad_paths(tmp_path):
 
 def test_train_val_split_is_by_characters():
     text = "abcdefghij" * 3
-    train, val = data.train_val_split_text(text, 0.9)
+    train, val = loaders.train_val_split_text(text, 0.9)
     assert (train, val) == (text[:27], text[27:])
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match="train_frac"):
-            data.train_val_split_text(text, bad)
+            loaders.train_val_split_text(text, bad)
 
 
 def test_windows_and_shifted_targets():
     ids = list(range(100, 120))  # 20 tokens
-    ds = data.TextWindows(ids, context=4, stride=3)
+    ds = loaders.TextWindows(ids, context=4, stride=3)
     starts = [0, 3, 6, 9, 12, 15]  # the last start must leave room for the shifted target
     assert len(ds) == len(starts)
     for k, s in enumerate(starts):
@@ -182,17 +182,17 @@ def test_windows_and_shifted_targets():
 
 
 def test_exactly_one_window_fits():
-    ds = data.TextWindows([1, 2, 3, 4, 5], context=4, stride=10)
+    ds = loaders.TextWindows([1, 2, 3, 4, 5], context=4, stride=10)
     assert len(ds) == 1
     assert ds[0][1].tolist() == [2, 3, 4, 5]
 
 
 def test_short_text_error_says_counts():
     with pytest.raises(ValueError) as info:
-        data.TextWindows([1, 2, 3, 4], context=4, stride=1)
+        loaders.TextWindows([1, 2, 3, 4], context=4, stride=1)
     assert "4 tokens" in str(info.value) and "at least 5" in str(info.value)
     with pytest.raises(ValueError, match="validation split"):
-        data.make_pretrain_loaders("x" * 200, CharTokenizer(), context=32, stride=32,
+        loaders.make_pretrain_loaders("x" * 200, CharTokenizer(), context=32, stride=32,
                                    batch_size=1)
 
 
@@ -201,7 +201,7 @@ def test_the_verdict_counts_match_the_book(gpt2_encoding):
         pytest.skip("the-verdict.txt is not in the cache")
     text = data.read_text("the-verdict")
     assert len(gpt2_encoding.encode(text)) == 5145
-    train, val = data.make_pretrain_loaders(text, gpt2_encoding, context=256, stride=256,
+    train, val = loaders.make_pretrain_loaders(text, gpt2_encoding, context=256, stride=256,
                                             batch_size=2, seed=123, train_frac=0.9)
     # The book reports 9 training batches and 1 validation batch of shape (2, 256):
     # 4,608 training tokens and 512 validation tokens.
@@ -213,8 +213,8 @@ def test_the_verdict_counts_match_the_book(gpt2_encoding):
 
 
 def _loader(n=23, batch_size=4, shuffle=True, drop_last=False, seed=7):
-    ds = data.TextWindows(np.arange(n + 3), context=3, stride=1)  # n windows
-    return data.BatchLoader(ds, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+    ds = loaders.TextWindows(np.arange(n + 3), context=3, stride=1)  # n windows
+    return loaders.BatchLoader(ds, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
 
 
 def test_loader_shapes_lengths_and_coverage():
