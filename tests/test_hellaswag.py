@@ -195,6 +195,7 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, tiny, tok, mo
     assert (ctrl_c / "hellaswag.jsonl").read_text() == expected
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_rerun_with_another_model_is_refused(tmp_path, tiny, capsys):
     _, folder = tiny
     path = write_items(tmp_path / "val.jsonl")
@@ -297,6 +298,7 @@ def test_pretrain_scores_hellaswag_every_n_steps(tmp_path, cache, monkeypatch, t
     assert (out / "loss_hellaswag.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_pretrain_without_hellaswag_file_fails_before_training(tmp_path, cache, monkeypatch, capsys):
     from tasks import pretrain
     monkeypatch.setenv("MINIGRAD_OFFLINE", "1")

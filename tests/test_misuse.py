@@ -224,6 +224,7 @@ def test_missing_optimizer_state_is_refused_on_resume(reference_run, tmp_path, c
     _one_error_line(capsys, "optimizer.safetensors is missing")
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 @pytest.mark.parametrize("argv", [["--weights", "/no/such/file.safetensors"]])
 def test_old_flag_names_still_work_with_one_notice(argv, capsys):
     assert generate.main([*argv, "--prompt", "hi"]) == 2

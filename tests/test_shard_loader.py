@@ -188,6 +188,7 @@ def _damaged(tmp_path, case):
     return d, message
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 @pytest.mark.parametrize("case", ["empty folder", "no train shard", "wrong magic", "truncated"])
 def test_damaged_or_missing_shards_are_one_clear_error(tmp_path, capsys, case):
     folder, message = _damaged(tmp_path, case)
@@ -199,6 +200,7 @@ def test_damaged_or_missing_shards_are_one_clear_error(tmp_path, capsys, case):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_missing_data_folder_is_one_clear_error(tmp_path, capsys):
     assert pretrain.main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]) == 2
     assert "no such folder" in capsys.readouterr().err

@@ -87,6 +87,7 @@ def test_command_draws_those_numbers_into_a_png(tiny, tok, tmp_path, monkeypatch
         np.testing.assert_allclose([float(x) for x in line.split()[-3:]], want[:, j], atol=1e-4)
 
 
+@pytest.mark.usefixtures("needs_tokenizer")
 def test_old_weights_flag_still_works(tiny, tmp_path):
     _, folder = tiny
     png = tmp_path / "t.png"
