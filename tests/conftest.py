@@ -45,6 +45,12 @@ def needs_tokenizer():
         pytest.skip(str(err))
 
 
+@pytest.fixture(scope="session")
+def tok(needs_tokenizer):
+    """GPT-2's tokenizer (tests skip, naming the missing files, where it cannot be loaded)."""
+    return needs_tokenizer
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """mount(size, read_only=False) -> a folder on a small tmpfs of its own (a full or read-only

@@ -37,15 +37,6 @@ def write_items(path, items=ITEMS):
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
-    try:
-        return get_tokenizer()
-    except TokenizerUnavailableError as err:
-        pytest.skip(f"GPT-2's tokenizer is not available here: {err}")
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A small GPT-2 with GPT-2's vocabulary, saved as a weights folder; scaled-up weights so the
     4 endings get clearly different scores."""

@@ -12,15 +12,6 @@ TEMPERATURES = [0.1, 1.0, 5.0]
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
-    try:
-        return get_tokenizer()
-    except TokenizerUnavailableError as err:
-        pytest.skip(f"GPT-2's tokenizer is not available here: {err}")
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A small GPT-2 with GPT-2's vocabulary, saved as a weights folder; weights scaled up so the
     next-token distribution is far from uniform and temperature visibly reshapes it."""
