@@ -111,6 +111,21 @@ def served(tmp_path):
     srv.server_close()
 
 
+def sharp_tiny_gpt2(folder, n_ctx: int):
+    """A 1-layer, 16-wide GPT-2 with GPT-2's vocabulary, its matrices scaled up 8x so that its
+    next-token distributions are far from uniform; saved as a weights folder. (model, folder)."""
+    import numpy as np
+    from gpt2 import GPT2, GPT2Config
+    from gpt2.weights import save_pretrained
+    mg.manual_seed(0)
+    model = GPT2(GPT2Config(n_ctx=n_ctx, n_embd=16, n_layer=1, n_head=2))
+    for p in model.parameters():
+        if p.data.ndim == 2:
+            p.data *= np.float32(8.0)
+    save_pretrained(model, folder)
+    return model.eval(), folder
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     mg.manual_seed(0)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import sharp_tiny_gpt2
 
 import minigrad as mg
 from minigrad import hub
@@ -38,18 +39,8 @@ def write_items(path, items=ITEMS):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A small GPT-2 with GPT-2's vocabulary, saved as a weights folder; scaled-up weights so the
-    4 endings get clearly different scores."""
-    from gpt2 import GPT2, GPT2Config
-    from gpt2.weights import save_pretrained
-    mg.manual_seed(0)
-    model = GPT2(GPT2Config(n_ctx=64, n_embd=16, n_layer=1, n_head=2))
-    for p in model.parameters():
-        if p.data.ndim == 2:
-            p.data *= np.float32(8.0)
-    folder = tmp_path_factory.mktemp("tiny") / "weights"
-    save_pretrained(model, folder)
-    return model.eval(), folder
+    """A sharp tiny GPT-2 saved as a weights folder, so that the 4 endings get clearly different scores."""
+    return sharp_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "weights", n_ctx=64)
 
 
 def hand_scores(model, items, tok):

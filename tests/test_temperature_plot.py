@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import sharp_tiny_gpt2
 
 import minigrad as mg
 from tasks import generate, plots
@@ -13,18 +14,8 @@ TEMPERATURES = [0.1, 1.0, 5.0]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A small GPT-2 with GPT-2's vocabulary, saved as a weights folder; weights scaled up so the
-    next-token distribution is far from uniform and temperature visibly reshapes it."""
-    from gpt2 import GPT2, GPT2Config
-    from gpt2.weights import save_pretrained
-    mg.manual_seed(0)
-    model = GPT2(GPT2Config(n_ctx=32, n_embd=16, n_layer=1, n_head=2))
-    for p in model.parameters():
-        if p.data.ndim == 2:
-            p.data *= np.float32(8.0)
-    folder = tmp_path_factory.mktemp("tiny") / "weights"
-    save_pretrained(model, folder)
-    return model.eval(), folder
+    """A sharp tiny GPT-2 saved as a weights folder, so that temperature visibly reshapes the next-token distribution."""
+    return sharp_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "weights", n_ctx=32)
 
 
 def expected(model, tok, top):
