@@ -155,9 +155,15 @@ def test_scheduler_queue_is_bounded_and_jobs_match_alone():
 
 
 # ---------------------------------------------------------------- over HTTP
+# A request that must still be running when the test acts on it (leaves, or fills the queue):
+# greedy, so it never ends early at a sampled <|endoftext|>, and long (the tiny model makes ~800
+# tokens a second here), so it cannot finish before the server has looked for the client.
+LONG = {"prompt": "x", "max_tokens": 4000, "temperature": 0}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, needs_tokenizer):
-    s = Served("--init", str(save_tiny_run(tmp_path_factory.mktemp("serve") / "run")),
+    s = Served("--init", str(save_tiny_run(tmp_path_factory.mktemp("serve") / "run", n_ctx=4096)),
                "--max-batch", "4", "--max-queue", "4")
     yield s
     s.close()
@@ -334,7 +340,7 @@ def test_a_client_that_disconnects_frees_its_slot(server, stream):
     _, before = get(server.url + "/health")
     u = urlparse(server.url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    conn.request("POST", "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 1000, "stream": stream}),
+    conn.request("POST", "/v1/completions", json.dumps({**LONG, "stream": stream}),
                  {"Content-Type": "application/json"})
     if stream:
         r = conn.getresponse()
@@ -352,11 +358,11 @@ def test_a_client_that_disconnects_frees_its_slot(server, stream):
             break
         time.sleep(0.1)
     assert now["running"] == 0 and now["cancelled"] == before["cancelled"] + 1
-    assert now["tokens"] - before["tokens"] < 1000        # it did not run to the end
+    assert now["tokens"] - before["tokens"] < LONG["max_tokens"]   # it did not run to the end
 
 
 def test_api_key_and_queue_full(tmp_path, needs_tokenizer):
-    run = save_tiny_run(tmp_path / "run")
+    run = save_tiny_run(tmp_path / "run", n_ctx=4096)
     s = Served("--init", str(run), "--api-key-env", "MY_KEY", "--max-batch", "1", "--max-queue", "0",
                extra_env={"MY_KEY": "s3cret"})
     try:
@@ -371,7 +377,7 @@ def test_api_key_and_queue_full(tmp_path, needs_tokenizer):
         # one running request and no queue: a second request at the same time gets 503
         u = urlparse(s.url)
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-        conn.request("POST", "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 1000, "stream": True}),
+        conn.request("POST", "/v1/completions", json.dumps({**LONG, "stream": True}),
                      {"Content-Type": "application/json", **auth})
         r = conn.getresponse()
         assert r.readline().startswith(b"data: ")
