@@ -53,8 +53,9 @@ class KVCache:
         if self.lengths is not None:
             self.lengths[:] = 0
 
-    def append(self, layer: int, k, v):
-        """Store the new keys and values (B, H, T, D) of `layer`; return all (B, H, S, D) to attend to."""
+    def update(self, layer: int, k, v):
+        """Store the new keys and values (B, H, T, D) of `layer` after the filled positions;
+        return all (B, H, S, D) to attend to. The fill counts move only in advance()."""
         T = k.shape[2]
         if self.lengths is None:
             start, S = self.pos, self.pos + T
@@ -66,6 +67,13 @@ class KVCache:
                 self.k[layer][b, :, start:start + T] = k[b]
                 self.v[layer][b, :, start:start + T] = v[b]
         return self.k[layer][:, :, :S], self.v[layer][:, :, :S]
+
+    def advance(self, T: int) -> None:
+        """Count T more positions as filled, once every layer has stored them (update)."""
+        if self.lengths is None:
+            self.pos += T
+        else:
+            self.lengths += T
 
     def rows(self, start: int, stop: int) -> "KVCache":
         """A cache over rows [start, stop) sharing this one's buffers (and per-row lengths):
@@ -93,10 +101,10 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.record_weights = False   # set by GPT2.attention_maps
-        self.last_weights = None
 
-    def forward(self, x: Tensor, attn_mask=None, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(self, x: Tensor, attn_mask=None, cache: KVCache | None = None, layer: int = 0,
+                need_weights: bool = False):
+        """(B, T, C) -> (B, T, C); with need_weights, (output, attention weights (B, H, T, S))."""
         B, T, C = x.shape
         H, D = self.n_head, C // self.n_head
         qkv = self.c_attn(x)                                        # (B, T, 3C)
@@ -104,24 +112,22 @@ class CausalSelfAttention(nn.Module):
         qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]                            # (B, H, T, D) each
         if cache is not None:
-            k, v = (Tensor._wrap(a) for a in cache.append(layer, k.data, v.data))  # (B, H, S, D)
-        if self.record_weights:
-            self.last_weights = _attention_weights(q.data, k.data, attn_mask)
+            k, v = (Tensor._wrap(a) for a in cache.update(layer, k.data, v.data))  # (B, H, S, D)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)                      # heads side by side again
-        return F.dropout(self.c_proj(y), self.dropout, self.training)
+        y = F.dropout(self.c_proj(y), self.dropout, self.training)
+        return (y, _attention_weights(q.data, k.data, attn_mask)) if need_weights else y
 
 
 def _attention_weights(q, k, attn_mask):
-    """softmax(q k^T / sqrt(D)) with the causal (and padding) mask, for plotting only."""
+    """softmax(q k^T / sqrt(D)) with the causal (and padding) mask: what attention weighs the
+    values with, computed again (the fused attention never keeps its (T, S) weights)."""
     xp = backend.array_module(q)
     T, S = q.shape[-2], k.shape[-2]
     s = (q @ xp.swapaxes(k, -1, -2)) / np.float32(math.sqrt(q.shape[-1]))
     keep = F._keep_mask(xp, T, S, True, attn_mask)
-    s = xp.where(keep, s, -xp.inf)
-    s = xp.exp(s - s.max(axis=-1, keepdims=True))
-    return s / s.sum(axis=-1, keepdims=True)
+    return F.softmax(Tensor._wrap(xp.where(keep, s, -xp.inf)), axis=-1).data
 
 
 class MLP(nn.Module):
@@ -143,9 +149,14 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, attn_mask=None, cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: Tensor, attn_mask=None, cache: KVCache | None = None, layer: int = 0,
+                need_weights: bool = False):
+        """(B, T, C) -> (B, T, C); with need_weights, (output, this layer's attention weights)."""
+        a = self.attn(self.ln_1(x), attn_mask, cache, layer, need_weights)
+        a, weights = a if need_weights else (a, None)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return (x, weights) if need_weights else x
 
 
 class LMHead(nn.Module):
@@ -214,8 +225,10 @@ class GPT2(nn.Module):
         head = self.wte if self.lm_head is None else self.lm_head
         return F.linear(x, head.weight, transposed=True)                # x @ (vocab, C).T
 
-    def hidden_states(self, idx, attn_mask=None, position_ids=None, cache: KVCache | None = None) -> Tensor:
-        """The final LayerNorm's output (B, T, C): what the LM head (or a classifier) reads."""
+    def hidden_states(self, idx, attn_mask=None, position_ids=None, cache: KVCache | None = None,
+                      need_weights: bool = False):
+        """The final LayerNorm's output (B, T, C): what the LM head (or a classifier) reads.
+        With need_weights, (that output, every layer's attention weights (B, H, T, S))."""
         xp = backend.array_module(self.wte.weight.data)
         idx = xp.asarray(idx.data if isinstance(idx, Tensor) else idx)
         if idx.ndim == 1:
@@ -255,25 +268,21 @@ class GPT2(nn.Module):
 
         x = self.wte(idx) + self.wpe(position_ids)                    # (B, T, C)
         x = F.dropout(x, cfg.dropout, self.training)
+        weights = []
         for i, block in enumerate(self.h):
-            x = block(x, mask, cache, i)
-        if ragged:
-            cache.lengths += T
-        elif cache is not None:
-            cache.pos += T
-        return self.ln_f(x)
+            x = block(x, mask, cache, i, need_weights)
+            if need_weights:
+                x, w = x
+                weights.append(w)
+        if cache is not None:
+            cache.advance(T)
+        return (self.ln_f(x), weights) if need_weights else self.ln_f(x)
 
     def attention_maps(self, idx) -> list[np.ndarray]:
         """Per layer, the attention weights (B, H, T, T) for `idx`, as NumPy arrays."""
-        for block in self.h:
-            block.attn.record_weights = True
-        try:
-            with mg.no_grad():
-                self.forward(idx)
-            return [backend.to_device(b.attn.last_weights, "cpu") for b in self.h]
-        finally:
-            for block in self.h:
-                block.attn.record_weights, block.attn.last_weights = False, None
+        with mg.no_grad():
+            _, weights = self.hidden_states(idx, need_weights=True)
+        return [backend.to_device(w, "cpu") for w in weights]
 
     def new_cache(self, batch_size: int, per_row: bool = False) -> KVCache:
         return KVCache(self.config, batch_size, self.device, self.wte.weight.dtype, per_row)

@@ -137,8 +137,8 @@ def test_attention_maps_are_causal_distributions():
         assert np.all(w[..., np.triu_indices(T, k=1)[0], np.triu_indices(T, k=1)[1]] == 0.0)
         assert np.all(w[..., 0, 0] == pytest.approx(1.0))  # the first token can only see itself
         assert np.all(w[..., T - 1, :] > 0)                  # the last sees every position
-    # recording is switched off again afterwards
-    assert all(not b.attn.record_weights and b.attn.last_weights is None for b in model.h)
+    # asked for by an argument, not recorded on the modules: nothing is left behind on them
+    assert not any(hasattr(b.attn, "last_weights") or hasattr(b.attn, "record_weights") for b in model.h)
 
 
 def test_attention_maps_match_the_forward_pass():
