@@ -8,6 +8,7 @@ the graph edge that `Tensor.backward` later walks.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections import Counter
 from typing import Any, Iterable, Sequence
@@ -200,118 +201,195 @@ class Tensor:
 
     # ------------------------------------------------------------ autograd
     def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
-        """Accumulate d(self)/d(leaf) into every leaf's `.grad` that requires grad.
+        """Reverse mode: accumulate d(self)/d(leaf) into every leaf's `.grad` that requires grad.
 
-        The graph is walked in reverse topological order, built with an explicit stack (no
-        recursion, so a 2,000-op chain is fine). Intermediate gradients live only in a dict
-        and are dropped as soon as they have been passed on. A tensor used twice gets its
-        gradients summed, in place when no other gradient shares that memory; so an op's
-        backward must return new arrays or views of `grad`, never an array it keeps elsewhere.
-        """
+        Walk the graph in topological order, from self back to the leaves: each op gets the sum of
+        the gradients that flowed into its output and returns one per input. _GradLedger (read it
+        next) decides where gradients may be added in place and where they land."""
+        ledger = _GradLedger(self, self._seed_gradient(grad))
+        order = _topological_order(self)
+        for t in order:  # every tensor comes after all the ops that used it
+            g = ledger.pop(t)
+            if g is None:
+                continue
+            ctx = t._ctx
+            if ctx is None:  # a leaf: keep what flowed here
+                ledger.store_leaf(t, g)
+                continue
+            if ctx.fn is None:
+                raise RuntimeError(_FREED_GRAPH)
+            ctx.grad_out = ledger.offer(ctx)
+            in_grads = ctx.fn.backward(ctx, g)
+            in_grads = in_grads if isinstance(in_grads, tuple) else (in_grads,)
+            if _debug:
+                check_backward(ctx, in_grads)
+            for parent, pg, need in zip(ctx.parents, in_grads, ctx.needs_input_grad):
+                if pg is not None and need:
+                    ledger.add(ctx.fn, parent, pg)
+            if not retain_graph:
+                ctx.release()  # free the saved activations now, not at the end
+        if not retain_graph:
+            _cut_graph(order)
+
+    def _seed_gradient(self, grad: Any) -> Any:
+        """The gradient backward() starts from: ones for a scalar, else the caller's array."""
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (no graph was recorded)")
-        xp = backend.array_module(self.data)
         if grad is None:
             if self.data.size != 1:
                 raise RuntimeError(
                     f"backward() needs a gradient argument for a non-scalar output of shape {self.shape}")
-            grad = xp.ones_like(self.data)
-        else:
-            grad = _as_array(grad, dtype=self.data.dtype, device=self.device)
-            if grad.shape != self.data.shape:
-                raise ValueError(f"gradient of shape {grad.shape} for a tensor of shape {self.shape}")
-
-        order = _topological_order(self)
-        grads: dict[int, Any] = {id(self): grad}
-        # How many pending gradients see each block of memory (keyed by the array that owns it; a
-        # view from reshape or transpose backward shares its owner's memory), and the memory that
-        # is never ours to write: the caller's array and every leaf's .grad (optimizers update
-        # .grad in place, so a leaf's gradient must not alias another's either).
-        seen: Counter[int] = Counter({id(_owner(grad)): 1})
-        never_write: set[int] = {id(_owner(grad))}
-        offered: dict[int, Any] = {}  # leaf id -> its flat-buffer gradient view, handed to an op
-        for t in order:  # every tensor comes after all the ops that used it
-            g = grads.pop(id(t), None)
-            ctx = t._ctx
-            if g is None:
-                continue
-            seen[id(_owner(g))] -= 1
-            if ctx is None:  # a leaf: keep what flowed here
-                if isinstance(g, np.generic):
-                    g = np.asarray(g)
-                if t.grad is None:
-                    buf = getattr(t, "_grad_buf", None)  # a parameter in a flat buffer: fill its view
-                    if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
-                        if g is not buf:  # an op wrote it there already, or copy it in now
-                            buf[...] = g
-                        t.grad = buf
-                    else:
-                        owner = id(_owner(g))
-                        t.grad = g.copy() if owner in never_write else g
-                    never_write.add(id(_owner(t.grad)))
-                else:
-                    t.grad += g
-                continue
-            if ctx.fn is None:
-                raise RuntimeError(
-                    "backward() reached a tensor whose graph an earlier backward() already freed: "
-                    "pass retain_graph=True to the first call, or detach() tensors reused across steps")
-            # A Parameter in an optimizer's flat buffer, with no gradient yet: offer its view of
-            # the flat gradient array to this op (ctx.grad_out[i]), once per backward, so an op
-            # like linear can write its weight gradient there (matmul out=) instead of into a
-            # fresh array that the leaf would then copy. An op may ignore the offer.
-            dests = None
-            for i, p in enumerate(ctx.parents):
-                buf = getattr(p, "_grad_buf", None)
-                if buf is not None and p.grad is None and id(p) not in offered and ctx.needs_input_grad[i]:
-                    dests = dests or [None] * len(ctx.parents)
-                    dests[i] = buf
-                    offered[id(p)] = buf
-            ctx.grad_out = dests
-            in_grads = ctx.fn.backward(ctx, g)
-            if not isinstance(in_grads, tuple):
-                in_grads = (in_grads,)
-            for parent, pg, need in zip(ctx.parents, in_grads, ctx.needs_input_grad):
-                if pg is None or not need:
-                    continue
-                if pg.shape != parent.data.shape:
-                    raise RuntimeError(
-                        f"{ctx.fn.__name__}.backward returned a gradient of shape {pg.shape} "
-                        f"for an input of shape {parent.data.shape}")
-                key = id(parent)
-                if key not in grads:
-                    grads[key] = pg
-                    seen[id(_owner(pg))] += 1
-                    continue
-                acc = grads[key]
-                if acc is offered.get(key):
-                    acc += pg  # the leaf's own slot of the flat gradient buffer: ours to add into
-                elif (acc.base is None and seen[id(acc)] == 1 and id(acc) not in never_write
-                        and acc.dtype == pg.dtype
-                        and getattr(acc.flags, "writeable", True)):  # CuPy has no read-only arrays
-                    # nothing else sees acc's memory: add in place, sparing a fresh array (for a
-                    # tied embedding, 154 MB to allocate and fill every step)
-                    acc += pg
-                else:
-                    seen[id(_owner(acc))] -= 1
-                    grads[key] = acc = acc + pg
-                    seen[id(acc)] += 1
-            if not retain_graph:
-                ctx.release()
-        if not retain_graph:  # the graph is spent: cut it so its arrays can be freed
-            for t in order:
-                if t._ctx is not None:
-                    # keep the emptied context (not None) so that a second backward through
-                    # these tensors raises instead of silently treating them as leaves
-                    t._ctx.parents = ()
-                    t._ctx.fn = None
+            return backend.array_module(self.data).ones_like(self.data)
+        grad = _as_array(grad, dtype=self.data.dtype, device=self.device)
+        if grad.shape != self.data.shape:
+            raise ValueError(f"gradient of shape {grad.shape} for a tensor of shape {self.shape}")
+        return grad
 
     # operators and methods are attached in ops.py, next to the Functions they use
+
+
+_FREED_GRAPH = ("backward() reached a tensor whose graph an earlier backward() already freed: "
+                "pass retain_graph=True to the first call, or detach() tensors reused across steps")
 
 
 def _owner(a: Any) -> Any:
     """The array that owns `a`'s memory (NumPy and CuPy point a view's .base at its owner)."""
     return a if getattr(a, "base", None) is None else a.base
+
+
+class _GradLedger:
+    """The pending gradients of one backward pass, and who may write into which memory.
+
+    The rule every op keeps: a backward must return new arrays or views of its incoming grad,
+    never an array that the graph keeps (a saved activation, an input). Given that, a pending
+    gradient whose memory no other pending gradient sees is ours, and a second gradient for the
+    same tensor is added into it in place (for a tied embedding that spares allocating and
+    filling 154 MB every step). Memory is keyed by its owner: a view from reshape or transpose
+    backward shares its owner's memory. Never written: the caller's seed, and every leaf's
+    .grad once stored (optimizers update .grad in place, so one leaf's must not alias another's).
+
+    A parameter in an optimizer's flat buffer (Tensor._grad_buf, see nn.FlatParameters) with no
+    .grad yet gets its view of that buffer offered, once, to the first op that uses it
+    (ctx.grad_out[i]), so that e.g. linear can write its weight gradient there (matmul out=)
+    instead of into a fresh array the leaf would then copy. An op may ignore the offer.
+    """
+
+    def __init__(self, root: Tensor, seed: Any):
+        self.pending: dict[int, Any] = {id(root): seed}
+        self.seen: Counter[int] = Counter({id(_owner(seed)): 1})  # pending gradients per owner
+        self.never_write: set[int] = {id(_owner(seed))}
+        self.offered: dict[int, Any] = {}  # leaf id -> its flat-buffer view, handed to an op
+
+    def pop(self, t: Tensor) -> Any:
+        """The summed gradient of t, taken out of the ledger (None if nothing flowed to t)."""
+        g = self.pending.pop(id(t), None)
+        if g is not None:
+            self.seen[id(_owner(g))] -= 1
+        return g
+
+    def offer(self, ctx: Context) -> list | None:
+        """ctx.grad_out for this op: flat-buffer views for inputs that have no gradient yet."""
+        dests = None
+        for i, p in enumerate(ctx.parents):
+            buf = p._grad_buf
+            if buf is not None and p.grad is None and id(p) not in self.offered and ctx.needs_input_grad[i]:
+                dests = dests or [None] * len(ctx.parents)
+                dests[i] = self.offered[id(p)] = buf
+        return dests
+
+    def add(self, fn: type, parent: Tensor, pg: Any) -> None:
+        """Add pg, the gradient op fn returned for its input `parent`, to parent's pending sum."""
+        if pg.shape != parent.data.shape:
+            raise RuntimeError(f"{fn.__name__}.backward returned a gradient of shape {pg.shape} "
+                               f"for an input of shape {parent.data.shape}")
+        key = id(parent)
+        acc = self.pending.get(key)
+        if acc is None:
+            self.pending[key] = pg
+            self.seen[id(_owner(pg))] += 1
+        elif acc is self.offered.get(key) or self._owns(acc, pg):
+            acc += pg  # the leaf's own slot of the flat buffer, or memory nothing else sees
+        else:
+            self.seen[id(_owner(acc))] -= 1
+            self.pending[key] = acc = acc + pg
+            self.seen[id(acc)] += 1
+
+    def _owns(self, acc: Any, pg: Any) -> bool:
+        """Whether acc may be added into: it owns its memory, and nothing else sees or keeps it."""
+        return (acc.base is None and self.seen[id(acc)] == 1 and id(acc) not in self.never_write
+                and acc.dtype == pg.dtype
+                and getattr(acc.flags, "writeable", True))  # CuPy has no read-only arrays
+
+    def store_leaf(self, t: Tensor, g: Any) -> None:
+        """Accumulate g into leaf t's .grad (into its flat-buffer view when it has one)."""
+        if isinstance(g, np.generic):
+            g = np.asarray(g)
+        if t.grad is not None:
+            t.grad += g
+            return
+        buf = t._grad_buf
+        if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
+            if g is not buf:  # an op wrote it there already, or copy it in now
+                buf[...] = g
+            t.grad = buf
+        else:
+            t.grad = g.copy() if id(_owner(g)) in self.never_write else g
+        self.never_write.add(id(_owner(t.grad)))
+
+
+def _cut_graph(order: list[Tensor]) -> None:
+    """Cut a spent graph so its arrays can be freed. The emptied context stays (not None) so that
+    a second backward through these tensors raises instead of treating them as leaves."""
+    for t in order:
+        if t._ctx is not None:
+            t._ctx.parents = ()
+            t._ctx.fn = None
+
+
+# ---------------------------------------------------------------- debug mode
+# MINIGRAD_DEBUG=1 (read once, here) or set_debug(True): check every op's backward against the
+# rules _GradLedger relies on. Off by default: the checks cost a pass over each op's arrays.
+_debug = os.environ.get("MINIGRAD_DEBUG", "0") not in ("", "0")
+
+
+def set_debug(enabled: bool) -> None:
+    """Turn the backward checks of the debug mode on or off (see check_backward)."""
+    global _debug
+    _debug = bool(enabled)
+
+
+def is_debug() -> bool:
+    return _debug
+
+
+class BackwardRuleError(RuntimeError):
+    """An op's backward broke a rule of the engine (raised in debug mode)."""
+
+
+def _shares_memory(a: Any, b: Any) -> bool:
+    if _owner(a) is _owner(b):
+        return True
+    return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.may_share_memory(a, b)
+
+
+def check_backward(ctx: Context, in_grads: tuple) -> None:
+    """Raise BackwardRuleError unless each gradient returned by ctx.fn.backward has its input's
+    shape and dtype and shares no memory with an array the op saved or an input's data."""
+    name = f"{ctx.fn.__name__}.backward"
+    kept = [a for a in ctx.saved if hasattr(a, "shape")] + [p.data for p in ctx.parents]
+    if len(in_grads) < len(ctx.parents) or any(g is not None for g in in_grads[len(ctx.parents):]):
+        raise BackwardRuleError(f"{name} returned {len(in_grads)} gradients for {len(ctx.parents)} inputs")
+    for i, (parent, pg) in enumerate(zip(ctx.parents, in_grads)):
+        if pg is None or not ctx.needs_input_grad[i]:
+            continue
+        if pg.shape != parent.data.shape or pg.dtype != parent.data.dtype:
+            raise BackwardRuleError(
+                f"{name} returned a gradient of shape {tuple(pg.shape)} and dtype {pg.dtype} for input {i} "
+                f"of shape {tuple(parent.data.shape)} and dtype {parent.data.dtype}")
+        if any(_shares_memory(pg, a) for a in kept):
+            raise BackwardRuleError(
+                f"{name} returned, for input {i}, an array sharing memory with one the graph keeps "
+                "(a saved array or an input); return a new array or a view of the incoming grad")
 
 
 def _topological_order(root: Tensor) -> list[Tensor]:

@@ -8,7 +8,10 @@ import os
 
 import pytest
 
-import minigrad as mg
+# the engine's debug mode checks every op's backward (shapes, dtypes, no array the graph keeps):
+# on for the whole suite and, through the environment, for the task subprocesses it starts
+os.environ.setdefault("MINIGRAD_DEBUG", "1")
+import minigrad as mg  # noqa: E402
 
 
 def pytest_addoption(parser):
