@@ -1,21 +1,21 @@
 """Tensor and the autograd machinery: Function, Context, backward, no_grad.
 
 Every op is a `Function` subclass with `forward(ctx, *arrays)` and `backward(ctx, grad)` side by
-side (see ops.py and functional.py). `Function.apply` runs the forward on raw arrays and, only when
+side (see minigrad/ops/). `Function.apply` runs the forward on raw arrays and, only when
 grad mode is on and some input requires grad, records a `Context` on the output: that context is
 the graph edge that `Tensor.backward` later walks.
 """
 from __future__ import annotations
 
 import contextlib
-import os
+import operator
 import threading
-from collections import Counter
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import backend
+from . import autograd, backend
+from .autograd import BackwardRuleError, is_debug, set_debug  # noqa: F401 (minigrad.tensor.set_debug)
 
 _state = threading.local()
 
@@ -178,8 +178,7 @@ class Tensor:
         return Tensor._wrap(backend.to_device(self.data, device), self.requires_grad)
 
     def astype(self, dtype) -> Tensor:
-        from .ops import Cast
-        return Cast.apply(self, dtype=np.dtype(dtype))
+        return _ops().cast(self, dtype)
 
     def float(self) -> Tensor:
         return self.astype(np.float32)
@@ -203,11 +202,11 @@ class Tensor:
     def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
         """Reverse mode: accumulate d(self)/d(leaf) into every leaf's `.grad` that requires grad.
 
-        Walk the graph in topological order, from self back to the leaves: each op gets the sum of
-        the gradients that flowed into its output and returns one per input. _GradLedger (read it
-        next) decides where gradients may be added in place and where they land."""
-        ledger = _GradLedger(self, self._seed_gradient(grad))
-        order = _topological_order(self)
+        Walk the graph in topological order, from self back to the leaves: each op gets the sum
+        of the gradients that flowed into its output and returns one per input. Where gradients
+        may be added in place, and where they land, is autograd.GradLedger's job (read it next)."""
+        ledger = autograd.GradLedger(self, self._seed_gradient(grad))
+        order = autograd.topological_order(self)
         for t in order:  # every tensor comes after all the ops that used it
             g = ledger.pop(t)
             if g is None:
@@ -217,19 +216,19 @@ class Tensor:
                 ledger.store_leaf(t, g)
                 continue
             if ctx.fn is None:
-                raise RuntimeError(_FREED_GRAPH)
+                raise RuntimeError(autograd.FREED_GRAPH)
             ctx.grad_out = ledger.offer(ctx)
             in_grads = ctx.fn.backward(ctx, g)
             in_grads = in_grads if isinstance(in_grads, tuple) else (in_grads,)
-            if _debug:
-                check_backward(ctx, in_grads)
+            if autograd.debug:
+                autograd.check_backward(ctx, in_grads)
             for parent, pg, need in zip(ctx.parents, in_grads, ctx.needs_input_grad):
                 if pg is not None and need:
                     ledger.add(ctx.fn, parent, pg)
             if not retain_graph:
                 ctx.release()  # free the saved activations now, not at the end
         if not retain_graph:
-            _cut_graph(order)
+            autograd.cut_graph(order)
 
     def _seed_gradient(self, grad: Any) -> Any:
         """The gradient backward() starts from: ones for a scalar, else the caller's array."""
@@ -245,173 +244,137 @@ class Tensor:
             raise ValueError(f"gradient of shape {grad.shape} for a tensor of shape {self.shape}")
         return grad
 
-    # operators and methods are attached in ops.py, next to the Functions they use
+    # ------------------------------------------------------------ operators and methods
+    # Each calls the op of minigrad/ops that computes it (its Function, forward and backward side
+    # by side, is in the file named). Those modules import this one, so this one imports them
+    # on first use (_ops()), never at its top: no import cycle.
+    def __add__(self, other: Any) -> Tensor:  # elementwise.py
+        return _ops().add(self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return _ops().add(other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return _ops().sub(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return _ops().sub(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return _ops().mul(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return _ops().mul(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return _ops().div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return _ops().div(other, self)
+
+    def __neg__(self) -> Tensor:
+        return _ops().NegFn.apply(self)
+
+    def __pow__(self, p: float) -> Tensor:
+        return _ops().power(self, p)
+
+    def exp(self) -> Tensor:
+        return _ops().ExpFn.apply(self)
+
+    def log(self) -> Tensor:
+        return _ops().LogFn.apply(self)
+
+    def tanh(self) -> Tensor:
+        return _ops().TanhFn.apply(self)
+
+    def sqrt(self) -> Tensor:
+        return _ops().SqrtFn.apply(self)
+
+    def relu(self) -> Tensor:
+        return _ops().relu(self)
+
+    def masked_fill(self, mask: Any, value: float) -> Tensor:
+        """Where mask is True, `value`; elsewhere self (no gradient flows to filled places)."""
+        return _ops().masked_fill(self, mask, value)
+
+    def __matmul__(self, other: Any) -> Tensor:  # products.py
+        return _ops().matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return _ops().matmul(other, self)
+
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:  # reduce.py
+        return _ops().sum_(self, axis, keepdims)
+
+    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return _ops().mean(self, axis, keepdims)
+
+    def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return _ops().max_(self, axis, keepdims)
+
+    def reshape(self, *shape: Any) -> Tensor:  # shape.py
+        return _ops().reshape(self, *shape)
+
+    view = reshape
+
+    def flatten(self) -> Tensor:
+        return _ops().reshape(self, -1)
+
+    def unsqueeze(self, axis: int) -> Tensor:
+        return _ops().unsqueeze(self, axis)
+
+    def squeeze(self, axis: int | None = None) -> Tensor:
+        return _ops().squeeze(self, axis)
+
+    def permute(self, *dims: Any) -> Tensor:
+        return _ops().permute(self, *dims)
+
+    def transpose(self, a: int | None = None, b: int | None = None) -> Tensor:
+        return _ops().transpose(self, a, b)
+
+    @property
+    def T(self) -> Tensor:  # noqa: N802 (NumPy's and PyTorch's name)
+        return _ops().transpose(self)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        return _ops().getitem(self, index)
+
+    def softmax(self, axis: int = -1) -> Tensor:  # softmax_family.py
+        return _ops().softmax(self, axis)
+
+    def log_softmax(self, axis: int = -1) -> Tensor:
+        return _ops().log_softmax(self, axis)
+
+    # comparisons and argmax give constant tensors: no gradient flows through them
+    def _compare(self, other: Any, op: Callable[[Any, Any], Any]) -> Tensor:
+        return Tensor._wrap(op(self.data, _ops().on_device_of(other, self.data)))
+
+    def __lt__(self, other: Any) -> Tensor:
+        return self._compare(other, operator.lt)
+
+    def __le__(self, other: Any) -> Tensor:
+        return self._compare(other, operator.le)
+
+    def __gt__(self, other: Any) -> Tensor:
+        return self._compare(other, operator.gt)
+
+    def __ge__(self, other: Any) -> Tensor:
+        return self._compare(other, operator.ge)
+
+    def eq(self, other: Any) -> Tensor:
+        return self._compare(other, operator.eq)
+
+    def ne(self, other: Any) -> Tensor:
+        return self._compare(other, operator.ne)
+
+    def argmax(self, axis: int | None = None) -> Tensor:
+        return Tensor._wrap(self.data.argmax(axis=axis))
 
 
-_FREED_GRAPH = ("backward() reached a tensor whose graph an earlier backward() already freed: "
-                "pass retain_graph=True to the first call, or detach() tensors reused across steps")
-
-
-def _owner(a: Any) -> Any:
-    """The array that owns `a`'s memory (NumPy and CuPy point a view's .base at its owner)."""
-    return a if getattr(a, "base", None) is None else a.base
-
-
-class _GradLedger:
-    """The pending gradients of one backward pass, and who may write into which memory.
-
-    The rule every op keeps: a backward must return new arrays or views of its incoming grad,
-    never an array that the graph keeps (a saved activation, an input). Given that, a pending
-    gradient whose memory no other pending gradient sees is ours, and a second gradient for the
-    same tensor is added into it in place (for a tied embedding that spares allocating and
-    filling 154 MB every step). Memory is keyed by its owner: a view from reshape or transpose
-    backward shares its owner's memory. Never written: the caller's seed, and every leaf's
-    .grad once stored (optimizers update .grad in place, so one leaf's must not alias another's).
-
-    A parameter in an optimizer's flat buffer (Tensor._grad_buf, see nn.FlatParameters) with no
-    .grad yet gets its view of that buffer offered, once, to the first op that uses it
-    (ctx.grad_out[i]), so that e.g. linear can write its weight gradient there (matmul out=)
-    instead of into a fresh array the leaf would then copy. An op may ignore the offer.
-    """
-
-    def __init__(self, root: Tensor, seed: Any):
-        self.pending: dict[int, Any] = {id(root): seed}
-        self.seen: Counter[int] = Counter({id(_owner(seed)): 1})  # pending gradients per owner
-        self.never_write: set[int] = {id(_owner(seed))}
-        self.offered: dict[int, Any] = {}  # leaf id -> its flat-buffer view, handed to an op
-
-    def pop(self, t: Tensor) -> Any:
-        """The summed gradient of t, taken out of the ledger (None if nothing flowed to t)."""
-        g = self.pending.pop(id(t), None)
-        if g is not None:
-            self.seen[id(_owner(g))] -= 1
-        return g
-
-    def offer(self, ctx: Context) -> list | None:
-        """ctx.grad_out for this op: flat-buffer views for inputs that have no gradient yet."""
-        dests = None
-        for i, p in enumerate(ctx.parents):
-            buf = p._grad_buf
-            if buf is not None and p.grad is None and id(p) not in self.offered and ctx.needs_input_grad[i]:
-                dests = dests or [None] * len(ctx.parents)
-                dests[i] = self.offered[id(p)] = buf
-        return dests
-
-    def add(self, fn: type, parent: Tensor, pg: Any) -> None:
-        """Add pg, the gradient op fn returned for its input `parent`, to parent's pending sum."""
-        if pg.shape != parent.data.shape:
-            raise RuntimeError(f"{fn.__name__}.backward returned a gradient of shape {pg.shape} "
-                               f"for an input of shape {parent.data.shape}")
-        key = id(parent)
-        acc = self.pending.get(key)
-        if acc is None:
-            self.pending[key] = pg
-            self.seen[id(_owner(pg))] += 1
-        elif acc is self.offered.get(key) or self._owns(acc, pg):
-            acc += pg  # the leaf's own slot of the flat buffer, or memory nothing else sees
-        else:
-            self.seen[id(_owner(acc))] -= 1
-            self.pending[key] = acc = acc + pg
-            self.seen[id(acc)] += 1
-
-    def _owns(self, acc: Any, pg: Any) -> bool:
-        """Whether acc may be added into: it owns its memory, and nothing else sees or keeps it."""
-        return (acc.base is None and self.seen[id(acc)] == 1 and id(acc) not in self.never_write
-                and acc.dtype == pg.dtype
-                and getattr(acc.flags, "writeable", True))  # CuPy has no read-only arrays
-
-    def store_leaf(self, t: Tensor, g: Any) -> None:
-        """Accumulate g into leaf t's .grad (into its flat-buffer view when it has one)."""
-        if isinstance(g, np.generic):
-            g = np.asarray(g)
-        if t.grad is not None:
-            t.grad += g
-            return
-        buf = t._grad_buf
-        if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
-            if g is not buf:  # an op wrote it there already, or copy it in now
-                buf[...] = g
-            t.grad = buf
-        else:
-            t.grad = g.copy() if id(_owner(g)) in self.never_write else g
-        self.never_write.add(id(_owner(t.grad)))
-
-
-def _cut_graph(order: list[Tensor]) -> None:
-    """Cut a spent graph so its arrays can be freed. The emptied context stays (not None) so that
-    a second backward through these tensors raises instead of treating them as leaves."""
-    for t in order:
-        if t._ctx is not None:
-            t._ctx.parents = ()
-            t._ctx.fn = None
-
-
-# ---------------------------------------------------------------- debug mode
-# MINIGRAD_DEBUG=1 (read once, here) or set_debug(True): check every op's backward against the
-# rules _GradLedger relies on. Off by default: the checks cost a pass over each op's arrays.
-_debug = os.environ.get("MINIGRAD_DEBUG", "0") not in ("", "0")
-
-
-def set_debug(enabled: bool) -> None:
-    """Turn the backward checks of the debug mode on or off (see check_backward)."""
-    global _debug
-    _debug = bool(enabled)
-
-
-def is_debug() -> bool:
-    return _debug
-
-
-class BackwardRuleError(RuntimeError):
-    """An op's backward broke a rule of the engine (raised in debug mode)."""
-
-
-def _shares_memory(a: Any, b: Any) -> bool:
-    if _owner(a) is _owner(b):
-        return True
-    return isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.may_share_memory(a, b)
-
-
-def check_backward(ctx: Context, in_grads: tuple) -> None:
-    """Raise BackwardRuleError unless each gradient returned by ctx.fn.backward has its input's
-    shape and dtype and shares no memory with an array the op saved or an input's data."""
-    name = f"{ctx.fn.__name__}.backward"
-    kept = [a for a in ctx.saved if hasattr(a, "shape")] + [p.data for p in ctx.parents]
-    if len(in_grads) < len(ctx.parents) or any(g is not None for g in in_grads[len(ctx.parents):]):
-        raise BackwardRuleError(f"{name} returned {len(in_grads)} gradients for {len(ctx.parents)} inputs")
-    for i, (parent, pg) in enumerate(zip(ctx.parents, in_grads)):
-        if pg is None or not ctx.needs_input_grad[i]:
-            continue
-        if pg.shape != parent.data.shape or pg.dtype != parent.data.dtype:
-            raise BackwardRuleError(
-                f"{name} returned a gradient of shape {tuple(pg.shape)} and dtype {pg.dtype} for input {i} "
-                f"of shape {tuple(parent.data.shape)} and dtype {parent.data.dtype}")
-        if any(_shares_memory(pg, a) for a in kept):
-            raise BackwardRuleError(
-                f"{name} returned, for input {i}, an array sharing memory with one the graph keeps "
-                "(a saved array or an input); return a new array or a view of the incoming grad")
-
-
-def _topological_order(root: Tensor) -> list[Tensor]:
-    """Tensors reachable from root through recorded ops, each after all the ops that use it."""
-    order: list[Tensor] = []
-    visited: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(root, False)]
-    while stack:
-        t, expanded = stack.pop()
-        if expanded:
-            order.append(t)
-            continue
-        if id(t) in visited:
-            continue
-        visited.add(id(t))
-        stack.append((t, True))
-        if t._ctx is not None:
-            for p in t._ctx.parents:
-                if p.requires_grad and id(p) not in visited:
-                    stack.append((p, False))
-    order.reverse()
-    return order
+def _ops():
+    """The package minigrad.ops, imported on first use (see the comment above Tensor.__add__)."""
+    from . import ops
+    return ops
 
 
 # ---------------------------------------------------------------- creation functions

@@ -8,10 +8,14 @@ import os
 
 import pytest
 
+import minigrad as mg
+from minigrad.tensor import set_debug
+
 # the engine's debug mode checks every op's backward (shapes, dtypes, no array the graph keeps):
-# on for the whole suite and, through the environment, for the task subprocesses it starts
-os.environ.setdefault("MINIGRAD_DEBUG", "1")
-import minigrad as mg  # noqa: E402
+# on for every test in this process. Switched on here rather than by MINIGRAD_DEBUG=1 in the
+# environment, which the task subprocesses would inherit, and which also makes a task show a
+# traceback instead of its one-line `error:` that the task tests look for.
+set_debug(True)
 
 
 def pytest_addoption(parser):

@@ -56,7 +56,7 @@ def debug_on():
 
 
 def test_the_suite_runs_in_debug_mode():
-    assert is_debug(), "tests/conftest.py sets MINIGRAD_DEBUG=1 before importing minigrad"
+    assert is_debug(), "tests/conftest.py calls set_debug(True)"
 
 
 @pytest.mark.parametrize("fn, words", [(WrongShape, "shape (3,)"), (ReturnsSaved, "sharing memory"),
