@@ -99,12 +99,12 @@ def _padded_qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
 
 
 def _linear(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
-    return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.C, 3 * s.C, scale=0.02 * 50),
+    return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.C, 3 * s.C, scale=s.C ** -0.5),
             _normal(rng, dt, 3 * s.C)], {}
 
 
 def _tied_head(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
-    return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.V, s.C)], {}
+    return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.V, s.C, scale=s.C ** -0.5)], {}
 
 
 def _logits(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
@@ -134,7 +134,7 @@ def _three(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
 
 
 def _square(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
-    return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.C, s.C)], {}
+    return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.C, s.C, scale=s.C ** -0.5)], {}
 
 
 OPS: tuple[OpEntry, ...] = (
