@@ -227,8 +227,8 @@ def render(rows: list[dict], args, cfg: dict, B: int, T: int, info: dict[str, st
     if note:
         lines += ["", note]
     lines += ["", "Notes:",
-              "- Both frameworks run in one process, so PyTorch also runs with the glibc allocator "
-              "settings that importing minigrad applies (minigrad/backend.py).",
+              "- Both frameworks run in one process, so PyTorch also runs with the allocator settings "
+              "of minigrad.backend.tune_allocator(), which this benchmark applies as the tasks do.",
               "- The model's attention does its softmax inside the sdpa op (the attention row), "
               "not through the softmax op.",
               "- minigrad's embedding backward allocates a fresh (vocabulary, width) gradient with "
@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1 or args.warmup < 0:
         raise BenchError("--repeat must be >= 1 and --warmup >= 0")
     device = check_backend(args.backend)
+    import minigrad as mg
+    mg.backend.tune_allocator()  # for both frameworks: they share this process
     gpu = args.backend == "cupy"
     B = args.batch_size or (8 if gpu else 2)
     T = args.context or (1024 if gpu else 256)

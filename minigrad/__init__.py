@@ -6,7 +6,7 @@
     loss = F.gelu(x @ mg.randn(3, 2)).sum()
     loss.backward()          # x.grad now holds d loss / d x
 """
-from . import backend, hub
+from . import backend
 from . import functional, nn, ops, optim
 from .backend import BackendError, get_rng_state, gpu_available, manual_seed, set_rng_state
 from .gradcheck import GradcheckError, gradcheck
@@ -19,5 +19,5 @@ __all__ = [
     "Tensor", "Function", "tensor", "zeros", "ones", "full", "randn", "rand", "arange",
     "no_grad", "enable_grad", "is_grad_enabled", "cat", "stack", "split", "chunk", "where",
     "manual_seed", "get_rng_state", "set_rng_state", "gpu_available", "BackendError",
-    "gradcheck", "GradcheckError", "save", "load", "functional", "nn", "ops", "optim", "backend", "hub",
+    "gradcheck", "GradcheckError", "save", "load", "functional", "nn", "ops", "optim", "backend",
 ]

@@ -100,3 +100,38 @@ def test_each_module_imports_first_in_a_fresh_interpreter():
             "    importlib.import_module(m)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+_SPY = """
+import ctypes, json
+calls = []
+class SpyCDLL(ctypes.CDLL):  # records every libc function looked up, mallopt included
+    def __getattr__(self, name):
+        calls.append(name)
+        return super().__getattr__(name)
+    def __getitem__(self, name):
+        calls.append(name)
+        return super().__getitem__(name)
+ctypes.CDLL = SpyCDLL
+from numpy._core.multiarray import _get_madvise_hugepage
+before = _get_madvise_hugepage()
+import minigrad, minigrad.functional, minigrad.nn, minigrad.optim, minigrad.io, minigrad.amp
+imported = {"mallopt": "mallopt" in calls, "hugepage_changed": _get_madvise_hugepage() != before}
+minigrad.backend.tune_allocator()
+tuned = {"mallopt": "mallopt" in calls, "hugepage": _get_madvise_hugepage()}
+print(json.dumps({"imported": imported, "tuned": tuned}))
+"""
+
+
+def test_importing_minigrad_leaves_the_allocator_alone():
+    """Allocator tuning changes the whole process: only an explicit tune_allocator() does it."""
+    import json
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    r = subprocess.run([sys.executable, "-c", _SPY], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**env, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen["imported"] == {"mallopt": False, "hugepage_changed": False}
+    if sys.platform.startswith("linux"):
+        assert seen["tuned"] == {"mallopt": True, "hugepage": False}
