@@ -45,8 +45,7 @@ class MeanFn(Function):
     @staticmethod
     def backward(ctx, g):
         n = int(np.prod([ctx.shape[i] for i in ctx.axes]))
-        g = _expand_reduced(g, ctx.shape, ctx.axes, ctx.keepdims) / g.dtype.type(max(n, 1))
-        return array_module(g).broadcast_to(g, ctx.shape).copy()
+        return SumFn.backward(ctx, g / g.dtype.type(max(n, 1)))  # the mean is the sum over n
 
 
 class MaxFn(Function):
