@@ -71,6 +71,7 @@ def torch_counterparts() -> dict[str, Callable[..., Any] | None]:
         "reshape": lambda x: x.reshape(x.shape[0], -1), "transpose": lambda x: x.transpose(0, 2),
         "getitem slice": lambda x: x[:, 1:, ::2], "getitem rows": lambda x, index: x[:, index],
         "cat": lambda a, b, c: torch.cat([a, b, c], -1),
+        "bias_residual": lambda x, b, r: x + b + r,
         "matmul": torch.matmul,
         "linear": lambda x, w, b: TF.linear(x, w.T, b),  # minigrad's w is (in, out), PyTorch's (out, in)
         "linear tied head": TF.linear,

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
 from ..tensor import Function, Tensor
 from . import attention, elementwise as ew, layers, products, reduce, shape, softmax_family as sf
 
@@ -44,7 +44,7 @@ Made = tuple[list[np.ndarray], dict[str, Any]]
 class OpEntry:
     name: str
     call: Callable[..., Tensor]                        # call(*tensors, **consts)
-    functions: tuple[type[Function], ...]              # the Functions it exercises
+    functions: tuple[type[Function], ...]              # the Functions it reaches (the Fused ones on CuPy float32)
     make: Callable[[np.random.Generator, Sizes, Any], Made]
 
     def inputs(self, rng: np.random.Generator, device: str, sizes: Sizes = SMALL,
@@ -133,6 +133,10 @@ def _three(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
     return [_normal(rng, dt, s.B, s.T, s.C) for _ in range(3)], {}
 
 
+def _bias_residual(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
+    return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.C), _normal(rng, dt, s.B, s.T, s.C)], {}
+
+
 def _square(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
     return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.C, s.C, scale=s.C ** -0.5)], {}
 
@@ -164,22 +168,23 @@ OPS: tuple[OpEntry, ...] = (
     OpEntry("getitem slice", lambda x: x[:, 1:, ::2], (shape.GetItemFn,), _x()),
     OpEntry("getitem rows", lambda x, index: x[:, index], (shape.GetItemFn,), _rows),
     OpEntry("cat", lambda a, b, c: shape.cat([a, b, c], axis=-1), (shape.ConcatFn,), _three),
+    OpEntry("bias_residual", kernels.bias_residual, (ew.AddFn, kernels.fused.FusedBiasResidual), _bias_residual),
     # products.py
     OpEntry("matmul", products.matmul, (products.MatMulFn,), _square),
     OpEntry("linear", products.linear, (products.LinearFn,), _linear),
     OpEntry("linear tied head", lambda x, w: products.linear(x, w, transposed=True), (products.LinearFn,), _tied_head),
     # layers.py
     OpEntry("embedding", lambda w, idx: layers.embedding(idx, w), (layers.EmbeddingFn,), _table),
-    OpEntry("layer_norm", layers.layer_norm, (layers.LayerNormFn,), _ln),
-    OpEntry("gelu", layers.gelu, (layers.GeluFn,), _x()),
+    OpEntry("layer_norm", layers.layer_norm, (layers.LayerNormFn, kernels.FusedLayerNorm), _ln),
+    OpEntry("gelu", layers.gelu, (layers.GeluFn, kernels.FusedGelu), _x()),
     OpEntry("dropout", _fixed_seed_dropout, (layers.DropoutFn,), _x()),
     # softmax_family.py
     OpEntry("softmax", sf.softmax, (sf.SoftmaxFn,), _x()),
     OpEntry("log_softmax", sf.log_softmax, (sf.LogSoftmaxFn,), _x()),
-    OpEntry("cross_entropy", sf.cross_entropy, (sf.CrossEntropyFn,), _logits),
+    OpEntry("cross_entropy", sf.cross_entropy, (sf.CrossEntropyFn, kernels.FusedCrossEntropy), _logits),
     # attention.py
     OpEntry("attention", lambda q, k, v: attention.scaled_dot_product_attention(q, k, v, is_causal=True),
-            (attention.AttentionFn,), _qkv),
+            (attention.AttentionFn, kernels.FusedAttention), _qkv),
     OpEntry("attention padded", attention.scaled_dot_product_attention, (attention.AttentionFn,), _padded_qkv),
     OpEntry("attention dropout", _fixed_seed_attention_dropout, (attention.AttentionFn,), _qkv),
 )
