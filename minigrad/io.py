@@ -20,6 +20,9 @@ def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(str(tmp))
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its file 0600: make it any file's mode
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
