@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # for annotations only: tensor.py imports this module
     from .tensor import Context, Tensor
 
 FREED_GRAPH = ("backward() reached a tensor whose graph an earlier backward() already freed: "
-                "pass retain_graph=True to the first call, or detach() tensors reused across steps")
+               "pass retain_graph=True to the first call, or detach() tensors reused across steps")
 
 
 def _owner(a: Any) -> Any:
@@ -55,7 +55,7 @@ class GradLedger:
         """ctx.grad_out for this op: flat-buffer views for inputs that have no gradient yet."""
         dests = None
         for i, p in enumerate(ctx.parents):
-            buf = p._grad_buf
+            buf = getattr(p, "_grad_buf", None)
             if buf is not None and p.grad is None and id(p) not in self.offered and ctx.needs_input_grad[i]:
                 dests = dests or [None] * len(ctx.parents)
                 dests[i] = self.offered[id(p)] = buf
@@ -91,7 +91,7 @@ class GradLedger:
         if t.grad is not None:
             t.grad += g
             return
-        buf = t._grad_buf
+        buf = getattr(t, "_grad_buf", None)  # a parameter in a flat buffer: fill its view
         if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
             if g is not buf:  # an op wrote it there already, or copy it in now
                 buf[...] = g
