@@ -18,10 +18,10 @@ from typing import Any, Callable, Iterator
 
 # minigrad Function class -> the op name both sides share
 MG_OPS = {
-    "Linear": "linear", "MatMul": "matmul", "LayerNorm": "layer_norm", "Gelu": "gelu",
-    "ScaledDotProductAttention": "attention (sdpa)", "CrossEntropy": "cross_entropy",
-    "Embedding": "embedding", "Add": "add", "Reshape": "views/copies", "Permute": "views/copies",
-    "GetItem": "views/copies", "Concat": "views/copies",
+    "LinearFn": "linear", "MatMulFn": "matmul", "LayerNormFn": "layer_norm", "GeluFn": "gelu",
+    "AttentionFn": "attention (sdpa)", "CrossEntropyFn": "cross_entropy",
+    "EmbeddingFn": "embedding", "AddFn": "add", "ReshapeFn": "views/copies", "PermuteFn": "views/copies",
+    "GetItemFn": "views/copies", "ConcatFn": "views/copies",
 }
 # PyTorch forward ops (outermost aten call) -> op name
 TORCH_FWD = {

@@ -1,8 +1,9 @@
 """What every benchmark shares: timing, model sizes, markdown tables, machine info, safe output.
 
-This module imports neither minigrad nor torch at the top: importing minigrad tunes glibc's
-allocator for the whole process (minigrad/backend.py), and a PyTorch baseline measured in a
-process of its own should run with the allocator PyTorch users get.
+This module imports neither minigrad nor torch at the top, so that a benchmark's processes load
+only what they measure. minigrad's side of each benchmark calls minigrad.backend.tune_allocator()
+as the tasks do (bench/train.py's worker_minigrad, ops.py, generate.py, scaling.py); a PyTorch
+baseline measured in a process of its own keeps the allocator PyTorch users get.
 """
 from __future__ import annotations
 
@@ -218,7 +219,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to a temporary file beside `path`, then rename: never half a file.
     Raises BenchError when the file cannot be written."""
-    from minigrad.io import atomic_write_text  # here, not at the top: see the module's docstring
+    from files.atomic import atomic_write_text  # here, not at the top: see the module's docstring
 
     path = Path(path)
     try:

@@ -23,7 +23,7 @@ import numpy as np
 import minigrad as mg
 from gpt2 import GPT2, GPT2Config
 from gpt2.generate import generate
-from minigrad.io import atomic_write
+from files.atomic import atomic_write
 from tasks.cli import add_backend_arg
 
 
@@ -138,6 +138,7 @@ def machine_info(device: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    mg.backend.tune_allocator()  # as tasks.generate does (tasks.cli.main_guard)
     device = {"cupy": "cuda", "standin": "standin"}.get(args.backend, "cpu")
     try:
         mg.backend.xp_for(device)

@@ -1,11 +1,12 @@
-"""Forward + backward time of minigrad's fused ops and of one GPT-2 block, against PyTorch eager.
+"""Forward + backward time of every minigrad op and of one GPT-2 block, against PyTorch eager.
 
     python -m bench.ops [--backend numpy|cupy] [--repeat 5] [--size 124M] [--out FILE]
 
-Shapes are GPT-2 124M's at batch 2 x 256 tokens (float32). Each op gets the same inputs and the
-same upstream gradient in both frameworks; each is timed in a run of its own (after a pause that
-lets the other's idle BLAS threads stop spinning), and the table shows medians after a warm-up
-call. The forward outputs and the first input's gradient are compared, so that we know both
+The ops and their inputs come from minigrad/ops/table.py, with shapes of GPT-2 124M at batch
+2 x 256 tokens (float32); torch_counterparts() below gives each one's PyTorch call. Each op gets
+the same inputs and the same upstream gradient in both frameworks; each is timed in a run of its
+own (after a pause that lets the other's idle BLAS threads stop spinning), and the table shows
+medians after a warm-up call. The forward outputs and the first input's gradient are compared, so that we know both
 sides compute the same function.
 """
 from __future__ import annotations
@@ -52,67 +53,67 @@ def _randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndar
     return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
 
 
-def build_cases(cfg: dict, B: int, T: int, device: str, only: set[str] | None) -> Iterator[Case]:
-    """The cases one at a time (a generator), so only one case's arrays are alive at once."""
+def torch_counterparts() -> dict[str, Callable[..., Any] | None]:
+    """For each op of minigrad.ops.table (by name), the PyTorch call that computes the same thing,
+    taking the same arrays in the same layouts and the constants as torch tensors; None where
+    the two cannot agree (dropout's random masks; a fully masked attention row, which minigrad
+    gives uniform weights and PyTorch NaN)."""
     import torch
     import torch.nn.functional as TF
 
-    import minigrad.functional as F
+    return {
+        "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "neg": torch.neg,
+        "pow": lambda x: x ** 1.5, "exp": torch.exp, "log": torch.log, "tanh": torch.tanh,
+        "sqrt": torch.sqrt, "relu": torch.relu, "cast": lambda x: x.to(x.dtype) * 1,
+        "where": lambda a, b, cond: torch.where(cond, a, b),
+        "masked_fill": lambda x, cond: x.masked_fill(cond, -1.0),
+        "sum": lambda x: x.sum(-1), "mean": lambda x: x.mean((0, 1)), "max": lambda x: x.amax(-1, keepdim=True),
+        "reshape": lambda x: x.reshape(x.shape[0], -1), "transpose": lambda x: x.transpose(0, 2),
+        "getitem slice": lambda x: x[:, 1:, ::2], "getitem rows": lambda x, index: x[:, index],
+        "cat": lambda a, b, c: torch.cat([a, b, c], -1),
+        "bias_residual": lambda x, b, r: x + b + r,
+        "matmul": torch.matmul,
+        "linear": lambda x, w, b: TF.linear(x, w.T, b),  # minigrad's w is (in, out), PyTorch's (out, in)
+        "linear tied head": TF.linear,
+        "embedding": lambda w, idx: TF.embedding(idx, w),
+        "layer_norm": lambda x, w, b: TF.layer_norm(x, (x.shape[-1],), w, b, 1e-5),
+        "gelu": lambda x: TF.gelu(x, approximate="tanh"),
+        "dropout": None,
+        "softmax": lambda x: TF.softmax(x, -1), "log_softmax": lambda x: TF.log_softmax(x, -1),
+        "cross_entropy": lambda x, targets: TF.cross_entropy(x.reshape(-1, x.shape[-1]), targets.reshape(-1)),
+        "attention": lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True),
+        "attention padded": None,
+        "attention dropout": None,
+    }
 
-    C, H, V = cfg["n_embd"], cfg["n_head"], cfg["vocab_size"]
-    D = C // H
+
+def build_cases(cfg: dict, B: int, T: int, device: str, only: set[str] | None) -> Iterator[Case]:
+    """The cases one at a time (a generator), so only one case's arrays are alive at once: every
+    op of minigrad.ops.table that has a PyTorch counterpart, at GPT-2 sizes, then one block."""
+    import torch
+
+    from minigrad.ops.table import OPS, gpt2_sizes
+
+    sizes = gpt2_sizes(B, T, cfg["n_embd"], cfg["n_head"], cfg["vocab_size"])
+    counterparts = torch_counterparts()
     rng = np.random.default_rng(0)
+    th_dev = "cuda" if device == "cuda" else "cpu"
 
     def want(name: str) -> bool:
         return only is None or any(name.startswith(o) for o in only)
 
-    for label, n_in, n_out in (("qkv", C, 3 * C), ("fc", C, 4 * C), ("proj", 4 * C, C)):
-        name = f"linear {label} {n_in}->{n_out}"
-        if not want(name):
+    for entry in OPS:
+        torch_fn = counterparts[entry.name]  # KeyError: an op was added to the table, not here
+        if torch_fn is None or not want(entry.name):
             continue
-        x = _randn(rng, B, T, n_in)
-        w = _randn(rng, n_in, n_out, scale=0.02)
-        b = _randn(rng, n_out, scale=0.02)
-        yield Case(name, f"({B},{T},{n_in})", [x, w, b], [x, np.ascontiguousarray(w.T), b],
-                          [True, True, True], F.linear, TF.linear)
-    if want("linear head"):
-        x = _randn(rng, B, T, C)
-        wte = _randn(rng, V, C, scale=0.02)
-        # our model passes wte.T, a transposed view (no copy); PyTorch's F.linear takes wte as is
-        yield Case(f"linear head {C}->{V} (tied wte.T)", f"({B},{T},{C})", [x, wte], [x, wte],
-                          [True, True], lambda x, w: F.linear(x, w.T), TF.linear)
-    if want("layer_norm"):
-        x = _randn(rng, B, T, C)
-        w, b = 1 + _randn(rng, C, scale=0.1), _randn(rng, C, scale=0.1)
-        yield Case("layer_norm", f"({B},{T},{C})", [x, w, b], [x, w, b], [True, True, True],
-                          lambda x, w, b: F.layer_norm(x, w, b, 1e-5),
-                          lambda x, w, b: TF.layer_norm(x, (C,), w, b, 1e-5))
-    if want("gelu"):
-        x = _randn(rng, B, T, 4 * C)
-        yield Case("gelu (tanh)", f"({B},{T},{4 * C})", [x], [x], [True], F.gelu,
-                          lambda x: TF.gelu(x, approximate="tanh"))
-    if want("softmax"):
-        x = _randn(rng, B, H, T, T)
-        yield Case("softmax (last axis)", f"({B},{H},{T},{T})", [x], [x], [True],
-                          lambda x: F.softmax(x, -1), lambda x: TF.softmax(x, -1))
-    if want("cross_entropy"):
-        logits = _randn(rng, B * T, V)
-        targets = rng.integers(0, V, B * T)
-        yield Case("cross_entropy", f"({B * T},{V})", [logits], [logits], [True],
-                          lambda x: F.cross_entropy(x, _on(targets, device)),
-                          lambda x: TF.cross_entropy(x, torch.from_numpy(targets).to(x.device)))
-    if want("attention"):
-        q, k, v = (_randn(rng, B, H, T, D) for _ in range(3))
-        yield Case("attention (causal sdpa)", f"({B},{H},{T},{D})", [q, k, v], [q, k, v],
-                          [True, True, True],
-                          lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-                          lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True))
-    if want("embedding"):
-        wte = _randn(rng, V, C, scale=0.02)
-        idx = rng.integers(0, V, (B, T))
-        yield Case("embedding", f"({B},{T}) of ({V},{C})", [wte], [wte], [True],
-                          lambda w: F.embedding(_on(idx, device), w),
-                          lambda w: TF.embedding(torch.from_numpy(idx).to(w.device), w))
+        arrays, consts = entry.make(rng, sizes, np.float32)
+        mg_consts = {k: _on(v, device) if isinstance(v, np.ndarray) else v for k, v in consts.items()}
+        th_consts = {k: torch.from_numpy(v).to(th_dev) if isinstance(v, np.ndarray) else v
+                     for k, v in consts.items()}
+        yield Case(entry.name, ",".join(str(tuple(a.shape)) for a in arrays), arrays, arrays,
+                   [True] * len(arrays),
+                   lambda *t, _e=entry, _c=mg_consts: _e.call(*t, **_c),
+                   lambda *t, _f=torch_fn, _c=th_consts: _f(*t, **_c))
     if want("block"):
         yield _block_case(cfg, B, T, device, rng)
 
@@ -227,10 +228,10 @@ def render(rows: list[dict], args, cfg: dict, B: int, T: int, info: dict[str, st
     if note:
         lines += ["", note]
     lines += ["", "Notes:",
-              "- Both frameworks run in one process, so PyTorch also runs with the glibc allocator "
-              "settings that importing minigrad applies (minigrad/backend.py).",
-              "- softmax is timed on attention-score shapes; the model's attention has its own fused "
-              "softmax inside the sdpa op.",
+              "- Both frameworks run in one process, so PyTorch also runs with the allocator settings "
+              "of minigrad.backend.tune_allocator(), which this benchmark applies as the tasks do.",
+              "- The model's attention does its softmax inside the sdpa op (the attention row), "
+              "not through the softmax op.",
               "- minigrad's embedding backward allocates a fresh (vocabulary, width) gradient with "
               "zeros() each call; the kernel supplies its pages when they are first written, so how "
               "much that costs depends on the process's memory state (it is larger and more variable "
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1 or args.warmup < 0:
         raise BenchError("--repeat must be >= 1 and --warmup >= 0")
     device = check_backend(args.backend)
+    import minigrad as mg
+    mg.backend.tune_allocator()  # for both frameworks: they share this process
     gpu = args.backend == "cupy"
     B = args.batch_size or (8 if gpu else 2)
     T = args.context or (1024 if gpu else 256)

@@ -44,6 +44,7 @@ def worker(job: dict) -> None:
     from gpt2 import GPT2, GPT2Config
     from minigrad.optim import AdamW
 
+    mg.backend.tune_allocator()  # as the tasks' training runs
     dist.init()
     rank, world = dist.rank(), dist.world_size()
     device = "cuda" if job["backend"] == "cupy" else "cpu"

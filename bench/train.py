@@ -135,6 +135,7 @@ def _stream_weights(path: str):
 
 def worker_minigrad(job: dict) -> dict:
     import minigrad as mg
+    mg.backend.tune_allocator()  # as tasks do; PyTorch's worker keeps glibc's defaults
     from gpt2 import GPT2, GPT2Config
     from minigrad.optim import AdamW
 

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 from functools import lru_cache
 
-from minigrad.io import atomic_write_text
+from files.atomic import atomic_write_text
 
 ENDOFTEXT = "<|endoftext|>"
 SAVE_FORMAT = "minigrad-bpe-v1"

@@ -126,7 +126,7 @@ def _attention_weights(q, k, attn_mask):
     xp = backend.array_module(q)
     T, S = q.shape[-2], k.shape[-2]
     s = (q @ xp.swapaxes(k, -1, -2)) / np.float32(math.sqrt(q.shape[-1]))
-    keep = F._keep_mask(xp, T, S, True, attn_mask)
+    keep = F.keep_mask(xp, T, S, True, attn_mask)
     return F.softmax(Tensor._wrap(xp.where(keep, s, -xp.inf)), axis=-1).data
 
 

@@ -7,7 +7,7 @@
 
 tiktoken downloads its files on first use (or reads them from $TIKTOKEN_CACHE_DIR). Offline and
 without that cache, we build the very same tiktoken encoding from `gpt2/encoder.json` and
-`gpt2/vocab.bpe` in our data cache (minigrad.hub), downloading those when online.
+`gpt2/vocab.bpe` in our data cache (files.hub), downloading those when online.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import tiktoken
 
 from gpt2.bpe import ENDOFTEXT, BPETokenizer, load_gpt2_ranks
-from minigrad.hub import MissingFileError, cache_dir, ensure_file
+from files.hub import MissingFileError, cache_dir, ensure_file
 
 EOT_ID = 50256
 N_VOCAB = 50257
@@ -78,7 +78,7 @@ class TiktokenTokenizer:
 
 def gpt2_files() -> tuple[Path, Path]:
     """Paths of `encoder.json` and `vocab.bpe` in the data cache, downloaded if missing
-    (raises minigrad.hub.MissingFileError offline)."""
+    (raises files.hub.MissingFileError offline)."""
     return ensure_file(*ENCODER_JSON), ensure_file(*VOCAB_BPE)
 
 

@@ -3,7 +3,7 @@
 A checkpoint is a `model.safetensors` file whose tensor names are those of `GPT2Model`
 (`wte.weight`, `h.0.attn.c_attn.weight`, ...), the names our model uses too, optionally next to
 a `config.json` holding Hugging Face's config keys. The four official sizes are downloaded once
-into the cache (`minigrad.hub`) under `weights/{gpt2,gpt2-medium,gpt2-large,gpt2-xl}/`.
+into the cache (`files.hub`) under `weights/{gpt2,gpt2-medium,gpt2-large,gpt2-xl}/`.
 
 Loading reads one tensor at a time from the file and copies it straight into the model's
 parameter, so even the 1558M model (6.2 GB in float32) is never held twice in memory.
@@ -18,8 +18,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from minigrad import backend, hub, nn
-from minigrad.io import atomic_write, save
+from files import hub
+from minigrad import backend, nn
+from files.atomic import atomic_write
+from minigrad.io import save
 
 from .config import HF_NAMES, PRESETS, GPT2Config
 from .model import GPT2
@@ -28,7 +30,7 @@ HF_URL = "https://huggingface.co/openai-community/{hf_name}/resolve/main/model.s
 
 # sha256 and size in bytes of each official file, checked by the download when known. They were
 # not known when this was written (no network): after a download you trust, record them here
-# from `minigrad.hub.sha256_of(path)` and `path.stat().st_size`. Until then the file's header is
+# from `files.hub.sha256_of(path)` and `path.stat().st_size`. Until then the file's header is
 # checked instead: every tensor of the preset present, with the right shape.
 KNOWN_FILES: dict[str, dict[str, Any]] = {
     "gpt2": {"sha256": None, "size": None},
@@ -62,7 +64,7 @@ def _preset_key(name: str) -> str | None:
 def download(name: str, progress: bool = True) -> Path:
     """The cached `model.safetensors` of an official size, downloading it first if needed.
 
-    Raises minigrad.hub.MissingFileError (naming the URL and where to put the file) when it is
+    Raises files.hub.MissingFileError (naming the URL and where to put the file) when it is
     not cached and cannot be downloaded.
     """
     key = _preset_key(name)

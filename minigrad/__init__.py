@@ -6,9 +6,8 @@
     loss = F.gelu(x @ mg.randn(3, 2)).sum()
     loss.backward()          # x.grad now holds d loss / d x
 """
-from . import backend, hub
-from . import ops as _ops  # attaches operators and methods to Tensor
-from . import functional, nn, optim
+from . import backend
+from . import functional, nn, ops, optim
 from .backend import BackendError, get_rng_state, gpu_available, manual_seed, set_rng_state
 from .gradcheck import GradcheckError, gradcheck
 from .io import load, save
@@ -20,5 +19,5 @@ __all__ = [
     "Tensor", "Function", "tensor", "zeros", "ones", "full", "randn", "rand", "arange",
     "no_grad", "enable_grad", "is_grad_enabled", "cat", "stack", "split", "chunk", "where",
     "manual_seed", "get_rng_state", "set_rng_state", "gpu_available", "BackendError",
-    "gradcheck", "GradcheckError", "save", "load", "functional", "nn", "optim", "backend", "hub",
+    "gradcheck", "GradcheckError", "save", "load", "functional", "nn", "ops", "optim", "backend",
 ]

@@ -27,10 +27,25 @@ class BackendError(RuntimeError):
 _cupy = None
 
 
-def _tune_malloc() -> None:
-    # glibc returns freed blocks of a few MB to the kernel at once, so every new activation pays
-    # page faults and zeroing again (3.2 ms vs 0.45 ms for one elementwise op on 6 MB, measured).
-    # Keeping them in the heap is the single cheapest speed-up for a NumPy training step.
+def tune_allocator() -> None:
+    """Tune this process's memory allocation for a NumPy training step (Linux; call it once, at
+    the start of a job: tasks.cli.main_guard and the minigrad side of each benchmark do). Importing
+    minigrad does not: it changes the whole process, other libraries included.
+
+    Measured (2-core AMD EPYC shared with other jobs, NumPy 2.4, AdamW steps of batch 2 x 256,
+    fastest step of several, runs with and without it interleaved): GPT-2 124M 2.98 s a step
+    with it, 4.05 s without (the vocabulary-sized embedding gradient is where it pays); the
+    4-layer, 256-wide "small" size 0.51 s either way. `python -m bench.train --size small`
+    repeats were too noisy on the shared machine to tell the two apart (0.6 to 4.3 s a step).
+
+    Two settings. glibc returns freed blocks of a few MB to the kernel at once, so every new
+    activation pays page faults and zeroing again (3.2 ms vs 0.45 ms for one elementwise op on
+    6 MB, measured): raise mmap's and trim's thresholds to keep them in the heap. And NumPy asks
+    the kernel for 2 MB huge pages on large arrays; a sparse write into a fresh one, such as an
+    embedding gradient of 50,257 x 768 with 512 rows set, then faults in and zeroes most of its
+    154 MB (100-460 ms a 124M step here, against 3-20 ms with ordinary pages): turn that off,
+    unless the user set NUMPY_MADVISE_HUGEPAGE, which still decides.
+    """
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -40,19 +55,12 @@ def _tune_malloc() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
     except (OSError, AttributeError):
         pass
-    # NumPy asks the kernel for 2 MB huge pages on large arrays. A sparse write into a fresh one,
-    # such as an embedding gradient of 50,257 x 768 with 512 rows set, then faults in and zeroes
-    # most of its 154 MB: 100-460 ms a 124M step here, against 3-20 ms with ordinary pages.
-    # NUMPY_MADVISE_HUGEPAGE, when the user sets it, still decides.
     if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
         try:
             from numpy._core.multiarray import _set_madvise_hugepage
         except ImportError:  # NumPy 1.x
             from numpy.core.multiarray import _set_madvise_hugepage
         _set_madvise_hugepage(False)
-
-
-_tune_malloc()
 
 
 def cupy():

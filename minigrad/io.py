@@ -1,11 +1,10 @@
-"""Saving and loading arrays as safetensors, written atomically."""
+"""Saving and loading tensors as safetensors files (written under a temporary name, then renamed)."""
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -13,35 +12,21 @@ from . import backend
 from .tensor import Tensor
 
 
-def umask_mode(base: int = 0o666) -> int:
-    """The permissions open() would give a new file (base 0o666) or folder (0o777).
-
-    tempfile creates its files 0600 and folders 0700; what we rename into place should look like
-    any other file the user writes."""
-    umask = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(umask)
-    return base & ~umask
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path), then rename tmp_path over `path`: readers never see half a file."""
-    path = Path(path)
+def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """write(a temporary name beside path), then rename it to path. A checkpoint interrupted
+    mid-save must never be left, half written, under its real name; this is the engine's only
+    file write, so it has these few lines of its own rather than depending on files/ (above it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
-        os.chmod(tmp, umask_mode())
+        write(str(tmp))
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its file 0600: make it any file's mode
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a UTF-8 text file atomically (see atomic_write)."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def save(state_dict: Mapping[str, Any], path: str | os.PathLike,
@@ -54,7 +39,7 @@ def save(state_dict: Mapping[str, Any], path: str | os.PathLike,
         if isinstance(value, Tensor):
             value = value.data
         arrays[name] = np.ascontiguousarray(backend.to_device(value, "cpu"))
-    atomic_write(path, lambda tmp: _save_file(save_file, arrays, tmp, metadata, path))
+    _replace_atomically(Path(path), lambda tmp: _save_file(save_file, arrays, tmp, metadata, path))
 
 
 def _save_file(save_file, arrays, tmp, metadata, path) -> None:

@@ -1,20 +1,21 @@
 """Tensor and the autograd machinery: Function, Context, backward, no_grad.
 
 Every op is a `Function` subclass with `forward(ctx, *arrays)` and `backward(ctx, grad)` side by
-side (see ops.py and functional.py). `Function.apply` runs the forward on raw arrays and, only when
+side (see minigrad/ops/). `Function.apply` runs the forward on raw arrays and, only when
 grad mode is on and some input requires grad, records a `Context` on the output: that context is
 the graph edge that `Tensor.backward` later walks.
 """
 from __future__ import annotations
 
 import contextlib
+import operator
 import threading
-from collections import Counter
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import backend
+from . import autograd, backend
+from .autograd import BackwardRuleError, is_debug, set_debug  # noqa: F401 (minigrad.tensor.set_debug)
 
 _state = threading.local()
 
@@ -177,8 +178,7 @@ class Tensor:
         return Tensor._wrap(backend.to_device(self.data, device), self.requires_grad)
 
     def astype(self, dtype) -> Tensor:
-        from .ops import Cast
-        return Cast.apply(self, dtype=np.dtype(dtype))
+        return _ops().cast(self, dtype)
 
     def float(self) -> Tensor:
         return self.astype(np.float32)
@@ -200,140 +200,181 @@ class Tensor:
 
     # ------------------------------------------------------------ autograd
     def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
-        """Accumulate d(self)/d(leaf) into every leaf's `.grad` that requires grad.
+        """Reverse mode: accumulate d(self)/d(leaf) into every leaf's `.grad` that requires grad.
 
-        The graph is walked in reverse topological order, built with an explicit stack (no
-        recursion, so a 2,000-op chain is fine). Intermediate gradients live only in a dict
-        and are dropped as soon as they have been passed on. A tensor used twice gets its
-        gradients summed, in place when no other gradient shares that memory; so an op's
-        backward must return new arrays or views of `grad`, never an array it keeps elsewhere.
-        """
+        Walk the graph in topological order, from self back to the leaves: each op gets the sum
+        of the gradients that flowed into its output and returns one per input. Where gradients
+        may be added in place, and where they land, is autograd.GradLedger's job (read it next)."""
+        ledger = autograd.GradLedger(self, self._seed_gradient(grad))
+        order = autograd.topological_order(self)
+        for t in order:  # every tensor comes after all the ops that used it
+            g = ledger.pop(t)
+            if g is None:
+                continue
+            ctx = t._ctx
+            if ctx is None:  # a leaf: keep what flowed here
+                ledger.store_leaf(t, g)
+                continue
+            if ctx.fn is None:
+                raise RuntimeError(autograd.FREED_GRAPH)
+            ctx.grad_out = ledger.offer(ctx)
+            in_grads = ctx.fn.backward(ctx, g)
+            in_grads = in_grads if isinstance(in_grads, tuple) else (in_grads,)
+            if autograd.debug:
+                autograd.check_backward(ctx, in_grads)
+            for parent, pg, need in zip(ctx.parents, in_grads, ctx.needs_input_grad):
+                if pg is not None and need:
+                    ledger.add(ctx.fn, parent, pg)
+            if not retain_graph:
+                ctx.release()  # free the saved activations now, not at the end
+        if not retain_graph:
+            autograd.cut_graph(order)
+
+    def _seed_gradient(self, grad: Any) -> Any:
+        """The gradient backward() starts from: ones for a scalar, else the caller's array."""
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (no graph was recorded)")
-        xp = backend.array_module(self.data)
         if grad is None:
             if self.data.size != 1:
                 raise RuntimeError(
                     f"backward() needs a gradient argument for a non-scalar output of shape {self.shape}")
-            grad = xp.ones_like(self.data)
-        else:
-            grad = _as_array(grad, dtype=self.data.dtype, device=self.device)
-            if grad.shape != self.data.shape:
-                raise ValueError(f"gradient of shape {grad.shape} for a tensor of shape {self.shape}")
+            return backend.array_module(self.data).ones_like(self.data)
+        grad = _as_array(grad, dtype=self.data.dtype, device=self.device)
+        if grad.shape != self.data.shape:
+            raise ValueError(f"gradient of shape {grad.shape} for a tensor of shape {self.shape}")
+        return grad
 
-        order = _topological_order(self)
-        grads: dict[int, Any] = {id(self): grad}
-        # How many pending gradients see each block of memory (keyed by the array that owns it; a
-        # view from reshape or transpose backward shares its owner's memory), and the memory that
-        # is never ours to write: the caller's array and every leaf's .grad (optimizers update
-        # .grad in place, so a leaf's gradient must not alias another's either).
-        seen: Counter[int] = Counter({id(_owner(grad)): 1})
-        never_write: set[int] = {id(_owner(grad))}
-        offered: dict[int, Any] = {}  # leaf id -> its flat-buffer gradient view, handed to an op
-        for t in order:  # every tensor comes after all the ops that used it
-            g = grads.pop(id(t), None)
-            ctx = t._ctx
-            if g is None:
-                continue
-            seen[id(_owner(g))] -= 1
-            if ctx is None:  # a leaf: keep what flowed here
-                if isinstance(g, np.generic):
-                    g = np.asarray(g)
-                if t.grad is None:
-                    buf = getattr(t, "_grad_buf", None)  # a parameter in a flat buffer: fill its view
-                    if buf is not None and buf.shape == g.shape and buf.dtype == g.dtype:
-                        if g is not buf:  # an op wrote it there already, or copy it in now
-                            buf[...] = g
-                        t.grad = buf
-                    else:
-                        owner = id(_owner(g))
-                        t.grad = g.copy() if owner in never_write else g
-                    never_write.add(id(_owner(t.grad)))
-                else:
-                    t.grad += g
-                continue
-            if ctx.fn is None:
-                raise RuntimeError(
-                    "backward() reached a tensor whose graph an earlier backward() already freed: "
-                    "pass retain_graph=True to the first call, or detach() tensors reused across steps")
-            # A Parameter in an optimizer's flat buffer, with no gradient yet: offer its view of
-            # the flat gradient array to this op (ctx.grad_out[i]), once per backward, so an op
-            # like linear can write its weight gradient there (matmul out=) instead of into a
-            # fresh array that the leaf would then copy. An op may ignore the offer.
-            dests = None
-            for i, p in enumerate(ctx.parents):
-                buf = getattr(p, "_grad_buf", None)
-                if buf is not None and p.grad is None and id(p) not in offered and ctx.needs_input_grad[i]:
-                    dests = dests or [None] * len(ctx.parents)
-                    dests[i] = buf
-                    offered[id(p)] = buf
-            ctx.grad_out = dests
-            in_grads = ctx.fn.backward(ctx, g)
-            if not isinstance(in_grads, tuple):
-                in_grads = (in_grads,)
-            for parent, pg, need in zip(ctx.parents, in_grads, ctx.needs_input_grad):
-                if pg is None or not need:
-                    continue
-                if pg.shape != parent.data.shape:
-                    raise RuntimeError(
-                        f"{ctx.fn.__name__}.backward returned a gradient of shape {pg.shape} "
-                        f"for an input of shape {parent.data.shape}")
-                key = id(parent)
-                if key not in grads:
-                    grads[key] = pg
-                    seen[id(_owner(pg))] += 1
-                    continue
-                acc = grads[key]
-                if acc is offered.get(key):
-                    acc += pg  # the leaf's own slot of the flat gradient buffer: ours to add into
-                elif (acc.base is None and seen[id(acc)] == 1 and id(acc) not in never_write
-                        and acc.dtype == pg.dtype
-                        and getattr(acc.flags, "writeable", True)):  # CuPy has no read-only arrays
-                    # nothing else sees acc's memory: add in place, sparing a fresh array (for a
-                    # tied embedding, 154 MB to allocate and fill every step)
-                    acc += pg
-                else:
-                    seen[id(_owner(acc))] -= 1
-                    grads[key] = acc = acc + pg
-                    seen[id(acc)] += 1
-            if not retain_graph:
-                ctx.release()
-        if not retain_graph:  # the graph is spent: cut it so its arrays can be freed
-            for t in order:
-                if t._ctx is not None:
-                    # keep the emptied context (not None) so that a second backward through
-                    # these tensors raises instead of silently treating them as leaves
-                    t._ctx.parents = ()
-                    t._ctx.fn = None
+    # ------------------------------------------------------------ operators and methods
+    # Each calls the op of minigrad/ops that computes it (its Function, forward and backward side
+    # by side, is in the file named). Those modules import this one, so this one imports them
+    # on first use (_ops()), never at its top: no import cycle.
+    def __add__(self, other: Any) -> Tensor:  # elementwise.py
+        return _ops().add(self, other)
 
-    # operators and methods are attached in ops.py, next to the Functions they use
+    def __radd__(self, other: Any) -> Tensor:
+        return _ops().add(other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return _ops().sub(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return _ops().sub(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return _ops().mul(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return _ops().mul(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return _ops().div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return _ops().div(other, self)
+
+    def __neg__(self) -> Tensor:
+        return _ops().NegFn.apply(self)
+
+    def __pow__(self, p: float) -> Tensor:
+        return _ops().power(self, p)
+
+    def exp(self) -> Tensor:
+        return _ops().ExpFn.apply(self)
+
+    def log(self) -> Tensor:
+        return _ops().LogFn.apply(self)
+
+    def tanh(self) -> Tensor:
+        return _ops().TanhFn.apply(self)
+
+    def sqrt(self) -> Tensor:
+        return _ops().SqrtFn.apply(self)
+
+    def relu(self) -> Tensor:
+        return _ops().relu(self)
+
+    def masked_fill(self, mask: Any, value: float) -> Tensor:
+        """Where mask is True, `value`; elsewhere self (no gradient flows to filled places)."""
+        return _ops().masked_fill(self, mask, value)
+
+    def __matmul__(self, other: Any) -> Tensor:  # products.py
+        return _ops().matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return _ops().matmul(other, self)
+
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:  # reduce.py
+        return _ops().sum_(self, axis, keepdims)
+
+    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return _ops().mean(self, axis, keepdims)
+
+    def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return _ops().max_(self, axis, keepdims)
+
+    def reshape(self, *shape: Any) -> Tensor:  # shape.py
+        return _ops().reshape(self, *shape)
+
+    view = reshape
+
+    def flatten(self) -> Tensor:
+        return _ops().reshape(self, -1)
+
+    def unsqueeze(self, axis: int) -> Tensor:
+        return _ops().unsqueeze(self, axis)
+
+    def squeeze(self, axis: int | None = None) -> Tensor:
+        return _ops().squeeze(self, axis)
+
+    def permute(self, *dims: Any) -> Tensor:
+        return _ops().permute(self, *dims)
+
+    def transpose(self, a: int | None = None, b: int | None = None) -> Tensor:
+        return _ops().transpose(self, a, b)
+
+    @property
+    def T(self) -> Tensor:  # noqa: N802 (NumPy's and PyTorch's name)
+        return _ops().transpose(self)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        return _ops().getitem(self, index)
+
+    def softmax(self, axis: int = -1) -> Tensor:  # softmax_family.py
+        return _ops().softmax(self, axis)
+
+    def log_softmax(self, axis: int = -1) -> Tensor:
+        return _ops().log_softmax(self, axis)
+
+    # comparisons and argmax give constant tensors: no gradient flows through them
+    def _compare(self, other: Any, op: Callable[[Any, Any], Any]) -> Tensor:
+        return Tensor._wrap(op(self.data, _ops().on_device_of(other, self.data)))
+
+    def __lt__(self, other: Any) -> Tensor:
+        return self._compare(other, operator.lt)
+
+    def __le__(self, other: Any) -> Tensor:
+        return self._compare(other, operator.le)
+
+    def __gt__(self, other: Any) -> Tensor:
+        return self._compare(other, operator.gt)
+
+    def __ge__(self, other: Any) -> Tensor:
+        return self._compare(other, operator.ge)
+
+    def eq(self, other: Any) -> Tensor:
+        return self._compare(other, operator.eq)
+
+    def ne(self, other: Any) -> Tensor:
+        return self._compare(other, operator.ne)
+
+    def argmax(self, axis: int | None = None) -> Tensor:
+        return Tensor._wrap(self.data.argmax(axis=axis))
 
 
-def _owner(a: Any) -> Any:
-    """The array that owns `a`'s memory (NumPy and CuPy point a view's .base at its owner)."""
-    return a if getattr(a, "base", None) is None else a.base
-
-
-def _topological_order(root: Tensor) -> list[Tensor]:
-    """Tensors reachable from root through recorded ops, each after all the ops that use it."""
-    order: list[Tensor] = []
-    visited: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(root, False)]
-    while stack:
-        t, expanded = stack.pop()
-        if expanded:
-            order.append(t)
-            continue
-        if id(t) in visited:
-            continue
-        visited.add(id(t))
-        stack.append((t, True))
-        if t._ctx is not None:
-            for p in t._ctx.parents:
-                if p.requires_grad and id(p) not in visited:
-                    stack.append((p, False))
-    order.reverse()
-    return order
+def _ops():
+    """The package minigrad.ops, imported on first use (see the comment above Tensor.__add__)."""
+    from . import ops
+    return ops
 
 
 # ---------------------------------------------------------------- creation functions

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import minigrad as mg
-from minigrad.hub import sha256_of
-from minigrad.io import atomic_write_text, umask_mode
+from files.hub import sha256_of
+from files.atomic import atomic_write_text, umask_mode
 
 from .cli import TaskError
 

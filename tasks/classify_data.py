@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from gpt2.classifier import PAD_ID
-from minigrad.io import atomic_write
+from files.atomic import atomic_write
 
 from .cli import TaskError
 from .data import ensure_dataset

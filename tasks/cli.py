@@ -13,7 +13,7 @@ from typing import Callable
 import minigrad as mg
 import minigrad.distributed as dist
 from gpt2.tokenizer import TokenizerUnavailableError
-from minigrad.hub import ChecksumError, MissingFileError
+from files.hub import ChecksumError, MissingFileError
 
 SIZES = ("124M", "355M", "774M", "1558M")
 BACKENDS = ("numpy", "cupy", "standin")  # standin: see minigrad/standin.py
@@ -241,6 +241,7 @@ def main_guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | N
     @functools.wraps(fn)
     def wrapper(argv: list[str] | None = None) -> int:
         try:
+            mg.backend.tune_allocator()  # glibc and NumPy tuned for a training step (see its docstring)
             dist.init()  # joins the MPI job under mpiexec; nothing otherwise
             return fn(argv)
         except (TaskError, MissingFileError, ChecksumError, FileNotFoundError, IsADirectoryError,

@@ -1,7 +1,7 @@
 """Datasets: where each file comes from and how to get it.
 
 The manifest below records every data file the tasks use: its place in the cache
-(`minigrad.hub.cache_dir()`), the URL it is downloaded from when online, and its size and
+(`files.hub.cache_dir()`), the URL it is downloaded from when online, and its size and
 sha256 (or git blob id, when that is all its publisher gives). A file taken from a zip names its
 member; one built from what the URL serves (MMLU's CSVs) names its converter. CORPORA lists the
 named corpora of `python -m tasks.prepare`. Batches for training are in tasks/loaders.py.
@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 from urllib.parse import unquote, urlparse
 
-from minigrad import hub
-from minigrad.hub import MissingFileError
+from files import hub
+from files.hub import MissingFileError
 
 # ----------------------------------------------------------------------------- manifest
 
@@ -292,7 +292,7 @@ def link_pretokenized(name: str, paths: Sequence[Path], out: Path) -> dict:
     import json
     import shutil
 
-    from minigrad.io import atomic_write_text
+    from files.atomic import atomic_write_text
     from .shards import read_header
 
     out.mkdir(parents=True, exist_ok=True)

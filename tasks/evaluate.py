@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from minigrad.backend import BackendError
-from minigrad.hub import MissingFileError
+from files.hub import MissingFileError
 from tasks import cli
 from tasks.checkpoint import read_json, write_json
 from tasks.cli import TaskError

@@ -197,7 +197,7 @@ def save_attention_map(weights: np.ndarray, labels: list[str], path: str | Path,
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
-    from minigrad.io import atomic_write
+    from files.atomic import atomic_write
 
     T = len(labels)
     side = min(4.0 + 0.22 * T, 40.0)

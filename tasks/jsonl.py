@@ -33,5 +33,5 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
 def rewrite_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
     """Replace the file's records at once (atomically), e.g. to drop a torn last line."""
-    from minigrad.io import atomic_write_text
+    from files.atomic import atomic_write_text
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))

@@ -13,7 +13,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from minigrad import hub
+from files import hub
 
 
 class Tokenizer(Protocol):
@@ -191,7 +191,7 @@ def text_shards(text: str, tokenizer: Tokenizer, train_frac: float = 0.9) -> Pat
     import json
     import shutil
 
-    from minigrad.io import atomic_write_text
+    from files.atomic import atomic_write_text
     from .shards import write_shard
 
     key = hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -352,8 +352,8 @@ def download_and_convert(entry, path: Path, progress: bool = True) -> Path:
     No digest of data.tar itself is published: the converted test file is the check, and a dev
     split taken from the same verified archive is trusted with it.
     """
-    from minigrad import hub
-    from minigrad.io import atomic_write_text
+    from files import hub
+    from files.atomic import atomic_write_text
     from urllib.parse import urlparse
 
     tar_rel = str(Path(entry.relpath).parent / Path(urlparse(entry.url).path).name)
@@ -389,7 +389,7 @@ def download_and_convert(entry, path: Path, progress: bool = True) -> Path:
 
 def ensure_dev(progress: bool = True) -> Path:
     """The cached dev split, converted from data.tar when online if it is not there yet."""
-    from minigrad import hub
+    from files import hub
     from tasks.data import DATASETS, dataset_path
 
     path = dev_path()

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # write files; never try to open a window
 import matplotlib.pyplot as plt  # noqa: E402
 
-from minigrad.io import atomic_write  # noqa: E402
+from files.atomic import atomic_write  # noqa: E402
 
 
 def _save(fig, path: str | os.PathLike) -> Path:

@@ -39,8 +39,8 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt2.tokenizer import EOT_ID
-from minigrad import hub
-from minigrad.io import atomic_write_text
+from files import hub
+from files.atomic import atomic_write_text
 
 from . import cli
 from .shards import SHARD_RE, read_header, shard_name, write_shard

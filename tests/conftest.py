@@ -9,6 +9,13 @@ import os
 import pytest
 
 import minigrad as mg
+from minigrad.tensor import set_debug
+
+# the engine's debug mode checks every op's backward (shapes, dtypes, no array the graph keeps):
+# on for every test in this process. Switched on here rather than by MINIGRAD_DEBUG=1 in the
+# environment, which the task subprocesses would inherit, and which also makes a task show a
+# traceback instead of its one-line `error:` that the task tests look for.
+set_debug(True)
 
 
 def pytest_addoption(parser):

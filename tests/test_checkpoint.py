@@ -77,7 +77,7 @@ def _pretrain(out, *extra):
 
 @pytest.mark.usefixtures("needs_tokenizer")
 def test_disk_full_is_one_line_and_the_last_checkpoint_resumes(tmp_path, tmpfs):
-    from minigrad.hub import cache_dir
+    from files.hub import cache_dir
     if not (cache_dir() / "the-verdict.txt").is_file():
         pytest.skip("the-verdict.txt is not in the data cache")
     out = tmpfs("30m") / "run"  # room for one checkpoint of the tiny model (about 20 MB), not two
@@ -104,7 +104,7 @@ def test_disk_full_is_one_line_and_the_last_checkpoint_resumes(tmp_path, tmpfs):
 
 @pytest.mark.usefixtures("needs_tokenizer")
 def test_init_accepts_a_checkpoint_folder_and_its_weights_file(tmp_path):
-    from minigrad.hub import cache_dir
+    from files.hub import cache_dir
     if not (cache_dir() / "the-verdict.txt").is_file():
         pytest.skip("the-verdict.txt is not in the data cache")
     run = tmp_path / "run"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minigrad import hub
+from files import hub
 from tasks import data, loaders
 
 

@@ -15,7 +15,7 @@ import pytest
 
 import minigrad as mg
 import minigrad.distributed as dist
-from minigrad.hub import cache_dir
+from files.hub import cache_dir
 from tasks.checkpoint import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

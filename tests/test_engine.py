@@ -12,6 +12,7 @@ import minigrad as mg
 import minigrad.functional as F
 import minigrad.nn as nn
 from minigrad import backend as mg_backend
+from minigrad.ops import LinearFn
 
 
 def arr(t) -> np.ndarray:
@@ -251,7 +252,7 @@ def test_frozen_weights_skip_their_gradient_matmuls(backend, monkeypatch):
     layers[1].requires_grad_(False)
     layers[2].requires_grad_(False)
     calls = []  # (layer index, matmuls, which gradients came back)
-    original = F.Linear.backward
+    original = LinearFn.backward
 
     def counting_backward(ctx, g):
         CountingArray.count = 0
@@ -262,7 +263,7 @@ def test_frozen_weights_skip_their_gradient_matmuls(backend, monkeypatch):
         calls.append((ctx.layer, CountingArray.count, tuple(x is not None for x in grads)))
         return tuple(None if x is None else np.asarray(x) if backend == "cpu" else x for x in grads)
 
-    monkeypatch.setattr(F.Linear, "backward", staticmethod(counting_backward))
+    monkeypatch.setattr(LinearFn, "backward", staticmethod(counting_backward))
     h = mg.randn(2, 3, 4, device=backend)
     for i, layer in enumerate(layers):
         h = layer(h)
@@ -290,8 +291,8 @@ def test_all_frozen_below_records_nothing(backend, monkeypatch):
     for layer in layers[:-1]:
         layer.requires_grad_(False)
     calls = []
-    original = F.Linear.backward
-    monkeypatch.setattr(F.Linear, "backward",
+    original = LinearFn.backward
+    monkeypatch.setattr(LinearFn, "backward",
                         staticmethod(lambda ctx, g: calls.append(ctx.needs_input_grad) or original(ctx, g)))
     h = mg.randn(2, 3, device=backend)
     for layer in layers:

@@ -10,7 +10,7 @@ import pytest
 from conftest import sharp_tiny_gpt2
 
 import minigrad as mg
-from minigrad import hub
+from files import hub
 from tasks import data, evaluate, hellaswag
 
 ITEMS = [

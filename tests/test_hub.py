@@ -1,4 +1,4 @@
-"""minigrad.hub: download, resume, verification and offline errors against a local HTTP server."""
+"""files.hub: download, resume, verification and offline errors against a local HTTP server."""
 
 import hashlib
 import socket
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from minigrad import hub
+from files import hub
 
 PAYLOAD = bytes(range(256)) * 40 + b"tail"  # 10,244 bytes, not a multiple of anything handy
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -10,7 +10,7 @@ import pytest
 
 import minigrad as mg
 from minigrad import nn
-from minigrad.hub import cache_dir
+from files.hub import cache_dir
 from tasks import cli
 from tasks.instruct import (EOT_ID, InstructionDataError, InstructionLoader, collate, format_example,
                             format_prompt, load_records, parse_args, response_text, split_records)

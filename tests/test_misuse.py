@@ -75,7 +75,7 @@ RUN = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--context", "16", "
 
 
 def _verdict_cached():
-    from minigrad.hub import cache_dir
+    from files.hub import cache_dir
     if not (cache_dir() / "the-verdict.txt").is_file():
         pytest.skip("the-verdict.txt is not in the data cache")
 

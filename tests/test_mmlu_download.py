@@ -13,7 +13,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from minigrad import hub
+from files import hub
 from tasks import data, evaluate, mmlu
 
 # rows as the official CSVs hold them: question, 4 choices, answer; no header

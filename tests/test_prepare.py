@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minigrad import hub
+from files import hub
 from tasks import data, prepare
 from test_hub import server  # noqa: F401  (the local HTTP server fixture)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from minigrad.hub import cache_dir
+from files.hub import cache_dir
 from tasks.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]

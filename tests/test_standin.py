@@ -153,7 +153,7 @@ def test_dropout_resumes_exactly_on_the_standin():
 
 
 def test_pretrain_runs_on_the_standin(tmp_path):
-    from minigrad.hub import cache_dir
+    from files.hub import cache_dir
     if not (cache_dir() / "the-verdict.txt").is_file():
         pytest.skip("the-verdict.txt is not in the data cache")
     r = subprocess.run([sys.executable, "-m", "tasks.pretrain", "--backend", "standin", "--n-layer", "2",

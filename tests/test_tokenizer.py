@@ -18,7 +18,7 @@ from gpt2 import tokenizer as tokmod
 from gpt2.bpe import BPETokenizer, bytes_to_unicode, gpt2_split_pattern, pre_split
 from gpt2.tokenizer import (TiktokenTokenizer, TokenizerUnavailableError,
                             encoding_from_gpt2_files, get_tokenizer, load_gpt2_encoding)
-from minigrad.hub import cache_dir
+from files.hub import cache_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,8 @@ import minigrad as mg
 from gpt2 import GPT2, GPT2Config, weights
 from gpt2.config import PRESETS
 from gpt2.weights import CheckpointError, from_pretrained, save_pretrained
-from minigrad import hub, nn
+from files import hub
+from minigrad import nn
 
 HAVE_HF = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 TINY = GPT2Config(vocab_size=97, n_ctx=16, n_embd=32, n_layer=2, n_head=4)

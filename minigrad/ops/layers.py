@@ -1,0 +1,164 @@
+"""The transformer's per-layer ops with hand-derived backward: embedding, layer_norm, gelu,
+dropout. Each forward works in few passes over memory (in-place updates, no float64 temporaries)
+and keeps only what its backward needs. On CuPy with float32, layer_norm and gelu (and the
+embedding's backward) run fused kernels from minigrad/kernels instead."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .. import backend, kernels
+from ..backend import array_module
+from ..tensor import Function, Tensor
+from .common import raw, segment_sum
+
+
+class EmbeddingFn(Function):
+    @staticmethod
+    def forward(ctx, w, idx):
+        ctx.save_for_backward(idx)
+        ctx.w_shape = w.shape
+        return w[idx]
+
+    @staticmethod
+    def backward(ctx, g):
+        (idx,) = ctx.saved
+        if kernels.use_fused(g):  # CUDA: sorted segment sums, deterministic (minigrad/kernels)
+            return kernels.embedding_backward(idx, g, ctx.w_shape)
+        xp = array_module(g)
+        gw = xp.zeros(ctx.w_shape, dtype=g.dtype)
+        flat = idx.reshape(-1)
+        if flat.size == 0:
+            return gw  # no rows picked (and a segment sum cannot take an empty array)
+        # repeated ids must add up: sum the rows of each id first, in a fixed order (no atomics,
+        # so the gradient is the same bits every run), then write each row of gw at most once
+        ids, sums = segment_sum(xp, g.reshape(-1, ctx.w_shape[1]), flat)
+        gw[ids] = sums
+        return gw
+
+
+def embedding(idx: Any, w: Tensor) -> Tensor:
+    """Rows of `w` picked by integer ids `idx` (any shape): output idx.shape + (dim,)."""
+    idx = raw(idx)
+    xp = array_module(w.data)
+    idx = xp.asarray(idx)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding ids must be integers, got {idx.dtype}")
+    n = w.shape[0]
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise IndexError(f"embedding ids must be in [0, {n}), got values in [{int(idx.min())}, {int(idx.max())}]")
+    return EmbeddingFn.apply(w, idx=idx)
+
+
+class LayerNormFn(Function):
+    @staticmethod
+    def forward(ctx, x, w, b, eps=1e-5):
+        xp = array_module(x)
+        mu = x.mean(axis=-1, keepdims=True)
+        xhat = x - mu
+        var = xp.mean(xhat * xhat, axis=-1, keepdims=True)
+        var += x.dtype.type(eps)
+        rstd = 1.0 / xp.sqrt(var)
+        xhat *= rstd
+        out = xhat * w
+        out += b
+        ctx.save_for_backward(xhat, rstd, w)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, rstd, w = ctx.saved
+        need = ctx.needs_input_grad
+        lead = tuple(range(g.ndim - 1))
+        gw = (g * xhat).sum(axis=lead) if need[1] else None
+        gb = g.sum(axis=lead) if need[2] else None
+        gx = None
+        if need[0]:
+            gxhat = g * w
+            # d xhat / d x projects out the mean and the xhat direction: that is the whole formula
+            m1 = gxhat.mean(axis=-1, keepdims=True)
+            m2 = (gxhat * xhat).mean(axis=-1, keepdims=True)
+            gxhat -= m1
+            gxhat -= xhat * m2
+            gxhat *= rstd
+            gx = gxhat
+        return gx, gw, gb
+
+
+def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float = 1e-5) -> Tensor:
+    """Normalise over the last axis, then scale by w and shift by b."""
+    if kernels.use_fused(x.data, w.data, b.data):
+        return kernels.FusedLayerNorm.apply(x, w, b, eps=eps)
+    return LayerNormFn.apply(x, w, b, eps=eps)
+
+
+_GELU_K = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+class GeluFn(Function):
+    """GELU in its tanh form, as GPT-2: 0.5 x (1 + tanh(k (x + c x^3)))."""
+
+    @staticmethod
+    def forward(ctx, x):
+        xp = array_module(x)
+        t = x * x
+        t *= _GELU_C * _GELU_K
+        t += _GELU_K
+        t *= x                      # k * (x + c x^3)
+        xp.tanh(t, out=t)
+        out = t + 1.0
+        out *= x
+        out *= 0.5
+        ctx.save_for_backward(x, t)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, t = ctx.saved
+        # d/dx 0.5 x (1 + t) = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2)
+        inner = x * x
+        inner *= 3 * _GELU_C * _GELU_K
+        inner += _GELU_K
+        inner *= x
+        sech2 = 1.0 - t * t
+        inner *= sech2
+        inner += t
+        inner += 1.0
+        inner *= 0.5
+        inner *= g
+        return inner
+
+
+def gelu(x: Tensor) -> Tensor:
+    if kernels.use_fused(x.data):
+        return kernels.FusedGelu.apply(x)
+    return GeluFn.apply(x)
+
+
+class DropoutFn(Function):
+    @staticmethod
+    def forward(ctx, x, p=0.5):
+        # from (seed, call counter), not a generator: exact resume on every backend
+        keep = backend.dropout_keep(array_module(x), x.shape, p)
+        ctx.save_for_backward(keep)
+        ctx.scale = x.dtype.type(1.0 / (1.0 - p))
+        out = x * keep
+        out *= ctx.scale
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (keep,) = ctx.saved
+        out = g * keep
+        out *= ctx.scale
+        return out
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p); identity when not training."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    return DropoutFn.apply(x, p=p)
