@@ -188,8 +188,12 @@ def test_a_killed_rank_ends_the_job_and_the_checkpoint_resumes(tmp_path):
             proc.kill()
     text = log.read_text()
     assert proc.returncode != 0 and took < 60
-    # mpiexec names the dead process; our start-up line says which rank it was
-    assert f"PID {pid}" in text and f"rank 1 = pid {pid}" in text, text[-2000:]
+    # mpiexec names the process whose end brought the job down, and our start-up lines say which
+    # rank that pid was. Mostly the killed rank 1; on a loaded machine rank 0 can fail its pending
+    # collective first and be the one named, which still ends the job at once.
+    ranks = {int(p): int(r) for r, p in re.findall(r"rank (\d+) = pid (\d+)", text)}
+    assert ranks.get(pid) == 1, text[-2000:]
+    assert any(f"PID {p}" in text for p in ranks), text[-2000:]
     last = latest_checkpoint(out)
     step = int(last.name.split("_")[1])
     assert step >= 2
