@@ -20,7 +20,7 @@ import minigrad as mg
 from minigrad.hub import sha256_of
 from minigrad.io import atomic_write_text, umask_mode
 
-from .cli import TaskError
+from .cli import TaskError, pause_point
 
 CHECKPOINTS = "checkpoints"
 
@@ -96,6 +96,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer=None
     try:
         os.chmod(tmp, umask_mode(0o777))
         mg.save(weights, tmp / "model.safetensors")
+        pause_point("checkpoint")
         full_state = dict(state or {}, step=step)
         if optimizer is not None:
             opt = optimizer.state_dict()

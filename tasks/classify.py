@@ -98,6 +98,8 @@ def score(model, loader, max_batches: int | None = None, desc: str | None = None
             if i >= n_batches:
                 break
             bar.update(1)
+            if desc is not None:
+                cli.pause_point("scoring")
             logits = model(x)
             losses.append(float(F.cross_entropy(logits, backend.array_module(logits.data).asarray(y)).item()))
             preds.append(backend.to_device(logits.data, "cpu").argmax(axis=-1))
@@ -296,13 +298,8 @@ def predict(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- command line
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other expected failure of a task
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m tasks.classify", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tasks.classify", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,predict}")
 

@@ -51,7 +51,7 @@ DEFAULT_DATA = "instruction-data"
 IGNORE_INDEX = -100   # targets the loss skips (cross_entropy's default)
 
 
-class InstructionDataError(cli.UsageError):
+class InstructionDataError(cli.TaskError):
     """An instruction file that cannot be used: not JSON, not a list, or a malformed record."""
 
 
@@ -292,6 +292,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace):
     """(model in eval mode on the chosen device, tokenizer, run.json) of --checkpoint."""
+    from gpt2 import GPT2
     from gpt2.tokenizer import get_tokenizer
     from .checkpoint import load_model_from_run
 
@@ -301,6 +302,9 @@ def _load(args: argparse.Namespace):
         raise FileNotFoundError(f"--init {ckpt}: no such folder")
     run = read_json(run_dir_of(ckpt) / "run.json")
     model = load_model_from_run(ckpt, device=device)
+    if not isinstance(model, GPT2):
+        raise cli.UsageError(f"--init {ckpt} holds a {type(model).__name__}, not a GPT-2 language model "
+                             "that can answer (a tasks.instruct or tasks.pretrain run)")
     return model, get_tokenizer(), run
 
 
@@ -344,6 +348,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
             for rec, answer in zip(batch, respond_batch(model, tokenizer, batch, args.max_new_tokens)):
                 answered.append({**rec, "model_response": answer})
                 append_jsonl(partial, answered[-1])
+                cli.pause_point("record")
             bar.update(len(batch))
     write_json(out, answered)
     partial.unlink()

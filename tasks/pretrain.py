@@ -84,6 +84,7 @@ def greedy_sample(model, tokenizer, prompt: str, n: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     args, resuming = runfolder.start(parse_args(argv))
     device = cli.device_of(args)
+    cli.pause_point("startup")
     from gpt2.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer()

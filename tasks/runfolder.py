@@ -35,7 +35,7 @@ def check_numbers(args: argparse.Namespace) -> None:
     """Every numeric flag in range, before anything is read or written."""
     at_least_1 = ("epochs", "batch_size", "grad_accum", "eval_every", "eval_batches", "max_steps",
                   "n_layer", "n_head", "n_embd", "context", "keep", "max_length", "report_batches",
-                  "lora_rank", "stride")
+                  "lora_rank", "stride", "save_every", "log_every", "loss_scale_window")
     for name in at_least_1:
         value = getattr(args, name, None)
         if value is not None and value < 1:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 import minigrad as mg
@@ -29,8 +30,9 @@ import minigrad.distributed as dist
 from minigrad.amp import LossScaler, MixedPrecision
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
-from .cli import TaskError
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .cli import TaskError, UsageError, pause_point
+from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, remove_stale_temporaries,
+                         save_checkpoint)
 from .jsonl import append_jsonl, read_jsonl, rewrite_jsonl
 from .parallel import code_fingerprint, local_batch
 from .progress import progress_bar
@@ -81,15 +83,15 @@ class TrainConfig:
     def check(self) -> None:
         for name in ("epochs", "grad_accum", "eval_every", "eval_batches", "log_every", "loss_scale_window"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.save_every is not None and self.save_every < 1:
-            raise ValueError(f"--save-every must be at least 1, got {self.save_every}")
+            raise UsageError(f"--save-every must be at least 1, got {self.save_every}")
         if self.lr <= 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+            raise UsageError(f"--lr must be positive, got {self.lr}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+            raise UsageError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if self.loss_scale <= 0:
-            raise ValueError(f"--loss-scale must be positive, got {self.loss_scale}")
+            raise UsageError(f"--loss-scale must be positive, got {self.loss_scale}")
 
 
 @dataclass
@@ -195,6 +197,7 @@ class Trainer:
             dist.broadcast_parameters(self.optimizer.flat.data)  # one starting point, bit for bit
         self.tokens_seen = 0
         self.stopped_by: int | None = None  # the signal that stopped fit(), if one did
+        self._saved_on_signal = False
         self.exit_code = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._bar = None
@@ -275,9 +278,15 @@ class Trainer:
         if resume and not self.resume() and self.main:
             print(f"no checkpoint in {self.run_dir}: starting from the beginning")
         try:
-            last = self.fit()
+            # NumPy's overflow warnings say nothing the non-finite checks (loss, checkpoint) do not
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                last = self.fit()
         except KeyboardInterrupt:
             self.exit_code = 128 + (self.stopped_by or signal.SIGINT)
+            if not self._saved_on_signal and self.main:
+                tqdm.write(f"interrupted again: stopped at once without saving; continue from the last "
+                           f"checkpoint ({latest_checkpoint(self.run_dir) or 'none yet'}) with "
+                           f"--out {self.run_dir} --resume")
             return None
         if summary and last and self.main:
             print(f"done: step {self.step}, train loss {last.get('train_loss', float('nan')):.3f}, "
@@ -288,9 +297,12 @@ class Trainer:
         """Train until the epochs or max_steps are done. Returns the last evaluation."""
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in remove_stale_temporaries(self.run_dir):  # what a killed checkpoint write left
+                tqdm.write(f"removed {stale}, a checkpoint whose writing was cut short")
         cfg = self.cfg
         self.start_step = self.step  # after any resume: what this session adds starts here
         self.stopped_by = None
+        self._saved_on_signal = False
 
         def on_signal(signum, frame):
             if self.stopped_by is not None:
@@ -322,6 +334,11 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
                     last_eval = self._evaluate(rate)
+                    if not math.isfinite(last_eval.get("train_loss", 0.0)):  # weights not worth saving
+                        raise NonFiniteLoss(
+                            f"the training loss evaluated at step {self.step} is {last_eval['train_loss']}; "
+                            f"stopped, not saved. The last good checkpoint is "
+                            f"{latest_checkpoint(self.run_dir) or '(none yet)'}; try a lower --lr or --grad-clip")
                 if save:
                     self.save()
                 if evaluate or save:  # the next tokens/s leaves evaluation and saving out
@@ -331,6 +348,7 @@ class Trainer:
                     if pending is not None:
                         self._log_step(pending)
                     path = self.save() if not save else latest_checkpoint(self.run_dir)
+                    self._saved_on_signal = True
                     if self.main:
                         why = signal.Signals(self.stopped_by).name if self.stopped_by else "another rank's signal"
                         tqdm.write(f"interrupted: saved {path} on {why}; "
@@ -372,6 +390,7 @@ class Trainer:
             elif cfg.grad_accum > 1:
                 loss = loss / cfg.grad_accum
             loss.backward()
+            pause_point("step")
         # float16: the float32 weights back, the gradients unscaled and checked for overflow
         finite = amp is None or amp.restore()
         if self.world > 1:

@@ -198,7 +198,7 @@ def test_run_json_without_args_and_state_json_without_a_key(reference_run, tmp_p
     state = json.loads((ckpt / "state.json").read_text())
     del state["loader"]
     (ckpt / "state.json").write_text(json.dumps(state))
-    assert pretrain.main(["--out", str(out), "--resume", "--max-steps", "12"]) == 2
+    assert pretrain.main(["--out", str(out), "--resume", "--max-steps", "12"]) == 1
     _one_error_line(capsys, "state.json lacks 'loader'")
 
 
@@ -210,7 +210,7 @@ def test_corrupted_weights_are_refused_on_resume(reference_run, tmp_path, capsys
     data = bytearray((ckpt / "model.safetensors").read_bytes())
     data[-3] ^= 0x55
     (ckpt / "model.safetensors").write_bytes(bytes(data))
-    assert pretrain.main(["--out", str(out), "--resume"]) == 2
+    assert pretrain.main(["--out", str(out), "--resume"]) == 1
     _one_error_line(capsys, "model.safetensors is corrupt")
 
 
@@ -220,7 +220,7 @@ def test_missing_optimizer_state_is_refused_on_resume(reference_run, tmp_path, c
     shutil.copytree(reference_run, out)
     ckpt = sorted((out / "checkpoints").iterdir())[-1]
     (ckpt / "optimizer.safetensors").unlink()
-    assert pretrain.main(["--out", str(out), "--resume"]) == 2
+    assert pretrain.main(["--out", str(out), "--resume"]) == 1
     _one_error_line(capsys, "optimizer.safetensors is missing")
 
 
