@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_json, write_json
-from .cli import UsageError
+from .cli import UsageError, config_json
 
 # Flags that say how to run, not what the run is: free to differ on --resume.
 HOW_TO_RUN = {"out", "resume", "no_progress", "backend", "keep", "eval_every", "eval_batches", "log_every",
@@ -134,3 +134,14 @@ def start(args: argparse.Namespace) -> tuple[argparse.Namespace, bool]:
         print("extending the run: " + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} -> {v}"
                                                 for k, v in changes.items()))
     return merged, True
+
+
+def record_run(out: Path, resuming: bool, task: str, args: argparse.Namespace, model_config, model_kind: str,
+               **extra: Any) -> None:
+    """Create the run folder and write run.json, once, before the first step: the task, its
+    arguments, the model's config and kind (a name of gpt2.registry, never a module path) and the
+    task's own `extra` fields. A resumed run keeps the run.json it has."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        write_json(out / "run.json", {"task": task, "args": config_json(args), "model_config": model_config.to_dict(),
+                                      "model_kind": model_kind, **extra})
