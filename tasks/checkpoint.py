@@ -116,11 +116,15 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer=None
 
 
 def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
-    """state.json of `ckpt`, after checking every file it lists against its sha256."""
+    """state.json of `ckpt`, after checking every file it lists against its sha256. A missing
+    optimizer state is left to load_checkpoint (the weights alone serve generate, --init and
+    --resume --weights-only)."""
     ckpt = Path(ckpt)
     state = read_json(ckpt / "state.json")
     for name, digest in state.get("files", {}).items():  # checkpoints before manifests list none
         path = ckpt / name
+        if name == "optimizer.safetensors" and not path.is_file():
+            continue
         if not path.is_file():
             raise CheckpointError(f"{path} is missing; the checkpoint cannot be used")
         if sha256_of(path) != digest:
@@ -136,8 +140,8 @@ def load_checkpoint(ckpt: str | os.PathLike, model, optimizer=None) -> dict[str,
     state = verify_checkpoint(ckpt)
     if optimizer is not None and not (ckpt / "optimizer.safetensors").is_file():
         raise CheckpointError(f"{ckpt / 'optimizer.safetensors'} is missing: resuming without the optimizer's "
-                              "state would not continue the run exactly; start a new run from these "
-                              f"weights with --init {ckpt} instead")
+                              "state would not continue the run exactly; add --weights-only to continue "
+                              f"from the weights alone, or start a new run from them with --init {ckpt}")
     model.load_state_dict(mg.load(ckpt / "model.safetensors"))
     if optimizer is not None:
         optimizer.load_state_dict({"arrays": mg.load(ckpt / "optimizer.safetensors"),

@@ -152,6 +152,10 @@ def add_train_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int, 
     g.add_argument("--keep", type=int, default=2, help="checkpoints kept (default: %(default)s)")
     g.add_argument("--out", default=out, help="run folder (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    g.add_argument("--weights-only", action="store_true",
+                   help="with --resume, when the checkpoint's optimizer state is missing: continue from its "
+                        "weights alone, AdamW's moments starting again from zero (not an exact "
+                        "continuation; said when it happens and recorded in run.json's history)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -26,7 +26,7 @@ from .cli import UsageError, config_json
 
 # Flags that say how to run, not what the run is: free to differ on --resume.
 HOW_TO_RUN = {"out", "resume", "no_progress", "backend", "keep", "eval_every", "eval_batches", "log_every",
-              "save_every", "sample_tokens"}
+              "save_every", "sample_tokens", "weights_only"}
 # Flags that extend a run; allowed on --resume where the learning rate schedule permits.
 EXTENSIONS = {"max_steps", "epochs"}
 
@@ -97,6 +97,9 @@ def start(args: argparse.Namespace) -> tuple[argparse.Namespace, bool]:
     Returns (arguments to use, whether an existing run is resumed). Creates nothing."""
     out = Path(args.out)
     check_numbers(args)
+    if getattr(args, "weights_only", False) and not args.resume:
+        raise UsageError("--weights-only says how to --resume a run whose optimizer state is missing; "
+                         "add --resume")
     check_out(out, args.resume)
     run_json = out / "run.json"
     if not (args.resume and run_json.is_file()):

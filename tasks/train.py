@@ -31,8 +31,8 @@ from minigrad.amp import LossScaler, MixedPrecision
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
 from .cli import TaskError, UsageError, pause_point
-from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, remove_stale_temporaries,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, read_json, remove_stale_temporaries,
+                         save_checkpoint, write_json)
 from .jsonl import append_jsonl, read_jsonl, rewrite_jsonl
 from .parallel import code_fingerprint, local_batch
 from .progress import progress_bar
@@ -69,6 +69,7 @@ class TrainConfig:
     dtype: str = "float32"           # or "tf32" (set up by tasks.cli), "float16" (mixed precision)
     loss_scale: float = 2.0 ** 16    # float16: the initial loss scale ...
     loss_scale_window: int = 2000    # ... doubled after this many steps without overflow
+    weights_only: bool = False       # resume from the weights alone when the optimizer state is missing
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -78,7 +79,8 @@ class TrainConfig:
                    grad_accum=args.grad_accum, max_steps=args.max_steps, eval_every=args.eval_every,
                    eval_batches=args.eval_batches, keep=args.keep, progress=not args.no_progress,
                    log_every=args.log_every, save_every=args.save_every, dtype=args.dtype,
-                   loss_scale=args.loss_scale, loss_scale_window=args.loss_scale_window)
+                   loss_scale=args.loss_scale, loss_scale_window=args.loss_scale_window,
+                   weights_only=getattr(args, "weights_only", False))
 
     def check(self) -> None:
         for name in ("epochs", "grad_accum", "eval_every", "eval_batches", "log_every", "loss_scale_window"):
@@ -249,7 +251,11 @@ class Trainer:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             return False
-        state = load_checkpoint(ckpt, self.model, self.optimizer)
+        if self.cfg.weights_only and not (ckpt / "optimizer.safetensors").is_file():
+            state = load_checkpoint(ckpt, self.model)  # the weights, checked against the manifest
+            self._record_weights_only(ckpt)
+        else:
+            state = load_checkpoint(ckpt, self.model, self.optimizer)
         try:
             self.step, self.tokens_seen = state["step"], state["tokens_seen"]
             self.loader.load_state_dict(state["loader"])
@@ -265,6 +271,19 @@ class Trainer:
         if self.main:
             tqdm.write(f"resumed from {ckpt} (step {self.step})")
         return True
+
+    def _record_weights_only(self, ckpt: Path) -> None:
+        """--resume --weights-only without optimizer state: said, and kept in run.json's history."""
+        if not self.main:
+            return
+        tqdm.write(f"note: {ckpt / 'optimizer.safetensors'} is missing: continuing from the weights alone "
+                   "(--weights-only); AdamW's moments start again from zero, so this is not an exact continuation")
+        run_json = self.run_dir / "run.json"
+        if run_json.is_file():
+            run = read_json(run_json)
+            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights_only": ckpt.name,
+                     "why": "optimizer.safetensors missing; AdamW's moments restarted from zero"}
+            write_json(run_json, {**run, "history": run.get("history", []) + [entry]})
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.main:  # rank 0 alone writes the run folder

@@ -248,8 +248,16 @@ CASES = [
          setup=then(copy_lm, lambda c: flip_byte(newest(c["run"]) / "optimizer.safetensors", 200))),
     Case("missing-weights", ["pretrain", "--out", "{run}", "--resume"], 1, "model.safetensors is missing",
          setup=then(copy_lm, lambda c: (newest(c["run"]) / "model.safetensors").unlink())),
-    Case("missing-optimizer-state", ["pretrain", "--out", "{run}", "--resume"], 1, "optimizer.safetensors is missing",
+    Case("missing-optimizer-state", ["pretrain", "--out", "{run}", "--resume"], 1,
+         ("optimizer.safetensors is missing", "--weights-only"),
          setup=then(copy_lm, lambda c: (newest(c["run"]) / "optimizer.safetensors").unlink())),
+    # ... unless asked to go on from the weights alone: said out loud, and kept in run.json's history
+    Case("missing-optimizer-state-weights-only", ["pretrain", "--out", "{run}", "--resume", "--weights-only",
+                                                  "--max-steps", "5"], 0, "continuing from the weights alone",
+         setup=then(copy_lm, lambda c: (newest(c["run"]) / "optimizer.safetensors").unlink()),
+         post=lambda c, r: (json.loads((c["run"] / "run.json").read_text())["history"][-1]["weights_only"]
+                            == "step_00000004" and step_records(c["run"]) == [1, 2, 3, 4, 5])),
+    Case("weights-only-without-resume", [*PRE, "--weights-only"], 2, "add --resume", post="absent"),
     Case("corrupt-weights-as-init", ["generate", "--init", "{run}", "--prompt", "hi"], 1, "is corrupt",
          setup=then(copy_lm, lambda c: flip_byte(newest(c["run"]) / "model.safetensors"))),
     Case("garbage-safetensors-init", ["generate", "--init", "{data}/garbage.safetensors", "--prompt", "hi"], 1,
