@@ -121,6 +121,9 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
     --resume --weights-only)."""
     ckpt = Path(ckpt)
     state = read_json(ckpt / "state.json")
+    if not isinstance(state, dict) or not isinstance(state.get("files", {}), dict):
+        raise CheckpointError(f"{ckpt / 'state.json'} is not a checkpoint's state (a JSON object with its "
+                              "files' sha256); the checkpoint cannot be used")
     for name, digest in state.get("files", {}).items():  # checkpoints before manifests list none
         path = ckpt / name
         if name == "optimizer.safetensors" and not path.is_file():
@@ -142,6 +145,9 @@ def load_checkpoint(ckpt: str | os.PathLike, model, optimizer=None) -> dict[str,
         raise CheckpointError(f"{ckpt / 'optimizer.safetensors'} is missing: resuming without the optimizer's "
                               "state would not continue the run exactly; add --weights-only to continue "
                               f"from the weights alone, or start a new run from them with --init {ckpt}")
+    if optimizer is not None and "optimizer" not in state:
+        raise CheckpointError(f"{ckpt / 'state.json'} lacks 'optimizer' (the optimizer's step and settings); "
+                              "add --weights-only to continue from the weights alone")
     model.load_state_dict(mg.load(ckpt / "model.safetensors"))
     if optimizer is not None:
         optimizer.load_state_dict({"arrays": mg.load(ckpt / "optimizer.safetensors"),
@@ -171,7 +177,11 @@ def load_model_from_run(path: str | os.PathLike, device: str = "cpu"):
         raise FileNotFoundError(f"{path} holds no checkpoint (looked in {path / CHECKPOINTS})")
     run = read_json(run_dir / "run.json")
     verify_checkpoint(ckpt)
-    model = build_model(run)  # the kind run.json names, from gpt2's registry: never a module path
+    try:
+        model = build_model(run)  # the kind run.json names, from gpt2's registry: never a module path
+    except (KeyError, TypeError) as e:  # a run.json without model_config, or one of another shape
+        raise CheckpointError(f"{run_dir / 'run.json'} lacks {e} or holds it in another shape: the model "
+                              "cannot be built from it") from None
     state = mg.load(ckpt / "model.safetensors")
     model.load_state_dict(state)
     return model.to(device).eval()

@@ -33,7 +33,7 @@ from gpt2.classifier import POOLS, GPT2Classifier
 from minigrad import backend, nn
 
 from . import cli, runfolder
-from .checkpoint import read_json, run_dir_of, write_json
+from .checkpoint import CheckpointError, read_json, run_dir_of, write_json
 from .classify_data import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
                             longest, pad_ids, per_class_scores, write_split_csvs)
 from .loaders import BatchLoader
@@ -293,7 +293,10 @@ def predict(args: argparse.Namespace) -> int:
     run = read_json(run_dir_of(ckpt) / "run.json")
     if run.get("task") != "classify":
         raise cli.UsageError(f"{ckpt} is not a tasks.classify run (its task is {run.get('task')!r})")
-    c = run["classifier"]
+    c = run.get("classifier")
+    if not isinstance(c, dict) or not {"labels", "max_length"} <= c.keys():
+        raise CheckpointError(f"{run_dir_of(ckpt) / 'run.json'} has no 'classifier' with its labels and "
+                              "max_length: the texts cannot be prepared as the model was trained")
     model = load_model_from_run(ckpt, device)
     ids = pad_ids(encode_texts(texts, _tokenizer()), c["max_length"], c.get("pad_id", PAD_ID))
     try:

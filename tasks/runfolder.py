@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_json, write_json
-from .cli import UsageError, config_json
+from .cli import TaskError, UsageError, config_json
 
 # Flags that say how to run, not what the run is: free to differ on --resume.
 HOW_TO_RUN = {"out", "resume", "no_progress", "backend", "keep", "eval_every", "eval_batches", "log_every",
@@ -130,7 +130,13 @@ def start(args: argparse.Namespace) -> tuple[argparse.Namespace, bool]:
         if name in ("out", "resume") or name in changes or (name in HOW_TO_RUN and name in typed):
             continue  # the folder is where it is now, whatever its old path was
         setattr(merged, name, value)
-    check_numbers(merged)
+    try:
+        check_numbers(merged)
+    except TypeError:  # a number that is not one: run.json was edited or damaged
+        bad = sorted(k for k, v in saved.items()
+                     if isinstance(v, str) and isinstance(getattr(args, k, None), (int, float)))
+        raise TaskError(f"{run_json}: 'args' holds text where numbers belong ({', '.join(bad) or 'a value'}); "
+                        "the run cannot be resumed from it") from None
     if changes:
         history = run.get("history", []) + [{"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changes}]
         write_json(run_json, {**run, "history": history})
