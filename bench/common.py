@@ -39,12 +39,12 @@ def main_guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | N
         try:
             return fn(argv)
         except BenchError as e:
-            if os.environ.get("MINIGRAD_DEBUG"):
+            if os.environ.get("MINIGRAD_TRACEBACK"):
                 raise
             print(f"error: {e}", file=sys.stderr)
             return 2
         except Exception as e:  # minigrad.BackendError, without importing minigrad here
-            if type(e).__name__ != "BackendError" or os.environ.get("MINIGRAD_DEBUG"):
+            if type(e).__name__ != "BackendError" or os.environ.get("MINIGRAD_TRACEBACK"):
                 raise
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -20,7 +20,7 @@ import minigrad as mg
 from files.hub import sha256_of
 from files.atomic import atomic_write_text, umask_mode
 
-from .cli import TaskError
+from .cli import TaskError, pause_point
 
 CHECKPOINTS = "checkpoints"
 
@@ -96,6 +96,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer=None
     try:
         os.chmod(tmp, umask_mode(0o777))
         mg.save(weights, tmp / "model.safetensors")
+        pause_point("checkpoint")
         full_state = dict(state or {}, step=step)
         if optimizer is not None:
             opt = optimizer.state_dict()
@@ -115,11 +116,18 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer=None
 
 
 def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
-    """state.json of `ckpt`, after checking every file it lists against its sha256."""
+    """state.json of `ckpt`, after checking every file it lists against its sha256. A missing
+    optimizer state is left to load_checkpoint (the weights alone serve generate, --init and
+    --resume --weights-only)."""
     ckpt = Path(ckpt)
     state = read_json(ckpt / "state.json")
+    if not isinstance(state, dict) or not isinstance(state.get("files", {}), dict):
+        raise CheckpointError(f"{ckpt / 'state.json'} is not a checkpoint's state (a JSON object with its "
+                              "files' sha256); the checkpoint cannot be used")
     for name, digest in state.get("files", {}).items():  # checkpoints before manifests list none
         path = ckpt / name
+        if name == "optimizer.safetensors" and not path.is_file():
+            continue
         if not path.is_file():
             raise CheckpointError(f"{path} is missing; the checkpoint cannot be used")
         if sha256_of(path) != digest:
@@ -135,8 +143,11 @@ def load_checkpoint(ckpt: str | os.PathLike, model, optimizer=None) -> dict[str,
     state = verify_checkpoint(ckpt)
     if optimizer is not None and not (ckpt / "optimizer.safetensors").is_file():
         raise CheckpointError(f"{ckpt / 'optimizer.safetensors'} is missing: resuming without the optimizer's "
-                              "state would not continue the run exactly; start a new run from these "
-                              f"weights with --init {ckpt} instead")
+                              "state would not continue the run exactly; add --weights-only to continue "
+                              f"from the weights alone, or start a new run from them with --init {ckpt}")
+    if optimizer is not None and "optimizer" not in state:
+        raise CheckpointError(f"{ckpt / 'state.json'} lacks 'optimizer' (the optimizer's step and settings); "
+                              "add --weights-only to continue from the weights alone")
     model.load_state_dict(mg.load(ckpt / "model.safetensors"))
     if optimizer is not None:
         optimizer.load_state_dict({"arrays": mg.load(ckpt / "optimizer.safetensors"),
@@ -166,7 +177,11 @@ def load_model_from_run(path: str | os.PathLike, device: str = "cpu"):
         raise FileNotFoundError(f"{path} holds no checkpoint (looked in {path / CHECKPOINTS})")
     run = read_json(run_dir / "run.json")
     verify_checkpoint(ckpt)
-    model = build_model(run)  # the kind run.json names, from gpt2's registry: never a module path
+    try:
+        model = build_model(run)  # the kind run.json names, from gpt2's registry: never a module path
+    except (KeyError, TypeError) as e:  # a run.json without model_config, or one of another shape
+        raise CheckpointError(f"{run_dir / 'run.json'} lacks {e} or holds it in another shape: the model "
+                              "cannot be built from it") from None
     state = mg.load(ckpt / "model.safetensors")
     model.load_state_dict(state)
     return model.to(device).eval()

@@ -33,7 +33,7 @@ from gpt2.classifier import POOLS, GPT2Classifier
 from minigrad import backend, nn
 
 from . import cli, runfolder
-from .checkpoint import read_json, run_dir_of, write_json
+from .checkpoint import CheckpointError, read_json, run_dir_of, write_json
 from .classify_data import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
                             longest, pad_ids, per_class_scores, write_split_csvs)
 from .loaders import BatchLoader
@@ -98,6 +98,8 @@ def score(model, loader, max_batches: int | None = None, desc: str | None = None
             if i >= n_batches:
                 break
             bar.update(1)
+            if desc is not None:
+                cli.pause_point("scoring")
             logits = model(x)
             losses.append(float(F.cross_entropy(logits, backend.array_module(logits.data).asarray(y)).item()))
             preds.append(backend.to_device(logits.data, "cpu").argmax(axis=-1))
@@ -136,88 +138,72 @@ def _scores_dict(s: Scores) -> dict:
     return {"loss": s.loss, "accuracy": s.accuracy, "examples": s.examples}
 
 
-def train(args: argparse.Namespace) -> int:
-    args, resuming = runfolder.start(args)
-    device = cli.device_of(args)
-    out = Path(args.out)
-    splits, classes, n_rows, n_skipped = load_splits(args)
+@dataclass
+class ClassifyData:
+    """The splits tokenized and padded to one length, and their loaders."""
+    splits: dict
+    classes: list[str]
+    length: int
+    loaders: dict        # train (shuffled, whole batches), validation, test
+    evals: dict          # train (every row), validation, test: the before/after report
 
-    tokenizer = _tokenizer()
-    gpt = cli.build_model(args)
-    if isinstance(gpt, GPT2Classifier):
-        raise cli.UsageError(f"--init {args.init} is a classifier run; give a GPT-2 (official size, "
-                             "weights file or a tasks.pretrain run)")
-    n_ctx = gpt.config.n_ctx
-    length = args.max_length or longest(splits["train"], tokenizer)
-    if length > n_ctx:
-        if args.max_length:
-            raise cli.UsageError(f"--max-length {length} is longer than the model's context of {n_ctx}")
-        print(f"note: the longest training text has {length} tokens; texts are cut to the context of {n_ctx}")
-        length = n_ctx
-    data = {name: LabelledTokens(rows, classes, tokenizer, length) for name, rows in splits.items()}
+    @classmethod
+    def build(cls, args: argparse.Namespace, splits: dict, classes: list[str], tokenizer, n_ctx: int):
+        length = args.max_length or longest(splits["train"], tokenizer)
+        if length > n_ctx:
+            if args.max_length:
+                raise cli.UsageError(f"--max-length {length} is longer than the model's context of {n_ctx}")
+            print(f"note: the longest training text has {length} tokens; texts are cut to the context of {n_ctx}")
+            length = n_ctx
+        data = {name: LabelledTokens(rows, classes, tokenizer, length) for name, rows in splits.items()}
+        loaders = {"train": BatchLoader(data["train"], args.batch_size, shuffle=True, drop_last=True,
+                                        seed=args.seed),
+                   **{n: BatchLoader(data[n], args.batch_size) for n in ("validation", "test")}}
+        evals = {"train": BatchLoader(data["train"], args.batch_size), "validation": loaders["validation"],
+                 "test": loaders["test"]}
+        return cls(splits, classes, length, loaders, evals)
 
-    loaders = {"train": BatchLoader(data["train"], args.batch_size, shuffle=True, drop_last=True, seed=args.seed)}
-    for name in ("validation", "test"):
-        loaders[name] = BatchLoader(data[name], args.batch_size)
-    full_train = BatchLoader(data["train"], args.batch_size)  # every row, for the final report
+    def describe(self, n_rows: int, n_skipped: int, batch_size: int) -> str:
+        return (f"data: {n_rows} valid rows ({n_skipped} skipped), classes {', '.join(self.classes)}; "
+                f"train / validation / test {' / '.join(str(len(self.splits[n])) for n in SPLIT_NAMES)} rows = "
+                f"{' / '.join(str(len(self.loaders[n])) for n in SPLIT_NAMES)} batches of {batch_size}; "
+                f"padded to {self.length} tokens")
 
-    mg.manual_seed(args.seed)  # the head and the adapters: the same numbers whatever --init did
-    model = GPT2Classifier(gpt, len(classes), args.pool)
-    set_trainable(model, args.trainable, args.lora_rank, args.lora_alpha)
-    model.to(device)
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_split_csvs(out, splits)
-    if not resuming:
-        write_json(out / "run.json", {
-            "task": "classify", "args": cli.config_json(args), "model_config": gpt.config.to_dict(),
-            "model_kind": "gpt2-classifier",
-            "classifier": {"labels": classes, "pool": args.pool, "trainable": args.trainable,
-                           "max_length": length, "pad_id": PAD_ID},
-            "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.trainable == "lora" else None})
-    sizes = " / ".join(f"{len(splits[n])}" for n in SPLIT_NAMES)
-    print(f"data: {n_rows} valid rows ({n_skipped} skipped), classes {', '.join(classes)}; "
-          f"train / validation / test {sizes} rows = "
-          f"{' / '.join(str(len(loaders[n])) for n in SPLIT_NAMES)} batches of {args.batch_size}; "
-          f"padded to {length} tokens")
-    print(f"model: {model.num_parameters():,} parameters, {model.num_parameters(trainable_only=True):,} "
-          f"trainable ({args.trainable}), pool {args.pool}, on {device}")
-
-    evals = {"train": full_train, "validation": loaders["validation"], "test": loaders["test"]}
-    before_path = out / "before.json"
-    if before_path.exists():  # a resumed run keeps the scores of the untrained model
-        before = read_json(before_path)
-    else:
-        before = {n: _scores_dict(score(model, loader, args.report_batches, desc=f"scoring {n}"))
-                  for n, loader in evals.items()}
-        write_json(before_path, before)
-
-    mg.manual_seed(args.seed)  # dropout masks: the same stream whatever came before
-
+def accuracy_evaluation(loaders: dict, batches: int):
+    """The Trainer's `evaluate`: loss and accuracy of train and validation from one forward pass."""
     def evaluate(m):
-        # loss and accuracy come from the same forward pass, so accuracy at every eval is free
-        tr = score(m, loaders["train"], args.eval_batches)
-        va = score(m, loaders["validation"], args.eval_batches)
+        tr, va = score(m, loaders["train"], batches), score(m, loaders["validation"], batches)
         return {"train_loss": tr.loss, "val_loss": va.loss, "train_acc": tr.accuracy, "val_acc": va.accuracy}
+    return evaluate
 
-    def plot(run_dir):
-        recs = [r for r in read_metrics(run_dir) if r["type"] == "eval"]
-        if len(recs) < 2:  # a curve needs two points
-            return
-        for keys, name, ylabel in ((["train_loss", "val_loss"], "loss.png", "loss"),
-                                   (["train_acc", "val_acc"], "accuracy.png", "accuracy")):
-            plot_curves([r for r in recs if keys[0] in r], keys, Path(run_dir) / name, ylabel,
-                        seen_key="tokens_seen", seen_label="examples seen")
 
-    # "tokens" in the Trainer's bookkeeping are examples here
-    trainer = Trainer(model, loaders["train"], classify_loss, evaluate, out, TrainConfig.from_args(args),
-                      tokens_in=lambda b: len(b[1]), plot=plot, unit="examples")
-    t0 = time.perf_counter()
-    if trainer.run(args.resume, summary=False) is None:
-        return trainer.exit_code
-    train_time = time.perf_counter() - t0
+def plot_classify(run_dir) -> None:
+    """loss.png and accuracy.png of the evaluations in metrics.jsonl (from two of them on)."""
+    recs = [r for r in read_metrics(run_dir) if r["type"] == "eval"]
+    if len(recs) < 2:  # a curve needs two points
+        return
+    for keys, name, ylabel in ((["train_loss", "val_loss"], "loss.png", "loss"),
+                               (["train_acc", "val_acc"], "accuracy.png", "accuracy")):
+        plot_curves([r for r in recs if keys[0] in r], keys, Path(run_dir) / name, ylabel,
+                    seen_key="tokens_seen", seen_label="examples seen")
 
-    after_scores = {n: score(model, loader, args.report_batches, desc=f"scoring {n}") for n, loader in evals.items()}
+
+def _scores_before(model, data: ClassifyData, out: Path, batches: int | None) -> dict:
+    """The untrained model's scores, once: a resumed run keeps those of its start."""
+    path = out / "before.json"
+    if path.exists():
+        return read_json(path)
+    before = {n: _scores_dict(score(model, loader, batches, desc=f"scoring {n}")) for n, loader in data.evals.items()}
+    write_json(path, before)
+    return before
+
+
+def _report(model, trainer: Trainer, data: ClassifyData, before: dict, args, train_time: float) -> None:
+    """results.json, confusion_test.png and the printed summary of the trained model."""
+    out, classes = Path(args.out), data.classes
+    after_scores = {n: score(model, loader, args.report_batches, desc=f"scoring {n}")
+                    for n, loader in data.evals.items()}
     after = {n: _scores_dict(s) for n, s in after_scores.items()}
     test = after_scores["test"]
     matrix = confusion_matrix(test.targets, test.predictions, len(classes))
@@ -226,7 +212,7 @@ def train(args: argparse.Namespace) -> int:
     write_json(out / "results.json", {
         "labels": classes, "before": before, "after": after,
         "test_confusion": matrix.tolist(), "test_per_class": per_class,
-        "rows": {n: len(splits[n]) for n in SPLIT_NAMES}, "max_length": length,
+        "rows": {n: len(data.splits[n]) for n in SPLIT_NAMES}, "max_length": data.length,
         "steps": trainer.step, "epochs": trainer.step / trainer.steps_per_epoch,
         "train_seconds_this_session": train_time, "steps_this_session": trainer.step - trainer.start_step,
         "report_batches": args.report_batches})
@@ -236,6 +222,36 @@ def train(args: argparse.Namespace) -> int:
     print(f"test, {positive!r} as positive: precision {pc['precision']:.3f}, recall {pc['recall']:.3f}, "
           f"F1 {pc['f1']:.3f}; confusion (rows true, columns predicted {classes}): {matrix.tolist()}")
     print(f"training took {train_time:.1f} s for {trainer.step - trainer.start_step} steps; outputs in {out}")
+
+
+def train(args: argparse.Namespace) -> int:
+    args, resuming = runfolder.start(args)
+    device = cli.device_of(args)
+    out = Path(args.out)
+    splits, classes, n_rows, n_skipped = load_splits(args)
+    gpt = cli.build_model(args)  # a GPT-2 language model (a classifier run is refused)
+    data = ClassifyData.build(args, splits, classes, _tokenizer(), gpt.config.n_ctx)
+    mg.manual_seed(args.seed)  # the head and the adapters: the same numbers whatever --init did
+    model = GPT2Classifier(gpt, len(classes), args.pool)
+    set_trainable(model, args.trainable, args.lora_rank, args.lora_alpha)
+    model.to(device)
+    lora = {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.trainable == "lora" else None
+    runfolder.record_run(out, resuming, "classify", args, gpt.config, "gpt2-classifier", lora=lora, classifier={
+        "labels": classes, "pool": args.pool, "trainable": args.trainable, "max_length": data.length, "pad_id": PAD_ID})
+    write_split_csvs(out, splits)
+    print(data.describe(n_rows, n_skipped, args.batch_size))
+    print(f"model: {model.num_parameters():,} parameters, {model.num_parameters(trainable_only=True):,} "
+          f"trainable ({args.trainable}), pool {args.pool}, on {device}")
+    before = _scores_before(model, data, out, args.report_batches)
+    mg.manual_seed(args.seed)  # dropout masks: the same stream whatever came before
+    # "tokens" in the Trainer's bookkeeping are examples here
+    trainer = Trainer(model, data.loaders["train"], classify_loss, accuracy_evaluation(data.loaders, args.eval_batches),
+                      out, TrainConfig.from_args(args), tokens_in=lambda b: len(b[1]), plot=plot_classify,
+                      unit="examples")
+    t0 = time.perf_counter()
+    if trainer.run(args.resume, summary=False) is None:
+        return trainer.exit_code
+    _report(model, trainer, data, before, args, time.perf_counter() - t0)
     return 0
 
 
@@ -277,7 +293,10 @@ def predict(args: argparse.Namespace) -> int:
     run = read_json(run_dir_of(ckpt) / "run.json")
     if run.get("task") != "classify":
         raise cli.UsageError(f"{ckpt} is not a tasks.classify run (its task is {run.get('task')!r})")
-    c = run["classifier"]
+    c = run.get("classifier")
+    if not isinstance(c, dict) or not {"labels", "max_length"} <= c.keys():
+        raise CheckpointError(f"{run_dir_of(ckpt) / 'run.json'} has no 'classifier' with its labels and "
+                              "max_length: the texts cannot be prepared as the model was trained")
     model = load_model_from_run(ckpt, device)
     ids = pad_ids(encode_texts(texts, _tokenizer()), c["max_length"], c.get("pad_id", PAD_ID))
     try:
@@ -296,13 +315,8 @@ def predict(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- command line
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, like every other expected failure of a task
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m tasks.classify", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tasks.classify", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,predict}")
 

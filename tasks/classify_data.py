@@ -19,7 +19,7 @@ import numpy as np
 from gpt2.classifier import PAD_ID
 from files.atomic import atomic_write
 
-from .cli import TaskError
+from .cli import TaskError, UsageError
 from .data import ensure_dataset
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -197,6 +197,9 @@ def load_splits(args) -> tuple[dict[str, list[Row]], list[str], int, int]:
     """tasks.classify's data flags -> the split rows, the classes, and how many rows were valid / skipped."""
     path = Path(args.data) if args.data else ensure_dataset("sms-spam", progress=not args.no_progress)
     labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
+    if labels and len(set(labels)) < len(labels):
+        twice = sorted({c for c in labels if labels.count(c) > 1})
+        raise UsageError(f"--labels names {', '.join(map(repr, twice))} more than once")
     data = read_labelled_file(path, labels, strict=args.strict)
     if data.problems:
         print(f"warning: skipped {data.problem_summary()}", file=sys.stderr)

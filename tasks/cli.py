@@ -6,6 +6,7 @@ import argparse
 import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -20,11 +21,43 @@ BACKENDS = ("numpy", "cupy", "standin")  # standin: see minigrad/standin.py
 
 
 class TaskError(Exception):
-    """An expected way for a task to fail: printed as one line, exit status 2."""
+    """An expected way for a task to fail (a missing or corrupt file, a server that cannot be
+    reached, ...): printed as one line, exit status 1."""
 
 
 class UsageError(TaskError):
-    """A problem with what the user asked for."""
+    """A problem with what the user asked for (a flag out of range, a refused combination, a
+    changed flag on --resume): printed as one line, exit status 2, as argparse's own errors."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `docker stop`, `kill`) outside the training loop: exit status 143."""
+
+
+EXIT_USAGE, EXIT_FAILURE = 2, 1
+
+
+def pause_point(name: str) -> None:
+    """A named moment of a task where the misuse tests interrupt it (tests/test_misuse.py).
+
+    Inert unless MINIGRAD_TEST_PAUSE_AT is NAME or NAME#K: then, the first (K-th) time NAME is
+    reached, the file MINIGRAD_TEST_PAUSE_FILE is created and the process waits (at most 60 s)
+    until the test has sent its signal and deleted that file."""
+    at = os.environ.get("MINIGRAD_TEST_PAUSE_AT")
+    if at is None or at.partition("#")[0] != name:
+        return
+    _passes[name] = _passes.get(name, 0) + 1
+    if _passes[name] != int(at.partition("#")[2] or 1):
+        return
+    import time
+    marker = Path(os.environ["MINIGRAD_TEST_PAUSE_FILE"])
+    marker.touch()
+    deadline = time.monotonic() + 60
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+_passes: dict[str, int] = {}
 
 
 def add_backend_arg(p) -> None:
@@ -119,6 +152,10 @@ def add_train_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int, 
     g.add_argument("--keep", type=int, default=2, help="checkpoints kept (default: %(default)s)")
     g.add_argument("--out", default=out, help="run folder (default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    g.add_argument("--weights-only", action="store_true",
+                   help="with --resume, when the checkpoint's optimizer state is missing: continue from its "
+                        "weights alone, AdamW's moments starting again from zero (not an exact "
+                        "continuation; said when it happens and recorded in run.json's history)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -186,6 +223,11 @@ def build_model(args: argparse.Namespace):
             raise UsageError(f"--init {init!r}: not 'random', an official size ({', '.join(SIZES)}) "
                              "or an existing file or folder")
         model = gpt2.from_pretrained(init)
+    for flag in ("n_layer", "n_head", "n_embd"):  # the weights fix the architecture
+        given, own = getattr(args, flag, None), getattr(model.config, flag)
+        if given is not None and given != own:
+            raise UsageError(f"--{flag.replace('_', '-')} {given} disagrees with --init {init}, whose "
+                             f"weights have {own}; drop the flag")
     # dropout is a training choice, not part of the weights
     model.config = model.config.replace(dropout=args.dropout)
     for m in model.modules():
@@ -196,14 +238,21 @@ def build_model(args: argparse.Namespace):
     return model
 
 
+def _one_line_error(parser: argparse.ArgumentParser, message: str):
+    parser.exit(EXIT_USAGE, f"error: {message} (see {parser.prog} --help)\n")
+
+
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """parser.parse_args(argv), plus `args.typed`: the flags the user typed (not defaulted), which
-    --resume compares with the run's own (a flag typed with its default value counts as typed)."""
-    args = parser.parse_args(argv)
+    --resume compares with the run's own (a flag typed with its default value counts as typed).
+    A command line argparse refuses is one `error:` line and exit status 2, as every usage error."""
     parsers = [parser]
-    for action in parser._actions:  # and the chosen subcommand's parser
+    for action in parser._actions:  # and the subcommands' parsers
         if isinstance(action, argparse._SubParsersAction):
             parsers += list(action.choices.values())
+    for p in parsers:
+        p.error = functools.partial(_one_line_error, p)
+    args = parser.parse_args(argv)
     saved = [(a, a.default) for p in parsers for a in p._actions if a.dest != "help"]
     try:
         _OldName.quiet = True
@@ -235,40 +284,60 @@ def describe_os_error(e: OSError) -> str:
 
 
 def main_guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Run a task's main: expected failures become one `error: ...` line on stderr and exit
-    status 2 (1 for a failed file operation such as a full disk, 130 for Ctrl-C)."""
+    """Run a task's main: expected failures become one `error: ...` line on stderr and an exit
+    status: 2 for a usage error (UsageError; argparse's own are 2 as well), 1 for a failure (a
+    missing or corrupt file, a full or read-only disk, an unreachable server, ...), 130 for
+    Ctrl-C and 143 for SIGTERM (the training loop saves a checkpoint first; see tasks.train).
+    MINIGRAD_TRACEBACK=1 shows the full traceback instead of the one line."""
 
     @functools.wraps(fn)
     def wrapper(argv: list[str] | None = None) -> int:
+        def on_sigterm(signum, frame):
+            raise Terminated
+        try:
+            old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:  # not the main thread: leave signals alone
+            old_sigterm = None
         try:
             mg.backend.tune_allocator()  # glibc and NumPy tuned for a training step (see its docstring)
             dist.init()  # joins the MPI job under mpiexec; nothing otherwise
             return fn(argv)
-        except (TaskError, MissingFileError, ChecksumError, FileNotFoundError, IsADirectoryError,
-                mg.BackendError, mg.nn.StateDictError, json.JSONDecodeError, ValueError,
-                TokenizerUnavailableError, dist.DistributedError) as e:
-            if os.environ.get("MINIGRAD_DEBUG"):
+        except KeyboardInterrupt as e:  # Terminated too
+            if os.environ.get("MINIGRAD_TRACEBACK"):
+                raise
+            signame = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+            print(f"error: interrupted ({signame}); what was complete is kept", file=sys.stderr)
+            return 143 if isinstance(e, Terminated) else 130
+        except Exception as e:
+            code, message = _failure(e)
+            if code is None:
+                if dist.world_size() > 1:  # a bug on one rank: show it, then end the whole job
+                    import traceback
+                    traceback.print_exc()
+                    dist.abort("failed with the traceback above")
+                raise
+            if os.environ.get("MINIGRAD_TRACEBACK"):
                 raise  # a developer wants the traceback
             if dist.world_size() > 1:
-                dist.abort(str(e), 2)  # the other ranks would wait forever in their next collective
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except OSError as e:  # ENOSPC, EROFS, EACCES, ENOTDIR, ... (MissingFileError is caught above)
-            if os.environ.get("MINIGRAD_DEBUG"):
-                raise
-            if dist.world_size() > 1:
-                dist.abort(describe_os_error(e), 1)
-            print(f"error: {describe_os_error(e)}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            if os.environ.get("MINIGRAD_DEBUG"):
-                raise
-            print("error: interrupted", file=sys.stderr)
-            return 130
-        except Exception:
-            if dist.world_size() > 1:  # a bug on one rank: show it, then end the whole job
-                import traceback
-                traceback.print_exc()
-                dist.abort("failed with the traceback above")
-            raise
+                dist.abort(message, code)  # the other ranks would wait forever in their next collective
+            print(f"error: {message}", file=sys.stderr)
+            return code
+        finally:
+            if old_sigterm is not None:
+                signal.signal(signal.SIGTERM, old_sigterm)
     return wrapper
+
+
+def _failure(e: Exception) -> tuple[int | None, str]:
+    """(exit status, one line) of an expected failure; (None, "") for a bug (shown in full)."""
+    if isinstance(e, UsageError):
+        return EXIT_USAGE, str(e)
+    if isinstance(e, (TaskError, MissingFileError, ChecksumError, FileNotFoundError, IsADirectoryError,
+                      mg.BackendError, mg.nn.StateDictError, json.JSONDecodeError, ValueError,
+                      TokenizerUnavailableError, dist.DistributedError)):
+        return EXIT_FAILURE, str(e)
+    if isinstance(e, OSError):  # ENOSPC, EROFS, EACCES, ENOTDIR, ...
+        return EXIT_FAILURE, describe_os_error(e)
+    if type(e).__module__.startswith("safetensors") or "SafetensorError" in type(e).__name__:
+        return EXIT_FAILURE, f"cannot read the weights: {e}"
+    return None, ""

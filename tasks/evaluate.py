@@ -25,8 +25,9 @@ from tasks.cli import TaskError
 from tasks.jsonl import append_jsonl, read_jsonl
 from tasks.runfolder import check_output_file
 from tasks.hellaswag import HellaSwagDataError, evaluate_hellaswag, load_hellaswag
-from tasks.judge import APIS, JUDGE_PROMPT, JudgeClient, JudgeUnreachableError, judge_records, load_responses
-from tasks.mmlu import (MMLUDataError, ensure_dev, evaluate_mmlu, load_mmlu,
+from tasks.judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, JudgeUnreachableError,
+                         judge_records, load_responses)
+from tasks.mmlu import (MMLUDataError, ensure_dev, evaluate_mmlu, group_by_subject, load_mmlu, select_subjects,
                         model_next_token_logits)
 
 
@@ -36,6 +37,11 @@ INIT_HELP = ("an official size (124M, 355M, 774M, 1558M), a weights file or fold
 
 class ModelUnavailableError(TaskError):
     """The model (or the code to load it) cannot be had."""
+
+
+def _record(partial: Path, record: dict) -> None:
+    append_jsonl(partial, record)
+    cli.pause_point("record")
 
 
 # ----------------------------------------------------------------------------- judge
@@ -56,8 +62,11 @@ def run_judge(args: argparse.Namespace) -> int:
         if api_key is None:  # local OpenAI-compatible servers often need no key
             print(f"note: ${args.api_key_env} is not set; sending no Authorization header",
                   file=sys.stderr)
-    client = JudgeClient(args.url, args.model, api=args.api, api_key=api_key,
-                         timeout=args.timeout, retries=args.retries, backoff=args.backoff)
+    try:
+        client = JudgeClient(args.url, args.model, api=args.api, api_key=api_key,
+                             timeout=args.timeout, retries=args.retries, backoff=args.backoff)
+    except JudgeInputError as err:  # --url, --timeout, --retries or --backoff
+        raise cli.UsageError(str(err)) from None
     # each score is appended to OUT.partial.jsonl as it comes; a rerun with the same --out
     # continues after them, and OUT is written from all of them at the end
     partial = out.with_name(out.name + ".partial.jsonl")
@@ -66,7 +75,7 @@ def run_judge(args: argparse.Namespace) -> int:
         print(f"{len(done)} records already scored in {partial}; continuing")
     try:
         result = judge_records(records, client, progress=not args.no_progress, done=done,
-                               on_score=lambda score: append_jsonl(partial, score))
+                               on_score=lambda score: _record(partial, score))
     except JudgeUnreachableError as err:
         kept = f"; the {len(read_jsonl(partial))} scores so far are kept in {partial}" if partial.exists() else ""
         raise TaskError(f"{err}{kept}; start the judge server, then run the same command again") from None
@@ -115,6 +124,10 @@ def run_mmlu(args: argparse.Namespace) -> int:
     if args.shots not in (0, 5):
         raise MMLUDataError(f"--shots must be 0 or 5, got {args.shots}")
     questions = load_mmlu(args.data)  # before the model: a missing file fails fast
+    try:
+        select_subjects(group_by_subject(questions), args.subjects)
+    except MMLUDataError as err:  # an unknown --subjects
+        raise cli.UsageError(str(err)) from None
     dev = None
     if args.shots and args.shots_from == "dev":
         dev = load_mmlu(args.dev or ensure_dev(progress=not args.no_progress))
@@ -137,7 +150,7 @@ def run_mmlu(args: argparse.Namespace) -> int:
     result = evaluate_mmlu(questions, model_next_token_logits(model), tokenizer,
                            shots=args.shots, limit=args.limit, subjects=args.subjects,
                            max_context=max_context, progress=not args.no_progress, dev=dev, done=done,
-                           on_answer=(lambda r: append_jsonl(partial, r)) if partial else None)
+                           on_answer=(lambda r: _record(partial, r)) if partial else None)
     print(result.table())
     source = {"init": args.init}
     if args.out:
@@ -165,7 +178,7 @@ def run_hellaswag(args: argparse.Namespace) -> int:
         before = read_json(config_path)
         changed = [k for k in config if before.get(k) != config[k]]
         if changed:
-            raise HellaSwagDataError(
+            raise cli.UsageError(
                 f"{out} holds HellaSwag results of {', '.join(f'{k}={before.get(k)!r}' for k in changed)}; "
                 f"choose another --out for {', '.join(f'{k}={config[k]!r}' for k in changed)}")
     tokenizer = load_tokenizer()
@@ -245,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @cli.main_guard
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cli.parse(build_parser(), argv)
     return args.func(args)
 
 

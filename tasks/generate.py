@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated temperatures for --temperature-plot (default: %(default)s)")
     p.add_argument("--top", type=int, default=10,
                    help="tokens drawn by --temperature-plot (default: %(default)s)")
-    args = p.parse_args(argv)
+    args = cli.parse(p, argv)
     if args.max_new_tokens < 0:
         p.error("--max-new-tokens must be >= 0")
     if not args.temperature >= 0.0:

@@ -31,7 +31,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -51,7 +51,7 @@ DEFAULT_DATA = "instruction-data"
 IGNORE_INDEX = -100   # targets the loss skips (cross_entropy's default)
 
 
-class InstructionDataError(cli.UsageError):
+class InstructionDataError(cli.TaskError):
     """An instruction file that cannot be used: not JSON, not a list, or a malformed record."""
 
 
@@ -220,26 +220,8 @@ def _prepare_items(tokenizer, records, max_length: int, mask_instructions: bool,
     return items
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    args, resuming = runfolder.start(args)
-    device = cli.device_of(args)
-    from gpt2.tokenizer import get_tokenizer
-
-    if args.max_length is not None and args.max_length < 2:
-        raise cli.UsageError(f"--max-length must be at least 2, got {args.max_length}")
-    path = resolve_data(args.data)
-    records = load_records(path)
-    train_recs, val_recs, test_recs = split_records(records, args.split_seed)
-    if not val_recs or not train_recs:
-        raise InstructionDataError(f"{path} has {len(records)} records: too few for a train and "
-                                   "a validation split")
-
-    tokenizer = get_tokenizer()
-    model = cli.build_model(args)
-    context = model.config.n_ctx
-    if args.max_length is not None and args.max_length > context:
-        raise cli.UsageError(f"--max-length {args.max_length} is longer than the model's context of {context}")
-    max_length = args.max_length or context
+def _adapt(model, args: argparse.Namespace) -> None:
+    """What trains: new LoRA adapters (--lora-rank), the adapters --init brought, or every weight."""
     if args.lora_rank is not None:
         if _lora_of(model) is not None:
             raise cli.UsageError(f"--init {args.init} already has LoRA adapters; drop --lora-rank "
@@ -249,41 +231,62 @@ def cmd_train(args: argparse.Namespace) -> int:
               "every other weight is frozen")
     elif _lora_of(model) is None:
         model.requires_grad_(True)  # a full fine-tune trains every weight
-    model.to(device)
-    mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
 
-    train_items = _prepare_items(tokenizer, train_recs, max_length, args.mask_instructions, "train")
-    val_items = _prepare_items(tokenizer, val_recs, max_length, args.mask_instructions, "validation")
+
+def _loaders(tokenizer, train_recs, val_recs, max_length: int, args) -> tuple[InstructionLoader, InstructionLoader]:
+    mask = args.mask_instructions
+    train_items = _prepare_items(tokenizer, train_recs, max_length, mask, "train")
+    val_items = _prepare_items(tokenizer, val_recs, max_length, mask, "validation")
     if not val_items:
         raise InstructionDataError("no validation record fits --max-length with --mask-instructions")
-    train_loader = InstructionLoader(train_items, args.batch_size, shuffle=True, drop_last=True,
-                                     seed=args.seed, max_length=max_length,
-                                     mask_instructions=args.mask_instructions)
-    val_loader = InstructionLoader(val_items, args.batch_size, max_length=max_length,
-                                   mask_instructions=args.mask_instructions)
+    return (InstructionLoader(train_items, args.batch_size, shuffle=True, drop_last=True, seed=args.seed,
+                              max_length=max_length, mask_instructions=mask),
+            InstructionLoader(val_items, args.batch_size, max_length=max_length, mask_instructions=mask))
 
+
+def _split(args: argparse.Namespace) -> tuple[Path, list[dict], tuple[list[dict], list[dict], list[dict]]]:
+    """(the data file, its records, the train/val/test split), checked."""
+    if args.max_length is not None and args.max_length < 2:
+        raise cli.UsageError(f"--max-length must be at least 2, got {args.max_length}")
+    path = resolve_data(args.data)
+    records = load_records(path)
+    train_recs, val_recs, test_recs = split_records(records, args.split_seed)
+    if not val_recs or not train_recs:
+        raise InstructionDataError(f"{path} has {len(records)} records: too few for a train and "
+                                   "a validation split")
+    return path, records, (train_recs, val_recs, test_recs)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    args, resuming = runfolder.start(args)
+    device = cli.device_of(args)
+    from gpt2.tokenizer import get_tokenizer
+
+    path, records, (train_recs, val_recs, test_recs) = _split(args)
+    tokenizer = get_tokenizer()
+    model = cli.build_model(args)
+    if args.max_length is not None and args.max_length > model.config.n_ctx:
+        raise cli.UsageError(f"--max-length {args.max_length} is longer than the model's context of "
+                             f"{model.config.n_ctx}")
+    max_length = args.max_length or model.config.n_ctx
+    _adapt(model, args)
+    model.to(device)
+    mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
+    train_loader, val_loader = _loaders(tokenizer, train_recs, val_recs, max_length, args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    run: dict[str, Any] = {
-        "task": "instruct", "args": cli.config_json(args), "model_config": model.config.to_dict(),
-        # respond recomputes the split from these
-        "data": {"source": args.data if args.data in DATASETS else str(path.resolve()),
-                 "num_records": len(records), "split_seed": args.split_seed,
-                 "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}},
-        "max_length": max_length, "model_kind": "gpt2", "lora": _lora_of(model)}
-    if not resuming:
-        write_json(out / "run.json", run)
-    trainable = model.num_parameters(trainable_only=True)
-    print(f"model: {model.num_parameters():,} parameters ({trainable:,} trainable) on {device}; "
-          f"{len(train_recs)} train / {len(val_recs)} val / {len(test_recs)} test records; "
+    runfolder.record_run(out, resuming, "instruct", args, model.config, "gpt2", max_length=max_length,
+                         lora=_lora_of(model), data={  # respond recomputes the split from these
+                             "source": args.data if args.data in DATASETS else str(path.resolve()),
+                             "num_records": len(records), "split_seed": args.split_seed,
+                             "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}})
+    print(f"model: {model.num_parameters():,} parameters ({model.num_parameters(trainable_only=True):,} trainable) "
+          f"on {device}; {len(train_recs)} train / {len(val_recs)} val / {len(test_recs)} test records; "
           f"{len(train_loader)} batches of {args.batch_size} per epoch")
-
-    def sample(m):
-        return respond_batch(m, tokenizer, val_recs[:1], args.sample_tokens)[0]
-
+    sample = (lambda m: respond_batch(m, tokenizer, val_recs[:1], args.sample_tokens)[0]) \
+        if args.sample_tokens > 0 else None
     evaluate = loss_evaluation({"train": train_loader, "val": val_loader}, lm_loss, args.eval_batches)
-    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
-                      sample=sample if args.sample_tokens > 0 else None, plot=plot_losses)
+    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args), sample=sample,
+                      plot=plot_losses)
     return trainer.exit_code if trainer.run(args.resume) is None else 0
 
 
@@ -292,6 +295,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace):
     """(model in eval mode on the chosen device, tokenizer, run.json) of --checkpoint."""
+    from gpt2 import GPT2
     from gpt2.tokenizer import get_tokenizer
     from .checkpoint import load_model_from_run
 
@@ -301,6 +305,9 @@ def _load(args: argparse.Namespace):
         raise FileNotFoundError(f"--init {ckpt}: no such folder")
     run = read_json(run_dir_of(ckpt) / "run.json")
     model = load_model_from_run(ckpt, device=device)
+    if not isinstance(model, GPT2):
+        raise cli.UsageError(f"--init {ckpt} holds a {type(model).__name__}, not a GPT-2 language model "
+                             "that can answer (a tasks.instruct or tasks.pretrain run)")
     return model, get_tokenizer(), run
 
 
@@ -344,6 +351,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
             for rec, answer in zip(batch, respond_batch(model, tokenizer, batch, args.max_new_tokens)):
                 answered.append({**rec, "model_response": answer})
                 append_jsonl(partial, answered[-1])
+                cli.pause_point("record")
             bar.update(len(batch))
     write_json(out, answered)
     partial.unlink()

@@ -210,7 +210,8 @@ def load_responses(path: str | os.PathLike) -> list[dict]:
             if key not in rec:
                 raise JudgeInputError(f"record {i} of {path} has no {key!r} field")
         for key in ("instruction", "input", "output", "model_response"):
-            if key in rec and not isinstance(rec[key], str):
+            # a null input means no input, as in the records tasks.instruct answers
+            if key in rec and not isinstance(rec[key], str) and not (key == "input" and rec[key] is None):
                 raise JudgeInputError(f"record {i} of {path}: {key!r} must be a string")
     return records
 

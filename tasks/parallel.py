@@ -7,7 +7,7 @@ from pathlib import Path
 
 import minigrad.distributed as dist
 
-from .cli import TaskError
+from .cli import UsageError
 
 
 def rank_rows(n: int) -> slice:
@@ -48,7 +48,7 @@ def check_world_size(run_json: dict, world_size: int, batch_size: int, grad_accu
     old = int(args.get("batch_size", 0)) * int(args.get("grad_accum", 1)) * before
     new = batch_size * grad_accum * world_size
     if old != new:
-        raise TaskError(
+        raise UsageError(
             f"this run was trained on {before} rank(s) with a global batch of {old} sequences; resuming "
             f"on {world_size} rank(s) with --batch-size {batch_size} --grad-accum {grad_accum} gives {new}. "
             f"Resume with `mpiexec -n {before}`, or choose --batch-size/--grad-accum so that the global "

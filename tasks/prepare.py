@@ -27,6 +27,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import string
 import sys
 import time
@@ -240,6 +241,16 @@ def _encoding():
     return _ENC
 
 
+def _worker_start() -> None:
+    """A pool worker's start: signals as a plain process has them. A forked worker inherits the
+    parent's handlers (main_guard turns SIGTERM into an exception); with those, the SIGTERM that
+    Pool.terminate sends could leave a worker waiting on the task queue, and the parent waiting
+    for it forever. Ctrl-C is the parent's to handle: it stops the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _encoding()
+
+
 def encode_pieces(pieces: list[tuple[bool, str]]) -> tuple[np.ndarray, np.ndarray]:
     """(tokens uint16, tokens per piece) of a list of pieces; runs in a worker process."""
     enc = _encoding()
@@ -287,7 +298,7 @@ def encoded(tasks: Iterator[tuple[int, list]], workers: int
         return
     _encoding()  # loaded once here: forked workers inherit it
     ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    with ctx.Pool(workers, initializer=_encoding) as pool:
+    with ctx.Pool(workers, initializer=_worker_start) as pool:
         pending: deque = deque()
         for first, group in tasks:
             pending.append((first, pool.apply_async(encode_pieces, (group,)),
@@ -313,27 +324,27 @@ def _config(name: str, sources: list[Source], shard_tokens: int, field: str) -> 
 
 def _check_out(out: Path, name: str, config: dict) -> dict | None:
     """The saved state of an earlier run of this same preparation, or None; refuse a folder
-    holding anything else."""
+    holding anything else (a usage error, as a run folder that already holds a run)."""
     if not out.exists():
         return None
     if not out.is_dir():
-        raise PrepareError(f"--out {out} is not a folder")
+        raise cli.UsageError(f"--out {out} is not a folder")
     saved = None
     for fname in (STATE_FILE, "index.json"):
         if (out / fname).is_file():
             saved = json.loads((out / fname).read_text())
             if saved.get("config") != config:
-                raise PrepareError(f"--out {out} holds shards of another preparation "
+                raise cli.UsageError(f"--out {out} holds shards of another preparation "
                                    f"(see its {fname}); choose another --out or delete them")
             saved["complete"] = fname == "index.json"
             break
     shards = [p for p in out.iterdir() if SHARD_RE.match(p.name)]
     if shards and saved is None:
-        raise PrepareError(f"--out {out} already holds shards ({shards[0].name}, ...) that are not "
+        raise cli.UsageError(f"--out {out} already holds shards ({shards[0].name}, ...) that are not "
                            f"from this preparation; choose another --out")
     others = [p.name for p in shards if SHARD_RE.match(p.name)["name"] != name]
     if others:
-        raise PrepareError(f"--out {out} holds shards of another corpus ({others[0]}); choose another --out")
+        raise cli.UsageError(f"--out {out} holds shards of another corpus ({others[0]}); choose another --out")
     return saved
 
 
@@ -341,9 +352,9 @@ def prepare(sources: list[Source], out: Path, name: str, shard_tokens: int, work
             field: str = "text", progress: bool = True) -> dict:
     """Tokenize `sources` into shards in `out`; returns what index.json says."""
     if shard_tokens < 1:
-        raise PrepareError(f"--shard-tokens must be at least 1, got {shard_tokens}")
+        raise cli.UsageError(f"--shard-tokens must be at least 1, got {shard_tokens}")
     if workers < 1:
-        raise PrepareError(f"--workers must be at least 1, got {workers}")
+        raise cli.UsageError(f"--workers must be at least 1, got {workers}")
     config = _config(name, sources, shard_tokens, field)
     saved = _check_out(out, name, config)
     if saved is not None and saved["complete"]:
@@ -381,6 +392,7 @@ def prepare(sources: list[Source], out: Path, name: str, shard_tokens: int, work
         if not last:  # (after the last one comes index.json; until then a rerun redoes it)
             atomic_write_text(out / STATE_FILE, json.dumps({"config": config, "shards": done},
                                                            indent=1))
+            cli.pause_point("shard")
         fill, index = 0, index + 1
 
     pieces = read_pieces(sources, field)
@@ -442,7 +454,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text-field", default="text", help="text field of .jsonl/.parquet (default: %(default)s)")
     p.add_argument("--shards", type=int, help="fineweb10B / fineweb-edu-10B: download only this many training files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    return cli.parse(p, argv)
 
 
 def _plain_malloc() -> None:
@@ -465,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     _plain_malloc()
     from .data import CORPORA, ensure_corpus, link_pretokenized
     if args.shard_tokens < 1:
-        raise PrepareError(f"--shard-tokens must be at least 1, got {args.shard_tokens}")
+        raise cli.UsageError(f"--shard-tokens must be at least 1, got {args.shard_tokens}")
     if args.corpus:
         name = args.name or args.corpus
         out = Path(args.out) if args.out else hub.cache_dir() / "shards" / args.corpus
@@ -477,19 +489,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     else:
         if args.out is None:
-            raise PrepareError("--out is required with --input")
+            raise cli.UsageError("--out is required with --input")
         paths, out = expand_inputs(args.input), Path(args.out)
         name = args.name or paths[0].stem
     if not SHARD_RE.match(shard_name(name, 0)) or "/" in name:
-        raise PrepareError(f"--name {name!r} cannot name shard files")
+        raise cli.UsageError(f"--name {name!r} cannot name shard files")
     sources = [Source(p, p.stat().st_size) for p in paths]
     try:
         info = prepare(sources, out, name, args.shard_tokens, args.workers, args.text_field,
                        progress=not args.no_progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"interrupted: the complete shards in {out} are kept; run the same command again "
               "to continue after them", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, cli.Terminated) else 130
     print(f"{out}: {len(info['shards'])} shards, {info['tokens']:,} tokens "
           f"({info['val_tokens']:,} validation)")
     return 0

@@ -25,7 +25,7 @@ import minigrad as mg
 import minigrad.distributed as dist
 
 from . import cli, runfolder
-from .checkpoint import read_json, write_json
+from .checkpoint import read_json
 from .data import DATASETS, read_text
 from .loaders import text_shards
 from .plots import plot_loss_and_accuracy
@@ -84,6 +84,7 @@ def greedy_sample(model, tokenizer, prompt: str, n: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     args, resuming = runfolder.start(parse_args(argv))
     device = cli.device_of(args)
+    cli.pause_point("startup")
     from gpt2.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer()
@@ -123,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         check_world_size(read_json(out / "run.json"), world, args.batch_size, args.grad_accum)
     dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
     if dist.is_main():
-        if not resuming:
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "run.json", {"task": "pretrain", "args": cli.config_json(args), "world_size": world,
-                                          "model_config": model.config.to_dict(), "model_kind": "gpt2"})
+        runfolder.record_run(out, resuming, "pretrain", args, model.config, "gpt2", world_size=world)
         print(f"model: {model.num_parameters():,} parameters on {device}; "
               f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size * world}x{context} "
               f"tokens" + (f" ({world} ranks x {args.batch_size})" if world > 1 else "")

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import read_json, write_json
-from .cli import UsageError
+from .cli import TaskError, UsageError, config_json
 
 # Flags that say how to run, not what the run is: free to differ on --resume.
 HOW_TO_RUN = {"out", "resume", "no_progress", "backend", "keep", "eval_every", "eval_batches", "log_every",
-              "save_every", "sample_tokens"}
+              "save_every", "sample_tokens", "weights_only"}
 # Flags that extend a run; allowed on --resume where the learning rate schedule permits.
 EXTENSIONS = {"max_steps", "epochs"}
 
@@ -35,7 +35,7 @@ def check_numbers(args: argparse.Namespace) -> None:
     """Every numeric flag in range, before anything is read or written."""
     at_least_1 = ("epochs", "batch_size", "grad_accum", "eval_every", "eval_batches", "max_steps",
                   "n_layer", "n_head", "n_embd", "context", "keep", "max_length", "report_batches",
-                  "lora_rank", "stride")
+                  "lora_rank", "stride", "save_every", "log_every", "loss_scale_window")
     for name in at_least_1:
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -97,6 +97,9 @@ def start(args: argparse.Namespace) -> tuple[argparse.Namespace, bool]:
     Returns (arguments to use, whether an existing run is resumed). Creates nothing."""
     out = Path(args.out)
     check_numbers(args)
+    if getattr(args, "weights_only", False) and not args.resume:
+        raise UsageError("--weights-only says how to --resume a run whose optimizer state is missing; "
+                         "add --resume")
     check_out(out, args.resume)
     run_json = out / "run.json"
     if not (args.resume and run_json.is_file()):
@@ -127,10 +130,27 @@ def start(args: argparse.Namespace) -> tuple[argparse.Namespace, bool]:
         if name in ("out", "resume") or name in changes or (name in HOW_TO_RUN and name in typed):
             continue  # the folder is where it is now, whatever its old path was
         setattr(merged, name, value)
-    check_numbers(merged)
+    try:
+        check_numbers(merged)
+    except TypeError:  # a number that is not one: run.json was edited or damaged
+        bad = sorted(k for k, v in saved.items()
+                     if isinstance(v, str) and isinstance(getattr(args, k, None), (int, float)))
+        raise TaskError(f"{run_json}: 'args' holds text where numbers belong ({', '.join(bad) or 'a value'}); "
+                        "the run cannot be resumed from it") from None
     if changes:
         history = run.get("history", []) + [{"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changes}]
         write_json(run_json, {**run, "history": history})
         print("extending the run: " + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} -> {v}"
                                                 for k, v in changes.items()))
     return merged, True
+
+
+def record_run(out: Path, resuming: bool, task: str, args: argparse.Namespace, model_config, model_kind: str,
+               **extra: Any) -> None:
+    """Create the run folder and write run.json, once, before the first step: the task, its
+    arguments, the model's config and kind (a name of gpt2.registry, never a module path) and the
+    task's own `extra` fields. A resumed run keeps the run.json it has."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        write_json(out / "run.json", {"task": task, "args": config_json(args), "model_config": model_config.to_dict(),
+                                      "model_kind": model_kind, **extra})

@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds a request may wait and generate in all (default: %(default)s)")
     g.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                    help="uvicorn's log level (default: %(default)s)")
-    args = p.parse_args(argv)
+    args = cli.parse(p, argv)
     for name in ("max_batch", "max_tokens", "max_body"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")

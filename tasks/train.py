@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 import minigrad as mg
@@ -29,8 +30,9 @@ import minigrad.distributed as dist
 from minigrad.amp import LossScaler, MixedPrecision
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
-from .cli import TaskError
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .cli import TaskError, UsageError, pause_point
+from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, read_json, remove_stale_temporaries,
+                         save_checkpoint, write_json)
 from .jsonl import append_jsonl, read_jsonl, rewrite_jsonl
 from .parallel import code_fingerprint, local_batch
 from .progress import progress_bar
@@ -67,6 +69,7 @@ class TrainConfig:
     dtype: str = "float32"           # or "tf32" (set up by tasks.cli), "float16" (mixed precision)
     loss_scale: float = 2.0 ** 16    # float16: the initial loss scale ...
     loss_scale_window: int = 2000    # ... doubled after this many steps without overflow
+    weights_only: bool = False       # resume from the weights alone when the optimizer state is missing
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -76,20 +79,21 @@ class TrainConfig:
                    grad_accum=args.grad_accum, max_steps=args.max_steps, eval_every=args.eval_every,
                    eval_batches=args.eval_batches, keep=args.keep, progress=not args.no_progress,
                    log_every=args.log_every, save_every=args.save_every, dtype=args.dtype,
-                   loss_scale=args.loss_scale, loss_scale_window=args.loss_scale_window)
+                   loss_scale=args.loss_scale, loss_scale_window=args.loss_scale_window,
+                   weights_only=getattr(args, "weights_only", False))
 
     def check(self) -> None:
         for name in ("epochs", "grad_accum", "eval_every", "eval_batches", "log_every", "loss_scale_window"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.save_every is not None and self.save_every < 1:
-            raise ValueError(f"--save-every must be at least 1, got {self.save_every}")
+            raise UsageError(f"--save-every must be at least 1, got {self.save_every}")
         if self.lr <= 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+            raise UsageError(f"--lr must be positive, got {self.lr}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+            raise UsageError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if self.loss_scale <= 0:
-            raise ValueError(f"--loss-scale must be positive, got {self.loss_scale}")
+            raise UsageError(f"--loss-scale must be positive, got {self.loss_scale}")
 
 
 @dataclass
@@ -195,6 +199,7 @@ class Trainer:
             dist.broadcast_parameters(self.optimizer.flat.data)  # one starting point, bit for bit
         self.tokens_seen = 0
         self.stopped_by: int | None = None  # the signal that stopped fit(), if one did
+        self._saved_on_signal = False
         self.exit_code = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._bar = None
@@ -246,7 +251,11 @@ class Trainer:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             return False
-        state = load_checkpoint(ckpt, self.model, self.optimizer)
+        if self.cfg.weights_only and not (ckpt / "optimizer.safetensors").is_file():
+            state = load_checkpoint(ckpt, self.model)  # the weights, checked against the manifest
+            self._record_weights_only(ckpt)
+        else:
+            state = load_checkpoint(ckpt, self.model, self.optimizer)
         try:
             self.step, self.tokens_seen = state["step"], state["tokens_seen"]
             self.loader.load_state_dict(state["loader"])
@@ -263,6 +272,19 @@ class Trainer:
             tqdm.write(f"resumed from {ckpt} (step {self.step})")
         return True
 
+    def _record_weights_only(self, ckpt: Path) -> None:
+        """--resume --weights-only without optimizer state: said, and kept in run.json's history."""
+        if not self.main:
+            return
+        tqdm.write(f"note: {ckpt / 'optimizer.safetensors'} is missing: continuing from the weights alone "
+                   "(--weights-only); AdamW's moments start again from zero, so this is not an exact continuation")
+        run_json = self.run_dir / "run.json"
+        if run_json.is_file():
+            run = read_json(run_json)
+            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights_only": ckpt.name,
+                     "why": "optimizer.safetensors missing; AdamW's moments restarted from zero"}
+            write_json(run_json, {**run, "history": run.get("history", []) + [entry]})
+
     def _log(self, record: dict[str, Any]) -> None:
         if self.main:  # rank 0 alone writes the run folder
             append_jsonl(self.metrics_path, record)
@@ -275,9 +297,15 @@ class Trainer:
         if resume and not self.resume() and self.main:
             print(f"no checkpoint in {self.run_dir}: starting from the beginning")
         try:
-            last = self.fit()
+            # NumPy's overflow warnings say nothing the non-finite checks (loss, checkpoint) do not
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                last = self.fit()
         except KeyboardInterrupt:
             self.exit_code = 128 + (self.stopped_by or signal.SIGINT)
+            if not self._saved_on_signal and self.main:
+                tqdm.write(f"interrupted again: stopped at once without saving; continue from the last "
+                           f"checkpoint ({latest_checkpoint(self.run_dir) or 'none yet'}) with "
+                           f"--out {self.run_dir} --resume")
             return None
         if summary and last and self.main:
             print(f"done: step {self.step}, train loss {last.get('train_loss', float('nan')):.3f}, "
@@ -288,9 +316,12 @@ class Trainer:
         """Train until the epochs or max_steps are done. Returns the last evaluation."""
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in remove_stale_temporaries(self.run_dir):  # what a killed checkpoint write left
+                tqdm.write(f"removed {stale}, a checkpoint whose writing was cut short")
         cfg = self.cfg
         self.start_step = self.step  # after any resume: what this session adds starts here
         self.stopped_by = None
+        self._saved_on_signal = False
 
         def on_signal(signum, frame):
             if self.stopped_by is not None:
@@ -322,6 +353,11 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
                     last_eval = self._evaluate(rate)
+                    if not math.isfinite(last_eval.get("train_loss", 0.0)):  # weights not worth saving
+                        raise NonFiniteLoss(
+                            f"the training loss evaluated at step {self.step} is {last_eval['train_loss']}; "
+                            f"stopped, not saved. The last good checkpoint is "
+                            f"{latest_checkpoint(self.run_dir) or '(none yet)'}; try a lower --lr or --grad-clip")
                 if save:
                     self.save()
                 if evaluate or save:  # the next tokens/s leaves evaluation and saving out
@@ -331,6 +367,7 @@ class Trainer:
                     if pending is not None:
                         self._log_step(pending)
                     path = self.save() if not save else latest_checkpoint(self.run_dir)
+                    self._saved_on_signal = True
                     if self.main:
                         why = signal.Signals(self.stopped_by).name if self.stopped_by else "another rank's signal"
                         tqdm.write(f"interrupted: saved {path} on {why}; "
@@ -372,6 +409,7 @@ class Trainer:
             elif cfg.grad_accum > 1:
                 loss = loss / cfg.grad_accum
             loss.backward()
+            pause_point("step")
         # float16: the float32 weights back, the gradients unscaled and checked for overflow
         finite = amp is None or amp.restore()
         if self.world > 1:

@@ -13,8 +13,7 @@ from minigrad.tensor import set_debug
 
 # the engine's debug mode checks every op's backward (shapes, dtypes, no array the graph keeps):
 # on for every test in this process. Switched on here rather than by MINIGRAD_DEBUG=1 in the
-# environment, which the task subprocesses would inherit, and which also makes a task show a
-# traceback instead of its one-line `error:` that the task tests look for.
+# environment, which every task subprocess would inherit and pay for on each step.
 set_debug(True)
 
 

@@ -209,10 +209,10 @@ def test_tiny_run_learns_a_toy_task_and_predicts(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- bad input
 
-def _fails(capsys, argv):
+def _fails(capsys, argv, code=1):
     rc = classify.main(argv)
     err = capsys.readouterr().err
-    assert rc == 2
+    assert rc == code
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     return err
 
@@ -239,7 +239,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "skipped" in err and "2 malformed" in err and "line 1" in err and "line 102" in err
     # the run folder is taken now
-    assert "already holds a run" in _fails(capsys, ["train", "--data", str(bad), *TINY, *out])
+    assert "already holds a run" in _fails(capsys, ["train", "--data", str(bad), *TINY, *out], code=2)
     assert "no such run folder" in _fails(capsys, ["predict", "--init", str(tmp_path / "nope"), "hi"])
 
 

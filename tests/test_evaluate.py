@@ -273,7 +273,7 @@ def test_unreachable_server_stops_at_once_with_one_clear_error(judge_server, tmp
     code, stdout, stderr = _run_judge(capsys, "--responses", _write(tmp_path, _records(5)), "--url", url,
                                       "--model", "m", "--out", out, "--retries", "3", "--backoff", "5")
     assert time.monotonic() - start < 3.0  # no backoff: refused is not worth another try
-    assert code == 2 and "Traceback" not in stderr
+    assert code == 1 and "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "cannot reach" in lines[0] and "refused" in lines[0].lower(), stderr
     assert not out.exists()
@@ -324,11 +324,11 @@ def test_reply_that_is_not_json_counts_as_failed(judge_server):
     ([{"instruction": "i", "output": "o"}], "no 'model_response' field"),
     ([{"instruction": "i", "output": "o", "model_response": 5}], "must be a string"),
 ])
-def test_bad_responses_file_exits_2_with_one_message(tmp_path, capsys, content, message):
+def test_bad_responses_file_exits_1_with_one_message(tmp_path, capsys, content, message):
     path = tmp_path / "missing.json" if content is None else _write(tmp_path, content)
     code, stdout, stderr = _run_judge(capsys, "--responses", path, "--url", "http://127.0.0.1:9",
                                       "--model", "m")
-    assert code == 2 and message in stderr
+    assert code == 1 and message in stderr
     assert stderr.startswith("error:") and stderr.count("\n") == 1 and "Traceback" not in stderr
     assert not list(tmp_path.glob("*scores*"))  # nothing written
 
@@ -338,7 +338,7 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tasks.evaluate", "judge", "--responses", str(bad),
                            "--url", "http://127.0.0.1:9", "--model", "m"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert "model_response" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -573,15 +573,15 @@ def test_mmlu_max_context_longer_than_the_model_is_refused(tmp_path, capsys, mon
     assert "--max-context 5000 is longer than the model's context of 32" in err and "Traceback" not in err
 
 
-def test_mmlu_command_errors_exit_2(tmp_path, capsys, monkeypatch):
+def test_mmlu_command_failures_exit_1(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MINIGRAD_DATA_DIR", str(tmp_path / "empty-cache"))
-    assert evaluate.main(["mmlu", "--init", "124M"]) == 2  # MMLU not in the cache
+    assert evaluate.main(["mmlu", "--init", "124M"]) == 1  # MMLU not in the cache
     assert "mmlu.jsonl" in capsys.readouterr().err
 
     # a folder with no model in it: one clear line, not a traceback
     monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
     data = _mmlu_file(tmp_path, ANSWERS)
-    assert evaluate.main(["mmlu", "--init", str(tmp_path), "--data", str(data)]) == 2
+    assert evaluate.main(["mmlu", "--init", str(tmp_path), "--data", str(data)]) == 1
     err = capsys.readouterr().err
     assert "cannot load the model" in err and "Traceback" not in err
 

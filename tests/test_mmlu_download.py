@@ -139,7 +139,7 @@ def test_wrong_hash_is_refused_and_nothing_is_saved(served, cache, monkeypatch):
     assert "0" * 64 in msg and hashlib.sha256(expected).hexdigest() in msg and entry.url in msg
     assert list((cache / "mmlu").iterdir()) == []  # no test, no dev, no archive, no .tmp
     # the command line says it in one line
-    assert evaluate.main(["mmlu", "--init", "124M", "--no-progress"]) == 2
+    assert evaluate.main(["mmlu", "--init", "124M", "--no-progress"]) == 1
 
 
 def test_dev_split_is_converted_when_only_the_test_file_is_cached(served, cache, monkeypatch):
@@ -155,7 +155,7 @@ def test_offline_without_dev_split_says_what_is_missing(tmp_path, cache, monkeyp
     test_file = tmp_path / "mmlu.jsonl"
     test_file.write_bytes(expected_jsonl(TEST_ROWS, ORDER))
     assert evaluate.main(["mmlu", "--init", "124M", "--shots", "5", "--data", str(test_file),
-                          "--no-progress"]) == 2
+                          "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert str(cache / "mmlu" / "mmlu_dev.jsonl") in err and "--shots-from test" in err
     assert "Traceback" not in err

@@ -135,18 +135,18 @@ def test_existing_run_without_resume_is_refused(tmp_path):
     assert r.returncode == 2 and "--resume" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--dataset", "nope"], "'nope' is unknown; known text datasets: the-verdict, tinyshakespeare"),
-    (["--dataset", "sms-spam"], "'sms-spam' is not raw text"),
-    (["--text", "/nonexistent/file.txt"], "/nonexistent/file.txt"),
-    (["--backend", "cupy"], "GPU"),  # without CuPy, or with CuPy but no GPU or driver
-    (["--context", "4096"], "context"),
-    (["--dtype", "tf32"], "tf32 is the tensor cores'"),  # a CuPy-only mode, refused on the CPU
-    (["--tie-embeddings", "--embedding-std", "1"], "scale the logits"),
-    (["--embedding-std", "0"], "must be positive"),
-    (["--init", "124M", "--no-tie-embeddings"], "brings its own weights"),
+@pytest.mark.parametrize("extra, message, code", [  # 2: a usage error; 1: a failure (file, GPU, data)
+    (["--dataset", "nope"], "'nope' is unknown; known text datasets: the-verdict, tinyshakespeare", 2),
+    (["--dataset", "sms-spam"], "'sms-spam' is not raw text", 2),
+    (["--text", "/nonexistent/file.txt"], "/nonexistent/file.txt", 1),
+    (["--backend", "cupy"], "GPU", 1),  # without CuPy, or with CuPy but no GPU or driver
+    (["--context", "4096"], "context", 1),  # the text is too short for one batch of that context
+    (["--dtype", "tf32"], "tf32 is the tensor cores'", 2),  # a CuPy-only mode, refused on the CPU
+    (["--tie-embeddings", "--embedding-std", "1"], "scale the logits", 2),
+    (["--embedding-std", "0"], "must be positive", 2),
+    (["--init", "124M", "--no-tie-embeddings"], "brings its own weights", 2),
 ])
-def test_bad_input_is_one_clear_error(tmp_path, extra, message):
+def test_bad_input_is_one_clear_error(tmp_path, extra, message, code):
     if extra[:2] == ["--backend", "cupy"]:
         import minigrad
         if minigrad.gpu_available():
@@ -155,7 +155,7 @@ def test_bad_input_is_one_clear_error(tmp_path, extra, message):
         pytest.skip("tf32 is valid on --backend cupy")
     r = subprocess.run(_cmd(tmp_path / "run", "--max-steps", "1", *extra), cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
-    assert r.returncode == 2
+    assert r.returncode == code, r.stderr
     assert message.lower() in r.stderr.lower()
     assert "Traceback" not in r.stderr
 
@@ -165,4 +165,4 @@ def test_empty_text_file_is_an_error(tmp_path):
     empty.write_text("")
     r = subprocess.run(_cmd(tmp_path / "run", "--text", str(empty)), cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr

@@ -195,12 +195,12 @@ def test_damaged_or_missing_shards_are_one_clear_error(tmp_path, capsys, case):
     code = pretrain.main(["--data", str(folder), "--out", str(tmp_path / "run"), "--n-layer", "1",
                           "--n-head", "1", "--n-embd", "8", "--context", "8", "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert code == 1 and err.startswith("error: ") and "Traceback" not in err
     assert message in err, err
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.usefixtures("needs_tokenizer")
 def test_missing_data_folder_is_one_clear_error(tmp_path, capsys):
-    assert pretrain.main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]) == 2
+    assert pretrain.main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]) == 1
     assert "no such folder" in capsys.readouterr().err
