@@ -33,7 +33,12 @@ _nccl = None      # cupy.cuda.nccl.NcclCommunicator, made on first GPU use
 
 
 class DistributedError(RuntimeError):
-    """MPI is needed but missing, or the ranks disagree."""
+    """MPI is needed but missing, or the ranks disagree.
+
+    `on_every_rank` is True when every rank raised the same error at the same point (check_same):
+    each can then exit on its own, with no MPI abort (whose teardown may cut off the message)."""
+
+    on_every_rank = False
 
 
 # environment variables that MPI launchers set in every rank they start
@@ -179,8 +184,10 @@ def check_same(what: str, value: Any) -> None:
     values = allgather(value)
     if any(v != values[0] for v in values):
         differ = [r for r, v in enumerate(values) if v != values[0]]
-        raise DistributedError(f"ranks disagree on {what}: rank 0 has {values[0]!r}, "
+        err = DistributedError(f"ranks disagree on {what}: rank 0 has {values[0]!r}, "
                                + ", ".join(f"rank {r} has {values[r]!r}" for r in differ))
+        err.on_every_rank = True
+        raise err
 
 
 def barrier() -> None:

@@ -318,9 +318,10 @@ def main_guard(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | N
                 raise
             if os.environ.get("MINIGRAD_TRACEBACK"):
                 raise  # a developer wants the traceback
-            if dist.world_size() > 1:
+            if dist.world_size() > 1 and not getattr(e, "on_every_rank", False):
                 dist.abort(message, code)  # the other ranks would wait forever in their next collective
-            print(f"error: {message}", file=sys.stderr)
+            if dist.rank() == 0:   # every rank has it: one says it
+                print(f"error: {message}", file=sys.stderr)
             return code
         finally:
             if old_sigterm is not None:
