@@ -241,13 +241,29 @@ def _encoding():
     return _ENC
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _start_pool(ctx, workers: int):
+    """A pool whose workers never run the parent's signal handlers.
+
+    A forked worker inherits main_guard's SIGTERM handler, and Python drops a signal that arrives
+    before the child has finished forking: the SIGTERM of Pool.terminate could then be lost and
+    the worker left waiting on the task queue, with the parent waiting for it forever (seen as a
+    hung test suite). So the stop signals are blocked while the workers (and the pool's threads)
+    start; each worker sets plain handlers, then unblocks them, and a SIGTERM that came early is
+    delivered then, ending it."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return ctx.Pool(workers, initializer=_worker_start)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _worker_start() -> None:
-    """A pool worker's start: signals as a plain process has them. A forked worker inherits the
-    parent's handlers (main_guard turns SIGTERM into an exception); with those, the SIGTERM that
-    Pool.terminate sends could leave a worker waiting on the task queue, and the parent waiting
-    for it forever. Ctrl-C is the parent's to handle: it stops the pool."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's: it stops the pool
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _encoding()
 
 
@@ -298,7 +314,7 @@ def encoded(tasks: Iterator[tuple[int, list]], workers: int
         return
     _encoding()  # loaded once here: forked workers inherit it
     ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    with ctx.Pool(workers, initializer=_worker_start) as pool:
+    with _start_pool(ctx, workers) as pool:
         pending: deque = deque()
         for first, group in tasks:
             pending.append((first, pool.apply_async(encode_pieces, (group,)),

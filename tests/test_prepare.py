@@ -175,25 +175,30 @@ def test_crash_mid_prepare_then_rerun_gives_the_same_shards(tmp_path):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
 def test_pool_workers_start_with_plain_signal_handlers(enc):
-    """Forked workers must not keep the parent's SIGTERM handler (main_guard raises from it): with
-    it, the SIGTERM of Pool.terminate could leave a worker waiting on its queue and the parent
-    waiting for that worker forever (seen as a hang of this suite)."""
+    """Forked workers must not run the parent's SIGTERM handler (main_guard raises from it), nor
+    lose a SIGTERM: either could leave a worker waiting on its queue after Pool.terminate and the
+    parent waiting for it forever (seen as a hang of this suite). Each worker has plain handlers
+    and blocks nothing; the parent's signal mask comes back."""
     import multiprocessing
 
     def raising(signum, frame):
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, raising)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     try:
-        with multiprocessing.get_context("fork").Pool(1, initializer=prepare._worker_start) as pool:
-            term, intr = pool.apply(_signal_handlers)
+        with prepare._start_pool(multiprocessing.get_context("fork"), 1) as pool:
+            term, intr, blocked = pool.apply(_signal_state)
+            assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
     finally:
         signal.signal(signal.SIGTERM, old)
     assert term == signal.SIG_DFL and intr == signal.SIG_IGN
+    assert not blocked & {signal.SIGTERM, signal.SIGINT}
 
 
-def _signal_handlers():
-    return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+def _signal_state():
+    return (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT),
+            signal.pthread_sigmask(signal.SIG_BLOCK, []))
 
 
 def test_rerun_of_a_finished_preparation_does_nothing(tmp_path, capsys):
