@@ -87,6 +87,16 @@ def _is_run_folder(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in ("run.json", "checkpoints", "state.json"))
 
 
+def check_init(weights: str) -> None:
+    """Refuse an --init that names nothing: cheap, so done before the tokenizer or any weights load."""
+    from gpt2.config import HF_NAMES, PRESETS
+
+    path = Path(weights)
+    if not (_is_run_folder(path) or weights in PRESETS or weights in HF_NAMES.values() or path.exists()):
+        raise cli.UsageError(f"--init {weights!r}: not an official size ({', '.join(PRESETS)}) "
+                             "nor an existing file or folder")
+
+
 def load_model(weights: str, device: str):
     """The GPT2 named by --init (or --weights), on `device`."""
     import gpt2
@@ -108,8 +118,7 @@ def load_model(weights: str, device: str):
                 raise
             raise cli.TaskError("loading official weights needs gpt2/weights.py, which is missing") from None
     else:
-        raise cli.UsageError(f"--init {weights!r}: not an official size ({', '.join(PRESETS)}) "
-                             "nor an existing file or folder")
+        check_init(weights)   # raises: it names nothing
     if not isinstance(model, gpt2.GPT2):
         raise cli.UsageError(f"--init {weights}: holds a {type(model).__name__}, not a GPT-2 "
                              "language model, so it cannot generate text")
@@ -233,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     from gpt2.generate import stream
     from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
 
+    check_init(args.init)
     try:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:
