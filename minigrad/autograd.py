@@ -113,7 +113,6 @@ def cut_graph(order: list[Tensor]) -> None:
 # ---------------------------------------------------------------- debug mode
 # MINIGRAD_DEBUG=1 (read once, here) or set_debug(True): check every op's backward against the
 # rules GradLedger relies on. Off by default: the checks cost a pass over each op's arrays.
-# (The tasks read the same variable to show a traceback instead of a one-line error.)
 debug = os.environ.get("MINIGRAD_DEBUG", "0") not in ("", "0")
 
 
