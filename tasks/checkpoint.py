@@ -9,7 +9,6 @@ SIGKILL) leaves either the whole checkpoint or none of it.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -18,25 +17,13 @@ from typing import Any
 
 import minigrad as mg
 from files.hub import sha256_of
-from files.atomic import atomic_write_text, umask_mode
+from files.atomic import umask_mode
 
-from .cli import TaskError, pause_point
+from .common.errors import TaskError
+from .common.guard import pause_point
+from .common.jsonfiles import read_json, write_json
 
 CHECKPOINTS = "checkpoints"
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:

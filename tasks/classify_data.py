@@ -19,7 +19,7 @@ import numpy as np
 from gpt2.classifier import PAD_ID
 from files.atomic import atomic_write
 
-from .cli import TaskError, UsageError
+from .common.errors import TaskError, UsageError
 from .data import ensure_dataset
 
 SPLIT_NAMES = ("train", "validation", "test")

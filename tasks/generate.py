@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cli
+from .common.args import add_backend_arg, add_init_arg, parse
+from .common.device import select_device
+from .common.errors import TaskError, UsageError
+from .common.guard import main_guard
 
 DEFAULT_PROMPT = "Every effort moves you"
 
@@ -29,7 +32,7 @@ DEFAULT_PROMPT = "Every effort moves you"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tasks.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_init_arg(p, default="124M", old_names=("--weights",),
+    add_init_arg(p, default="124M", old_names=("--weights",),
                      help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, "
                           "or a run/checkpoint folder of tasks.pretrain")
     p.add_argument("--prompt", default=DEFAULT_PROMPT,
@@ -41,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=None,
                    help="sample from the smallest set of tokens whose probability reaches p")
     p.add_argument("--seed", type=int, default=123, help="sampling seed (default: %(default)s)")
-    cli.add_backend_arg(p)
+    add_backend_arg(p)
     p.add_argument("--no-cache", action="store_true",
                    help="recompute the whole sequence every step instead of using the KV cache")
     p.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
@@ -56,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated temperatures for --temperature-plot (default: %(default)s)")
     p.add_argument("--top", type=int, default=10,
                    help="tokens drawn by --temperature-plot (default: %(default)s)")
-    args = cli.parse(p, argv)
+    args = parse(p, argv)
     if args.max_new_tokens < 0:
         p.error("--max-new-tokens must be >= 0")
     if not args.temperature >= 0.0:
@@ -93,7 +96,7 @@ def check_init(weights: str) -> None:
 
     path = Path(weights)
     if not (_is_run_folder(path) or weights in PRESETS or weights in HF_NAMES.values() or path.exists()):
-        raise cli.UsageError(f"--init {weights!r}: not an official size ({', '.join(PRESETS)}) "
+        raise UsageError(f"--init {weights!r}: not an official size ({', '.join(PRESETS)}) "
                              "nor an existing file or folder")
 
 
@@ -107,7 +110,7 @@ def load_model(weights: str, device: str):
         try:
             from .checkpoint import load_model_from_run
         except ImportError as e:
-            raise cli.TaskError(f"--init {weights}: a run folder needs tasks.checkpoint, which could "
+            raise TaskError(f"--init {weights}: a run folder needs tasks.checkpoint, which could "
                                 f"not be imported ({e})") from None
         model = load_model_from_run(path, device=device)
     elif weights in PRESETS or weights in HF_NAMES.values() or path.exists():
@@ -116,11 +119,11 @@ def load_model(weights: str, device: str):
         except ModuleNotFoundError as e:
             if e.name != "gpt2.weights":
                 raise
-            raise cli.TaskError("loading official weights needs gpt2/weights.py, which is missing") from None
+            raise TaskError("loading official weights needs gpt2/weights.py, which is missing") from None
     else:
         check_init(weights)   # raises: it names nothing
     if not isinstance(model, gpt2.GPT2):
-        raise cli.UsageError(f"--init {weights}: holds a {type(model).__name__}, not a GPT-2 "
+        raise UsageError(f"--init {weights}: holds a {type(model).__name__}, not a GPT-2 "
                              "language model, so it cannot generate text")
     return model
 
@@ -157,7 +160,7 @@ def save_temperature_plot(model, tok, prompt_ids: list[int], temperatures: list[
                           path: str | Path, title: str) -> tuple[np.ndarray, np.ndarray]:
     """Draw the next token's top probabilities at each temperature as grouped bars; returns
     what temperature_probabilities gave."""
-    from .plots import plot_grouped_bars
+    from .common.plots import plot_grouped_bars
 
     ids, probs = temperature_probabilities(next_token_logits(model, prompt_ids), temperatures, top)
     labels = [repr(label) for label in token_labels(tok, ids)]
@@ -235,10 +238,10 @@ def save_attention_map(weights: np.ndarray, labels: list[str], path: str | Path,
 
 
 # ---------------------------------------------------------------- main
-@cli.main_guard
+@main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = cli.device_of(args)
+    device = select_device(args.backend)
     from gpt2.generate import stream
     from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
 
@@ -246,11 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:
-        raise cli.TaskError(str(e)) from None
+        raise TaskError(str(e)) from None
     model = load_model(args.init, device).eval()
     cfg = model.config
     if args.attention_map is not None and not (0 <= args.layer < cfg.n_layer and 0 <= args.head < cfg.n_head):
-        raise cli.UsageError(f"--layer {args.layer} --head {args.head}: this model has layers "
+        raise UsageError(f"--layer {args.layer} --head {args.head}: this model has layers "
                              f"0..{cfg.n_layer - 1} and heads 0..{cfg.n_head - 1}")
     prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
 

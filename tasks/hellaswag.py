@@ -179,7 +179,7 @@ def evaluate_hellaswag(model, items: Sequence[Item], tokenizer, out: str | os.Pa
                        progress: bool = True) -> HellaSwagResult:
     """Score `items`; with `out` (a .jsonl file) each record is appended as soon as it is known
     and the items already in it are skipped, so a rerun after a crash or Ctrl-C resumes."""
-    from .progress import progress_bar
+    from .common.progress import progress_bar
 
     out = Path(out) if out is not None else None
     done = read_done(out) if out is not None else {}

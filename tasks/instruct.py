@@ -40,9 +40,13 @@ from gpt2.tokenizer import EOT_ID
 from minigrad import nn
 
 from . import cli, runfolder
-from .checkpoint import read_json, run_dir_of, write_json
+from .checkpoint import run_dir_of
+from .common.args import add_backend_arg, add_init_arg, add_model_args, add_train_args, parse
+from .common.device import select_device
+from .common.errors import TaskError, UsageError
+from .common.guard import main_guard, pause_point
+from .common.jsonfiles import append_jsonl, read_json, read_jsonl, write_json
 from .data import DATASETS, ensure_dataset
-from .jsonl import append_jsonl, read_jsonl
 from .loaders import BatchLoader
 from .alpaca import format_prompt
 from .train import Trainer, TrainConfig, lm_loss, loss_evaluation, plot_losses
@@ -51,7 +55,7 @@ DEFAULT_DATA = "instruction-data"
 IGNORE_INDEX = -100   # targets the loss skips (cross_entropy's default)
 
 
-class InstructionDataError(cli.TaskError):
+class InstructionDataError(TaskError):
     """An instruction file that cannot be used: not JSON, not a list, or a malformed record."""
 
 
@@ -224,7 +228,7 @@ def _adapt(model, args: argparse.Namespace) -> None:
     """What trains: new LoRA adapters (--lora-rank), the adapters --init brought, or every weight."""
     if args.lora_rank is not None:
         if _lora_of(model) is not None:
-            raise cli.UsageError(f"--init {args.init} already has LoRA adapters; drop --lora-rank "
+            raise UsageError(f"--init {args.init} already has LoRA adapters; drop --lora-rank "
                                  "to go on training them")
         n = nn.apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)
         print(f"LoRA: {n} linear layers wrapped (rank {args.lora_rank}, alpha {args.lora_alpha}); "
@@ -247,7 +251,7 @@ def _loaders(tokenizer, train_recs, val_recs, max_length: int, args) -> tuple[In
 def _split(args: argparse.Namespace) -> tuple[Path, list[dict], tuple[list[dict], list[dict], list[dict]]]:
     """(the data file, its records, the train/val/test split), checked."""
     if args.max_length is not None and args.max_length < 2:
-        raise cli.UsageError(f"--max-length must be at least 2, got {args.max_length}")
+        raise UsageError(f"--max-length must be at least 2, got {args.max_length}")
     path = resolve_data(args.data)
     records = load_records(path)
     train_recs, val_recs, test_recs = split_records(records, args.split_seed)
@@ -259,14 +263,14 @@ def _split(args: argparse.Namespace) -> tuple[Path, list[dict], tuple[list[dict]
 
 def cmd_train(args: argparse.Namespace) -> int:
     args, resuming = runfolder.start(args)
-    device = cli.device_of(args)
+    device = select_device(args.backend, args.dtype)
     from gpt2.tokenizer import get_tokenizer
 
     path, records, (train_recs, val_recs, test_recs) = _split(args)
     tokenizer = get_tokenizer()
     model = cli.build_model(args)
     if args.max_length is not None and args.max_length > model.config.n_ctx:
-        raise cli.UsageError(f"--max-length {args.max_length} is longer than the model's context of "
+        raise UsageError(f"--max-length {args.max_length} is longer than the model's context of "
                              f"{model.config.n_ctx}")
     max_length = args.max_length or model.config.n_ctx
     _adapt(model, args)
@@ -299,21 +303,21 @@ def _load(args: argparse.Namespace):
     from gpt2.tokenizer import get_tokenizer
     from .checkpoint import load_model_from_run
 
-    device = cli.device_of(args)
+    device = select_device(args.backend)
     ckpt = Path(args.init)
     if not ckpt.is_dir():
         raise FileNotFoundError(f"--init {ckpt}: no such folder")
     run = read_json(run_dir_of(ckpt) / "run.json")
     model = load_model_from_run(ckpt, device=device)
     if not isinstance(model, GPT2):
-        raise cli.UsageError(f"--init {ckpt} holds a {type(model).__name__}, not a GPT-2 language model "
+        raise UsageError(f"--init {ckpt} holds a {type(model).__name__}, not a GPT-2 language model "
                              "that can answer (a tasks.instruct or tasks.pretrain run)")
     return model, get_tokenizer(), run
 
 
 def cmd_respond(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        raise cli.UsageError("--max-new-tokens, --batch-size and --limit must be at least 1")
+        raise UsageError("--max-new-tokens, --batch-size and --limit must be at least 1")
     ckpt = Path(args.init)
     name = args.split if args.data is None else Path(args.data).stem
     out = Path(args.out) if args.out else run_dir_of(ckpt) / f"responses_{name}.json"
@@ -324,7 +328,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
     else:
         info = run.get("data")
         if not info:
-            raise cli.UsageError(f"{args.init} is not a tasks.instruct run: give --data FILE")
+            raise UsageError(f"{args.init} is not a tasks.instruct run: give --data FILE")
         all_records = load_records(resolve_data(info["source"]))
         if len(all_records) != info["num_records"]:
             raise InstructionDataError(
@@ -335,13 +339,13 @@ def cmd_respond(args: argparse.Namespace) -> int:
     if args.limit is not None:
         records = records[:args.limit]
 
-    from .progress import progress_bar
+    from .common.progress import progress_bar
     # each answer is appended to OUT.partial.jsonl as it comes; a rerun with the same --out skips
     # the records answered there, and OUT (the JSON list the judge reads) is written at the end
     partial = out.with_name(out.name + ".partial.jsonl")
-    answered = read_jsonl(partial)
+    answered = read_jsonl(partial, cut_torn_tail=True)  # appended to below
     if [r["instruction"] for r in answered] != [r["instruction"] for r in records[:len(answered)]]:
-        raise cli.UsageError(f"{partial} holds answers to other records; delete it or choose another --out")
+        raise UsageError(f"{partial} holds answers to other records; delete it or choose another --out")
     if answered:
         print(f"{len(answered)} records already answered in {partial}; continuing")
     with progress_bar(total=len(records), initial=len(answered), desc="responding", unit="record",
@@ -351,7 +355,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
             for rec, answer in zip(batch, respond_batch(model, tokenizer, batch, args.max_new_tokens)):
                 answered.append({**rec, "model_response": answer})
                 append_jsonl(partial, answered[-1])
-                cli.pause_point("record")
+                pause_point("record")
             bar.update(len(batch))
     write_json(out, answered)
     partial.unlink()
@@ -363,7 +367,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from gpt2.generate import stream
 
     if args.max_new_tokens < 1:
-        raise cli.UsageError("--max-new-tokens must be at least 1")
+        raise UsageError("--max-new-tokens must be at least 1")
     model, tokenizer, _ = _load(args)
     interactive = sys.stdin.isatty()
     out = sys.stdout
@@ -418,13 +422,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t.add_argument("--sample-tokens", type=int, default=35,
                    help="tokens of the greedy answer to the first validation record printed at each "
                         "evaluation; 0 = none (default: %(default)s)")
-    cli.add_model_args(t, init_default="355M", dropout_default=0.0)
-    cli.add_train_args(t, epochs=2, batch_size=8, lr=5e-5, weight_decay=0.1, eval_every=5,
+    add_model_args(t, init_default="355M", dropout_default=0.0)
+    add_train_args(t, epochs=2, batch_size=8, lr=5e-5, weight_decay=0.1, eval_every=5,
                        eval_batches=5, out="runs/instruct")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("respond", help="answer a split (or a file) of records, saved as JSON")
-    cli.add_init_arg(r, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
+    add_init_arg(r, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--split", choices=("train", "val", "test"), default="test",
                      help="the run's own split to answer (default: %(default)s)")
@@ -437,18 +441,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.set_defaults(func=cmd_respond)
 
     c = sub.add_parser("chat", help="answer instructions read from stdin, one per line")
-    cli.add_init_arg(c, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
+    add_init_arg(c, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
     c.add_argument("--max-new-tokens", type=int, default=256, help="default: %(default)s")
     c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
     c.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
     c.add_argument("--seed", type=int, default=123, help="sampling seed (default: %(default)s)")
     for q in (r, c):
-        cli.add_backend_arg(q)
+        add_backend_arg(q)
     c.set_defaults(func=cmd_chat)
-    return cli.parse(p, argv)
+    return parse(p, argv)
 
 
-@cli.main_guard
+@main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     return args.func(args)

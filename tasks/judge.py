@@ -239,7 +239,7 @@ def judge_records(records: Sequence[dict], client: JudgeClient, progress: bool =
     """Ask the judge about every record after the `done` ones; a failed record is recorded and the
     run goes on, but an unreachable judge stops it (JudgeUnreachableError). `on_score` sees each
     new score as it comes (to append it to a file)."""
-    from .progress import progress_bar
+    from .common.progress import progress_bar
 
     scores = list(done)
     with progress_bar(total=len(records), initial=len(scores), desc="judging", unit="record",

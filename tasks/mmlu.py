@@ -207,7 +207,7 @@ def evaluate_mmlu(questions: Sequence[Question], next_token_logits: Callable[[li
     `done` maps (subject, index among its scored questions) to whether it was answered right in
     an earlier, interrupted run: those are not asked again. `on_answer` sees each new answer.
     """
-    from .progress import progress_bar
+    from .common.progress import progress_bar
 
     if max_context < 1:
         raise MMLUDataError(f"max_context must be >= 1, got {max_context}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import minigrad.distributed as dist
 
-from .cli import UsageError
+from .common.errors import UsageError
 
 
 def rank_rows(n: int) -> slice:

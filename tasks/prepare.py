@@ -43,7 +43,9 @@ from gpt2.tokenizer import EOT_ID
 from files import hub
 from files.atomic import atomic_write_text
 
-from . import cli
+from .common.args import parse
+from .common.errors import TaskError, Terminated, UsageError
+from .common.guard import main_guard, pause_point
 from .shards import SHARD_RE, read_header, shard_name, write_shard
 SEPARATOR = "<|endoftext|>"
 BLOCK_BYTES = 1 << 22  # read size
@@ -53,7 +55,7 @@ STATE_FILE = ".prepare_state.json"  # what a rerun needs to continue; gone once 
 _SAFE = set(string.ascii_letters + string.digits + string.punctuation)
 
 
-class PrepareError(cli.TaskError):
+class PrepareError(TaskError):
     """Bad input for tasks.prepare: one message, nothing half-written."""
 
 
@@ -344,23 +346,23 @@ def _check_out(out: Path, name: str, config: dict) -> dict | None:
     if not out.exists():
         return None
     if not out.is_dir():
-        raise cli.UsageError(f"--out {out} is not a folder")
+        raise UsageError(f"--out {out} is not a folder")
     saved = None
     for fname in (STATE_FILE, "index.json"):
         if (out / fname).is_file():
             saved = json.loads((out / fname).read_text())
             if saved.get("config") != config:
-                raise cli.UsageError(f"--out {out} holds shards of another preparation "
+                raise UsageError(f"--out {out} holds shards of another preparation "
                                    f"(see its {fname}); choose another --out or delete them")
             saved["complete"] = fname == "index.json"
             break
     shards = [p for p in out.iterdir() if SHARD_RE.match(p.name)]
     if shards and saved is None:
-        raise cli.UsageError(f"--out {out} already holds shards ({shards[0].name}, ...) that are not "
+        raise UsageError(f"--out {out} already holds shards ({shards[0].name}, ...) that are not "
                            f"from this preparation; choose another --out")
     others = [p.name for p in shards if SHARD_RE.match(p.name)["name"] != name]
     if others:
-        raise cli.UsageError(f"--out {out} holds shards of another corpus ({others[0]}); choose another --out")
+        raise UsageError(f"--out {out} holds shards of another corpus ({others[0]}); choose another --out")
     return saved
 
 
@@ -368,9 +370,9 @@ def prepare(sources: list[Source], out: Path, name: str, shard_tokens: int, work
             field: str = "text", progress: bool = True) -> dict:
     """Tokenize `sources` into shards in `out`; returns what index.json says."""
     if shard_tokens < 1:
-        raise cli.UsageError(f"--shard-tokens must be at least 1, got {shard_tokens}")
+        raise UsageError(f"--shard-tokens must be at least 1, got {shard_tokens}")
     if workers < 1:
-        raise cli.UsageError(f"--workers must be at least 1, got {workers}")
+        raise UsageError(f"--workers must be at least 1, got {workers}")
     config = _config(name, sources, shard_tokens, field)
     saved = _check_out(out, name, config)
     if saved is not None and saved["complete"]:
@@ -408,7 +410,7 @@ def prepare(sources: list[Source], out: Path, name: str, shard_tokens: int, work
         if not last:  # (after the last one comes index.json; until then a rerun redoes it)
             atomic_write_text(out / STATE_FILE, json.dumps({"config": config, "shards": done},
                                                            indent=1))
-            cli.pause_point("shard")
+            pause_point("shard")
         fill, index = 0, index + 1
 
     pieces = read_pieces(sources, field)
@@ -470,7 +472,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text-field", default="text", help="text field of .jsonl/.parquet (default: %(default)s)")
     p.add_argument("--shards", type=int, help="fineweb10B / fineweb-edu-10B: download only this many training files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return cli.parse(p, argv)
+    return parse(p, argv)
 
 
 def _plain_malloc() -> None:
@@ -487,13 +489,13 @@ def _plain_malloc() -> None:
         pass
 
 
-@cli.main_guard
+@main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _plain_malloc()
     from .data import CORPORA, ensure_corpus, link_pretokenized
     if args.shard_tokens < 1:
-        raise cli.UsageError(f"--shard-tokens must be at least 1, got {args.shard_tokens}")
+        raise UsageError(f"--shard-tokens must be at least 1, got {args.shard_tokens}")
     if args.corpus:
         name = args.name or args.corpus
         out = Path(args.out) if args.out else hub.cache_dir() / "shards" / args.corpus
@@ -505,11 +507,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     else:
         if args.out is None:
-            raise cli.UsageError("--out is required with --input")
+            raise UsageError("--out is required with --input")
         paths, out = expand_inputs(args.input), Path(args.out)
         name = args.name or paths[0].stem
     if not SHARD_RE.match(shard_name(name, 0)) or "/" in name:
-        raise cli.UsageError(f"--name {name!r} cannot name shard files")
+        raise UsageError(f"--name {name!r} cannot name shard files")
     sources = [Source(p, p.stat().st_size) for p in paths]
     try:
         info = prepare(sources, out, name, args.shard_tokens, args.workers, args.text_field,
@@ -517,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"interrupted: the complete shards in {out} are kept; run the same command again "
               "to continue after them", file=sys.stderr)
-        return 143 if isinstance(e, cli.Terminated) else 130
+        return 143 if isinstance(e, Terminated) else 130
     print(f"{out}: {len(info['shards'])} shards, {info['tokens']:,} tokens "
           f"({info['val_tokens']:,} validation)")
     return 0

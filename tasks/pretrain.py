@@ -25,10 +25,13 @@ import minigrad as mg
 import minigrad.distributed as dist
 
 from . import cli, runfolder
-from .checkpoint import read_json
+from .common.args import add_model_args, add_train_args, parse, recorded_args
+from .common.device import select_device
+from .common.guard import main_guard, pause_point
+from .common.jsonfiles import read_json
+from .common.plots import plot_loss_and_accuracy
 from .data import DATASETS, read_text
 from .loaders import text_shards
-from .plots import plot_loss_and_accuracy
 from .shards import ShardLoader, find_shards
 from .parallel import check_world_size
 from .train import (Periodic, Trainer, TrainConfig, lm_loss, loss_evaluation, plot_losses,
@@ -60,9 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default: %(default)s)")
     p.add_argument("--hellaswag-limit", type=int, default=None,
                    help="score only its first M items (default: all 10,042)")
-    cli.add_model_args(p, context_default=256, tie_default=False, embedding_std_default=1.0)
-    cli.add_train_args(p, epochs=10, batch_size=2, lr=4e-4, eval_every=5, eval_batches=5, out="runs/pretrain")
-    args = cli.parse(p, argv)
+    add_model_args(p, context_default=256, tie_default=False, embedding_std_default=1.0)
+    add_train_args(p, epochs=10, batch_size=2, lr=4e-4, eval_every=5, eval_batches=5, out="runs/pretrain")
+    args = parse(p, argv)
     if args.dataset is None and args.text is None and args.data is None:
         args.dataset = "the-verdict"
     if args.dataset is not None and args.dataset not in TEXT_DATASETS:
@@ -80,17 +83,17 @@ def greedy_sample(model, tokenizer, prompt: str, n: int) -> str:
     return tokenizer.decode(list(out[0]))
 
 
-@cli.main_guard
+@main_guard
 def main(argv: list[str] | None = None) -> int:
     args, resuming = runfolder.start(parse_args(argv))
-    device = cli.device_of(args)
-    cli.pause_point("startup")
+    device = select_device(args.backend, args.dtype)
+    pause_point("startup")
     from gpt2.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer()
     world = dist.world_size()
     if world > 1:
-        dist.check_same("the command line", {k: v for k, v in cli.config_json(args).items()})
+        dist.check_same("the command line", {k: v for k, v in recorded_args(vars(args)).items()})
     if args.data:
         folder, what = Path(args.data), f"the {{}} shards of {args.data}"
     else:  # raw text: tokenized once into the cache, then served like any prepared corpus

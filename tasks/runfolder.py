@@ -1,6 +1,6 @@
 """Starting or resuming a run folder, the one way every training task does it.
 
-    args = cli.parse(parser, argv)              # remembers which flags were typed
+    args = parse(parser, argv)                  # remembers which flags were typed
     args, resuming = runfolder.start(args)      # checks everything; creates nothing
     ...                                         # build the model, the data
     if not resuming:
@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import read_json, write_json
-from .cli import TaskError, UsageError, config_json
+from .common.args import recorded_args
+from .common.errors import TaskError, UsageError
+from .common.jsonfiles import read_json, write_json
 
 # Flags that say how to run, not what the run is: free to differ on --resume.
 HOW_TO_RUN = {"out", "resume", "no_progress", "backend", "keep", "eval_every", "eval_batches", "log_every",
@@ -152,5 +153,5 @@ def record_run(out: Path, resuming: bool, task: str, args: argparse.Namespace, m
     task's own `extra` fields. A resumed run keeps the run.json it has."""
     out.mkdir(parents=True, exist_ok=True)
     if not resuming:
-        write_json(out / "run.json", {"task": task, "args": config_json(args), "model_config": model_config.to_dict(),
+        write_json(out / "run.json", {"task": task, "args": recorded_args(vars(args)), "model_config": model_config.to_dict(),
                                       "model_kind": model_kind, **extra})

@@ -26,8 +26,15 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
+from gpt2.config import PRESETS
+
 from . import cli
-from .checkpoint import read_json, run_dir_of
+from .checkpoint import run_dir_of
+from .common.args import add_model_args, parse
+from .common.device import select_device
+from .common.errors import TaskError, UsageError
+from .common.guard import main_guard
+from .common.jsonfiles import read_json
 from .serve_api import (INSTRUCT_STOPS, ApiError, StopText, chat_messages, completion_prompt,
                         parse_sampling, render_chat)
 from .serve_batch import Job, QueueFull, Scheduler
@@ -36,7 +43,7 @@ from .serve_batch import Job, QueueFull, Scheduler
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tasks.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_model_args(p, init_default="124M", dropout_default=0.0)
+    add_model_args(p, init_default="124M", dropout_default=0.0)
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to bind; anything but loopback exposes the model (default: %(default)s)")
@@ -56,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds a request may wait and generate in all (default: %(default)s)")
     g.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                    help="uvicorn's log level (default: %(default)s)")
-    args = cli.parse(p, argv)
+    args = parse(p, argv)
     for name in ("max_batch", "max_tokens", "max_body"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -77,7 +84,7 @@ def run_task(init: str) -> str | None:
 
 
 def default_model_name(init: str) -> str:
-    return f"gpt2-{init}" if init in cli.SIZES else Path(init).resolve().name or init
+    return f"gpt2-{init}" if init in PRESETS else Path(init).resolve().name or init
 
 
 # ------------------------------------------------------------------ the app
@@ -334,33 +341,33 @@ def make_app(server: Server):
 def load_server(args: argparse.Namespace) -> Server:
     from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
 
-    device = cli.device_of(args)
+    device = select_device(args.backend)
     try:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:
-        raise cli.TaskError(str(e)) from None
+        raise TaskError(str(e)) from None
     model = cli.build_model(args).to(device).eval()
     if model.config.vocab_size < tok.n_vocab or not hasattr(model, "logits"):
-        raise cli.UsageError(f"--init {args.init}: not a GPT-2 language model with GPT-2's vocabulary")
+        raise UsageError(f"--init {args.init}: not a GPT-2 language model with GPT-2's vocabulary")
     api_key = args.api_key
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
-            raise cli.UsageError(f"--api-key-env {args.api_key_env}: that variable is not set")
+            raise UsageError(f"--api-key-env {args.api_key_env}: that variable is not set")
     return Server(model, tok, args.model_name or default_model_name(args.init),
                   instruct=run_task(args.init) == "instruct", api_key=api_key,
                   max_batch=args.max_batch, max_queue=args.max_queue, chat_max_tokens=args.max_tokens,
                   max_body=args.max_body, timeout=args.timeout)
 
 
-@cli.main_guard
+@main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         import uvicorn
         import starlette  # noqa: F401
     except ImportError as e:
-        raise cli.TaskError(f"tasks.serve needs the [serve] extra ({e.name} is missing): "
+        raise TaskError(f"tasks.serve needs the [serve] extra ({e.name} is missing): "
                             "pip install -e '.[serve]'") from None
     # bind before loading the model: a taken port is one message, before any work
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
@@ -368,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock.bind((args.host, args.port))
     except OSError as e:
-        raise cli.TaskError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+        raise TaskError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     sock.listen(2048)   # clients may connect from now on; uvicorn accepts once it runs
     server = load_server(args)
     server.scheduler.start()

@@ -30,12 +30,12 @@ import minigrad.distributed as dist
 from minigrad.amp import LossScaler, MixedPrecision
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
-from .cli import TaskError, UsageError, pause_point
-from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, read_json, remove_stale_temporaries,
-                         save_checkpoint, write_json)
-from .jsonl import append_jsonl, read_jsonl, rewrite_jsonl
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .common.errors import TaskError, UsageError
+from .common.guard import pause_point
+from .common.jsonfiles import append_jsonl, read_json, read_jsonl, rewrite_jsonl, write_json
 from .parallel import code_fingerprint, local_batch
-from .progress import progress_bar
+from .common.progress import progress_bar
 
 
 DTYPES = ("float32", "tf32", "float16")
@@ -147,7 +147,7 @@ def loss_evaluation(loaders: dict[str, Any], loss_fn: Callable, batches: int) ->
 
 def plot_losses(run_dir: str | Path) -> Path | None:
     """loss.png of a run: train and validation loss of every evaluation in metrics.jsonl."""
-    from .plots import plot_curves
+    from .common.plots import plot_curves
     return plot_curves([r for r in read_metrics(run_dir) if r["type"] == "eval"], ["train_loss", "val_loss"],
                        Path(run_dir) / "loss.png", "loss")
 

@@ -222,8 +222,8 @@ def test_sigterm_to_mpiexec_saves_once_and_stops(tmp_path):
 @needs_mpi
 def test_ranks_that_disagree_are_refused_at_start(tmp_path):
     code = ("import sys, minigrad.distributed as d\n"
-            "from tasks import cli\n"
-            "@cli.main_guard\n"
+            "from tasks.common.guard import main_guard\n"
+            "@main_guard\n"
             "def main(argv=None):\n"
             "    d.check_same('the data', 'shard-hash-%d' % d.rank())\n"
             "    return 0\n"

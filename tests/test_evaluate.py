@@ -15,6 +15,7 @@ import pytest
 import gpt2
 import minigrad as mg
 from tasks import evaluate, judge, mmlu
+from tasks.common.jsonfiles import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -598,7 +599,7 @@ def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
     model = GPT2(config)
     run = tmp_path / "run"
     checkpoint.save_checkpoint(run, 1, model)
-    checkpoint.write_json(run / "run.json", {"model_config": config.to_dict()})
+    write_json(run / "run.json", {"model_config": config.to_dict()})
     data = _mmlu_file(tmp_path, ANSWERS)
     out = tmp_path / "mmlu.json"
     code = evaluate.main(["mmlu", "--init", str(run), "--data", str(data), "--limit", "2",

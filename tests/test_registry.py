@@ -9,7 +9,8 @@ import minigrad as mg
 from gpt2 import GPT2, GPT2Config
 from gpt2.classifier import GPT2Classifier
 from gpt2.registry import UnknownModelKindError, build_model, model_kind
-from tasks.checkpoint import load_model_from_run, save_checkpoint, write_json
+from tasks.checkpoint import load_model_from_run, save_checkpoint
+from tasks.common.jsonfiles import write_json
 
 CONFIG = GPT2Config(vocab_size=64, n_ctx=16, n_embd=16, n_layer=1, n_head=2)
 
