@@ -32,8 +32,6 @@ import minigrad.functional as F
 from gpt2.classifier import POOLS, GPT2Classifier
 from minigrad import backend, nn
 
-from . import cli, runfolder
-from .checkpoint import CheckpointError, run_dir_of
 from .common.args import add_backend_arg, add_init_arg, add_model_args, add_train_args, parse
 from .common.device import select_device
 from .common.errors import TaskError, UsageError
@@ -44,6 +42,9 @@ from .common.progress import progress_bar
 from .classify_data import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
                             longest, pad_ids, per_class_scores, write_split_csvs)
 from .loaders import BatchLoader
+from .runs.checkpoint import CheckpointError, run_dir_of
+from .runs.folder import record_run, start_run
+from .runs.models import ModelSpec, build_model, load_run_model, resolve_run_init, run_json_of
 from .train import Trainer, TrainConfig, read_metrics
 
 TRAINABLE = ("last-block", "all", "lora")
@@ -230,18 +231,19 @@ def _report(model, trainer: Trainer, data: ClassifyData, before: dict, args, tra
 
 
 def train(args: argparse.Namespace) -> int:
-    args, resuming = runfolder.start(args)
+    run = start_run(vars(args), args.typed)
+    args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
     device = select_device(args.backend, args.dtype)
     out = Path(args.out)
     splits, classes, n_rows, n_skipped = load_splits(args)
-    gpt = cli.build_model(args)  # a GPT-2 language model (a classifier run is refused)
+    gpt = build_model(ModelSpec.from_flags(run.args))  # a GPT-2 language model (a classifier run is refused)
     data = ClassifyData.build(args, splits, classes, _tokenizer(), gpt.config.n_ctx)
     mg.manual_seed(args.seed)  # the head and the adapters: the same numbers whatever --init did
     model = GPT2Classifier(gpt, len(classes), args.pool)
     set_trainable(model, args.trainable, args.lora_rank, args.lora_alpha)
     model.to(device)
     lora = {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.trainable == "lora" else None
-    runfolder.record_run(out, resuming, "classify", args, gpt.config, "gpt2-classifier", lora=lora, classifier={
+    record_run(run, "classify", gpt.config, "gpt2-classifier", lora=lora, classifier={
         "labels": classes, "pool": args.pool, "trainable": args.trainable, "max_length": data.length, "pad_id": PAD_ID})
     write_split_csvs(out, splits)
     print(data.describe(n_rows, n_skipped, args.batch_size))
@@ -291,18 +293,15 @@ def predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     texts = _read_texts(args)
-    from .checkpoint import load_model_from_run
-    ckpt = Path(args.init)
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"no such run folder or checkpoint: {ckpt}")
-    run = read_json(run_dir_of(ckpt) / "run.json")
+    init = resolve_run_init(args.init)
+    run = run_json_of(init)
     if run.get("task") != "classify":
-        raise UsageError(f"{ckpt} is not a tasks.classify run (its task is {run.get('task')!r})")
+        raise UsageError(f"{init.name} is not a tasks.classify run (its task is {run.get('task')!r})")
     c = run.get("classifier")
     if not isinstance(c, dict) or not {"labels", "max_length"} <= c.keys():
-        raise CheckpointError(f"{run_dir_of(ckpt) / 'run.json'} has no 'classifier' with its labels and "
+        raise CheckpointError(f"{run_dir_of(init.path) / 'run.json'} has no 'classifier' with its labels and "
                               "max_length: the texts cannot be prepared as the model was trained")
-    model = load_model_from_run(ckpt, device)
+    model = load_run_model(init.path, device)
     ids = pad_ids(encode_texts(texts, _tokenizer()), c["max_length"], c.get("pad_id", PAD_ID))
     try:
         with mg.no_grad():

@@ -24,8 +24,9 @@ from .common.device import select_device
 from .common.errors import TaskError, UsageError
 from .common.guard import main_guard, pause_point
 from .common.jsonfiles import append_jsonl, read_json, read_jsonl, write_json
-from .runfolder import check_output_file
-from .hellaswag import HellaSwagDataError, evaluate_hellaswag, load_hellaswag
+from .runs.folder import check_output_file
+from .runs.models import load_language_model, resolve_init
+from .hellaswag import evaluate_hellaswag, load_hellaswag
 from .judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, JudgeUnreachableError,
                     judge_records, load_responses)
 from .mmlu import (MMLUDataError, ensure_dev, evaluate_mmlu, group_by_subject, load_mmlu, select_subjects,
@@ -104,9 +105,9 @@ def run_judge(args: argparse.Namespace) -> int:
 
 def load_model(args: argparse.Namespace):
     """The GPT-2 named by --init (an official size, a weights file, a run or checkpoint folder)."""
-    from .generate import load_model as load_lm
+    init = resolve_init(args.init, random_ok=False)
     try:
-        return load_lm(args.init, select_device(args.backend))
+        return load_language_model(init, select_device(args.backend), purpose=", so it cannot be scored on MMLU or HellaSwag")
     except MissingFileError:
         raise  # its message already says where to put the file
     except (FileNotFoundError, KeyError, ValueError, BackendError) as err:

@@ -25,6 +25,7 @@ from .common.args import add_backend_arg, add_init_arg, parse
 from .common.device import select_device
 from .common.errors import TaskError, UsageError
 from .common.guard import main_guard
+from .runs.models import load_language_model, resolve_init
 
 DEFAULT_PROMPT = "Every effort moves you"
 
@@ -83,49 +84,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.top < 1:
         p.error("--top must be >= 1")
     return args
-
-
-# ---------------------------------------------------------------- loading
-def _is_run_folder(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in ("run.json", "checkpoints", "state.json"))
-
-
-def check_init(weights: str) -> None:
-    """Refuse an --init that names nothing: cheap, so done before the tokenizer or any weights load."""
-    from gpt2.config import HF_NAMES, PRESETS
-
-    path = Path(weights)
-    if not (_is_run_folder(path) or weights in PRESETS or weights in HF_NAMES.values() or path.exists()):
-        raise UsageError(f"--init {weights!r}: not an official size ({', '.join(PRESETS)}) "
-                             "nor an existing file or folder")
-
-
-def load_model(weights: str, device: str):
-    """The GPT2 named by --init (or --weights), on `device`."""
-    import gpt2
-    from gpt2.config import HF_NAMES, PRESETS
-
-    path = Path(weights)
-    if _is_run_folder(path):
-        try:
-            from .checkpoint import load_model_from_run
-        except ImportError as e:
-            raise TaskError(f"--init {weights}: a run folder needs tasks.checkpoint, which could "
-                                f"not be imported ({e})") from None
-        model = load_model_from_run(path, device=device)
-    elif weights in PRESETS or weights in HF_NAMES.values() or path.exists():
-        try:
-            model = gpt2.from_pretrained(weights, device=device)
-        except ModuleNotFoundError as e:
-            if e.name != "gpt2.weights":
-                raise
-            raise TaskError("loading official weights needs gpt2/weights.py, which is missing") from None
-    else:
-        check_init(weights)   # raises: it names nothing
-    if not isinstance(model, gpt2.GPT2):
-        raise UsageError(f"--init {weights}: holds a {type(model).__name__}, not a GPT-2 "
-                             "language model, so it cannot generate text")
-    return model
 
 
 # ---------------------------------------------------------------- temperature
@@ -245,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     from gpt2.generate import stream
     from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
 
-    check_init(args.init)
+    init = resolve_init(args.init, random_ok=False)  # cheap: before the tokenizer and the weights
     try:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:
         raise TaskError(str(e)) from None
-    model = load_model(args.init, device).eval()
+    model = load_language_model(init, device, purpose=", so it cannot generate text")
     cfg = model.config
     if args.attention_map is not None and not (0 <= args.layer < cfg.n_layer and 0 <= args.head < cfg.n_head):
         raise UsageError(f"--layer {args.layer} --head {args.head}: this model has layers "

@@ -39,16 +39,17 @@ import minigrad as mg
 from gpt2.tokenizer import EOT_ID
 from minigrad import nn
 
-from . import cli, runfolder
-from .checkpoint import run_dir_of
 from .common.args import add_backend_arg, add_init_arg, add_model_args, add_train_args, parse
 from .common.device import select_device
 from .common.errors import TaskError, UsageError
 from .common.guard import main_guard, pause_point
-from .common.jsonfiles import append_jsonl, read_json, read_jsonl, write_json
+from .common.jsonfiles import append_jsonl, read_jsonl, write_json
 from .data import DATASETS, ensure_dataset
 from .loaders import BatchLoader
 from .alpaca import format_prompt
+from .runs.checkpoint import run_dir_of
+from .runs.folder import check_output_file, record_run, start_run
+from .runs.models import ModelSpec, build_model, load_language_model, resolve_run_init, run_json_of
 from .train import Trainer, TrainConfig, lm_loss, loss_evaluation, plot_losses
 
 DEFAULT_DATA = "instruction-data"
@@ -262,13 +263,14 @@ def _split(args: argparse.Namespace) -> tuple[Path, list[dict], tuple[list[dict]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    args, resuming = runfolder.start(args)
+    run = start_run(vars(args), args.typed)
+    args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
     device = select_device(args.backend, args.dtype)
     from gpt2.tokenizer import get_tokenizer
 
     path, records, (train_recs, val_recs, test_recs) = _split(args)
     tokenizer = get_tokenizer()
-    model = cli.build_model(args)
+    model = build_model(ModelSpec.from_flags(run.args))
     if args.max_length is not None and args.max_length > model.config.n_ctx:
         raise UsageError(f"--max-length {args.max_length} is longer than the model's context of "
                              f"{model.config.n_ctx}")
@@ -278,11 +280,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
     train_loader, val_loader = _loaders(tokenizer, train_recs, val_recs, max_length, args)
     out = Path(args.out)
-    runfolder.record_run(out, resuming, "instruct", args, model.config, "gpt2", max_length=max_length,
-                         lora=_lora_of(model), data={  # respond recomputes the split from these
-                             "source": args.data if args.data in DATASETS else str(path.resolve()),
-                             "num_records": len(records), "split_seed": args.split_seed,
-                             "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}})
+    record_run(run, "instruct", model.config, "gpt2", max_length=max_length,
+               lora=_lora_of(model), data={  # respond recomputes the split from these
+                   "source": args.data if args.data in DATASETS else str(path.resolve()),
+                   "num_records": len(records), "split_seed": args.split_seed,
+                   "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}})
     print(f"model: {model.num_parameters():,} parameters ({model.num_parameters(trainable_only=True):,} trainable) "
           f"on {device}; {len(train_recs)} train / {len(val_recs)} val / {len(test_recs)} test records; "
           f"{len(train_loader)} batches of {args.batch_size} per epoch")
@@ -298,20 +300,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    """(model in eval mode on the chosen device, tokenizer, run.json) of --checkpoint."""
-    from gpt2 import GPT2
+    """(model in eval mode on the chosen device, tokenizer, run.json) of --init."""
     from gpt2.tokenizer import get_tokenizer
-    from .checkpoint import load_model_from_run
 
     device = select_device(args.backend)
-    ckpt = Path(args.init)
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"--init {ckpt}: no such folder")
-    run = read_json(run_dir_of(ckpt) / "run.json")
-    model = load_model_from_run(ckpt, device=device)
-    if not isinstance(model, GPT2):
-        raise UsageError(f"--init {ckpt} holds a {type(model).__name__}, not a GPT-2 language model "
-                             "that can answer (a tasks.instruct or tasks.pretrain run)")
+    init = resolve_run_init(args.init)
+    run = run_json_of(init)
+    model = load_language_model(init, device, purpose=" that can answer (a tasks.instruct or tasks.pretrain run)")
     return model, get_tokenizer(), run
 
 
@@ -321,7 +316,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
     ckpt = Path(args.init)
     name = args.split if args.data is None else Path(args.data).stem
     out = Path(args.out) if args.out else run_dir_of(ckpt) / f"responses_{name}.json"
-    runfolder.check_output_file(out)  # before any work: a bad --out must not cost the answers
+    check_output_file(out)  # before any work: a bad --out must not cost the answers
     model, tokenizer, run = _load(args)
     if args.data is not None:
         records = load_records(resolve_data(args.data), require_output=False)

@@ -24,8 +24,7 @@ from pathlib import Path
 import minigrad as mg
 import minigrad.distributed as dist
 
-from . import cli, runfolder
-from .common.args import add_model_args, add_train_args, parse, recorded_args
+from .common.args import add_model_args, add_train_args, parse
 from .common.device import select_device
 from .common.guard import main_guard, pause_point
 from .common.jsonfiles import read_json
@@ -34,12 +33,16 @@ from .data import DATASETS, read_text
 from .loaders import text_shards
 from .shards import ShardLoader, find_shards
 from .parallel import check_world_size
+from .runs.folder import record_run, start_run
+from .runs.models import ModelSpec, RandomInit, build_model
 from .train import (Periodic, Trainer, TrainConfig, lm_loss, loss_evaluation, plot_losses,
                     read_metrics)
 
 SAMPLE_PROMPT = "Every effort moves you"
 # the manifest's raw-text entries (the others are labelled rows, JSON records or questions)
 TEXT_DATASETS = ("the-verdict", "tinyshakespeare")
+# --init random builds the book's model: an output head of its own, embeddings drawn from N(0, 1)
+RANDOM_INIT = RandomInit(tie=False, embedding_std=1.0)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default: %(default)s)")
     p.add_argument("--hellaswag-limit", type=int, default=None,
                    help="score only its first M items (default: all 10,042)")
-    add_model_args(p, context_default=256, tie_default=False, embedding_std_default=1.0)
+    add_model_args(p, context_default=256, tie_default=RANDOM_INIT.tie,
+                   embedding_std_default=RANDOM_INIT.embedding_std)
     add_train_args(p, epochs=10, batch_size=2, lr=4e-4, eval_every=5, eval_batches=5, out="runs/pretrain")
     args = parse(p, argv)
     if args.dataset is None and args.text is None and args.data is None:
@@ -85,7 +89,9 @@ def greedy_sample(model, tokenizer, prompt: str, n: int) -> str:
 
 @main_guard
 def main(argv: list[str] | None = None) -> int:
-    args, resuming = runfolder.start(parse_args(argv))
+    args = parse_args(argv)
+    run = start_run(vars(args), args.typed)
+    args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
     device = select_device(args.backend, args.dtype)
     pause_point("startup")
     from gpt2.tokenizer import get_tokenizer
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = get_tokenizer()
     world = dist.world_size()
     if world > 1:
-        dist.check_same("the command line", {k: v for k, v in recorded_args(vars(args)).items()})
+        dist.check_same("the command line", run.args)
     if args.data:
         folder, what = Path(args.data), f"the {{}} shards of {args.data}"
     else:  # raw text: tokenized once into the cache, then served like any prepared corpus
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         items = load_hellaswag(limit=args.hellaswag_limit)
         periodic.append(Periodic("hellaswag", args.hellaswag_every,
                                  lambda m: hellaswag_metrics(m, items, tokenizer)))
-    model = cli.build_model(args)
+    model = build_model(ModelSpec.from_flags(run.args, RANDOM_INIT))
     context = args.context or model.config.n_ctx
     stride = args.stride or context
     # the loaders hand out GLOBAL batches (--batch-size rows for each rank); the Trainer gives
@@ -123,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
 
     out = Path(args.out)
-    if resuming and (out / "run.json").is_file():
+    if run.resuming and (out / "run.json").is_file():
         check_world_size(read_json(out / "run.json"), world, args.batch_size, args.grad_accum)
     dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
     if dist.is_main():
-        runfolder.record_run(out, resuming, "pretrain", args, model.config, "gpt2", world_size=world)
+        record_run(run, "pretrain", model.config, "gpt2", world_size=world)
         print(f"model: {model.num_parameters():,} parameters on {device}; "
               f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size * world}x{context} "
               f"tokens" + (f" ({world} ranks x {args.batch_size})" if world > 1 else "")

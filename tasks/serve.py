@@ -28,13 +28,13 @@ from pathlib import Path
 
 from gpt2.config import PRESETS
 
-from . import cli
-from .checkpoint import run_dir_of
 from .common.args import add_model_args, parse
 from .common.device import select_device
 from .common.errors import TaskError, UsageError
 from .common.guard import main_guard
 from .common.jsonfiles import read_json
+from .runs.checkpoint import run_dir_of
+from .runs.models import ModelSpec, build_model
 from .serve_api import (INSTRUCT_STOPS, ApiError, StopText, chat_messages, completion_prompt,
                         parse_sampling, render_chat)
 from .serve_batch import Job, QueueFull, Scheduler
@@ -346,7 +346,7 @@ def load_server(args: argparse.Namespace) -> Server:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:
         raise TaskError(str(e)) from None
-    model = cli.build_model(args).to(device).eval()
+    model = build_model(ModelSpec.from_flags(vars(args))).to(device).eval()
     if model.config.vocab_size < tok.n_vocab or not hasattr(model, "logits"):
         raise UsageError(f"--init {args.init}: not a GPT-2 language model with GPT-2's vocabulary")
     api_key = args.api_key

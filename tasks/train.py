@@ -30,7 +30,7 @@ import minigrad.distributed as dist
 from minigrad.amp import LossScaler, MixedPrecision
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .runs.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .common.errors import TaskError, UsageError
 from .common.guard import pause_point
 from .common.jsonfiles import append_jsonl, read_json, read_jsonl, rewrite_jsonl, write_json
@@ -66,7 +66,7 @@ class TrainConfig:
     progress: bool = True
     log_every: int = 1               # steps between loss fetches (each one a host-device sync)
     save_every: int | None = None    # None: see Trainer.save_every
-    dtype: str = "float32"           # or "tf32" (set up by tasks.cli), "float16" (mixed precision)
+    dtype: str = "float32"           # or "tf32" (set up by tasks.common.device), "float16" (mixed precision)
     loss_scale: float = 2.0 ** 16    # float16: the initial loss scale ...
     loss_scale_window: int = 2000    # ... doubled after this many steps without overflow
     weights_only: bool = False       # resume from the weights alone when the optimizer state is missing

@@ -153,7 +153,7 @@ def test_lora_trains_only_adapters_and_head_and_reloads(tmp_path):
     assert changed <= trainable
     assert {"head.weight", "gpt.h.0.attn.c_attn.lora_B"} <= changed
 
-    # what load_model_from_run does with run.json: the registry's kind, adapters as data
+    # what load_run_model does with run.json: the registry's kind, adapters as data
     run = {"model_kind": "gpt2-classifier", "model_config": model.config.to_dict(),
            "classifier": {"labels": ["a", "b"], "pool": "last-real", "trainable": "lora"},
            "lora": {"rank": 4, "alpha": 8}}

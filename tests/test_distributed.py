@@ -16,7 +16,7 @@ import pytest
 import minigrad as mg
 import minigrad.distributed as dist
 from files.hub import cache_dir
-from tasks.checkpoint import latest_checkpoint
+from tasks.runs.checkpoint import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "32", "--dropout", "0",

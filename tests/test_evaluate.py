@@ -589,9 +589,9 @@ def test_mmlu_command_failures_exit_1(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.usefixtures("needs_tokenizer")
 def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
-    """The real pieces together: a run folder from tasks.checkpoint, GPT-2's tokenizer, a model
+    """The real pieces together: a run folder from tasks.runs.checkpoint, GPT-2's tokenizer, a model
     whose context (32) is shorter than the prompts, so they must be cut from the left."""
-    checkpoint = pytest.importorskip("tasks.checkpoint")
+    checkpoint = pytest.importorskip("tasks.runs.checkpoint")
     from gpt2 import GPT2, GPT2Config
     from gpt2.tokenizer import get_tokenizer
 
@@ -623,7 +623,7 @@ def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
 
 
 def test_mmlu_command_without_a_checkpoint_exits_2(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("tasks.checkpoint")
+    pytest.importorskip("tasks.runs.checkpoint")
     monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
     data = _mmlu_file(tmp_path, ANSWERS)
     assert evaluate.main(["mmlu", "--init", str(tmp_path / "nothing"),

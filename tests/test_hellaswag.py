@@ -117,8 +117,8 @@ def test_scores_match_transformers_gpt2(tmp_path, tiny, tok):
 
 
 def hellaswag_model(folder):
-    from tasks.generate import load_model
-    return load_model(str(folder), "cpu")
+    from tasks.runs.models import load_language_model
+    return load_language_model(str(folder))
 
 
 def test_long_context_is_cut_from_the_left(tok):
@@ -257,7 +257,7 @@ def test_real_validation_set_when_cached():
 
 def test_pretrain_scores_hellaswag_every_n_steps(tmp_path, cache, monkeypatch, tok):
     from tasks import pretrain
-    from tasks.checkpoint import load_model_from_run
+    from tasks.runs.models import load_run_model
     monkeypatch.setenv("MINIGRAD_OFFLINE", "1")
     (cache / "hellaswag").mkdir(parents=True)
     write_items(cache / "hellaswag" / "hellaswag_val.jsonl")  # the cached validation set
@@ -273,7 +273,7 @@ def test_pretrain_scores_hellaswag_every_n_steps(tmp_path, cache, monkeypatch, t
     hs = [r for r in records if r["type"] == "hellaswag"]
     assert [r["step"] for r in hs] == [2, 4] and all(r["hellaswag_n"] == 4 for r in hs)
     # the last one is the final model's score, worked out by hand
-    model = load_model_from_run(out)
+    model = load_run_model(out)
     _, _, acc, acc_norm = hand_scores(model, ITEMS[:4], tok)
     assert hs[-1]["hellaswag_acc"] == pytest.approx(acc)
     assert hs[-1]["hellaswag_acc_norm"] == pytest.approx(acc_norm)

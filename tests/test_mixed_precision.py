@@ -12,7 +12,7 @@ import minigrad as mg
 import minigrad.functional as F
 from gpt2 import GPT2, GPT2Config
 from minigrad.amp import LossScaler, MixedPrecision
-from tasks.checkpoint import list_checkpoints
+from tasks.runs.checkpoint import list_checkpoints
 from tasks.loaders import BatchLoader
 from tasks.train import Trainer, TrainConfig
 

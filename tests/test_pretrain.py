@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from files.hub import cache_dir
-from tasks.checkpoint import list_checkpoints
+from tasks.runs.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "32", "--batch-size", "4",

@@ -214,9 +214,9 @@ def test_models_and_completions(server):
     # the library's greedy decoding of the same model gives the same text
     import gpt2.generate as G
     from gpt2.tokenizer import get_tokenizer
-    from tasks.checkpoint import load_model_from_run
+    from tasks.runs.models import load_run_model
     tok = get_tokenizer()
-    model = load_model_from_run(_run_dir(server))
+    model = load_run_model(_run_dir(server))
     ids = G.generate(model, tok.encode("Every effort moves you"), 7)
     assert r["choices"][0]["text"] == tok.decode(ids[4:].tolist())
 

@@ -49,7 +49,6 @@ def add_model_args(p: argparse.ArgumentParser, *, init_default: str = "random", 
     g.add_argument("--embedding-std", type=float, default=None,
                    help="for --init random: std of wte and wpe at initialisation; GPT-2 uses 0.02, "
                         f"PyTorch's nn.Embedding 1.0 (default: {embedding_std_default}; 0.02 when tied)")
-    p.set_defaults(tie_default=tie_default, embedding_std_default=embedding_std_default)  # until ModelSpec
     add_backend_arg(g)
     g.add_argument("--seed", type=int, default=123, help="random seed (default: %(default)s)")
 
