@@ -39,9 +39,9 @@ from .common.guard import main_guard, pause_point
 from .common.jsonfiles import read_json, write_json
 from .common.plots import plot_confusion, plot_curves
 from .common.progress import progress_bar
-from .classify_data import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
-                            longest, pad_ids, per_class_scores, write_split_csvs)
-from .loaders import BatchLoader
+from .data.labelled import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
+                            longest, pad_ids, parse_labels, per_class_scores, write_split_csvs)
+from .data.loaders import BatchLoader
 from .runs.checkpoint import CheckpointError, run_dir_of
 from .runs.folder import record_run, start_run
 from .runs.models import ModelSpec, build_model, load_run_model, resolve_run_init, run_json_of
@@ -235,7 +235,9 @@ def train(args: argparse.Namespace) -> int:
     args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
     device = select_device(args.backend, args.dtype)
     out = Path(args.out)
-    splits, classes, n_rows, n_skipped = load_splits(args)
+    splits, classes, n_rows, n_skipped = load_splits(args.data, parse_labels(args.labels), strict=args.strict,
+                                                     balanced=args.balance, split_seed=args.split_seed,
+                                                     progress=not args.no_progress)
     gpt = build_model(ModelSpec.from_flags(run.args))  # a GPT-2 language model (a classifier run is refused)
     data = ClassifyData.build(args, splits, classes, _tokenizer(), gpt.config.n_ctx)
     mg.manual_seed(args.seed)  # the head and the adapters: the same numbers whatever --init did

@@ -6,8 +6,8 @@
     python -m tasks.evaluate mmlu --init runs/instruct [--backend cupy] [--plot mmlu.png]
     python -m tasks.evaluate hellaswag --init 124M [--limit 100] [--out runs/hellaswag]
 
-The pieces live in tasks/judge.py (HTTP judge client), tasks/mmlu.py (MMLU scoring) and
-tasks/hellaswag.py (HellaSwag scoring).
+The pieces live in tasks/evals/: judge.py (HTTP judge client), mmlu.py (MMLU scoring) and
+hellaswag.py (HellaSwag scoring).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from .common.guard import main_guard, pause_point
 from .common.jsonfiles import append_jsonl, read_json, read_jsonl, write_json
 from .runs.folder import check_output_file
 from .runs.models import load_language_model, resolve_init
-from .hellaswag import evaluate_hellaswag, load_hellaswag
-from .judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, JudgeUnreachableError,
-                    judge_records, load_responses)
-from .mmlu import (MMLUDataError, ensure_dev, evaluate_mmlu, group_by_subject, load_mmlu, select_subjects,
-                        model_next_token_logits)
+from .evals.hellaswag import evaluate_hellaswag, load_hellaswag
+from .evals.judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, JudgeUnreachableError,
+                          judge_records, load_responses)
+from .evals.mmlu import (MMLUDataError, ensure_dev, evaluate_mmlu, group_by_subject, load_mmlu, select_subjects,
+                         model_next_token_logits)
 
 
 INIT_HELP = ("an official size (124M, 355M, 774M, 1558M), a weights file or folder, or a run/checkpoint "

@@ -9,8 +9,8 @@ GPT-2's own tied, N(0, 0.02) model instead, which on these 90 steps stays near t
 (~6): see bench/results/pretrain_cpu.md.
 
 `--data DIR` trains on token shards from `python -m tasks.prepare` (or llm.c), memory-mapped and
-served by tasks.shards.ShardLoader; `--text`/`--dataset` are tokenized once into shards in the
-cache (tasks.loaders.text_shards) and served by the same loader, with the same batches as before.
+served by tasks.data.shards.ShardLoader; `--text`/`--dataset` are tokenized once into shards in the
+cache (tasks.data.text.text_shards) and served by the same loader, with the same batches as before.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from .common.device import select_device
 from .common.guard import main_guard, pause_point
 from .common.jsonfiles import read_json
 from .common.plots import plot_loss_and_accuracy
-from .data import DATASETS, read_text
-from .loaders import text_shards
-from .shards import ShardLoader, find_shards
+from .data.manifest import DATASETS, read_text
+from .data.shards import ShardLoader, find_shards
+from .data.text import text_shards
 from .parallel import check_world_size
 from .runs.folder import record_run, start_run
 from .runs.models import ModelSpec, RandomInit, build_model
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     val_paths, train_paths = find_shards(folder)
     periodic = []
     if args.hellaswag_every:  # load the items now: a missing file fails before any training
-        from .hellaswag import hellaswag_metrics, load_hellaswag
+        from .evals.hellaswag import hellaswag_metrics, load_hellaswag
         items = load_hellaswag(limit=args.hellaswag_limit)
         periodic.append(Periodic("hellaswag", args.hellaswag_every,
                                  lambda m: hellaswag_metrics(m, items, tokenizer)))

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .alpaca import HEADER as ALPACA_HEADER
-from .alpaca import RESPONSE_HEADER
+from .data.alpaca import HEADER as ALPACA_HEADER
+from .data.alpaca import RESPONSE_HEADER
 from .generate import _TextStream
 
 MAX_STOPS = 4   # as OpenAI: at most four stop strings

@@ -153,7 +153,7 @@ def plot_losses(run_dir: str | Path) -> Path | None:
 
 
 class Trainer:
-    """Fits `model` with AdamW on `train_loader` (a tasks.loaders.EpochLoader: BatchLoader, ShardLoader, with
+    """Fits `model` with AdamW on `train_loader` (a tasks.data.loaders.EpochLoader: BatchLoader, ShardLoader, with
     len(), iteration, state_dict() and load_state_dict()).
 
     loss_fn(model, batch) -> scalar Tensor

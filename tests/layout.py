@@ -71,17 +71,17 @@ def imports_of(path: Path, root: Path) -> list[Import]:
 
 
 def resolve(imp: Import, known: set[str]) -> set[str]:
-    """The modules of `known` an import statement loads: the module it names, any submodule it
-    takes a name from (`from tasks.runs import folder`), and the packages above them."""
-    targets = {imp.target} | {f"{imp.target}.{n}" for n in imp.names}
-    out = set()
-    for t in targets:
+    """The modules of `known` an import statement is for: the deepest known module of what it
+    names (`from tasks.runs.folder import start_run` -> tasks.runs.folder, `from tasks.runs import
+    folder` -> tasks.runs.folder). The packages above them, which Python loads on the way, are
+    not arrows of their own (a package's __init__ only counts when nothing deeper is named)."""
+    found = set()
+    for t in {imp.target} | {f"{imp.target}.{n}" for n in imp.names}:
         parts = t.split(".")
-        for i in range(1, len(parts) + 1):
-            prefix = ".".join(parts[:i])
-            if prefix in known:
-                out.add(prefix)
-    return out
+        deepest = next((".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in known), None)
+        if deepest is not None:
+            found.add(deepest)
+    return {m for m in found if not any(other.startswith(m + ".") for other in found)}
 
 
 def graph(root: Path, package: str, top_level_only: bool = False) -> dict[str, set[str]]:

@@ -15,10 +15,10 @@ from tasks import classify
 from gpt2.classifier import GPT2Classifier
 from gpt2.registry import build_model
 from tasks.classify import classify_loss, set_trainable
-from tasks.classify_data import (PAD_ID, balance, class_names, confusion_matrix, longest,
+from tasks.data.labelled import (PAD_ID, balance, class_names, confusion_matrix, longest,
                                  per_class_scores, read_labelled_file, split_rows)
-from tasks.data import dataset_path
-from tasks.loaders import BatchLoader
+from tasks.data.loaders import BatchLoader
+from tasks.data.manifest import dataset_path
 from tasks.train import Trainer, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ import pytest
 
 import gpt2
 import minigrad as mg
-from tasks import evaluate, judge, mmlu
+from tasks import evaluate
+from tasks.evals import judge, mmlu
 from tasks.common.jsonfiles import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -416,7 +417,7 @@ def test_load_reports_bad_lines(tmp_path):
 
 
 def test_real_mmlu_file_keeps_14042_of_14044_rows():
-    from tasks.data import dataset_path
+    from tasks.data.manifest import dataset_path
     path = dataset_path("mmlu")
     if not path.is_file():
         pytest.skip(f"MMLU not in the data cache ({path})")

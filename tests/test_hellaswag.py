@@ -11,7 +11,9 @@ from conftest import sharp_tiny_gpt2
 
 import minigrad as mg
 from files import hub
-from tasks import data, evaluate, hellaswag
+from tasks import evaluate
+from tasks.data import manifest
+from tasks.evals import hellaswag
 
 ITEMS = [
     {"ctx": "A man is sitting on a roof. he", "label": 3,
@@ -217,11 +219,11 @@ def test_download_checks_the_git_blob_id(served, cache, monkeypatch, tmp_path):
     root, url = served
     content = write_items(root / "hellaswag_val.jsonl").read_bytes()
     blob = hub.git_blob_id_of(root / "hellaswag_val.jsonl")
-    entry = data.DATASETS["hellaswag"]
+    entry = manifest.DATASETS["hellaswag"]
     assert entry.git_blob == "0f5ee25d72216f12317d5d8a7b92deafa423d81e" and entry.sha256 is None
 
     # a wrong id: refused, nothing kept in the cache
-    monkeypatch.setitem(data.DATASETS, "hellaswag",
+    monkeypatch.setitem(manifest.DATASETS, "hellaswag",
                         dataclasses.replace(entry, url=f"{url}/hellaswag_val.jsonl"))
     with pytest.raises(hub.ChecksumError) as info:
         hellaswag.load_hellaswag()
@@ -229,7 +231,7 @@ def test_download_checks_the_git_blob_id(served, cache, monkeypatch, tmp_path):
     assert not list((cache / "hellaswag").glob("*"))
 
     # the right id: downloaded, verified, cached, then read
-    monkeypatch.setitem(data.DATASETS, "hellaswag",
+    monkeypatch.setitem(manifest.DATASETS, "hellaswag",
                         dataclasses.replace(entry, url=f"{url}/hellaswag_val.jsonl", git_blob=blob))
     items = hellaswag.load_hellaswag(limit=3)
     assert (cache / "hellaswag" / "hellaswag_val.jsonl").read_bytes() == content
@@ -245,10 +247,10 @@ def test_download_checks_the_git_blob_id(served, cache, monkeypatch, tmp_path):
 
 
 def test_real_validation_set_when_cached():
-    path = data.dataset_path("hellaswag")
+    path = manifest.dataset_path("hellaswag")
     if not path.is_file():
         pytest.skip(f"HellaSwag's validation set is not in the data cache ({path})")
-    assert hub.git_blob_id_of(path) == data.DATASETS["hellaswag"].git_blob
+    assert hub.git_blob_id_of(path) == manifest.DATASETS["hellaswag"].git_blob
     assert len(hellaswag.load_hellaswag(path)) == 10_042
 
 

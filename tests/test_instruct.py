@@ -11,10 +11,11 @@ import pytest
 import minigrad as mg
 from minigrad import nn
 from files.hub import cache_dir
+from gpt2.tokenizer import EOT_ID
+from tasks.data.alpaca import (InstructionDataError, InstructionLoader, collate, format_alpaca_prompt, format_example,
+                               format_prompt, load_records, split_records)
+from tasks.instruct import parse_args, response_text
 from tasks.runs.models import ModelSpec, build_model
-from tasks.instruct import (EOT_ID, InstructionDataError, InstructionLoader, collate, format_example,
-                            format_prompt, load_records, parse_args, response_text, split_records)
-from tasks.alpaca import format_alpaca_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--init", "random", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "128",

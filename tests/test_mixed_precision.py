@@ -13,7 +13,7 @@ import minigrad.functional as F
 from gpt2 import GPT2, GPT2Config
 from minigrad.amp import LossScaler, MixedPrecision
 from tasks.runs.checkpoint import list_checkpoints
-from tasks.loaders import BatchLoader
+from tasks.data.loaders import BatchLoader
 from tasks.train import Trainer, TrainConfig
 
 V, T = 64, 8

@@ -87,7 +87,7 @@ def test_stop_text_cuts_before_a_stop_string_split_over_tokens():
 
 
 def test_chat_rendering():
-    from tasks.alpaca import format_prompt
+    from tasks.data.alpaca import format_prompt
     msgs = [("user", "Name a colour.")]
     assert render_chat(msgs, instruct=True) == format_prompt({"instruction": "Name a colour.", "input": ""})
     two = render_chat([("system", "Be brief."), ("user", "a"), ("assistant", "b"), ("user", "c")], True)
@@ -397,7 +397,7 @@ def test_judge_scores_through_our_server(tmp_path, needs_tokenizer):
     import sys
 
     from serve_helpers import REPO, env
-    from tasks.judge import ScoreParseError, judge_prompt, parse_score
+    from tasks.evals.judge import ScoreParseError, judge_prompt, parse_score
 
     run = save_tiny_run(tmp_path / "judge-run", task="instruct")
     s = Served("--init", str(run), "--model-name", "tiny-judge", "--api-key-env", "JUDGE_KEY",

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tasks import data, loaders, pretrain
-from tasks.shards import ShardLoader, find_shards, write_shard
+from tasks import pretrain
+from tasks.data import loaders, manifest
+from tasks.data.shards import ShardLoader, find_shards, write_shard
+from tasks.data.text import text_shards, train_val_split_text
 from test_pretrain import ROOT, _run, _signal_at_step, _step_losses
 
-VERDICT = data.dataset_path("the-verdict")
+VERDICT = manifest.dataset_path("the-verdict")
 needs_verdict = pytest.mark.skipif(not VERDICT.is_file(), reason="the-verdict.txt is not in the data cache")
 
 
@@ -31,15 +33,15 @@ def test_the_verdict_batches_are_those_of_the_in_memory_loader(tmp_path, monkeyp
     """What tasks.pretrain served before shards (TextWindows + BatchLoader over the whole token
     list, split 90/10 by characters) against the cached shards + ShardLoader it uses now."""
     text = VERDICT.read_text(encoding="utf-8")
-    train_text, val_text = loaders.train_val_split_text(text, 0.9)
+    train_text, val_text = train_val_split_text(text, 0.9)
     old_train = loaders.BatchLoader(loaders.TextWindows(tokenizer.encode(train_text), context, context),
                                  batch_size, shuffle=True, drop_last=True, seed=seed)
     old_val = loaders.BatchLoader(loaders.TextWindows(tokenizer.encode(val_text), context, context), batch_size)
 
     monkeypatch.setenv("MINIGRAD_DATA_DIR", str(tmp_path))
-    folder = loaders.text_shards(text, tokenizer, 0.9)
+    folder = text_shards(text, tokenizer, 0.9)
     assert folder.parent == tmp_path / "shards"
-    assert loaders.text_shards(text, tokenizer, 0.9) == folder  # prepared once, then reused
+    assert text_shards(text, tokenizer, 0.9) == folder  # prepared once, then reused
     val_paths, train_paths = find_shards(folder)
     new_train = ShardLoader.from_files(train_paths, context, batch_size, shuffle=True, drop_last=True, seed=seed)
     new_val = ShardLoader.from_files(val_paths, context, batch_size)

@@ -8,7 +8,7 @@ import pytest
 import minigrad as mg
 from minigrad import nn
 from tasks.runs.checkpoint import list_checkpoints
-from tasks.loaders import BatchLoader
+from tasks.data.loaders import BatchLoader
 from tasks.train import NonFiniteLoss, Trainer, TrainConfig
 
 
