@@ -45,7 +45,9 @@ from .data.loaders import BatchLoader
 from .runs.checkpoint import CheckpointError, run_dir_of
 from .runs.folder import record_run, start_run
 from .runs.models import ModelSpec, build_model, load_run_model, resolve_run_init, run_json_of
-from .train import Trainer, TrainConfig, read_metrics
+from .training.config import TrainConfig
+from .training.evaluation import read_metrics
+from .training.trainer import Trainer
 
 TRAINABLE = ("last-block", "all", "lora")
 
@@ -255,7 +257,7 @@ def train(args: argparse.Namespace) -> int:
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever came before
     # "tokens" in the Trainer's bookkeeping are examples here
     trainer = Trainer(model, data.loaders["train"], classify_loss, accuracy_evaluation(data.loaders, args.eval_batches),
-                      out, TrainConfig.from_args(args), tokens_in=lambda b: len(b[1]), plot=plot_classify,
+                      out, TrainConfig.from_flags(run.args), tokens_in=lambda b: len(b[1]), plot=plot_classify,
                       unit="examples")
     t0 = time.perf_counter()
     if trainer.run(args.resume, summary=False) is None:

@@ -48,7 +48,9 @@ from .data.manifest import DATASETS
 from .runs.checkpoint import run_dir_of
 from .runs.folder import check_output_file, record_run, start_run
 from .runs.models import ModelSpec, build_model, load_language_model, resolve_run_init, run_json_of
-from .train import Trainer, TrainConfig, lm_loss, loss_evaluation, plot_losses
+from .training.config import TrainConfig
+from .training.evaluation import lm_loss, loss_evaluation, plot_losses
+from .training.trainer import Trainer
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -165,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     sample = (lambda m: respond_batch(m, tokenizer, val_recs[:1], args.sample_tokens)[0]) \
         if args.sample_tokens > 0 else None
     evaluate = loss_evaluation({"train": train_loader, "val": val_loader}, lm_loss, args.eval_batches)
-    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args), sample=sample,
+    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_flags(run.args), sample=sample,
                       plot=plot_losses)
     return trainer.exit_code if trainer.run(args.resume) is None else 0
 

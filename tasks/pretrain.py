@@ -32,11 +32,12 @@ from .common.plots import plot_loss_and_accuracy
 from .data.manifest import DATASETS, read_text
 from .data.shards import ShardLoader, find_shards
 from .data.text import text_shards
-from .parallel import check_world_size
 from .runs.folder import record_run, start_run
 from .runs.models import ModelSpec, RandomInit, build_model
-from .train import (Periodic, Trainer, TrainConfig, lm_loss, loss_evaluation, plot_losses,
-                    read_metrics)
+from .training.config import TrainConfig
+from .training.evaluation import Periodic, lm_loss, loss_evaluation, plot_losses, read_metrics
+from .training.parallel import check_world_size
+from .training.trainer import Trainer
 
 SAMPLE_PROMPT = "Every effort moves you"
 # the manifest's raw-text entries (the others are labelled rows, JSON records or questions)
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                                ["hellaswag_acc", "hellaswag_acc_norm"],
                                Path(run_dir) / "loss_hellaswag.png", "HellaSwag accuracy", chance=0.25)
 
-    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
+    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_flags(run.args),
                       sample=(lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens))
                       if args.sample_tokens > 0 else None, periodic=periodic,
                       plot=plot, data_parallel=True)

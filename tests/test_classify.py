@@ -19,7 +19,8 @@ from tasks.data.labelled import (PAD_ID, balance, class_names, confusion_matrix,
                                  per_class_scores, read_labelled_file, split_rows)
 from tasks.data.loaders import BatchLoader
 from tasks.data.manifest import dataset_path
-from tasks.train import Trainer, TrainConfig
+from tasks.training.config import TrainConfig
+from tasks.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--init", "random", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "32",

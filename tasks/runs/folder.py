@@ -122,8 +122,7 @@ def start_run(flags: Mapping[str, Any], typed: Collection[str] = ()) -> RunSpec:
     changes = _changes(args, saved, set(typed), out)
     merged = _merged(args, saved, changes, set(typed), run_json)
     if changes:
-        history = run.get("history", []) + [{"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changes}]
-        write_json(run_json, {**run, "history": history})
+        append_history(out, {"changed": changes}, run)
         print("extending the run: " + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} -> {v}"
                                                 for k, v in changes.items()))
     return RunSpec(out, True, merged)
@@ -162,6 +161,15 @@ def _merged(args: dict[str, Any], saved: dict[str, Any], changes: dict[str, Any]
         raise TaskError(f"{run_json}: 'args' holds text where numbers belong ({', '.join(bad) or 'a value'}); "
                         "the run cannot be resumed from it") from None
     return merged
+
+
+def append_history(run_dir: Path, entry: dict[str, Any], run: dict[str, Any] | None = None) -> None:
+    """Add a dated entry to run.json's `history` (an extension, a resume from the weights alone):
+    what the run was asked for at its start (`args`) is never written over."""
+    run_json = run_dir / "run.json"
+    run = read_json(run_json) if run is None else run
+    history = run.get("history", []) + [{"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}]
+    write_json(run_json, {**run, "history": history})
 
 
 def record_run(run: RunSpec, task: str, model_config, model_kind: str, **extra: Any) -> None:

@@ -3,7 +3,8 @@ accumulation, periodic evaluation, metrics.jsonl, checkpoints, exact resume, Ctr
 float16 mixed precision (minigrad.amp), and no host-device sync between log steps.
 
 A task supplies the model, the loaders and three small functions (how to get a loss from a
-batch, what to evaluate, what to print as a sample); `Trainer.fit` does the rest.
+batch, what to evaluate, what to print as a sample; evaluation.py has the usual ones) and a
+TrainConfig (config.py); `Trainer.run` does the rest.
 
 Data parallel (under `mpiexec -n N`, see minigrad.distributed): a task that opts in
 (`data_parallel=True`) hands the Trainer loaders of GLOBAL batches (N x --batch-size rows); rank r
@@ -12,144 +13,49 @@ optimizer's flat gradient buffer, and rank 0 alone writes the run folder and sho
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import math
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 import minigrad as mg
-import minigrad.functional as F
 import minigrad.distributed as dist
 from minigrad.amp import LossScaler, MixedPrecision
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
-from .runs.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .common.errors import TaskError, UsageError
-from .common.guard import pause_point
-from .common.jsonfiles import append_jsonl, read_json, read_jsonl, rewrite_jsonl, write_json
-from .parallel import code_fingerprint, local_batch
-from .common.progress import progress_bar
-
-
-DTYPES = ("float32", "tf32", "float16")
-# Checkpoints of models this big (weights + AdamW's two moments: 12 bytes a parameter, 1.2 GB
-# and up) are written every BIG_SAVE_EVERY steps by default rather than at each evaluation.
-BIG_MODEL = 100_000_000
-BIG_SAVE_EVERY = 1000
+from ..common.errors import TaskError
+from ..common.guard import pause_point
+from ..common.jsonfiles import append_jsonl, rewrite_jsonl
+from ..common.progress import progress_bar
+from ..runs.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, remove_stale_temporaries,
+                               save_checkpoint)
+from ..runs.folder import append_history
+from .config import BIG_MODEL, BIG_SAVE_EVERY, TrainConfig
+from .evaluation import Periodic, read_metrics
+from .parallel import check_ranks_agree, local_batch
 
 
 class NonFiniteLoss(TaskError):
     """The loss became inf or NaN; training stops and keeps the last good checkpoint."""
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 1
-    lr: float = 4e-4
-    weight_decay: float = 0.1
-    warmup: int = 0
-    schedule: str = "constant"       # or "cosine"
-    min_lr: float = 0.0
-    grad_clip: float = 0.0
-    grad_accum: int = 1
-    max_steps: int | None = None
-    eval_every: int = 5
-    eval_batches: int = 5
-    keep: int = 2
-    progress: bool = True
-    log_every: int = 1               # steps between loss fetches (each one a host-device sync)
-    save_every: int | None = None    # None: see Trainer.save_every
-    dtype: str = "float32"           # or "tf32" (set up by tasks.common.device), "float16" (mixed precision)
-    loss_scale: float = 2.0 ** 16    # float16: the initial loss scale ...
-    loss_scale_window: int = 2000    # ... doubled after this many steps without overflow
-    weights_only: bool = False       # resume from the weights alone when the optimizer state is missing
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_args(cls, args) -> TrainConfig:
-        return cls(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
-                   schedule=args.schedule, min_lr=args.min_lr, grad_clip=args.grad_clip,
-                   grad_accum=args.grad_accum, max_steps=args.max_steps, eval_every=args.eval_every,
-                   eval_batches=args.eval_batches, keep=args.keep, progress=not args.no_progress,
-                   log_every=args.log_every, save_every=args.save_every, dtype=args.dtype,
-                   loss_scale=args.loss_scale, loss_scale_window=args.loss_scale_window,
-                   weights_only=getattr(args, "weights_only", False))
-
-    def check(self) -> None:
-        for name in ("epochs", "grad_accum", "eval_every", "eval_batches", "log_every", "loss_scale_window"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.save_every is not None and self.save_every < 1:
-            raise UsageError(f"--save-every must be at least 1, got {self.save_every}")
-        if self.lr <= 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
-        if self.loss_scale <= 0:
-            raise UsageError(f"--loss-scale must be positive, got {self.loss_scale}")
-
-
-@dataclass
-class Periodic:
-    """An extra evaluation every `every` updates and after the last (e.g. HellaSwag), logged as
-    {"type": name, "step", "epoch", "tokens_seen", **fn(model)}. It writes to the run folder, so
-    with data parallel it belongs to rank 0 alone."""
-    name: str
-    every: int
-    fn: Callable[[Any], dict[str, Any]]
-
-
-def mean_loss(model, loader, loss_fn: Callable, max_batches: int) -> float:
-    """Average of loss_fn over the first `max_batches` batches of `loader`, in eval mode.
-
-    Under several ranks each evaluates its rows of every (global) batch and the row-weighted
-    average is summed over ranks, so the number covers the same tokens whatever the world size.
-    """
-    was_training = model.training
-    model.eval()
-    total, n = 0.0, 0
-    with mg.no_grad():
-        for i, batch in enumerate(loader.peek() if hasattr(loader, "peek") else loader):
-            if i >= max_batches:
-                break
-            part, rows = local_batch(batch)
-            if rows is None:
-                total += float(loss_fn(model, part).item())
-            elif len(part[0]):
-                total += float(loss_fn(model, part).item()) * len(part[0]) / rows
-            n += 1
-    model.train(was_training)
-    total = dist.all_reduce_sum([total])[0]
-    return total / n if n else float("nan")
-
-
-def lm_loss(model, batch):
-    """Next-token cross-entropy of a GPT-2 on a batch (x, y) of token ids (B, T); targets of -100
-    (instruct's padding and masked prompts) add nothing."""
-    x, y = batch
-    xp = mg.backend.array_module(model.wte.weight.data)
-    return F.cross_entropy(model(xp.asarray(x)), xp.asarray(y))
-
-
-def loss_evaluation(loaders: dict[str, Any], loss_fn: Callable, batches: int) -> Callable:
-    """The `evaluate` of a language-model task: {NAME_loss: mean loss of `batches` batches} for
-    each loader, e.g. {"train": ..., "val": ...}."""
-    return lambda model: {f"{name}_loss": mean_loss(model, loader, loss_fn, batches)
-                          for name, loader in loaders.items()}
-
-
-def plot_losses(run_dir: str | Path) -> Path | None:
-    """loss.png of a run: train and validation loss of every evaluation in metrics.jsonl."""
-    from .common.plots import plot_curves
-    return plot_curves([r for r in read_metrics(run_dir) if r["type"] == "eval"], ["train_loss", "val_loss"],
-                       Path(run_dir) / "loss.png", "loss")
+def adamw_for(model, config: TrainConfig) -> AdamW:
+    """AdamW over the trainable parameters, with weight decay on matrices only (as GPT-2 and most
+    LLM recipes): not on biases and LayerNorm."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 class Trainer:
@@ -175,16 +81,7 @@ class Trainer:
                             "ranks by an MPI launcher): run it as one process")
         self.model, self.loader, self.loss_fn, self.evaluate = model, train_loader, loss_fn, evaluate
         self.run_dir, self.cfg, self.sample, self.tokens_in, self.plot = Path(run_dir), config, sample, tokens_in, plot
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the model has no trainable parameters")
-        # weight decay on matrices only (as GPT-2 and most LLM recipes): not on biases, LayerNorm
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": config.weight_decay}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        self.optimizer = AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = adamw_for(model, config)
         self.steps_per_epoch = max(len(train_loader) // config.grad_accum, 1)
         total = self.steps_per_epoch * config.epochs
         if config.max_steps is not None:
@@ -195,7 +92,7 @@ class Trainer:
         self.step = self.start_step = 0
         self._stop = False  # all ranks agreed to stop after this step (a signal reached one)
         if self.world > 1:
-            self._check_ranks_agree()
+            check_ranks_agree(config, train_loader, self.total_steps, model)
             dist.broadcast_parameters(self.optimizer.flat.data)  # one starting point, bit for bit
         self.tokens_seen = 0
         self.stopped_by: int | None = None  # the signal that stopped fit(), if one did
@@ -212,19 +109,6 @@ class Trainer:
         if config.dtype == "float16":  # float16 forward/backward over the float32 parameters
             self.amp = MixedPrecision(model.parameters(),
                                       LossScaler(config.loss_scale, growth_interval=config.loss_scale_window))
-
-    def _check_ranks_agree(self) -> None:
-        """Ranks must run the same code on the same data with the same settings."""
-        h = hashlib.sha256()
-        h.update(json.dumps({k: v for k, v in vars(self.cfg).items() if k != "progress"},
-                            sort_keys=True, default=str).encode())
-        h.update(repr((len(self.loader), self.total_steps, self.loader.state_dict(),
-                       [(n, p.shape) for n, p in self.model.named_parameters()])).encode())
-        first = next(iter(self.loader.peek())) if hasattr(self.loader, "peek") else None
-        for a in first or ():
-            h.update(getattr(a, "tobytes", lambda: repr(a).encode())())
-        dist.check_same("the code (sha256 of minigrad, gpt2, tasks)", code_fingerprint())
-        dist.check_same("the training settings and data (loader, first batch, model shapes)", h.hexdigest()[:16])
 
     # ------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
@@ -278,12 +162,9 @@ class Trainer:
             return
         tqdm.write(f"note: {ckpt / 'optimizer.safetensors'} is missing: continuing from the weights alone "
                    "(--weights-only); AdamW's moments start again from zero, so this is not an exact continuation")
-        run_json = self.run_dir / "run.json"
-        if run_json.is_file():
-            run = read_json(run_json)
-            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "weights_only": ckpt.name,
-                     "why": "optimizer.safetensors missing; AdamW's moments restarted from zero"}
-            write_json(run_json, {**run, "history": run.get("history", []) + [entry]})
+        if (self.run_dir / "run.json").is_file():
+            append_history(self.run_dir, {"weights_only": ckpt.name,
+                                          "why": "optimizer.safetensors missing; AdamW's moments restarted from zero"})
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.main:  # rank 0 alone writes the run folder
@@ -318,126 +199,149 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for stale in remove_stale_temporaries(self.run_dir):  # what a killed checkpoint write left
                 tqdm.write(f"removed {stale}, a checkpoint whose writing was cut short")
-        cfg = self.cfg
         self.start_step = self.step  # after any resume: what this session adds starts here
         self.stopped_by = None
         self._saved_on_signal = False
+        last_eval: dict[str, Any] = {}
+        with self._stop_on_signals():
+            self._bar = progress_bar(total=self.total_steps, initial=self.step, dynamic_ncols=True, desc="train",
+                                     disable=not (self.cfg.progress and self.main))
+            self.model.train()
+            self._clock = (time.perf_counter(), self.tokens_seen)
+            try:
+                while self.step < self.total_steps:
+                    record = self._step()
+                    last_eval = last_eval if record is None else record
+            finally:
+                self._bar.close()
+        return last_eval
 
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler; mpiexec passes it on to every rank):
+        finish the current step, then save and stop. A second signal stops at once: a checkpoint
+        being written is discarded whole (save_checkpoint), a torn metrics line is dropped on resume."""
         def on_signal(signum, frame):
             if self.stopped_by is not None:
-                # a second signal stops at once: a checkpoint being written is discarded whole
-                # (save_checkpoint), a torn metrics line is dropped on resume
                 raise KeyboardInterrupt
-            self.stopped_by = signum  # finish the current step, then save and stop
+            self.stopped_by = signum
 
-        # SIGINT (Ctrl-C) and SIGTERM (kill, a scheduler; mpiexec passes it on to every rank)
         old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        last_eval: dict[str, Any] = {}
-        bar = self._bar = progress_bar(total=self.total_steps, initial=self.step,
-                               disable=not (cfg.progress and self.main), dynamic_ncols=True, desc="train")
-        self.model.train()
-        t_last, tok_last = time.perf_counter(), self.tokens_seen
         try:
-            while self.step < self.total_steps:
-                s = self.step + 1
-                done = s >= self.total_steps
-                evaluate, save = s % cfg.eval_every == 0 or done, s % self.save_every == 0 or done
-                # the loss comes to the host only at log steps, and before any checkpoint, so that
-                # a non-finite loss is caught before it could be saved
-                self._update(fetch_loss=s % cfg.log_every == 0 or evaluate or save)
-                bar.update(1)
-                for extra in self.periodic:  # rank 0 alone (e.g. HellaSwag); the others wait for it
-                    if self.main and (self.step % extra.every == 0 or done):
-                        self._run_periodic(extra)
-                if evaluate:
-                    now = time.perf_counter()
-                    rate = (self.tokens_seen - tok_last) / max(now - t_last, 1e-9)
-                    last_eval = self._evaluate(rate)
-                    if not math.isfinite(last_eval.get("train_loss", 0.0)):  # weights not worth saving
-                        raise NonFiniteLoss(
-                            f"the training loss evaluated at step {self.step} is {last_eval['train_loss']}; "
-                            f"stopped, not saved. The last good checkpoint is "
-                            f"{latest_checkpoint(self.run_dir) or '(none yet)'}; try a lower --lr or --grad-clip")
-                if save:
-                    self.save()
-                if evaluate or save:  # the next tokens/s leaves evaluation and saving out
-                    t_last, tok_last = time.perf_counter(), self.tokens_seen
-                if self._stop:  # every rank agreed on it in _update's all-reduce
-                    pending = self._fetch_loss(self.step)
-                    if pending is not None:
-                        self._log_step(pending)
-                    path = self.save() if not save else latest_checkpoint(self.run_dir)
-                    self._saved_on_signal = True
-                    if self.main:
-                        why = signal.Signals(self.stopped_by).name if self.stopped_by else "another rank's signal"
-                        tqdm.write(f"interrupted: saved {path} on {why}; "
-                                   f"continue with --out {self.run_dir} --resume")
-                    raise KeyboardInterrupt
+            yield
         finally:
-            bar.close()
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
-        return last_eval
+
+    def _step(self) -> dict[str, Any] | None:
+        """One update, then what is due after it: the periodic extras, an evaluation (returned),
+        a checkpoint, and the stop a signal asked for."""
+        cfg, s = self.cfg, self.step + 1
+        done = s >= self.total_steps
+        evaluate, save = s % cfg.eval_every == 0 or done, s % self.save_every == 0 or done
+        # the loss comes to the host only at log steps, and before any checkpoint, so that a
+        # non-finite loss is caught before it could be saved
+        self._update(fetch_loss=s % cfg.log_every == 0 or evaluate or save)
+        self._bar.update(1)
+        for extra in self.periodic:  # rank 0 alone (e.g. HellaSwag); the others wait for it
+            if self.main and (self.step % extra.every == 0 or done):
+                self._run_periodic(extra)
+        record = self._evaluate_now() if evaluate else None
+        if save:
+            self.save()
+        if evaluate or save:  # the next tokens/s leaves evaluation and saving out
+            self._clock = (time.perf_counter(), self.tokens_seen)
+        if self._stop:  # every rank agreed on it in _update's all-reduce
+            self._stop_now(saved=save)
+        return record
+
+    def _evaluate_now(self) -> dict[str, Any]:
+        t_last, tok_last = self._clock
+        record = self._evaluate((self.tokens_seen - tok_last) / max(time.perf_counter() - t_last, 1e-9))
+        if not math.isfinite(record.get("train_loss", 0.0)):  # weights not worth saving
+            raise NonFiniteLoss(
+                f"the training loss evaluated at step {self.step} is {record['train_loss']}; "
+                f"stopped, not saved. The last good checkpoint is "
+                f"{latest_checkpoint(self.run_dir) or '(none yet)'}; try a lower --lr or --grad-clip")
+        return record
+
+    def _stop_now(self, saved: bool) -> None:
+        """Log the pending loss, save (unless this step just did), say how to resume, stop."""
+        pending = self._fetch_loss(self.step)
+        if pending is not None:
+            self._log_step(pending)
+        path = latest_checkpoint(self.run_dir) if saved else self.save()
+        self._saved_on_signal = True
+        if self.main:
+            why = signal.Signals(self.stopped_by).name if self.stopped_by else "another rank's signal"
+            tqdm.write(f"interrupted: saved {path} on {why}; continue with --out {self.run_dir} --resume")
+        raise KeyboardInterrupt
 
     def _update(self, fetch_loss: bool = True) -> None:
         """One optimizer step over grad_accum (global) micro-batches. With fetch_loss, the losses
         summed on the device since the last fetch come to the host, are checked and logged
         before the update (so a non-finite loss stops the run with the weights untouched).
         On several ranks the loss is fetched every step, with the stop flag in one all-reduce."""
-        cfg = self.cfg
-        amp = self.amp
-        if amp is not None:
-            amp.half()
-        for _ in range(cfg.grad_accum):
-            batch = self.loader.next_batch()
-            self.tokens_seen += self.tokens_in(batch)  # the global batch's
-            self._loss_count += 1
-            part, rows = local_batch(batch)
-            # the global loss is the row-weighted mean of the ranks' means: weight this rank's by
-            # rows_r / rows, times W because the all-reduced gradient is divided by W below
-            share = 1.0 if rows is None else len(part[0]) / rows
-            if share == 0:
-                continue  # a short last batch left this rank no rows
-            loss = self.loss_fn(self.model, part)
-            # no float(): adding up on the device costs no host-device sync
-            weighted = loss.data if share == 1.0 else loss.data * share
-            self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
-            if amp is not None:  # float16: a scaled loss, so that small gradients do not underflow
-                loss = loss * (amp.scaler.scale * share * self.world / cfg.grad_accum)
-            elif self.world > 1:
-                loss = loss * (share * self.world / cfg.grad_accum)
-            elif cfg.grad_accum > 1:
-                loss = loss / cfg.grad_accum
-            loss.backward()
-            pause_point("step")
+        if self.amp is not None:
+            self.amp.half()
+        for _ in range(self.cfg.grad_accum):
+            self._micro_step()
         # float16: the float32 weights back, the gradients unscaled and checked for overflow
-        finite = amp is None or amp.restore()
+        finite = self.amp is None or self.amp.restore()
         if self.world > 1:
-            # one small all-reduce for the loss and the stop flag (all ranks stop at the same
-            # step), then one for every gradient at once: the optimizer's flat buffer
-            local = 0.0 if self._loss_sum is None else float(self._loss_sum)
-            total, stop, overflow = dist.all_reduce_sum([local, float(self.stopped_by is not None),
-                                                         float(not finite)])
-            self._loss_sum, self._stop, finite = total, stop > 0, overflow == 0
-            fetch_loss = True
-            if finite:
-                flat = self.optimizer.flat
-                flat.fill_missing_grads()
-                flat.gather_grads()
-                dist.all_reduce_(flat.grad)
-                flat.grad *= flat.grad.dtype.type(1.0 / self.world)
+            finite, fetch_loss = self._reduce_over_ranks(finite), True
         else:
             self._stop = self.stopped_by is not None
         loss = self._fetch_loss(self.step + 1) if fetch_loss else None
         if finite:
-            if cfg.grad_clip > 0:
-                clip_grad_norm_(self.optimizer.params, cfg.grad_clip)
+            if self.cfg.grad_clip > 0:
+                clip_grad_norm_(self.optimizer.params, self.cfg.grad_clip)
             self.optimizer.step()  # float16: skipped when a gradient overflowed (counted in metrics)
         self.optimizer.zero_grad()
         self.step += 1
         self.scheduler.step()
         if loss is not None:
             self._log_step(loss)
+
+    def _micro_step(self) -> None:
+        """Forward and backward of one (global) micro-batch's rows of this rank."""
+        batch = self.loader.next_batch()
+        self.tokens_seen += self.tokens_in(batch)  # the global batch's
+        self._loss_count += 1
+        part, rows = local_batch(batch)
+        # the global loss is the row-weighted mean of the ranks' means: weight this rank's by
+        # rows_r / rows, times W because the all-reduced gradient is divided by W below
+        share = 1.0 if rows is None else len(part[0]) / rows
+        if share == 0:
+            return  # a short last batch left this rank no rows
+        loss = self.loss_fn(self.model, part)
+        # no float(): adding up on the device costs no host-device sync
+        weighted = loss.data if share == 1.0 else loss.data * share
+        self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
+        accum = self.cfg.grad_accum
+        if self.amp is not None:  # float16: a scaled loss, so that small gradients do not underflow
+            loss = loss * (self.amp.scaler.scale * share * self.world / accum)
+        elif self.world > 1:
+            loss = loss * (share * self.world / accum)
+        elif accum > 1:
+            loss = loss / accum
+        loss.backward()
+        pause_point("step")
+
+    def _reduce_over_ranks(self, finite: bool) -> bool:
+        """One small all-reduce for the loss, the stop flag (all ranks stop at the same step) and
+        overflow, then one for every gradient at once: the optimizer's flat buffer. Returns
+        whether every rank's gradients are finite."""
+        local = 0.0 if self._loss_sum is None else float(self._loss_sum)
+        total, stop, overflow = dist.all_reduce_sum([local, float(self.stopped_by is not None), float(not finite)])
+        self._loss_sum, self._stop, finite = total, stop > 0, overflow == 0
+        if finite:
+            flat = self.optimizer.flat
+            flat.fill_missing_grads()
+            flat.gather_grads()
+            dist.all_reduce_(flat.grad)
+            flat.grad *= flat.grad.dtype.type(1.0 / self.world)
+        return finite
 
     def _fetch_loss(self, step: int) -> float | None:
         """The mean loss since the last fetch, brought to the host (one sync); NonFiniteLoss
@@ -488,8 +392,3 @@ class Trainer:
         if self.plot is not None:
             self.plot(self.run_dir)
         return record
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl; a torn last line (the process died mid-write) is skipped."""
-    return read_jsonl(Path(run_dir) / "metrics.jsonl")
