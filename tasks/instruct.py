@@ -26,7 +26,6 @@ exactly the book's test set; --split-seed N shuffles the records first.
 from __future__ import annotations
 
 import argparse
-import codecs
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -34,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 import minigrad as mg
-from gpt2.tokenizer import EOT_ID
+from gpt2.tokenizer import EOT_ID, TextStream
 from minigrad import nn
 
 from .common.args import add_backend_arg, add_init_arg, add_model_args, add_train_args, parse
@@ -254,16 +253,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not instruction:
                 continue
             ids = tokenizer.encode_ordinary(format_prompt({"instruction": instruction}))
-            # a character split over two tokens is printed once both have come
-            text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            text = TextStream(tokenizer)  # a character split over two tokens is printed once both have come
             for step in stream(model, np.asarray([ids]), args.max_new_tokens, temperature=args.temperature,
                                top_k=args.top_k, eos_id=EOT_ID, seed=args.seed):
                 token = int(step[0])
                 if token == EOT_ID:
                     break
-                out.write(text.decode(tokenizer.decode_bytes([token])))
+                out.write(text.push(token))
                 out.flush()
-            out.write(text.decode(b"", final=True) + "\n")
+            out.write(text.flush() + "\n")
             out.flush()
     except KeyboardInterrupt:
         out.write("\n")

@@ -16,8 +16,8 @@ import pytest
 import minigrad as mg
 from gpt2 import GPT2, GPT2Config
 from serve_helpers import Served, save_tiny_run
-from tasks.serve_api import ApiError, StopText, parse_sampling, render_chat
-from tasks.serve_batch import Job, QueueFull, Scheduler
+from tasks.serving.protocol import ApiError, StopText, parse_sampling, render_chat
+from tasks.serving.scheduler import Job, QueueFull, Scheduler
 
 
 # ---------------------------------------------------------------- the per-row KV cache
