@@ -204,7 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tasks.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_judge(sub)
+    _add_mmlu(sub)
+    _add_hellaswag(sub)
+    return parser
 
+
+def _add_judge(sub) -> None:
     j = sub.add_parser("judge", help="score responses with a judge model over HTTP")
     j.add_argument("--responses", required=True,
                    help="JSON list of {instruction, input?, output, model_response}")
@@ -224,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--no-progress", action="store_true", help="no progress bar")
     j.set_defaults(func=run_judge)
 
+
+def _add_mmlu(sub) -> None:
     m = sub.add_parser("mmlu", help="MMLU accuracy from next-token logits")
     add_init_arg(m, old_names=("--checkpoint", "--weights"), help=INIT_HELP)
     m.add_argument("--subjects", nargs="+", help="only these subjects (default: all 57)")
@@ -243,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=run_mmlu)
 
+
+def _add_hellaswag(sub) -> None:
     h = sub.add_parser("hellaswag", help="HellaSwag acc and acc_norm, completion style (as llm.c)")
     add_init_arg(h, help=INIT_HELP)
     h.add_argument("--limit", type=int, help="score only the first N items (default: all 10,042)")
@@ -255,7 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_arg(h)
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
     h.set_defaults(func=run_hellaswag)
-    return parser
 
 
 @main_guard

@@ -14,7 +14,6 @@ the next token: the probabilities softmax(logits / T) of the most likely tokens 
 from __future__ import annotations
 
 import argparse
-import codecs
 import sys
 import warnings
 from pathlib import Path
@@ -34,8 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tasks.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_init_arg(p, default="124M", old_names=("--weights",),
-                     help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, "
-                          "or a run/checkpoint folder of tasks.pretrain")
+                 help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, "
+                      "or a run/checkpoint folder of tasks.pretrain")
     p.add_argument("--prompt", default=DEFAULT_PROMPT,
                    help="text to continue; empty starts from <|endoftext|> (default: %(default)r)")
     p.add_argument("--max-new-tokens", type=int, default=50, help="default: %(default)s")
@@ -61,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top", type=int, default=10,
                    help="tokens drawn by --temperature-plot (default: %(default)s)")
     args = parse(p, argv)
+    _check(p, args)
+    return args
+
+
+def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The values argparse cannot check by itself, each refused as argparse refuses (exit 2)."""
     if args.max_new_tokens < 0:
         p.error("--max-new-tokens must be >= 0")
     if not args.temperature >= 0.0:
@@ -83,7 +88,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--temperatures must all be > 0 (temperature 0 is greedy: one token gets everything)")
     if args.top < 1:
         p.error("--top must be >= 1")
-    return args
 
 
 # ---------------------------------------------------------------- temperature
@@ -130,22 +134,6 @@ def save_temperature_plot(model, tok, prompt_ids: list[int], temperatures: list[
 
 
 # ---------------------------------------------------------------- output
-class _TextStream:
-    """Decode token ids to text as they come: a character split over two tokens waits for both."""
-
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def push(self, token_id: int) -> str:
-        if hasattr(self.tok, "decode_bytes"):
-            return self.utf8.decode(self.tok.decode_bytes([token_id]))
-        return self.tok.decode([token_id])
-
-    def flush(self) -> str:
-        return self.utf8.decode(b"", final=True)
-
-
 def token_labels(tokenizer, ids) -> list[str]:
     """One readable label per token: spaces as '·', newlines as '\\n', and a token holding only
     part of a character (an emoji is often split in two) as its bytes in hex."""
@@ -196,41 +184,28 @@ def save_attention_map(weights: np.ndarray, labels: list[str], path: str | Path,
 
 
 # ---------------------------------------------------------------- main
-@main_guard
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    device = select_device(args.backend)
+def print_temperature_table(model, tok, prompt_ids: list[int], args: argparse.Namespace) -> None:
+    """--temperature-plot: the picture, and the same numbers as a table on stdout."""
+    ids, probs = save_temperature_plot(model, tok, prompt_ids, args.temperatures, args.top, args.temperature_plot,
+                                       f"{args.init}: next token after {args.prompt!r}")
+    labels = token_labels(tok, ids)
+    width = max(len(repr(label)) for label in labels)
+    print(f"{'token':<{width}}  " + "  ".join(f"{f'T={t:g}':>8}" for t in args.temperatures))
+    for j, label in enumerate(labels):
+        print(f"{repr(label):<{width}}  " + "  ".join(f"{p:8.4f}" for p in probs[:, j]))
+    print(f"temperature plot: {args.temperature_plot}", file=sys.stderr)
+
+
+def write_continuation(model, tok, prompt_ids: list[int], args: argparse.Namespace) -> list[int] | None:
+    """The prompt and its continuation on stdout as the tokens come; the new ids, or None when
+    Ctrl-C stopped it."""
     from gpt2.generate import stream
-    from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
-
-    init = resolve_init(args.init, random_ok=False)  # cheap: before the tokenizer and the weights
-    try:
-        tok = get_tokenizer()
-    except TokenizerUnavailableError as e:
-        raise TaskError(str(e)) from None
-    model = load_language_model(init, device, purpose=", so it cannot generate text")
-    cfg = model.config
-    if args.attention_map is not None and not (0 <= args.layer < cfg.n_layer and 0 <= args.head < cfg.n_head):
-        raise UsageError(f"--layer {args.layer} --head {args.head}: this model has layers "
-                             f"0..{cfg.n_layer - 1} and heads 0..{cfg.n_head - 1}")
-    prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
-
-    if args.temperature_plot is not None:
-        ids, probs = save_temperature_plot(model, tok, prompt_ids, args.temperatures, args.top,
-                                           args.temperature_plot,
-                                           f"{args.init}: next token after {args.prompt!r}")
-        labels = token_labels(tok, ids)
-        width = max(len(repr(label)) for label in labels)
-        print(f"{'token':<{width}}  " + "  ".join(f"{f'T={t:g}':>8}" for t in args.temperatures))
-        for j, label in enumerate(labels):
-            print(f"{repr(label):<{width}}  " + "  ".join(f"{p:8.4f}" for p in probs[:, j]))
-        print(f"temperature plot: {args.temperature_plot}", file=sys.stderr)
-        return 0
+    from gpt2.tokenizer import TextStream
 
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
-    text = _TextStream(tok)
+    text = TextStream(tok)
     new_ids: list[int] = []
     try:
         for step in stream(model, np.asarray([prompt_ids]), args.max_new_tokens,
@@ -245,10 +220,35 @@ def main(argv: list[str] | None = None) -> int:
             out.flush()
     except KeyboardInterrupt:
         out.write(text.flush() + "\n")
-        return 130
+        return None
     out.write(text.flush() + "\n")
     out.flush()
+    return new_ids
 
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = select_device(args.backend)
+    from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
+
+    init = resolve_init(args.init, random_ok=False)  # cheap: before the tokenizer and the weights
+    try:
+        tok = get_tokenizer()
+    except TokenizerUnavailableError as e:
+        raise TaskError(str(e)) from None
+    model = load_language_model(init, device, purpose=", so it cannot generate text")
+    cfg = model.config
+    if args.attention_map is not None and not (0 <= args.layer < cfg.n_layer and 0 <= args.head < cfg.n_head):
+        raise UsageError(f"--layer {args.layer} --head {args.head}: this model has layers "
+                         f"0..{cfg.n_layer - 1} and heads 0..{cfg.n_head - 1}")
+    prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
+    if args.temperature_plot is not None:
+        print_temperature_table(model, tok, prompt_ids, args)
+        return 0
+    new_ids = write_continuation(model, tok, prompt_ids, args)
+    if new_ids is None:
+        return 130
     if args.attention_map is not None:
         ids = (prompt_ids + new_ids)[-cfg.n_ctx:]   # what the model can see at once
         maps = model.attention_maps(np.asarray([ids]))

@@ -88,6 +88,58 @@ def greedy_sample(model, tokenizer, prompt: str, n: int) -> str:
     return tokenizer.decode(list(out[0]))
 
 
+def shard_folder(args: argparse.Namespace, tokenizer, world: int) -> tuple[Path, str]:
+    """The folder of shards to train on, and how to name its splits in messages: --data as it
+    is, or raw text tokenized once into the cache and then served like any prepared corpus."""
+    if args.data:
+        return Path(args.data), f"the {{}} shards of {args.data}"
+    text = read_text(args.text or args.dataset)
+    if world > 1:
+        dist.check_same("the training text (sha256)", hashlib.sha256(text.encode()).hexdigest()[:16])
+    return text_shards(text, tokenizer, args.train_frac), "{} split"
+
+
+def hellaswag_every(args: argparse.Namespace, tokenizer) -> list[Periodic]:
+    """HellaSwag every --hellaswag-every steps; its items are loaded now, so that a missing file
+    fails before any training."""
+    if not args.hellaswag_every:
+        return []
+    from .evals.hellaswag import hellaswag_metrics, load_hellaswag
+    items = load_hellaswag(limit=args.hellaswag_limit)
+    return [Periodic("hellaswag", args.hellaswag_every, lambda m: hellaswag_metrics(m, items, tokenizer))]
+
+
+def shard_loaders(args: argparse.Namespace, shards: tuple[list[Path], list[Path]], what: str, context: int,
+                  world: int) -> tuple[ShardLoader, ShardLoader]:
+    """Training and validation loaders of GLOBAL batches (--batch-size rows for each rank); the
+    Trainer gives rank r its rows, so the sequences of a step do not depend on how they are split."""
+    val_paths, train_paths = shards
+    stride = args.stride or context
+    train = ShardLoader.from_files(train_paths, context, args.batch_size * world, stride=stride,
+                                   shuffle=args.shuffle, drop_last=True, seed=args.seed, name=what.format("training"))
+    val = ShardLoader.from_files(val_paths, context, args.batch_size * world, stride=stride,
+                                 shuffle=False, drop_last=False, seed=args.seed, name=what.format("validation"))
+    return train, val
+
+
+def say_ranks(world: int) -> None:
+    """Under mpiexec: which PID each rank is (if a rank dies, mpiexec names its PID)."""
+    pids = dist.allgather((os.getpid(), socket.gethostname()))
+    if dist.is_main():
+        print(f"{world} ranks: " + ", ".join(f"rank {r} = pid {pid} on {host}"
+                                             for r, (pid, host) in enumerate(pids)), flush=True)
+
+
+def plot_pretrain(run_dir: str | Path) -> None:
+    """loss.png, and loss_hellaswag.png once HellaSwag has been scored."""
+    plot_losses(run_dir)
+    records = read_metrics(run_dir)
+    evals = [r for r in records if r["type"] == "eval"]
+    plot_loss_and_accuracy(evals, ["train_loss", "val_loss"], [r for r in records if r["type"] == "hellaswag"],
+                           ["hellaswag_acc", "hellaswag_acc_norm"], Path(run_dir) / "loss_hellaswag.png",
+                           "HellaSwag accuracy", chance=0.25)
+
+
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -101,37 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     world = dist.world_size()
     if world > 1:
         dist.check_same("the command line", run.args)
-    if args.data:
-        folder, what = Path(args.data), f"the {{}} shards of {args.data}"
-    else:  # raw text: tokenized once into the cache, then served like any prepared corpus
-        text = read_text(args.text or args.dataset)
-        if world > 1:
-            dist.check_same("the training text (sha256)", hashlib.sha256(text.encode()).hexdigest()[:16])
-        folder, what = text_shards(text, tokenizer, args.train_frac), "{} split"
-    val_paths, train_paths = find_shards(folder)
-    periodic = []
-    if args.hellaswag_every:  # load the items now: a missing file fails before any training
-        from .evals.hellaswag import hellaswag_metrics, load_hellaswag
-        items = load_hellaswag(limit=args.hellaswag_limit)
-        periodic.append(Periodic("hellaswag", args.hellaswag_every,
-                                 lambda m: hellaswag_metrics(m, items, tokenizer)))
+    folder, what = shard_folder(args, tokenizer, world)
+    shards = find_shards(folder)  # (validation, training), checked before the model is built
+    periodic = hellaswag_every(args, tokenizer)
     model = build_model(ModelSpec.from_flags(run.args, RANDOM_INIT))
     context = args.context or model.config.n_ctx
-    stride = args.stride or context
-    # the loaders hand out GLOBAL batches (--batch-size rows for each rank); the Trainer gives
-    # rank r its rows, so the sequences of a step do not depend on how they are split
-    train_loader = ShardLoader.from_files(train_paths, context, args.batch_size * world, stride=stride,
-                                          shuffle=args.shuffle, drop_last=True, seed=args.seed,
-                                          name=what.format("training"))
-    val_loader = ShardLoader.from_files(val_paths, context, args.batch_size * world, stride=stride,
-                                        shuffle=False, drop_last=False, seed=args.seed,
-                                        name=what.format("validation"))
+    train_loader, val_loader = shard_loaders(args, shards, what, context, world)
     model.to(device)
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
 
-    out = Path(args.out)
-    if run.resuming and (out / "run.json").is_file():
-        check_world_size(read_json(out / "run.json"), world, args.batch_size, args.grad_accum)
+    if run.resuming:
+        check_world_size(read_json(run.out / "run.json"), world, args.batch_size, args.grad_accum)
     dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
     if dist.is_main():
         record_run(run, "pretrain", model.config, "gpt2", world_size=world)
@@ -140,27 +172,12 @@ def main(argv: list[str] | None = None) -> int:
               f"tokens" + (f" ({world} ranks x {args.batch_size})" if world > 1 else "")
               + f" ({train_loader.num_tokens:,} / {val_loader.num_tokens:,} tokens in {folder})")
     if world > 1:
-        # if a rank dies, mpiexec names its PID: this line says which rank that was
-        pids = dist.allgather((os.getpid(), socket.gethostname()))
-        if dist.is_main():
-            print(f"{world} ranks: " + ", ".join(f"rank {r} = pid {pid} on {host}"
-                                                 for r, (pid, host) in enumerate(pids)), flush=True)
-
+        say_ranks(world)
     evaluate = loss_evaluation({"train": train_loader, "val": val_loader}, lm_loss, args.eval_batches)
-
-    def plot(run_dir):
-        plot_losses(run_dir)
-        records = read_metrics(run_dir)
-        evals = [r for r in records if r["type"] == "eval"]
-        plot_loss_and_accuracy(evals, ["train_loss", "val_loss"],
-                               [r for r in records if r["type"] == "hellaswag"],
-                               ["hellaswag_acc", "hellaswag_acc_norm"],
-                               Path(run_dir) / "loss_hellaswag.png", "HellaSwag accuracy", chance=0.25)
-
-    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_flags(run.args),
-                      sample=(lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens))
-                      if args.sample_tokens > 0 else None, periodic=periodic,
-                      plot=plot, data_parallel=True)
+    sample = (lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens)) if args.sample_tokens > 0 \
+        else None
+    trainer = Trainer(model, train_loader, lm_loss, evaluate, run.out, TrainConfig.from_flags(run.args),
+                      sample=sample, periodic=periodic, plot=plot_pretrain, data_parallel=True)
     return trainer.exit_code if trainer.run(args.resume) is None else 0
 
 

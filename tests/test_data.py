@@ -1,4 +1,4 @@
-"""tasks.data and tasks.loaders: manifest, dataset fetching, sliding windows and the resumable batch loader."""
+"""tasks.data's manifest and loaders: dataset fetching, sliding windows and the resumable batch loader."""
 
 import dataclasses
 import hashlib

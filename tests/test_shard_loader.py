@@ -1,4 +1,4 @@
-"""tasks.shards.ShardLoader and `tasks.pretrain --data`: the same batches as the in-memory loader
+"""tasks.data.shards.ShardLoader and `tasks.pretrain --data`: the same batches as the in-memory loader
 on the-verdict, every window once per epoch, exact resume, training on prepared shards with a
 bit-identical resume after SIGKILL, and damaged shards refused with one clear message."""
 import json
@@ -14,7 +14,7 @@ from tasks import pretrain
 from tasks.data import loaders, manifest
 from tasks.data.shards import ShardLoader, find_shards, write_shard
 from tasks.data.text import text_shards, train_val_split_text
-from test_pretrain import ROOT, _run, _signal_at_step, _step_losses
+from test_pretrain import ROOT, run_pretrain, signal_at_step, step_losses
 
 VERDICT = manifest.dataset_path("the-verdict")
 needs_verdict = pytest.mark.skipif(not VERDICT.is_file(), reason="the-verdict.txt is not in the data cache")
@@ -144,7 +144,7 @@ def verdict_shards(tmp_path_factory):
 
 def test_pretrain_on_prepared_shards_learns(tmp_path, verdict_shards):
     out = tmp_path / "run"
-    _run(out, "--data", str(verdict_shards), "--max-steps", "30", "--eval-every", "10", "--lr", "3e-3",
+    run_pretrain(out, "--data", str(verdict_shards), "--max-steps", "30", "--eval-every", "10", "--lr", "3e-3",
          "--eval-batches", "3")
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in recs if r["type"] == "eval"]
@@ -157,16 +157,16 @@ def test_pretrain_on_prepared_shards_learns(tmp_path, verdict_shards):
 def test_pretrain_on_shards_resumes_bit_identically_after_sigkill(tmp_path, verdict_shards):
     args = ("--data", str(verdict_shards), "--max-steps", "14", "--eval-every", "4", "--eval-batches", "2")
     ref = tmp_path / "ref"
-    _run(ref, *args)
-    expected = _step_losses(ref)
+    run_pretrain(ref, *args)
+    expected = step_losses(ref)
     assert sorted(expected) == list(range(1, 15))
     run = tmp_path / "killed"
-    proc, _ = _signal_at_step(run, 6, signal.SIGKILL, *args)
+    proc, _ = signal_at_step(run, 6, signal.SIGKILL, *args)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert max(_step_losses(run)) < 14
-    r = _run(run, *args, "--resume")
+    assert max(step_losses(run)) < 14
+    r = run_pretrain(run, *args, "--resume")
     assert "resumed from" in r.stdout + r.stderr
-    assert _step_losses(run) == expected
+    assert step_losses(run) == expected
 
 
 def _damaged(tmp_path, case):

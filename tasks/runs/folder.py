@@ -128,11 +128,11 @@ def start_run(flags: Mapping[str, Any], typed: Collection[str] = ()) -> RunSpec:
     return RunSpec(out, True, merged)
 
 
-def _changes(args: dict[str, Any], saved: dict[str, Any], typed: set[str], out: Path) -> dict[str, Any]:
+def _changes(given: dict[str, Any], saved: dict[str, Any], typed: set[str], out: Path) -> dict[str, Any]:
     """The typed flags that differ from the run's own: extensions, or a UsageError naming both values."""
     changes: dict[str, Any] = {}
     for name in sorted(typed - HOW_TO_RUN):
-        new, old = args.get(name), saved.get(name)
+        new, old = given.get(name), saved.get(name)
         if new == old:
             continue
         if name not in EXTENSIONS:
@@ -145,11 +145,11 @@ def _changes(args: dict[str, Any], saved: dict[str, Any], typed: set[str], out: 
     return changes
 
 
-def _merged(args: dict[str, Any], saved: dict[str, Any], changes: dict[str, Any], typed: set[str],
+def _merged(given: dict[str, Any], saved: dict[str, Any], changes: dict[str, Any], typed: set[str],
             run_json: Path) -> dict[str, Any]:
     """The command line with the run's own values, except the folder's place, the extensions and
     the typed flags that say how to run."""
-    merged = dict(args)
+    merged = dict(given)
     for name, value in saved.items():
         if name in ("out", "resume") or name in changes or (name in HOW_TO_RUN and name in typed):
             continue  # the folder is where it is now, whatever its old path was
@@ -157,7 +157,7 @@ def _merged(args: dict[str, Any], saved: dict[str, Any], changes: dict[str, Any]
     try:
         check_numbers(merged)
     except TypeError:  # a number that is not one: run.json was edited or damaged
-        bad = sorted(k for k, v in saved.items() if isinstance(v, str) and isinstance(args.get(k), (int, float)))
+        bad = sorted(k for k, v in saved.items() if isinstance(v, str) and isinstance(given.get(k), (int, float)))
         raise TaskError(f"{run_json}: 'args' holds text where numbers belong ({', '.join(bad) or 'a value'}); "
                         "the run cannot be resumed from it") from None
     return merged
