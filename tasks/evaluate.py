@@ -107,7 +107,8 @@ def load_model(args: argparse.Namespace):
     """The GPT-2 named by --init (an official size, a weights file, a run or checkpoint folder)."""
     init = resolve_init(args.init, random_ok=False)
     try:
-        return load_language_model(init, select_device(args.backend), purpose=", so it cannot be scored on MMLU or HellaSwag")
+        return load_language_model(init, select_device(args.backend),
+                                   purpose=", so it cannot be scored on MMLU or HellaSwag")
     except MissingFileError:
         raise  # its message already says where to put the file
     except (FileNotFoundError, KeyError, ValueError, BackendError) as err:
@@ -146,7 +147,8 @@ def run_mmlu(args: argparse.Namespace) -> int:
     max_context = args.max_context or n_ctx
     # with --out, each answer is appended to OUT.partial.jsonl; a rerun asks only the rest
     partial = Path(args.out).with_name(Path(args.out).name + ".partial.jsonl") if args.out else None
-    done = {(r["subject"], r["index"]): r["correct"] for r in read_jsonl(partial, cut_torn_tail=True)} if partial else {}
+    answered = read_jsonl(partial, cut_torn_tail=True) if partial else []  # appended to below
+    done = {(r["subject"], r["index"]): r["correct"] for r in answered}
     if done:
         print(f"{len(done)} questions already answered in {partial}; continuing")
     result = evaluate_mmlu(questions, model_next_token_logits(model), tokenizer,

@@ -106,13 +106,17 @@ def test_no_module_attaches_methods_to_tensor():
 
 def test_each_module_imports_first_in_a_fresh_interpreter():
     """Every minigrad module can be the first one imported (a cycle would leave a name undefined)."""
-    modules = sorted(m for m in import_graph() if m != "minigrad.kernels.__main__")
+    _import_each_first("minigrad", sorted(m for m in import_graph() if m != "minigrad.kernels.__main__"))
+
+
+def _import_each_first(package: str, modules: list[str], timeout: float = 300) -> None:
+    """Import each module in a fresh interpreter with none of `package` loaded before it."""
     code = ("import importlib, sys\n"
             f"for m in {modules!r}:\n"
-            "    for k in [k for k in sys.modules if k == 'minigrad' or k.startswith('minigrad.')]:\n"
+            f"    for k in [k for k in sys.modules if k == {package!r} or k.startswith({package + '.'!r})]:\n"
             "        del sys.modules[k]\n"
             "    importlib.import_module(m)\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr
 
 
@@ -197,7 +201,8 @@ def tasks_layout_problems(root: Path = ROOT) -> list[str]:
     problems = []
     mods = layout.modules(root, "tasks")
     flat = {m.split(".")[1] for m in mods if m.count(".") == 1 and not (root / "tasks" / m.split(".")[1]).is_dir()}
-    problems += [f"tasks/{m}.py is flat but not a command: shared code belongs in a wing" for m in sorted(flat - COMMANDS)]
+    problems += [f"tasks/{m}.py is flat but not a command: shared code belongs in a wing"
+                 for m in sorted(flat - COMMANDS)]
     problems += [f"tasks/{m}.py, a command, is missing" for m in sorted(COMMANDS - flat)]
     problems += [f"{m}: not in a known wing" for m in mods if (_part_of(m) or "").startswith("unknown")]
     graph = layout.graph(root, "tasks")
@@ -219,10 +224,10 @@ def test_tasks_commands_are_flat_and_wings_import_only_downward():
 def test_tasks_layout_check_sees_what_it_should(tmp_path):
     """The check above fails on a tree that breaks each rule (a wing importing upward, a library
     module importing a command, a cycle, a flat module that is no command)."""
-    for path, text in {"tasks/__init__.py": "", "tasks/pretrain.py": "",
-                       "tasks/common/__init__.py": "", "tasks/common/a.py": "from tasks.runs import b\n",
-                       "tasks/runs/__init__.py": "", "tasks/runs/b.py": "from tasks.common import a\nfrom tasks import pretrain\n",
-                       "tasks/helpers.py": ""}.items():
+    tree = {"tasks/__init__.py": "", "tasks/pretrain.py": "", "tasks/helpers.py": "",
+            "tasks/common/__init__.py": "", "tasks/common/a.py": "from tasks.runs import b\n",
+            "tasks/runs/__init__.py": "", "tasks/runs/b.py": "from tasks.common import a\nfrom tasks import pretrain\n"}
+    for path, text in tree.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text)
     found = "\n".join(tasks_layout_problems(tmp_path))
@@ -237,13 +242,7 @@ def test_every_tasks_module_imports_first_in_a_fresh_interpreter():
     modules = sorted(layout.modules(ROOT, "tasks"))
     if not _has("starlette"):
         modules.remove("tasks.serving.app")
-    code = ("import importlib, sys\n"
-            f"for m in {modules!r}:\n"
-            "    for k in [k for k in sys.modules if k == 'tasks' or k.startswith('tasks.')]:\n"
-            "        del sys.modules[k]\n"
-            "    importlib.import_module(m)\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    _import_each_first("tasks", modules)
 
 
 def _has(module: str) -> bool:

@@ -128,6 +128,23 @@ def test_a_torn_metrics_line_does_not_block_resume(tmp_path):
     assert step_losses(run) == step_losses(ref)
 
 
+def test_a_run_json_written_before_model_specs_still_resumes(tmp_path):
+    """Runs started before the commands parsed their flags into a ModelSpec have two more keys in
+    run.json's args (the defaults of --init random, stashed on the command line then); --resume
+    takes no notice of them and continues the run exactly."""
+    args = ("--max-steps", "4", "--eval-every", "2")
+    ref = tmp_path / "ref"
+    run_pretrain(ref, *args)
+    run = tmp_path / "run"
+    run_pretrain(run, "--max-steps", "2", "--eval-every", "2")
+    meta = json.loads((run / "run.json").read_text())
+    assert "tie_default" not in meta["args"]
+    meta["args"].update(tie_default=False, embedding_std_default=1.0)
+    (run / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    run_pretrain(run, *args, "--resume")
+    assert step_losses(run) == step_losses(ref)
+
+
 def test_existing_run_without_resume_is_refused(tmp_path):
     out = tmp_path / "run"
     run_pretrain(out, "--max-steps", "1", "--eval-every", "1")

@@ -68,11 +68,15 @@ def resolve_init(init: str, *, random_ok: bool = True) -> Init:
 
 
 def resolve_run_init(init: str) -> Init:
-    """--init of a command that needs a run of tasks.* (a run folder or one of its checkpoints)."""
-    path = _checkpoint_folder_of(Path(init))
-    if not is_run_folder(path):
+    """resolve_init for a command that needs a run of tasks.* (a run folder or one of its
+    checkpoints): anything else is a missing file (exit 1), as it always was for these commands."""
+    try:
+        found = resolve_init(init, random_ok=False)
+    except UsageError:
+        found = None
+    if found is None or found.kind != "run":
         raise FileNotFoundError(f"--init {init}: no such run folder or checkpoint")
-    return Init(init, "run", path)
+    return found
 
 
 def _checkpoint_folder_of(path: Path) -> Path:
