@@ -41,6 +41,7 @@ from .common.device import select_device
 from .common.errors import UsageError
 from .common.guard import main_guard, pause_point
 from .common.jsonfiles import append_jsonl, read_jsonl, write_json
+from .common.progress import progress_bar
 from .data.alpaca import (DEFAULT_DATA, InstructionDataError, InstructionLoader, encode_record, format_prompt,
                           load_records, resolve_data, split_records)
 from .data.manifest import DATASETS
@@ -209,7 +210,6 @@ def cmd_respond(args: argparse.Namespace) -> int:
     if args.limit is not None:
         records = records[:args.limit]
 
-    from .common.progress import progress_bar
     # each answer is appended to OUT.partial.jsonl as it comes; a rerun with the same --out skips
     # the records answered there, and OUT (the JSON list the judge reads) is written at the end
     partial = out.with_name(out.name + ".partial.jsonl")
