@@ -54,55 +54,68 @@ class Anything(Spec):
         return None
 
 
-def _range_words(lo, hi, lo_open: bool = False) -> str:
-    parts = []
-    if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {lo}")
-    if hi is not None:
-        parts.append(f"<= {hi}")
-    return " and ".join(parts)
+INT64_MAX = 2 ** 63 - 1  # the largest integer an array index or a NumPy seed takes
+
+
+def bounds(lo, hi, above: bool = False, below: bool = False) -> str:
+    """The range in words: 'at least 1', 'positive', 'at least 0 and at most 10', 'in [0, 1)'."""
+    if lo is not None and hi is not None and below:
+        return f"in {'(' if above else '['}{lo}, {hi})"
+    low = "" if lo is None else "positive" if above and lo == 0 else f"above {lo}" if above else f"at least {lo}"
+    high = "" if hi is None else f"below {hi}" if below else \
+        "at most 2**63-1" if hi == INT64_MAX else f"at most {hi}"
+    return " and ".join(w for w in (low, high) if w)
 
 
 @dataclass(frozen=True)
 class Int(Spec):
+    """An integer (not a boolean), min <= value <= max; max defaults to what an int64 holds."""
     min: int | None = None
-    max: int | None = None
+    max: int | None = INT64_MAX
+
+    @property
+    def words(self) -> str:
+        return bounds(self.min, self.max)
 
     @property
     def what(self) -> str:
-        words = _range_words(self.min, self.max)
-        return f"an integer {words}".strip()
+        return "an integer" + (f", {self.words}" if self.words else "")
 
     def problem(self, value):
         if isinstance(value, bool) or not isinstance(value, int):
             return f"must be {self.what}, got {_shown(value)}"
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
-            return f"must be {self.what}, got {_shown(value)}"
+            return f"must be {self.words}, got {_shown(value)}"
         return None
 
 
 @dataclass(frozen=True)
 class Num(Spec):
+    """A number (an integer counts), finite unless told, in [min, max] (`above`: min excluded,
+    `below`: max excluded)."""
     min: float | None = None
     max: float | None = None
-    above: bool = False          # min itself excluded
+    above: bool = False
+    below: bool = False
     finite: bool = True
 
     @property
+    def words(self) -> str:
+        return bounds(self.min, self.max, self.above, self.below)
+
+    @property
     def what(self) -> str:
-        words = _range_words(self.min, self.max, self.above)
-        return f"a {'finite ' if self.finite else ''}number {words}".strip()
+        return f"a {'finite ' if self.finite else ''}number" + (f", {self.words}" if self.words else "")
 
     def problem(self, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"must be {self.what}, got {_shown(value)}"
-        if isinstance(value, float) and math.isnan(value):
-            return f"must be {self.what}, got NaN"
-        if self.finite and not math.isfinite(value):
-            return f"must be {self.what}, got {value}"
-        low = self.min is not None and (value <= self.min if self.above else value < self.min)
-        if low or (self.max is not None and value > self.max):
-            return f"must be {self.what}, got {_shown(value)}"
+        bad = (isinstance(value, float) and math.isnan(value)) or (self.finite and not math.isfinite(value))
+        bad = bad or (self.min is not None and (value <= self.min if self.above else value < self.min))
+        bad = bad or (self.max is not None and (value >= self.max if self.below else value > self.max))
+        if bad:
+            words = self.words or "a finite number"
+            return f"must be {words}, got {'NaN' if value != value else _shown(value)}"
         return None
 
 

@@ -17,11 +17,12 @@ SPEC = Obj({
     "shuffle": Bool(),
     "limit": Maybe(Int(min=1)),
     "betas": List(Num(min=0, max=1), length=2),
+    "dropout": Num(min=0, max=1, below=True),
     "groups": List(Obj({"lr": Num(min=0), "decay": Num(min=0)})),
     "files": Map(Str(pattern=SHA256), keys=r"[\w.]+"),
     "note": Anything(),
 }, optional=frozenset({"note"}))
-GOOD = {"note": {"free": [1]}, "step": 4, "lr": 0.002, "name": "a", "shuffle": True, "limit": None, "betas": [0.9, 0.999],
+GOOD = {"note": {"free": [1]}, "step": 4, "lr": 0.002, "name": "a", "shuffle": True, "limit": None, "betas": [0.9, 0.999], "dropout": 0.1,
         "groups": [{"lr": 0.1, "decay": 0.0}, {"lr": 0.1, "decay": 0.1}], "files": {"model.safetensors": "0" * 64}}
 
 
@@ -58,18 +59,20 @@ def test_a_good_document_passes():
 
 
 @pytest.mark.parametrize("path,value,words", [
-    ("step", -5, "'step' must be an integer >= 0 and <= 100, got -5"),
-    ("step", "6", "'step' must be an integer >= 0 and <= 100, got '6'"),
+    ("step", -5, "'step' must be at least 0 and at most 100, got -5"),
+    ("step", "6", "'step' must be an integer, at least 0 and at most 100, got '6'"),
     ("step", True, "got True"),
     ("step", 4.0, "got 4.0"),
-    ("lr", float("nan"), "'lr' must be a finite number > 0 and <= 1, got NaN"),
+    ("lr", float("nan"), "'lr' must be positive and at most 1, got NaN"),
     ("lr", float("inf"), "got inf"),
-    ("lr", 0, "> 0"),
+    ("lr", 0, "'lr' must be positive and at most 1, got 0"),
     ("name", "c", "'name' must be one of 'a', 'b', got 'c'"),
-    ("limit", 0, "'limit' must be an integer >= 1, or null, got 0"),
+    ("limit", 0, "'limit' must be at least 1 and at most 2**63-1, got 0"),
     ("betas", [0.9], "'betas' must be a list of 2 items"),
-    ("betas[1]", None, "'betas[1]' must be a finite number"),
-    ("groups[1].decay", -1, "'groups[1].decay' must be a finite number >= 0, got -1"),
+    ("betas[1]", None, "'betas[1]' must be a finite number, at least 0 and at most 1, got None"),
+    ("limit", "x", "'limit' must be an integer, at least 1 and at most 2**63-1, or null, got 'x'"),
+    ("dropout", 1.5, "'dropout' must be in [0, 1), got 1.5"),
+    ("groups[1].decay", -1, "'groups[1].decay' must be at least 0, got -1"),
     ("files.model", "xyz", "'files.model' must be a string matching"),
     ("groups[0]", [], "'groups[0]' must be an object, got []"),
 ])
