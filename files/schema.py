@@ -24,9 +24,10 @@ SHA256 = r"[0-9a-f]{64}"
 class SchemaError(ValueError):
     """A file whose content is not what its schema says; the message names the file and the key."""
 
-    def __init__(self, file: str, key: str, problem: str):
+    def __init__(self, file: str, key: str, problem: str | None):
+        """`problem` None: the key is missing."""
         self.file, self.key, self.problem = file, key, problem
-        super().__init__(f"{file}: {f'{key!r} ' if key else ''}{problem}")
+        super().__init__(f"{file} lacks {key!r}" if problem is None else f"{file}: {f'{key!r} ' if key else ''}{problem}")
 
 
 def _shown(value: Any) -> str:
@@ -57,13 +58,18 @@ class Anything(Spec):
 INT64_MAX = 2 ** 63 - 1  # the largest integer an array index or a NumPy seed takes
 
 
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
 def bounds(lo, hi, above: bool = False, below: bool = False) -> str:
     """The range in words: 'at least 1', 'positive', 'at least 0 and at most 10', 'in [0, 1)'."""
     if lo is not None and hi is not None and below:
-        return f"in {'(' if above else '['}{lo}, {hi})"
-    low = "" if lo is None else "positive" if above and lo == 0 else f"above {lo}" if above else f"at least {lo}"
-    high = "" if hi is None else f"below {hi}" if below else \
-        "at most 2**63-1" if hi == INT64_MAX else f"at most {hi}"
+        return f"in {'(' if above else '['}{_num(lo)}, {_num(hi)})"
+    low = "" if lo is None else "positive" if above and lo == 0 else \
+        f"above {_num(lo)}" if above else f"at least {_num(lo)}"
+    high = "" if hi is None else f"below {_num(hi)}" if below else \
+        "at most 2**63-1" if hi == INT64_MAX else f"at most {_num(hi)}"
     return " and ".join(w for w in (low, high) if w)
 
 
@@ -75,7 +81,8 @@ class Int(Spec):
 
     @property
     def words(self) -> str:
-        return bounds(self.min, self.max)
+        """The range, without the int64 cap (said only to a value past it)."""
+        return bounds(self.min, None if self.max == INT64_MAX else self.max)
 
     @property
     def what(self) -> str:
@@ -84,8 +91,10 @@ class Int(Spec):
     def problem(self, value):
         if isinstance(value, bool) or not isinstance(value, int):
             return f"must be {self.what}, got {_shown(value)}"
-        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+        if self.min is not None and value < self.min:
             return f"must be {self.words}, got {_shown(value)}"
+        if self.max is not None and value > self.max:
+            return f"must be {bounds(self.min, self.max)}, got {_shown(value)}"
         return None
 
 
@@ -183,10 +192,12 @@ class List(Spec):
 
 @dataclass(frozen=True)
 class Obj(Spec):
-    """A JSON object with these keys; `optional` ones may be absent; `extra=False` refuses others."""
+    """A JSON object with these keys; `optional` ones may be absent; any other key is checked
+    against `others` when given, allowed when `extra` (the default), else refused."""
     fields: Mapping[str, Spec] = field(default_factory=dict)
     optional: frozenset[str] = frozenset()
     extra: bool = True
+    others: Spec | None = None
     what = "an object"
 
     def problem(self, value):
@@ -195,7 +206,10 @@ class Obj(Spec):
         return None
 
     def children(self, value):
-        return [(f".{k}", value[k], spec) for k, spec in self.fields.items() if k in value]
+        known = [(f".{k}", value[k], spec) for k, spec in self.fields.items() if k in value]
+        rest = [] if self.others is None else [(f".{k}", v, self.others) for k, v in value.items()
+                                               if k not in self.fields]
+        return known + rest
 
     def missing(self, value: dict) -> list[str]:
         return [k for k in self.fields if k not in value and k not in self.optional]
@@ -233,7 +247,7 @@ def check(value: Any, spec: Spec, file: str, key: str = "") -> None:
         inner = s.spec if isinstance(s, Maybe) and v is not None else s
         if isinstance(inner, Obj):
             for k in inner.missing(v):
-                raise SchemaError(file, _join(path, k), "is missing")
+                raise SchemaError(file, _join(path, k), None)
             for k in inner.unknown(v):
                 raise SchemaError(file, _join(path, k), "is not a key of this file")
         stack.extend((_join(path, suffix), child, child_spec)

@@ -63,12 +63,16 @@ class MemoryEstimate:
     def describe(self) -> str:
         """'12.3 GB (activations 10.1 GB, parameters 0.5 GB, ...)', largest parts first."""
         parts = sorted(((getattr(self, f.name), f.name.replace("_", " ")) for f in fields(self)), reverse=True)
-        shown = ", ".join(f"{name} {gigabytes(n)}" for n, name in parts if n)
-        return f"{gigabytes(self.total)} ({shown})"
+        shown = ", ".join(f"{name} {size_text(n)}" for n, name in parts if n)
+        return f"{size_text(self.total)} ({shown})"
 
 
-def gigabytes(n: int) -> str:
-    return f"{n / 1e9:.3g} GB" if n >= 1e8 else f"{n / 1e6:.3g} MB"
+def size_text(n: int) -> str:
+    """A size in bytes as a person reads it: '40 MB', '3.62 GB', '2e+04 TB', '7.55e+04 PB'."""
+    for unit, scale, start in (("PB", 1e15, 1e15), ("TB", 1e12, 1e12), ("GB", 1e9, 1e8)):
+        if n >= start:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 1e6:.3g} MB"
 
 
 def parameter_count(config: GPT2Config) -> int:
@@ -130,17 +134,20 @@ def kv_cache_bytes(config: GPT2Config, batch_size: int, itemsize: int = FLOAT32)
 
 
 def inference_memory(config: GPT2Config, batch_size: int, prompt_tokens: int | None = None, *,
-                     kv_cache: bool = True, fused_attention: bool = False, interpreter: bool = True) -> MemoryEstimate:
-    """Generating for `batch_size` rows: the weights, a KV cache of batch_size rows (generate,
-    serve) and the largest forward pass, a prefill of `prompt_tokens` (the context by default)
-    for one batch, which keeps nothing for backward but holds its logits and a block's widest
-    tensors at once."""
+                     kv_cache: bool = True, cache_rows: int | None = None, vocab_logits: bool = True,
+                     fused_attention: bool = False, interpreter: bool = True) -> MemoryEstimate:
+    """A forward pass (no gradients) of `batch_size` rows of `prompt_tokens` (the context by
+    default), which keeps nothing for backward but holds its logits (over the vocabulary, or a
+    classifier's few) and a block's widest tensors at once, plus the weights and, for generating,
+    a KV cache of `cache_rows` rows (batch_size by default; a server prefills one row at a time
+    into a cache of all its rows)."""
     T = config.n_ctx if prompt_tokens is None else prompt_tokens
     C, H = config.n_embd, config.n_head
     tokens = batch_size * T
     attention = 0 if fused_attention else batch_size * H * T * T * FLOAT32
+    logits = config.vocab_size if vocab_logits else 0
     return MemoryEstimate(
         parameters=parameter_count(config) * FLOAT32,
-        kv_cache=kv_cache_bytes(config, batch_size) if kv_cache else 0,
-        transient=tokens * (config.vocab_size + 4 * C) * FLOAT32 + attention,  # logits, an MLP's width
+        kv_cache=kv_cache_bytes(config, batch_size if cache_rows is None else cache_rows) if kv_cache else 0,
+        transient=tokens * (logits + 4 * C) * FLOAT32 + attention,  # logits, an MLP's width
         buffers=INTERPRETER if interpreter else 0)

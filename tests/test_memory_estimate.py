@@ -15,7 +15,7 @@ import pytest
 import minigrad as mg
 import minigrad.functional as F
 from gpt2 import GPT2, GPT2Config
-from gpt2.memory import (MemoryEstimate, activation_bytes, gigabytes, inference_memory, kv_cache_bytes,
+from gpt2.memory import (MemoryEstimate, activation_bytes, inference_memory, kv_cache_bytes, size_text,
                          parameter_count, training_memory)
 from minigrad.autograd import is_debug, set_debug
 from minigrad.optim import AdamW
@@ -161,4 +161,5 @@ def test_describe_and_add():
     a = MemoryEstimate(parameters=2 * 10 ** 9, activations=5 * 10 ** 6)
     assert (a + a).parameters == 4 * 10 ** 9
     assert a.describe() == "2 GB (parameters 2 GB, activations 5 MB)"
-    assert gigabytes(123_456_789) == "0.123 GB"
+    assert size_text(123_456_789) == "0.123 GB"
+    assert size_text(2 * 10 ** 16) == "20 PB" and size_text(3 * 10 ** 13) == "30 TB" and size_text(40_000_000) == "40 MB"

@@ -3,7 +3,6 @@ first thing wrong; hypothesis mutates every key path of a document and the error
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -67,10 +66,11 @@ def test_a_good_document_passes():
     ("lr", float("inf"), "got inf"),
     ("lr", 0, "'lr' must be positive and at most 1, got 0"),
     ("name", "c", "'name' must be one of 'a', 'b', got 'c'"),
-    ("limit", 0, "'limit' must be at least 1 and at most 2**63-1, got 0"),
+    ("limit", 0, "'limit' must be at least 1, got 0"),
     ("betas", [0.9], "'betas' must be a list of 2 items"),
     ("betas[1]", None, "'betas[1]' must be a finite number, at least 0 and at most 1, got None"),
-    ("limit", "x", "'limit' must be an integer, at least 1 and at most 2**63-1, or null, got 'x'"),
+    ("limit", "x", "'limit' must be an integer, at least 1, or null, got 'x'"),
+    ("limit", 2 ** 64, "'limit' must be at least 1 and at most 2**63-1, got 18446744073709551616"),
     ("dropout", 1.5, "'dropout' must be in [0, 1), got 1.5"),
     ("groups[1].decay", -1, "'groups[1].decay' must be at least 0, got -1"),
     ("files.model", "xyz", "'files.model' must be a string matching"),
@@ -86,7 +86,7 @@ def test_the_message_names_the_file_the_key_and_the_value(path, value, words):
 def test_missing_and_unknown_keys():
     doc = copy.deepcopy(GOOD)
     del doc["groups"][1]["lr"]
-    with pytest.raises(SchemaError, match=r"f.json: 'groups\[1\].lr' is missing"):
+    with pytest.raises(SchemaError, match=r"f.json lacks 'groups\[1\].lr'"):
         check(doc, SPEC, "f.json")
     strict = Obj({"a": Int()}, extra=False)
     with pytest.raises(SchemaError, match="'b' is not a key of this file"):
@@ -109,10 +109,10 @@ def test_any_mutated_key_is_refused_by_its_own_name_or_fits(key, new):
     try:
         check(doc, SPEC, "f.json")
     except SchemaError as e:
-        # the mutated key, a key inside what replaced it ('groups[1].lr' is missing), or the list
+        # the mutated key, a key inside what replaced it (f.json lacks 'groups[1].lr'), or the list
         # it sits in (which lost its shape)
         assert e.key and (e.key.startswith(path) or path.startswith(e.key)), (e.key, path)
-        assert str(e).startswith("f.json: ")
+        assert str(e).startswith(("f.json: ", "f.json lacks "))
     else:  # accepted: only a value of the kind that was there (or null where null is allowed)
         old = dict(paths_and_values(GOOD))[key]
         number = (int, float)
