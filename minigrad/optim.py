@@ -12,6 +12,7 @@ import numpy as np
 
 
 from . import backend
+from .flat import FlatParameters
 from .tensor import Tensor
 
 
@@ -45,7 +46,6 @@ class Optimizer:
         self.param_groups = groups
         self.state: dict[int, dict[str, Any]] = {}
         self.step_count = 0
-        from .nn import FlatParameters
         self.flat = FlatParameters(self.params)
         self.group_ranges, i = [], 0
         for g in groups:

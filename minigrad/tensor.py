@@ -109,7 +109,7 @@ class Tensor:
     """An n-dimensional array with an optional gradient, on NumPy ("cpu") or CuPy ("cuda"), or on
     the strict CuPy stand-in ("standin", a debugging aid: see minigrad/standin.py)."""
 
-    # _grad_buf: this tensor's view of an optimizer's flat gradient buffer (nn.FlatParameters)
+    # _grad_buf: this tensor's view of an optimizer's flat gradient buffer (flat.FlatParameters)
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_grad_buf", "__weakref__")
     __array_priority__ = 1000  # so `ndarray * Tensor` defers to Tensor.__rmul__
 
@@ -202,9 +202,20 @@ class Tensor:
     def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
         """Reverse mode: accumulate d(self)/d(leaf) into every leaf's `.grad` that requires grad.
 
-        Walk the graph in topological order, from self back to the leaves: each op gets the sum
-        of the gradients that flowed into its output and returns one per input. Where gradients
-        may be added in place, and where they land, is autograd.GradLedger's job (read it next)."""
+        The version you may know, with grads = {self: 1} and the graph in reverse topological
+        order (self first; a tensor comes after every op that used it):
+
+            for t in order:
+                for p, g in zip(t.parents, t.op.backward(grads[t])):
+                    grads[p] = grads.get(p, 0) + g
+
+        The loop below is that loop (a leaf's sum becomes its .grad). autograd.GradLedger plays
+        the `grads` dict, and adds what a 124M-parameter model needs (read it next): a tensor's
+        sum is popped when its op runs, so it is freed as soon as it is used; a second gradient
+        is added in place into memory nothing else sees, instead of allocating `a + b`; a
+        parameter in an optimizer's flat buffer has its slice of that buffer offered to the op
+        (ctx.grad_out), which may write the gradient straight there; a leaf's .grad never
+        shares memory with another's. Inputs whose ctx.needs_input_grad is False get nothing."""
         ledger = autograd.GradLedger(self, self._seed_gradient(grad))
         order = autograd.topological_order(self)
         for t in order:  # every tensor comes after all the ops that used it

@@ -1,6 +1,6 @@
 """Shape and indexing ops: reshape, permute/transpose, indexing (gather), concatenate/split.
 Their backwards move the gradient back into the input's layout; reshape and permute return views
-of the incoming gradient (allowed: see tensor._GradLedger's rule)."""
+of the incoming gradient (allowed: see the rule in autograd.GradLedger's docstring)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
