@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import standin
+from . import checks, standin
 
 
 class BackendError(RuntimeError):
@@ -158,9 +158,10 @@ _dropout_calls = 0  # dropout masks drawn since manual_seed: the counter of the 
 
 
 def manual_seed(seed: int) -> None:
-    """Seed every backend's generator and restart the dropout counter (as torch.manual_seed)."""
+    """Seed every backend's generator and restart the dropout counter (as torch.manual_seed).
+    seed: an integer in [0, 2**64), what NumPy's and CuPy's generators take."""
     global _seed, _dropout_calls
-    _seed = int(seed)
+    _seed = checks.seed("manual_seed", seed)
     _dropout_calls = 0
     _rng.clear()
 
@@ -184,10 +185,26 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what get_rng_state() returned. Everything is checked before anything changes: a
+    bad state raises (ValueError or TypeError naming the key) and leaves the generators as they were."""
     global _dropout_calls
-    manual_seed(state["seed"])
-    _dropout_calls = int(state.get("dropout_calls", 0))
-    rng("cpu").bit_generator.state = state["cpu"]
+    fn = "set_rng_state"
+    if not isinstance(state, dict):
+        raise TypeError(f"{fn}: state must be a dict from get_rng_state(), got {type(state).__name__}")
+    missing = [k for k in ("seed", "cpu") if k not in state]
+    if missing:
+        raise ValueError(f"{fn}: state lacks {', '.join(map(repr, missing))} (keys: seed, dropout_calls, cpu)")
+    seed = checks.seed(fn, state["seed"], "state['seed']")
+    calls = checks.integer(fn, "state['dropout_calls']", state.get("dropout_calls", 0), 0)
+    cpu = np.random.default_rng(seed)
+    try:  # on a generator of our own first: NumPy checks the state's schema as it assigns it
+        cpu.bit_generator.state = state["cpu"]
+    except (TypeError, ValueError, KeyError, OverflowError, AttributeError) as e:
+        raise ValueError(f"{fn}: state['cpu'] is not a state of NumPy's {type(cpu.bit_generator).__name__} "
+                         f"generator ({type(e).__name__}: {e})") from None
+    manual_seed(seed)
+    _dropout_calls = calls
+    _rng["cpu"] = cpu
 
 
 # ---------------------------------------------------------------- dropout masks from a hash
@@ -223,6 +240,8 @@ def _fmix32(xp, x, t) -> None:
 def hash_uniform_bits(xp, n: int, seed: int, counter: int):
     """n pseudo-random uint32 (flat) for the key (seed, counter): element i is a function of
     (seed, counter, i) alone, identical on every backend."""
+    seed = checks.seed("hash_uniform_bits", seed)
+    counter = checks.integer("hash_uniform_bits", "counter", counter, 0, checks.SEED_BOUND)
     out = xp.empty(n, dtype=np.uint32)
     chunk = _HASH_CHUNK if xp is np else min(max(n, 1), 1 << 32)
     t = xp.empty(min(chunk, max(n, 1)), dtype=np.uint32)
@@ -249,6 +268,7 @@ def dropout_keep(xp, shape: tuple[int, ...], p: float):
     Each call advances the counter by one, so every dropout site of every step gets its own mask,
     and a resumed run (seed and counter restored) draws exactly the masks the first run would."""
     global _dropout_calls
+    p = checks.number("dropout_keep", "p", p, 0.0, 1.0, hi_open=True)
     counter = _dropout_calls
     _dropout_calls += 1
     n = int(np.prod(shape, dtype=np.int64))

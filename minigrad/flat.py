@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from . import backend
+from . import backend, checks
 from .tensor import Tensor
 
 
@@ -23,9 +23,7 @@ class FlatParameters:
     """
 
     def __init__(self, params: Iterable[Tensor]):
-        params = list(params)
-        if not params:
-            raise ValueError("FlatParameters needs at least one parameter")
+        params = checks.tensor_list("FlatParameters", "params", params, Tensor)
         first = params[0].data
         xp, dtype = backend.array_module(first), first.dtype
         for p in params:

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from . import backend
+from . import backend, checks
 from . import functional as F
 from .tensor import Tensor
 
@@ -210,6 +210,8 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: str | None = None):
         super().__init__()
+        in_features = checks.integer("Linear", "in_features", in_features, 1)
+        out_features = checks.integer("Linear", "out_features", out_features, 1)
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)  # PyTorch's default: U(-1/sqrt(in), 1/sqrt(in))
         self.weight = Parameter(_uniform((in_features, out_features), bound, device))
@@ -225,6 +227,8 @@ class Linear(Module):
 class Embedding(Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, device: str | None = None):
         super().__init__()
+        num_embeddings = checks.integer("Embedding", "num_embeddings", num_embeddings, 1)
+        embedding_dim = checks.integer("Embedding", "embedding_dim", embedding_dim, 1)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         g = backend.rng(device)
         self.weight = Parameter(g.standard_normal((num_embeddings, embedding_dim), dtype=np.float32))
@@ -239,12 +243,15 @@ class Embedding(Module):
 class LayerNorm(Module):
     def __init__(self, dim: int, eps: float = 1e-5, device: str | None = None):
         super().__init__()
-        self.dim, self.eps = dim, eps
+        self.dim = checks.integer("LayerNorm", "dim", dim, 1)
+        self.eps = checks.number("LayerNorm", "eps", eps, lo=0)
         xp = backend.xp_for(device)
         self.weight = Parameter(xp.ones(dim, dtype=np.float32))
         self.bias = Parameter(xp.zeros(dim, dtype=np.float32))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1:] != (self.dim,):
+            raise ValueError(f"LayerNorm({self.dim}): x of shape {x.shape} does not end in {self.dim}")
         return F.layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
@@ -254,7 +261,7 @@ class LayerNorm(Module):
 class Dropout(Module):
     def __init__(self, p: float = 0.5):
         super().__init__()
-        self.p = p
+        self.p = checks.number("Dropout", "p", p, 0.0, 1.0, hi_open=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.dropout(x, self.p, self.training)
@@ -304,8 +311,10 @@ class LoRALinear(Module):
 
     def __init__(self, base: Linear, rank: int = 8, alpha: float = 16.0):
         super().__init__()
-        if rank < 1:
-            raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+        if not isinstance(base, Linear):
+            raise TypeError(f"LoRALinear: base must be an nn.Linear, got {type(base).__name__}")
+        rank = checks.integer("LoRALinear", "rank", rank, 1)
+        alpha = checks.number("LoRALinear", "alpha", alpha)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight.requires_grad_(False)
         self.bias = base.bias.requires_grad_(False) if base.bias is not None else None
@@ -334,6 +343,10 @@ def apply_lora(model: Module, rank: int = 8, alpha: float = 16.0,
 
     Freezes every other parameter too, so only the adapters train. Returns how many were wrapped.
     """
+    if not isinstance(model, Module):
+        raise TypeError(f"apply_lora: model must be an nn.Module, got {type(model).__name__}")
+    rank = checks.integer("apply_lora", "rank", rank, 1)  # before anything is frozen or wrapped
+    alpha = checks.number("apply_lora", "alpha", alpha)
     model.requires_grad_(False)
     count = 0
     for name, mod in list(model.named_modules()):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import autograd, backend
+from . import autograd, backend, checks
 from .autograd import BackwardRuleError, is_debug, set_debug  # noqa: F401 (minigrad.tensor.set_debug)
 
 _state = threading.local()
@@ -340,8 +340,8 @@ class Tensor:
     def permute(self, *dims: Any) -> Tensor:
         return _ops().permute(self, *dims)
 
-    def transpose(self, a: int | None = None, b: int | None = None) -> Tensor:
-        return _ops().transpose(self, a, b)
+    def transpose(self, axis0: int | None = None, axis1: int | None = None) -> Tensor:
+        return _ops().transpose(self, axis0, axis1)
 
     @property
     def T(self) -> Tensor:  # noqa: N802 (NumPy's and PyTorch's name)
@@ -379,6 +379,8 @@ class Tensor:
         return self._compare(other, operator.ne)
 
     def argmax(self, axis: int | None = None) -> Tensor:
+        if axis is not None:
+            axis = checks.axis("argmax", axis, self.ndim)
         return Tensor._wrap(self.data.argmax(axis=axis))
 
 
