@@ -92,7 +92,8 @@ def int_dtype(fn: str, name: str, array: Any, kinds: str = "iu") -> None:
 def tensor_list(fn: str, name: str, tensors: Any, tensor_type: type, allow_empty: bool = False) -> list:
     """A list of tensor_type from an iterable of them, non-empty unless allowed (a single tensor
     is a TypeError: iterating it would give its rows)."""
-    if isinstance(tensors, tensor_type) or not isinstance(tensors, Iterable) or isinstance(tensors, (str, bytes)):
+    if type(tensors) is not list and type(tensors) is not tuple and (  # the common case, fast
+            isinstance(tensors, tensor_type) or not isinstance(tensors, Iterable) or isinstance(tensors, (str, bytes))):
         raise TypeError(f"{fn}: {name} must be a list of Tensors, got {_shown(tensors)}")
     out = list(tensors)
     if not out and not allow_empty:
