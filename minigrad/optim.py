@@ -344,9 +344,10 @@ class CosineWithWarmup:
         return {k: getattr(self, k) for k in self.KEYS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or set(state) != set(self.KEYS):
-            got = list(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"CosineWithWarmup: state must be a dict with keys {', '.join(self.KEYS)}; got {got}")
+        if not isinstance(state, dict):
+            raise TypeError(f"CosineWithWarmup: state must be a dict from state_dict(), got {type(state).__name__}")
+        if set(state) != set(self.KEYS):
+            raise ValueError(f"CosineWithWarmup: state has keys {list(state)}, expected {', '.join(self.KEYS)}")
         self._set(state, "state: ")
         self.optimizer.lr = self.lr_at(self.last_step)
 
