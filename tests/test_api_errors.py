@@ -213,11 +213,10 @@ def _params() -> list:
     return list(nn.Linear(3, 2).parameters())
 
 
-def _adamw_state(key: str, value: Any) -> Callable[[], Any]:
-    opt = optim.AdamW(_params(), lr=0.1)
-    state = opt.state_dict()
+def _adamw_state(key: str, value: Any) -> None:
+    state = optim.AdamW(_params(), lr=0.1).state_dict()
     state["meta"]["groups"][0][key] = value
-    return optim.AdamW(_params(), lr=0.1).load_state_dict(state)
+    optim.AdamW(_params(), lr=0.1).load_state_dict(state)
 
 
 def _schedule(**kw: Any) -> optim.CosineWithWarmup:
