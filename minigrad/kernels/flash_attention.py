@@ -46,7 +46,7 @@ def parts(D: int) -> tuple[int, ...]:
 
 def variants() -> list[tuple[dict[str, int], list[str]]]:
     """Every (defines, kernels) this module launches, for `python -m minigrad.kernels --resources`."""
-    out = []
+    out = [({}, ["flash_dropout_bits"])]  # dropout_bits builds with the file's default HEAD_DIM
     for D in HEAD_DIMS:
         fwd = ["flash_forward", "flash_backward_preprocess"]
         if parts(D) == (0,):
