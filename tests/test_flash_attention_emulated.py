@@ -200,7 +200,7 @@ def _composite(qkv, dout, causal, p, dtype, seed=5):
     return y.data, X.grad
 
 
-@given(B=st.integers(1, 2), T=st.integers(1, 80), H=st.integers(1, 2), D=st.sampled_from([16, 64]),
+@given(B=st.integers(1, 2), T=st.integers(1, 80), H=st.integers(1, 2), D=st.sampled_from([16, 32, 64]),
        causal=st.booleans(), p=st.sampled_from([0.0, 0.1, 0.5]), seed=st.integers(0, 99))
 @EXAMPLES
 def test_kernels_match_twin_and_composite(emulated, B, T, H, D, causal, p, seed):
