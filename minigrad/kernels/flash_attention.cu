@@ -233,6 +233,24 @@ __device__ __forceinline__ void store_rows(half_t* out, long long stride, const 
     }
 }
 
+// row 0 of this block's head (b, h) = (blockIdx.y / H, blockIdx.y % H) in a (B, T, W, H, D)
+// tensor: W = 3 for qkv and dqkv (q's rows; k and v follow at + H D, + 2 H D), 1 for o and dout
+template <typename P>
+__device__ __forceinline__ P head_rows(P base, int T, int H, int W) {
+    return base + (long long)(blockIdx.y / H) * T * W * H * D + (blockIdx.y % H) * D;
+}
+
+// lse (base 2) and delta of rows [r0, r0 + ROWS) of this head into shared memory; 0 past T
+template <int ROWS>
+__device__ __forceinline__ void load_stats(float* lse2_s, float* delta_s, const float* lse, const float* delta, int r0,
+                                           int T) {
+    for (int r = threadIdx.x; r < ROWS; r += THREADS) {
+        bool in = r0 + r < T;
+        lse2_s[r] = in ? lse[(long long)blockIdx.y * T + r0 + r] * LOG2E : 0.0f;
+        delta_s[r] = in ? delta[(long long)blockIdx.y * T + r0 + r] : 0.0f;
+    }
+}
+
 // ---------------------------------------------------------------- forward
 // grid: (ceil(T / BM), B H), THREADS threads. o (B, T, H, D), lse (B, H, T).
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
@@ -241,10 +259,9 @@ flash_forward(const half_t* __restrict__ qkv, half_t* __restrict__ o, float* __r
     __shared__ __align__(16) half_t qs[BM * LD];
     __shared__ __align__(16) half_t ks[BN * LD];
     __shared__ __align__(16) half_t vs[BN * LD];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, q0 = blockIdx.x * BM;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const long long stride = 3LL * H * D;                        // qkv: from (b, t) to (b, t + 1)
-    const half_t* qb = qkv + (long long)b * T * stride + h * D;  // q[b, 0, h]; k, v at + H D, + 2 H D
+    const int bh = blockIdx.y, q0 = blockIdx.x * BM, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const long long stride = 3LL * H * D;  // qkv: from (b, t) to (b, t + 1)
+    const half_t* qb = head_rows(qkv, T, H, 3);
     load_rows<BM>(qs, qb, stride, q0, T);
     const int row[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};  // this lane's rows
     const float sl2 = scale * LOG2E;
@@ -311,7 +328,7 @@ flash_forward(const half_t* __restrict__ qkv, half_t* __restrict__ o, float* __r
         }
         if (lane % 4 == 0 && row[r] < T) lse[(long long)bh * T + row[r]] = (m[r] + log2f(l[r])) * LN2;
     }
-    store_rows(o + (long long)b * T * ostride + h * D, ostride, acc, row0, T, 1.0f, lane);
+    store_rows(head_rows(o, T, H, 1), ostride, acc, row0, T, 1.0f, lane);
 }
 
 // ---------------------------------------------------------------- backward
@@ -346,11 +363,9 @@ flash_backward_dkdv(const half_t* __restrict__ qkv, const half_t* __restrict__ d
     __shared__ __align__(16) half_t qs[BQB * LD];
     __shared__ __align__(16) half_t dos[BQB * LD];
     __shared__ float lse2_s[BQB], delta_s[BQB];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, k0 = blockIdx.x * BKV;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const long long stride = 3LL * H * D, ostride = (long long)H * D;
-    const half_t* qb = qkv + (long long)b * T * stride + h * D;
-    const half_t* dob = dout + (long long)b * T * ostride + h * D;
+    const int bh = blockIdx.y, k0 = blockIdx.x * BKV, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const long long stride = 3LL * H * D;
+    const half_t *qb = head_rows(qkv, T, H, 3), *dob = head_rows(dout, T, H, 1);
     load_rows<BKV>(ks, qb + H * D, stride, k0, T);
     if (DO_DK) load_rows<BKV>(vs, qb + 2 * H * D, stride, k0, T);
     const int key[2] = {k0 + warp * 16 + lane / 4, k0 + warp * 16 + lane / 4 + 8};  // this lane's rows: keys
@@ -359,12 +374,8 @@ flash_backward_dkdv(const half_t* __restrict__ qkv, const half_t* __restrict__ d
     for (int i0 = causal ? k0 : 0; i0 < T; i0 += BQB) {  // with causal, queries before k0 see none of these keys
         __syncthreads();
         load_rows<BQB>(qs, qb, stride, i0, T);
-        load_rows<BQB>(dos, dob, ostride, i0, T);
-        for (int r = threadIdx.x; r < BQB; r += THREADS) {
-            bool in = i0 + r < T;
-            lse2_s[r] = in ? lse[(long long)bh * T + i0 + r] * LOG2E : 0.0f;
-            delta_s[r] = in ? delta[(long long)bh * T + i0 + r] : 0.0f;
-        }
+        load_rows<BQB>(dos, dob, (long long)H * D, i0, T);
+        load_stats<BQB>(lse2_s, delta_s, lse, delta, i0, T);
         __syncthreads();
         const unsigned keep = drop_threshold ? keep_bits<BQB / 8>(drop_key, drop_threshold, bh, T, key[0], i0, 1, lane)
                                              : FULL_MASK;
@@ -392,7 +403,7 @@ flash_backward_dkdv(const half_t* __restrict__ qkv, const half_t* __restrict__ d
             mma_frag_rows<BQB / 16>(dk, dst, FULL_MASK, qs, lane);  // dK += dS^T Q
         }
     }
-    half_t* out = dqkv + (long long)b * T * stride + h * D;
+    half_t* out = head_rows(dqkv, T, H, 3);
     if constexpr (DO_DK) store_rows(out + H * D, stride, dk, k0 + warp * 16, T, scale, lane);
     if constexpr (DO_DV) store_rows(out + 2 * H * D, stride, dv, k0 + warp * 16, T, drop_scale, lane);
 }
@@ -408,17 +419,12 @@ flash_backward_dq(const half_t* __restrict__ qkv, const half_t* __restrict__ dou
     __shared__ __align__(16) half_t ks[BKQ * LD];
     __shared__ __align__(16) half_t vs[BKQ * LD];
     __shared__ float lse2_s[BM], delta_s[BM];
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, q0 = blockIdx.x * BM;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const long long stride = 3LL * H * D, ostride = (long long)H * D;
-    const half_t* qb = qkv + (long long)b * T * stride + h * D;
+    const int bh = blockIdx.y, q0 = blockIdx.x * BM, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const long long stride = 3LL * H * D;
+    const half_t* qb = head_rows(qkv, T, H, 3);
     load_rows<BM>(qs, qb, stride, q0, T);
-    load_rows<BM>(dos, dout + (long long)b * T * ostride + h * D, ostride, q0, T);
-    for (int r = threadIdx.x; r < BM; r += THREADS) {  // in shared memory: 4 registers fewer than per lane
-        bool in = q0 + r < T;
-        lse2_s[r] = in ? lse[(long long)bh * T + q0 + r] * LOG2E : 0.0f;
-        delta_s[r] = in ? delta[(long long)bh * T + q0 + r] : 0.0f;
-    }
+    load_rows<BM>(dos, head_rows(dout, T, H, 1), (long long)H * D, q0, T);
+    load_stats<BM>(lse2_s, delta_s, lse, delta, q0, T);  // in shared memory: 4 registers fewer than per lane
     const int row[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};
     constexpr int C0 = PART == 2 ? D / 2 : 0, NC = PART == 0 ? D : D / 2;  // dq's columns computed here
     const float sl2 = scale * LOG2E;
@@ -447,5 +453,5 @@ flash_backward_dq(const half_t* __restrict__ qkv, const half_t* __restrict__ dou
             }
         mma_frag_rows<BKQ / 16, NC>(dq, s, FULL_MASK, ks + C0, lane);  // dQ += dS K  (scale at the end)
     }
-    store_rows<NC>(dqkv + (long long)b * T * stride + h * D + C0, stride, dq, q0 + warp * 16, T, scale, lane);
+    store_rows<NC>(head_rows(dqkv, T, H, 3) + C0, stride, dq, q0 + warp * 16, T, scale, lane);
 }
