@@ -70,9 +70,33 @@ static inline float __shfl_xor_sync(unsigned, float v, int off) {
 struct alignas(16) uint4 { unsigned x, y, z, w; };
 static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
-// ---- float16 (cvt.rn: round to nearest even, as _Float16 does)
-static inline unsigned short emu_f2h(float f) { _Float16 h = (_Float16)f; unsigned short u; std::memcpy(&u, &h, 2); return u; }
-static inline float half_to_float(unsigned short u) { _Float16 h; std::memcpy(&h, &u, 2); return (float)h; }
+// ---- float16 as bits (cvt.rn.f16.f32: round to nearest, ties to even; past the largest half: inf)
+static inline unsigned short emu_f2h(float f) {
+    unsigned x;
+    std::memcpy(&x, &f, 4);
+    unsigned sign = (x >> 16) & 0x8000u, mag = x & 0x7fffffffu;
+    if (mag > 0x7f800000u) return sign | 0x7e00u;                  // nan
+    if (mag >= 0x47800000u) return sign | 0x7c00u;                 // >= 2^16 (and inf): inf
+    if (mag < 0x38800000u) {                                       // below 2^-14: a subnormal half, in 2^-24 units
+        float a;
+        std::memcpy(&a, &mag, 4);
+        return sign | (unsigned)std::nearbyint(a * 16777216.0f);  // exact scaling; the default rounding: to even
+    }
+    unsigned h = ((((mag >> 23) - 112u) << 10) | ((mag >> 13) & 0x3ffu)), rest = mag & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;    // a carry may reach the exponent, or inf: right
+    return sign | h;
+}
+static inline float half_to_float(unsigned short u) {
+    unsigned sign = (u & 0x8000u) << 16, e = (u >> 10) & 0x1fu, m = u & 0x3ffu, x;
+    if (e == 0) {
+        float f = std::ldexp((float)m, -24);
+        return sign ? -f : f;
+    }
+    x = sign | (e == 31 ? 0x7f800000u : (e + 112u) << 23) | (m << 13);
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
 static inline unsigned pack_half2(float lo, float hi) { return emu_f2h(lo) | ((unsigned)emu_f2h(hi) << 16); }
 
 // ---- mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32, PTX ISA "Matrix Fragments for mma.m16n8k16

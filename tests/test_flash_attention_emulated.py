@@ -139,6 +139,23 @@ def test_emulated_ldmatrix_follows_the_ptx_layout(count, trans):
         assert (out[lane, count:] == 0).all()
 
 
+def test_emulated_float16_conversions_round_as_numpy():
+    # cvt.rn.f16.f32: to nearest, ties to even (NumPy's astype(float16)); subnormals, overflow, signs
+    rng = np.random.default_rng(1)
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    finite = halves[np.isfinite(halves)].astype(np.float32)
+    ties = (finite[:-1] + finite[1:]) / 2  # exactly between neighbours (in float32) where they are close
+    x = np.concatenate([finite, ties, rng.standard_normal(4000).astype(np.float32) * 10.0 ** rng.integers(-9, 6, 4000),
+                        [65519.0, 65520.0, 1e6, -1e6, np.inf, -np.inf, 2.0 ** -25, 2.0 ** -25 * 3, -0.0]])
+    x = x.astype(np.float32)
+    h, back = np.zeros(x.size, np.uint16), np.zeros(x.size, np.float32)
+    Module(PROBE).probe_half((x.size + 255) // 256, 256, x, h, back, np.int32(x.size))
+    with np.errstate(over="ignore"):  # the values past float16's range are there on purpose
+        want = x.astype(np.float16)
+    np.testing.assert_array_equal(h, want.view(np.uint16))
+    np.testing.assert_array_equal(back, want.astype(np.float32))
+
+
 # ---------------------------------------------------------------- dropout: the backend's bits
 @pytest.mark.parametrize("start", [0, 1000, 2 ** 32 - 300])  # the last crosses 2**32, where the key changes
 def test_kernel_hash_is_the_backend_stream(emulated, start):

@@ -29,3 +29,11 @@ extern "C" __global__ void probe_ldmatrix(const unsigned short* rows, const int*
     if (count == 4) trans ? ldmatrix_x4_trans(r, row) : ldmatrix_x4(r, row);
     for (int i = 0; i < 4; ++i) out[lane * 4 + i] = r[i];
 }
+
+// the float16 conversions: h[i] = half bits of x[i] (low half of pack_half2), back[i] = h[i] as a float
+extern "C" __global__ void probe_half(const float* x, unsigned short* h, float* back, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    h[i] = (unsigned short)(pack_half2(x[i], 0.0f) & 0xffffu);
+    back[i] = half_to_float(h[i]);
+}
