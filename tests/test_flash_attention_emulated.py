@@ -28,7 +28,7 @@ from cuda_emulator import Module, compiler
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="no g++ to build the CPU emulation of the kernels")
 PROBE = Path(__file__).parent / "cuda" / "warp_probe.cu"
-EXAMPLES = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+EXAMPLES = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ULP16 = 2.0 ** -11  # float16's relative rounding step
 
 

@@ -113,13 +113,13 @@ def measure(path: Path) -> list[Usage]:
 
 
 def table(rows: list[Usage]) -> str:
-    head = f"{'source':22s} {'defines':20s} {'kernel':28s} {'threads':>7s} {'regs':>4s} {'spill':>6s} {'smem':>6s}  occupancy"
+    head = f"{'source':22s} {'defines':20s} {'kernel':30s} {'threads':>7s} {'regs':>4s} {'spill':>6s} {'smem':>6s}  occupancy"
     lines = [head]
     for u in rows:
         occ, limiter = u.occupancy()
         defines = ",".join(f"{k}={v}" for k, v in u.defines.items()) or "-"
         bound = "" if u.threads else "<="
-        lines.append(f"{u.source:22s} {defines:20s} {u.kernel:28s} {u.threads or '-':>7} {u.regs:4d} {u.spill:6d} "
+        lines.append(f"{u.source:22s} {defines:20s} {u.kernel:30s} {u.threads or '-':>7} {u.regs:4d} {u.spill:6d} "
                      f"{u.smem:6d}  {bound}{occ:.0%} ({limiter})")
     return "\n".join(lines)
 
