@@ -21,7 +21,8 @@ import minigrad as mg
 import minigrad.functional as F
 from minigrad import backend
 from minigrad.kernels import flash_attention as fa, twins_flash
-from minigrad.kernels.qkv_attention import flash_attention_qkv
+from minigrad.kernels import qkv_attention
+from minigrad.kernels.qkv_attention import FlashAttentionQKV, attention_qkv, flash_attention_qkv
 
 import cuda_emulator
 from cuda_emulator import Module, compiler
@@ -279,3 +280,15 @@ def test_flash_attention_qkv_refuses_what_the_kernels_do_not_take(emulated):
         flash_attention_qkv(mg.zeros(1, 4, 2, 1, 16))
     with pytest.raises(ValueError, match="dropout"):
         flash_attention_qkv(mg.zeros(1, 4, 3, 1, 16), dropout_p=1.0)
+
+
+def test_attention_qkv_takes_the_kernels_where_they_fit(emulated, monkeypatch):
+    qkv, dout = _inputs(8, 1, 30, 2, 16)
+    X = mg.tensor(qkv.astype(np.float32), requires_grad=True)
+    assert not qkv_attention.flash_fits(X.data)  # NumPy: the composite op
+    composite = attention_qkv(X, dropout_p=0.0)
+    assert composite._ctx.fn is not FlashAttentionQKV and composite.shape == (1, 30, 2, 16)
+    monkeypatch.setattr(qkv_attention, "flash_fits", lambda a: a.dtype in (np.float16, np.float32))
+    fused = attention_qkv(X, dropout_p=0.0)
+    assert fused._ctx.fn is FlashAttentionQKV
+    _close(fused.data, composite.data, 4 * ULP16)

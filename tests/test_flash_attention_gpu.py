@@ -7,7 +7,7 @@ import pytest
 import minigrad as mg
 from minigrad import backend as mg_backend
 from minigrad.kernels import flash_attention as fa, twins_flash
-from minigrad.kernels.qkv_attention import flash_attention_qkv
+from minigrad.kernels.qkv_attention import FlashAttentionQKV, attention_qkv, flash_attention_qkv, flash_fits
 
 from test_flash_attention_emulated import ULP16, _close, _composite, _inputs
 
@@ -50,3 +50,13 @@ def test_flash_attention_qkv_function_on_the_gpu(cuda):
     _close(cuda.asnumpy(y.data), want_o, 8 * ULP16)
     for i in range(3):
         _close(cuda.asnumpy(X.grad)[:, :, i], want_d[:, :, i], 8 * ULP16)
+
+
+def test_attention_qkv_dispatch_on_the_gpu(cuda, monkeypatch):
+    for shape, dtype, fits in (((2, 8, 3, 2, 64), np.float16, True), ((2, 8, 3, 2, 64), np.float32, True),
+                               ((2, 8, 3, 2, 64), np.float64, False), ((2, 8, 3, 2, 24), np.float16, False)):
+        X = mg.tensor(np.zeros(shape, dtype), requires_grad=True, device="cuda")
+        assert flash_fits(X.data) == fits
+        assert (attention_qkv(X)._ctx.fn is FlashAttentionQKV) == fits
+    monkeypatch.setenv("MINIGRAD_FUSED", "0")
+    assert not flash_fits(mg.tensor(np.zeros((2, 8, 3, 2, 64), np.float16), device="cuda").data)

@@ -10,8 +10,9 @@ the kernels without a zero fill. It equals
 
 with the same dropout mask (the same counter step and bits as backend.dropout_keep), up to float16
 rounding: the kernels take float16 (float32 inputs are cast in and the results cast back, which
-is how a tf32 run uses them). The caller decides when to come here (CuPy arrays, a head size in
-flash_attention.HEAD_DIMS); the NumPy and stand-in backends keep the composite op.
+is how a tf32 run uses them). `attention_qkv` chooses: the kernels where `flash_fits` (CuPy,
+float16 or float32, a head size in flash_attention.HEAD_DIMS, MINIGRAD_FUSED not 0), the
+composite op above elsewhere (NumPy, the stand-in, float64).
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ import math
 import numpy as np
 
 from .. import backend
+from ..ops.attention import scaled_dot_product_attention
 from ..tensor import Function, Tensor
-from . import flash_attention
+from . import enabled, flash_attention
 
 
 class FlashAttentionQKV(Function):
@@ -53,3 +55,27 @@ def flash_attention_qkv(qkv: Tensor, is_causal: bool = True, dropout_p: float = 
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {dropout_p}")
     return FlashAttentionQKV.apply(qkv, causal=is_causal, dropout_p=float(dropout_p), scale=scale)
+
+
+def flash_fits(qkv) -> bool:
+    """Whether the kernels take this (B, T, 3, H, D) array: CuPy, float16 or float32, a head size
+    and grid they cover, and MINIGRAD_FUSED not 0."""
+    cp = backend._cupy  # None until something asked for "cuda": then nothing here is CuPy
+    if cp is None or not enabled() or not isinstance(qkv, cp.ndarray) or qkv.dtype not in (np.float16, np.float32):
+        return False
+    try:
+        flash_attention.check_shape(qkv.shape)
+    except ValueError:
+        return False
+    return True
+
+
+def attention_qkv(qkv: Tensor, is_causal: bool = True, dropout_p: float = 0.0, scale: float | None = None) -> Tensor:
+    """Attention over a fused QKV projection qkv (B, T, 3, H, D): the (B, T, H, D) output, from
+    the tensor-core kernels where they fit, else from the composite op over the split heads."""
+    if flash_fits(qkv.data):
+        return flash_attention_qkv(qkv, is_causal, dropout_p, scale)
+    heads = qkv.permute(2, 0, 3, 1, 4)                                      # (3, B, H, T, D)
+    out = scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=is_causal, dropout_p=dropout_p,
+                                       scale=scale)
+    return out.transpose(1, 2)                                              # (B, T, H, D)
