@@ -273,6 +273,16 @@ def test_flash_attention_qkv_function(emulated, dtype, p):
         _close(X.grad[:, :, i], want_d[:, :, i], tol)
 
 
+def test_flash_attention_qkv_takes_a_view_off_16_bytes(emulated):
+    qkv, dout = _inputs(9, 1, 20, 1, 16)
+    buf = np.zeros(qkv.size + 1, np.float16)
+    view = buf[1:].reshape(qkv.shape)  # contiguous, 2 bytes past an aligned start
+    view[...] = qkv
+    mg.manual_seed(5)
+    got = flash_attention_qkv(mg.tensor(view))
+    _close(got.data, _composite(qkv, dout, True, 0.0, np.float32)[0], 4 * ULP16)
+
+
 def test_flash_attention_qkv_refuses_what_the_kernels_do_not_take(emulated):
     with pytest.raises(ValueError, match="head sizes"):
         flash_attention_qkv(mg.zeros(1, 4, 3, 1, 24))

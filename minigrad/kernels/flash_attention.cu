@@ -46,9 +46,9 @@ static_assert(HEAD_DIM % 16 == 0 && HEAD_DIM <= 128, "head size: a multiple of 1
 #define BKQ_SMALL 32       // dq: keys per tile
 #define BKQ_LARGE 16
 // Head size > 64: dk and dv together would hold 2 x 64 float32 accumulators a thread, all of the
-// 128 registers, and dq's 64 leave too few for the rest; so the launcher builds the file twice, with
-// PART 1 and PART 2, and runs each backward kernel once from each: dk/dv computes dk alone (PART 1)
-// or dv alone (PART 2), dq the first or the second half of dq's columns.
+// 128 registers, and dq's 64 leave too few for the rest; so for the backward the launcher also
+// builds the file with PART 1 and with PART 2 and runs each backward kernel once from each: dk/dv
+// computes dk alone (PART 1) or dv alone (PART 2), dq the first or the second half of dq's columns.
 #ifndef PART
 #define PART 0
 #endif
@@ -445,7 +445,7 @@ flash_backward_dq(const half_t* __restrict__ qkv, const half_t* __restrict__ dou
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 int j = k0 + frag_col(nt, e, lane), r = e / 2;
-                bool vis = j < T && (!causal || j <= row[r]);
+                bool vis = j < T && row[r] < T && (!causal || j <= row[r]);  // rows past T: no lse
                 int rl = row[r] - q0;
                 float p = vis ? exp2f(s[nt][e] * sl2 - lse2_s[rl]) : 0.0f;
                 float dpk = (keep >> (4 * nt + e)) & 1u ? dp[nt][e] * drop_scale : 0.0f;

@@ -26,13 +26,21 @@ from ..tensor import Function, Tensor
 from . import enabled, flash_attention
 
 
+def _kernel_ready(cp, a):
+    """a as a contiguous float16 array whose first element sits on 16 bytes (the kernels load rows
+    16 bytes at a time); no copy when it already is one."""
+    a = cp.ascontiguousarray(a, dtype=np.float16)
+    address = a.data.ptr if hasattr(a.data, "ptr") else a.ctypes.data  # CuPy, or NumPy under the CPU emulator
+    return a if address % 16 == 0 else a.copy()
+
+
 class FlashAttentionQKV(Function):
     @staticmethod
     def forward(ctx, qkv, causal=True, dropout_p=0.0, scale=None):
         cp = backend.cupy()
         flash_attention.check_shape(qkv.shape)
         D = qkv.shape[-1]
-        x16 = cp.ascontiguousarray(qkv, dtype=np.float16)  # no copy when the projection ran in float16
+        x16 = _kernel_ready(cp, qkv)  # no copy when the projection ran in float16
         drop = flash_attention.Dropout(*backend.next_dropout_key(dropout_p), dropout_p) if dropout_p > 0 else None
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
         o, lse = flash_attention.forward(x16, scale, causal, drop)  # (B, T, H, D), (B, H, T)
@@ -44,7 +52,7 @@ class FlashAttentionQKV(Function):
     def backward(ctx, g):
         cp = backend.cupy()
         x16, o, lse = ctx.saved
-        g16 = cp.ascontiguousarray(g, dtype=np.float16)
+        g16 = _kernel_ready(cp, g)
         dqkv = flash_attention.backward(x16, o, lse, g16, ctx.scale, ctx.causal, ctx.drop)  # (B, T, 3, H, D)
         return dqkv if ctx.dtype == np.float16 else dqkv.astype(ctx.dtype)
 
