@@ -84,6 +84,8 @@ def torch_counterparts() -> dict[str, Callable[..., Any] | None]:
         "attention": lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True),
         "attention padded": None,
         "attention dropout": None,
+        "attention qkv": lambda qkv: TF.scaled_dot_product_attention(*qkv.permute(2, 0, 3, 1, 4),
+                                                                      is_causal=True).transpose(1, 2),
     }
 
 
