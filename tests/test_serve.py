@@ -16,8 +16,8 @@ import pytest
 import minigrad as mg
 from gpt2 import GPT2, GPT2Config
 from serve_helpers import Served, save_tiny_run
-from tasks.serve_api import ApiError, StopText, parse_sampling, render_chat
-from tasks.serve_batch import Job, QueueFull, Scheduler
+from tasks.serving.protocol import ApiError, StopText, parse_sampling, render_chat
+from tasks.serving.scheduler import Job, QueueFull, Scheduler
 
 
 # ---------------------------------------------------------------- the per-row KV cache
@@ -87,7 +87,7 @@ def test_stop_text_cuts_before_a_stop_string_split_over_tokens():
 
 
 def test_chat_rendering():
-    from tasks.alpaca import format_prompt
+    from tasks.data.alpaca import format_prompt
     msgs = [("user", "Name a colour.")]
     assert render_chat(msgs, instruct=True) == format_prompt({"instruction": "Name a colour.", "input": ""})
     two = render_chat([("system", "Be brief."), ("user", "a"), ("assistant", "b"), ("user", "c")], True)
@@ -214,9 +214,9 @@ def test_models_and_completions(server):
     # the library's greedy decoding of the same model gives the same text
     import gpt2.generate as G
     from gpt2.tokenizer import get_tokenizer
-    from tasks.checkpoint import load_model_from_run
+    from tasks.runs.models import load_run_model
     tok = get_tokenizer()
-    model = load_model_from_run(_run_dir(server))
+    model = load_run_model(_run_dir(server))
     ids = G.generate(model, tok.encode("Every effort moves you"), 7)
     assert r["choices"][0]["text"] == tok.decode(ids[4:].tolist())
 
@@ -397,7 +397,7 @@ def test_judge_scores_through_our_server(tmp_path, needs_tokenizer):
     import sys
 
     from serve_helpers import REPO, env
-    from tasks.judge import ScoreParseError, judge_prompt, parse_score
+    from tasks.evals.judge import ScoreParseError, judge_prompt, parse_score
 
     run = save_tiny_run(tmp_path / "judge-run", task="instruct")
     s = Served("--init", str(run), "--model-name", "tiny-judge", "--api-key-env", "JUDGE_KEY",

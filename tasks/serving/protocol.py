@@ -1,15 +1,20 @@
-"""The request side of tasks.serve: checking an OpenAI-style request body, rendering chat
-messages into a prompt, and turning generated tokens into text that stops at stop strings.
+"""The OpenAI-style schema of tasks.serve: checking a request body, rendering chat messages into
+a prompt, turning generated tokens into text that stops at stop strings, and the shapes of the
+responses (a whole body, or server-sent events as the tokens come).
 
 Nothing here touches HTTP or the model, so each piece is tested on its own.
 """
 from __future__ import annotations
 
+import json
+import time
+import uuid
 from dataclasses import dataclass
 
-from .alpaca import HEADER as ALPACA_HEADER
-from .alpaca import RESPONSE_HEADER
-from .generate import _TextStream
+from gpt2.tokenizer import TextStream
+
+from ..data.alpaca import HEADER as ALPACA_HEADER
+from ..data.alpaca import RESPONSE_HEADER
 
 MAX_STOPS = 4   # as OpenAI: at most four stop strings
 
@@ -167,7 +172,7 @@ class StopText:
     """
 
     def __init__(self, tokenizer, stops: list[str]):
-        self.utf8 = _TextStream(tokenizer)
+        self.utf8 = TextStream(tokenizer)
         self.stops = stops
         self.hold = max((len(s) for s in stops), default=1) - 1
         self.text = ""
@@ -198,3 +203,51 @@ class StopText:
             return ""
         out, self.sent = self.text[self.sent:upto], upto
         return out
+
+
+# ------------------------------------------------------------------ responses
+@dataclass
+class Reply:
+    """What every response to one request shares (its id, kind, model, creation time, prompt
+    length), and the shapes of its bodies: a whole one, or the events of a stream."""
+    chat: bool
+    model: str
+    prompt_tokens: int
+    id: str
+    created: int
+
+    @classmethod
+    def new(cls, chat: bool, model: str, prompt_tokens: int) -> Reply:
+        return cls(chat, model, prompt_tokens, ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
+                   int(time.time()))
+
+    def usage(self, completion_tokens: int) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": self.prompt_tokens + completion_tokens}
+
+    def choice(self, piece: str, finish: str | None, stream: bool) -> dict:
+        if not self.chat:
+            return {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
+        if stream:
+            return {"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": finish}
+        return {"index": 0, "message": {"role": "assistant", "content": piece},
+                "logprobs": None, "finish_reason": finish}
+
+    def body(self, text: str, finish: str, completion_tokens: int) -> dict:
+        """The whole response of a request that did not ask to stream."""
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [self.choice(text, finish, False)],
+                "usage": self.usage(completion_tokens)}
+
+    def event(self, choices: list, **extra) -> str:
+        """One server-sent event of a stream."""
+        data = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices, **extra}
+        return f"data: {json.dumps(data)}\n\n"
+
+    def first_event(self) -> str | None:
+        """A chat stream opens with the assistant's role and no text (none for completions)."""
+        if not self.chat:
+            return None
+        return self.event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+
