@@ -29,7 +29,7 @@ _cupy = None
 
 def tune_allocator() -> None:
     """Tune this process's memory allocation for a NumPy training step (Linux; call it once, at
-    the start of a job: tasks.cli.main_guard and the minigrad side of each benchmark do). Importing
+    the start of a job: tasks.common.guard.main_guard and the minigrad side of each benchmark do). Importing
     minigrad does not: it changes the whole process, other libraries included.
 
     Measured (2-core AMD EPYC shared with other jobs, NumPy 2.4, AdamW steps of batch 2 x 256,
