@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from .. import backend
+from .. import backend, standin
 from .adamw import adamw_update, adamw_update_multi
 from .fused import (FusedAttention, FusedCrossEntropy, FusedGelu, FusedLayerNorm, bias_residual,
                     embedding_backward)
@@ -27,12 +27,19 @@ def enabled() -> bool:
     return os.environ.get("MINIGRAD_FUSED", "1") != "0"
 
 
-def use_fused(*arrays) -> bool:
-    """True when every array is a non-empty float32 CuPy array and the kernels are enabled."""
+def on_device(a) -> bool:
+    """Whether `a` is a CuPy array, or the stand-in's (whose kernels NumPy runs: on_standin.py)."""
+    if isinstance(a, standin.ndarray):
+        return True
     cp = backend._cupy  # None until something asked for "cuda": then nothing here is CuPy
-    if cp is None or not enabled():
+    return cp is not None and isinstance(a, cp.ndarray)
+
+
+def use_fused(*arrays) -> bool:
+    """True when every array is a non-empty float32 device array and the kernels are enabled."""
+    if not enabled():
         return False
-    return all(isinstance(a, cp.ndarray) and a.dtype == "float32" and a.size > 0 for a in arrays)
+    return all(on_device(a) and a.dtype == "float32" and a.size > 0 for a in arrays)
 
 
 def attention_fits(q, k, v, is_causal: bool, attn_mask, dropout_p: float) -> bool:

@@ -12,7 +12,7 @@ import functools
 import re
 from pathlib import Path
 
-from .. import backend
+from .. import backend, standin
 
 KERNEL_DIR = Path(__file__).resolve().parent
 # NVRTC options shared by the runtime loader and `python -m minigrad.kernels`
@@ -25,8 +25,28 @@ def sources() -> list[Path]:
     return sorted(KERNEL_DIR.glob("*.cu"))
 
 
+_INCLUDE = re.compile(r'^#include\s+"([\w.]+)"[ \t]*$', re.M)
+
+
+def expand_includes(text: str, folder: Path = KERNEL_DIR) -> str:
+    """`text` with each `#include "name.cuh"` replaced by that header's text (from `folder`, else
+    from the package's folder), each header once. NVRTC then needs no include path for our own
+    headers, and CuPy's kernel cache, keyed by the source text, sees a changed header."""
+    seen: set[str] = set()
+
+    def expand(m: re.Match) -> str:
+        name = m.group(1)
+        if name in seen:
+            return ""
+        seen.add(name)
+        path = folder / name if (folder / name).is_file() else KERNEL_DIR / name
+        return _INCLUDE.sub(expand, path.read_text())
+    return _INCLUDE.sub(expand, text)
+
+
 def source_text(file: str) -> str:
-    return (KERNEL_DIR / file).read_text()
+    """A kernel source of the package, with our headers in place (expand_includes)."""
+    return expand_includes((KERNEL_DIR / file).read_text())
 
 
 def kernel_names(text: str) -> list[str]:
@@ -50,6 +70,31 @@ def _module(file: str, defines: tuple[tuple[str, int], ...]):
     return cp.RawModule(code=source_text(file), options=options)
 
 
-def kernel(file: str, name: str, **defines: int):
-    """The compiled kernel `name` of `file` (compiled on first use, then cached)."""
-    return _module(file, tuple(sorted(defines.items()))).get_function(name)
+class Kernel:
+    """`kernel(grid, block, args)` as CuPy's RawKernel is called. On CuPy arrays it launches the
+    compiled kernel (compiled on the first call); on the stand-in's arrays (no GPU: see
+    minigrad/standin.py) NumPy does the kernel's work, and the launch is counted
+    (minigrad/kernels/on_standin.py)."""
+
+    def __init__(self, file: str, name: str, defines: tuple[tuple[str, int], ...]):
+        self.file, self.name, self.defines = file, name, defines
+        self._raw = None
+
+    def __call__(self, grid, block, args, **kwargs) -> None:
+        if any(isinstance(a, standin.ndarray) for a in args):
+            from . import on_standin
+            on_standin.launch(self.name, dict(self.defines), grid, block, args)
+            return
+        if self._raw is None:
+            self._raw = _module(self.file, self.defines).get_function(self.name)
+        self._raw(grid, block, args, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(file: str, name: str, defines: tuple[tuple[str, int], ...]) -> Kernel:
+    return Kernel(file, name, defines)
+
+
+def kernel(file: str, name: str, **defines: int) -> Kernel:
+    """The kernel `name` of `file`, compiled with these `-D` defines."""
+    return _kernel(file, name, tuple(sorted(defines.items())))

@@ -13,7 +13,7 @@ _COLS = 256
 
 def forward(x, bias, residual):
     """x, residual: (N, C); bias: (C,)."""
-    out = backend.cupy().empty_like(x)
+    out = backend.array_module(x).empty_like(x)
     kernel("bias_residual.cu", "bias_residual_forward")(
         (_grid(x.size),), (_THREADS,), (x, bias, residual, out, np.int64(x.size), np.int32(x.shape[-1])))
     return out
@@ -21,13 +21,13 @@ def forward(x, bias, residual):
 
 def bias_grad(dout):
     """Column sums of dout (N, C), in a fixed order (no atomics)."""
-    cp = backend.cupy()
+    xp = backend.array_module(dout)
     N, C = dout.shape
     n_chunks = (N + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
-    part = cp.empty((n_chunks, C), dtype=np.float32)
+    part = xp.empty((n_chunks, C), dtype=np.float32)
     cols = (C + _COLS - 1) // _COLS
     kernel("bias_residual.cu", "bias_grad_partial")(
         (cols, n_chunks), (_COLS,), (dout, part, np.int32(N), np.int32(C), np.int32(_ROWS_PER_CHUNK)))
-    db = cp.empty(C, dtype=np.float32)
+    db = xp.empty(C, dtype=np.float32)
     kernel("bias_residual.cu", "bias_grad_sum")((cols,), (_COLS,), (part, db, np.int32(n_chunks), np.int32(C)))
     return db

@@ -16,11 +16,11 @@ def threads() -> int:
 
 def forward(logits, targets, ignore_index: int):
     """(losses (N,), lse (N,), bad (1,) int32: 1 when a target is outside [0, V) and not ignored)."""
-    cp = backend.cupy()
+    xp = backend.array_module(logits)
     N, V = logits.shape
-    losses = cp.empty(N, dtype=np.float32)
-    lse = cp.empty(N, dtype=np.float32)
-    bad = cp.zeros(1, dtype=np.int32)
+    losses = xp.empty(N, dtype=np.float32)
+    lse = xp.empty(N, dtype=np.float32)
+    bad = xp.zeros(1, dtype=np.int32)
     kernel("crossentropy.cu", "crossentropy_forward")(
         (N,), (threads(),), (logits, targets, losses, lse, bad, np.int32(N), np.int32(V), np.int64(ignore_index)))
     return losses, lse, bad
@@ -28,9 +28,9 @@ def forward(logits, targets, ignore_index: int):
 
 def backward(logits, targets, lse, scale, ignore_index: int):
     """dlogits = (softmax - onehot) * scale per row; scale is (N,) or (1,) (the same for all rows)."""
-    cp = backend.cupy()
+    xp = backend.array_module(logits)
     N, V = logits.shape
-    d = cp.empty_like(logits)
+    d = xp.empty_like(logits)
     stride = 0 if scale.size == 1 else 1
     kernel("crossentropy.cu", "crossentropy_backward")(
         (N,), (threads(),), (logits, targets, lse, scale, np.int32(stride), d, np.int32(N), np.int32(V),

@@ -15,12 +15,12 @@ def _grid(n: int) -> int:
 
 
 def forward(x):
-    out = backend.cupy().empty_like(x)
+    out = backend.array_module(x).empty_like(x)
     kernel("gelu.cu", "gelu_forward")((_grid(x.size),), (_THREADS,), (x, out, np.int64(x.size)))
     return out
 
 
 def backward(x, dout):
-    dx = backend.cupy().empty_like(x)
+    dx = backend.array_module(x).empty_like(x)
     kernel("gelu.cu", "gelu_backward")((_grid(x.size),), (_THREADS,), (x, dout, dx, np.int64(x.size)))
     return dx

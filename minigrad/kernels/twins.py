@@ -64,12 +64,17 @@ def attention_forward(q, k, v, scale: float, causal: bool):
 
 def attention_backward(q, k, v, o, lse, dout, scale: float, causal: bool):
     """attention_backward_{preprocess, dkdv, dq}: (dq, dk, dv) with the scores recomputed per tile."""
+    delta = (dout * o).sum(axis=-1)                  # (BH, T): rowsum(dO * O)
+    return attention_backward_with_delta(q, k, v, dout, lse, delta, scale, causal)
+
+
+def attention_backward_with_delta(q, k, v, dout, lse, delta, scale: float, causal: bool):
+    """attention_backward_{dkdv, dq}, given attention_backward_preprocess's delta."""
     t = tiles()
     BH, T, D = q.shape
     S = k.shape[1]
     off = S - T
     sc = f32(scale)
-    delta = (dout * o).sum(axis=-1)                  # (BH, T): rowsum(dO * O)
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     # dk, dv: a block per BKB keys, queries in tiles of BQB
     for k0 in range(0, S, t["BKB"]):
