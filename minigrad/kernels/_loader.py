@@ -98,3 +98,23 @@ def _kernel(file: str, name: str, defines: tuple[tuple[str, int], ...]) -> Kerne
 def kernel(file: str, name: str, **defines: int) -> Kernel:
     """The kernel `name` of `file`, compiled with these `-D` defines."""
     return _kernel(file, name, tuple(sorted(defines.items())))
+
+
+_counters: dict[tuple[str, str], object] = {}
+
+
+def zeroed_counters(like, n: int):
+    """n unsigned ints on `like`'s device that start at zero, for the kernels that finish a sum
+    in their last block (common.cuh's last_block): each leaves its counters at zero again, so one
+    array, zeroed once, serves every launch (launches on one stream never overlap)."""
+    xp = backend.array_module(like)
+    key = (xp.__name__, str(getattr(like, "device", "")))
+    have = _counters.get(key)
+    if have is None or have.size < n:
+        have = _counters[key] = xp.zeros(max(n, 1024), dtype="uint32")
+    return have
+
+
+def fp16(a) -> dict[str, int]:
+    """The define that compiles a kernel's float16 form for a float16 array (common.cuh's io_t)."""
+    return {"FP16": 1} if a.dtype == "float16" else {}

@@ -35,8 +35,9 @@ def forward(q, k, v, scale: float, causal: bool):
     return o, lse
 
 
-def backward(q, k, v, o, lse, dout, scale: float, causal: bool):
-    """(dq, dk, dv), each the shape of its input."""
+def backward(q, k, v, o, lse, dout, scale: float, causal: bool, out=None):
+    """(dq, dk, dv), each the shape of its input; written into `out` (three contiguous float32
+    arrays of those shapes) when given."""
     xp = backend.array_module(q)
     BH, T, D = q.shape
     S = k.shape[1]
@@ -45,7 +46,7 @@ def backward(q, k, v, o, lse, dout, scale: float, causal: bool):
     rows_per_block = 8
     _k("attention_backward_preprocess", D)(((BH * T + rows_per_block - 1) // rows_per_block,), (32 * rows_per_block,),
                                            (o, dout, delta, np.int64(BH * T)))
-    dq, dk, dv = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
+    dq, dk, dv = out if out is not None else (xp.empty_like(q), xp.empty_like(k), xp.empty_like(v))
     args = (np.int32(T), np.int32(S), np.float32(scale), np.int32(causal))
     _k("attention_backward_dkdv", D)(((S + t["BKB"] - 1) // t["BKB"], BH), (t["BKB"],),
                                      (q, k, v, dout, lse, delta, dk, dv) + args)

@@ -10,8 +10,6 @@ elsewhere: twins.py and the CUDA emulator of the tests.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import launchcount, standin
@@ -52,44 +50,48 @@ def _layernorm_forward(x, w, b, out, mean, rstd, N, C, eps):
     _put(rstd, r)
 
 
-def _layernorm_backward_dx(dout, x, w, mean, rstd, dx, N, C):
-    g, x2, w = _rows(dout, N, C), _rows(x, N, C), w.astype(f32)
-    xhat = (x2 - mean[:, None]) * rstd[:, None]
-    gx = g * w
-    _put(dx, (gx - gx.mean(axis=1, keepdims=True) - xhat * (gx * xhat).mean(axis=1, keepdims=True))
-         * rstd[:, None])
+def _xhat(x, mean, rstd, N, C):
+    return (_rows(x, N, C) - mean[:, None]) * rstd[:, None]
 
 
-def _layernorm_backward_dwdb(dout, x, mean, rstd, pdw, pdb, N, C, rows_per_chunk):
-    g, x2 = _rows(dout, N, C), _rows(x, N, C)
-    xhat = (x2 - mean[:, None]) * rstd[:, None]
-    for k in range(pdw.shape[0]):
-        rows = slice(k * rows_per_chunk, min(N, (k + 1) * rows_per_chunk))
-        pdw[k] = (g[rows] * xhat[rows]).sum(axis=0)
-        pdb[k] = g[rows].sum(axis=0)
+def _layernorm_backward_dx(dout, x, w, mean, rstd, dx, N, C, accumulate):
+    g, xhat = _rows(dout, N, C) * w.astype(f32), _xhat(x, mean, rstd, N, C)
+    d = (g - g.mean(axis=1, keepdims=True) - xhat * (g * xhat).mean(axis=1, keepdims=True)) * rstd[:, None]
+    _put(dx, d + dx.astype(f32).reshape(N, C) if accumulate else d)
 
 
-def _sum_partials(part, out, n_parts, C):
-    _put(out, part.reshape(n_parts, C).sum(axis=0))
+def _layernorm_backward_dwdb(dout, x, mean, rstd, part, dw, db, done, N, C, rows_per_chunk):
+    g = _rows(dout, N, C)
+    _put(dw, _chunked_column_sums(g * _xhat(x, mean, rstd, N, C), rows_per_chunk))
+    _put(db, _chunked_column_sums(g, rows_per_chunk))
+
+
+def _chunked_column_sums(a, rows_per_chunk):
+    """Column sums as the kernels add them: chunks of rows, then the chunks in order."""
+    parts = [a[i:i + rows_per_chunk].sum(axis=0) for i in range(0, len(a), rows_per_chunk)]
+    return np.sum(parts, axis=0) if parts else np.zeros(a.shape[1], f32)
 
 
 # ---------------------------------------------------------------- gelu.cu, bias_residual.cu
-def _gelu_forward(x, out, n):
-    _put(out, twins.gelu_forward(x.astype(f32)))
+def _gelu_input(x, bias, C):
+    u = x.astype(f32)
+    return (u.reshape(-1, C) + bias.astype(f32)).reshape(x.shape) if C > 0 else u
 
 
-def _gelu_backward(x, dout, dx, n):
-    _put(dx, twins.gelu_backward(x.astype(f32), dout.astype(f32)))
+def _gelu_forward(x, bias, C, out, n):
+    _put(out, twins.gelu_forward(_gelu_input(x, bias, C)))
+
+
+def _gelu_backward(x, bias, C, dout, dx, n):
+    _put(dx, twins.gelu_backward(_gelu_input(x, bias, C), dout.astype(f32)))
 
 
 def _bias_residual_forward(x, bias, residual, out, n, C):
     _put(out, x.astype(f32).reshape(-1, C) + bias.astype(f32) + residual.astype(f32).reshape(-1, C))
 
 
-def _bias_grad_partial(dout, part, N, C, rows_per_chunk):
-    g = _rows(dout, N, C)
-    for k in range(part.shape[0]):
-        part[k] = g[k * rows_per_chunk:(k + 1) * rows_per_chunk].sum(axis=0)
+def _bias_grad(dout, part, db, done, N, C, rows_per_chunk):
+    _put(db, _chunked_column_sums(_rows(dout, N, C), rows_per_chunk))
 
 
 # ---------------------------------------------------------------- attention.cu (float32)
@@ -115,53 +117,74 @@ def _attention_backward_dq(q, k, v, dout, lse, delta, dq, T, S, scale, causal):
 
 
 # ---------------------------------------------------------------- crossentropy.cu
-def _crossentropy_forward(logits, targets, losses, lse, bad, N, V, ignore_index):
+def _crossentropy_forward(logits, targets, losses, lse, total, done, N, V, ignore_index, weight):
     x = _rows(logits, N, V)
     m = x.max(axis=1, keepdims=True)
     l = (np.log(np.exp(x - m).sum(axis=1, keepdims=True)) + m)[:, 0]
     _put(lse, l)
     ignored = targets == ignore_index
-    out_of_range = ~ignored & ((targets < 0) | (targets >= V))
-    if out_of_range.any():
-        bad[0] = 1
-    t = np.where(ignored | out_of_range, 0, targets)
-    _put(losses, np.where(ignored | out_of_range, f32(0), l - x[np.arange(N), t]))
+    bad = ~ignored & ((targets < 0) | (targets >= V))
+    picked = x[np.arange(N), np.where(ignored | bad, 0, targets)]
+    loss = np.where(ignored, f32(0), np.where(bad, f32(np.nan), l - picked))
+    _put(losses, loss)
+    _put(total, loss.astype(f32).sum() * f32(weight))
 
 
-def _crossentropy_backward(logits, targets, lse, scale, scale_stride, dlogits, N, V, ignore_index):
+def _crossentropy_backward(logits, targets, lse, scale, scale_stride, mult, dlogits, N, V, ignore_index):
     x = _rows(logits, N, V)
     p = np.exp(x - lse[:, None])
     rows = np.flatnonzero((targets != ignore_index) & (targets >= 0) & (targets < V))
     p[rows, targets[rows]] -= 1
-    sc = scale.astype(f32)[np.arange(N) * int(scale_stride)]
+    sc = scale.astype(f32)[np.arange(N) * int(scale_stride)] * f32(mult)
     _put(dlogits, p * np.where(targets == ignore_index, f32(0), sc)[:, None])
 
 
 # ---------------------------------------------------------------- embedding_backward.cu
-def _embedding_backward(rows, sorted_keys, gw, N, C):
-    ids, pos = np.divmod(sorted_keys, N)
+def _embedding_keys(ids, keys, N):
+    keys[...] = ids.astype(keys.dtype) * keys.dtype.type(N) + np.arange(N, dtype=keys.dtype)
+
+
+def _embedding_backward(rows, sorted_keys, gw, N, C, accumulate):
+    ids, pos = np.divmod(sorted_keys.astype(np.int64), N)
     g = np.zeros(gw.shape, f32)
     np.add.at(g, ids, rows.astype(f32)[pos])  # in key order, as the kernel adds
     touched = np.unique(ids)
-    gw[touched] = g[touched].astype(gw.dtype)
+    gw[touched] = (g[touched] + gw[touched].astype(f32) if accumulate else g[touched]).astype(gw.dtype)
 
 
-# ---------------------------------------------------------------- adamw.cu
-def _adamw_flat(p, g, m, v, n, decay, b1, b2, eps, step_size, inv_sqrt_bc2):
-    pf = p * (f32(1) - decay)
+# ---------------------------------------------------------------- adamw.cu, unscale.cu
+def _adamw_one(p, g, m, v, decay, b1, b2, eps, step_size, inv_sqrt_bc2):
+    pf = p * (f32(1) - f32(decay))
     m[...] = b1 * m + (f32(1) - b1) * g
     v[...] = b2 * v + (f32(1) - b2) * (g * g)
     p[...] = pf - step_size * (m / (np.sqrt(v) * inv_sqrt_bc2 + eps))
 
 
+def _adamw_flat(p, g, m, v, n, decay, b1, b2, eps, step_size, inv_sqrt_bc2):
+    _adamw_one(p, g, m, v, decay, b1, b2, eps, step_size, inv_sqrt_bc2)
+
+
+def _adamw_multi(p, g, m, v, table, wds, n_ranges, lr, b1, b2, eps, step_size, inv_sqrt_bc2):
+    offsets, starts = table[:n_ranges + 1], table[n_ranges + 1:]
+    for r in range(n_ranges):
+        sl = slice(starts[r], starts[r] + offsets[r + 1] - offsets[r])
+        _adamw_one(p[sl], g[sl], m[sl], v[sl], f32(lr) * wds[r], b1, b2, eps, step_size, inv_sqrt_bc2)
+
+
+def _unscale_grads(g16, g32, n, inv_scale, flag, stamp):
+    g32[...] = g16.astype(f32) * f32(inv_scale)
+    if not np.isfinite(g16).all():
+        flag[0] = stamp
+
+
 _IMPL = {
     "layernorm_forward": _layernorm_forward, "layernorm_backward_dx": _layernorm_backward_dx,
-    "layernorm_backward_dwdb": _layernorm_backward_dwdb, "layernorm_sum_partials": _sum_partials,
+    "layernorm_backward_dwdb": _layernorm_backward_dwdb,
     "gelu_forward": _gelu_forward, "gelu_backward": _gelu_backward,
-    "bias_residual_forward": _bias_residual_forward, "bias_grad_partial": _bias_grad_partial,
-    "bias_grad_sum": _sum_partials,
+    "bias_residual_forward": _bias_residual_forward, "bias_grad": _bias_grad,
     "attention_forward": _attention_forward, "attention_backward_preprocess": _attention_backward_preprocess,
     "attention_backward_dkdv": _attention_backward_dkdv, "attention_backward_dq": _attention_backward_dq,
     "crossentropy_forward": _crossentropy_forward, "crossentropy_backward": _crossentropy_backward,
-    "embedding_backward": _embedding_backward, "adamw_flat": _adamw_flat,
+    "embedding_keys": _embedding_keys, "embedding_backward": _embedding_backward,
+    "adamw_flat": _adamw_flat, "adamw_multi": _adamw_multi, "unscale_grads": _unscale_grads,
 }

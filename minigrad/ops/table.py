@@ -98,6 +98,10 @@ def _padded_qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
     return arrays, {"attn_mask": mask}
 
 
+def _packed_qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
+    return [_normal(rng, dt, s.B, s.T, 3 * s.C), _normal(rng, dt, 3 * s.C)], {"n_head": s.H}
+
+
 def _linear(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
     return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.C, 3 * s.C, scale=s.C ** -0.5),
             _normal(rng, dt, 3 * s.C)], {}
@@ -177,6 +181,7 @@ OPS: tuple[OpEntry, ...] = (
     OpEntry("embedding", lambda w, idx: layers.embedding(idx, w), (layers.EmbeddingFn,), _table),
     OpEntry("layer_norm", layers.layer_norm, (layers.LayerNormFn, kernels.FusedLayerNorm), _ln),
     OpEntry("gelu", layers.gelu, (layers.GeluFn, kernels.FusedGelu), _x()),
+    OpEntry("gelu with bias", layers.gelu, (layers.GeluFn, ew.AddFn, kernels.FusedGelu), _x_and_row()),
     OpEntry("dropout", _fixed_seed_dropout, (layers.DropoutFn,), _x()),
     # softmax_family.py
     OpEntry("softmax", sf.softmax, (sf.SoftmaxFn,), _x()),
@@ -187,6 +192,8 @@ OPS: tuple[OpEntry, ...] = (
             (attention.AttentionFn, kernels.FusedAttention), _qkv),
     OpEntry("attention padded", attention.scaled_dot_product_attention, (attention.AttentionFn,), _padded_qkv),
     OpEntry("attention dropout", _fixed_seed_attention_dropout, (attention.AttentionFn,), _qkv),
+    OpEntry("causal_self_attention", lambda qkv, bias, n_head: attention.causal_self_attention(qkv, n_head, bias=bias),
+            (attention.AttentionFn, ew.AddFn, kernels.FusedSelfAttention), _packed_qkv),
 )
 
 
