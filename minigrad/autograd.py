@@ -49,6 +49,7 @@ class GradLedger:
         self.never_write: set[int] = {id(_owner(seed))}
         self.offered: dict[int, Any] = {}  # leaf id -> its flat-buffer view, handed to an op
         self.popped: int | None = None     # the owner of the gradient pop() handed out last
+        self.sums_offered: dict[int, Any] = {}  # parent id -> the pending sum offered to the op now running
 
     def pop(self, t: Tensor) -> Any:
         """The summed gradient of t, taken out of the ledger (None if nothing flowed to t)."""
@@ -76,6 +77,7 @@ class GradLedger:
                 sums = sums or [None] * len(ctx.parents)
                 sums[i] = acc
         ctx.grad_sum = sums
+        self.sums_offered = {id(p): a for p, a in zip(ctx.parents, sums or ()) if a is not None}
         return dests
 
     def add(self, fn: type, parent: Tensor, pg: Any) -> None:
@@ -85,7 +87,7 @@ class GradLedger:
                                f"for an input of shape {parent.data.shape}")
         key = id(parent)
         acc = self.pending.get(key)
-        if pg is acc:
+        if pg is acc and self.sums_offered.get(key) is pg:
             return  # the op added its gradient into the sum it was offered (grad_sum)
         if acc is None:
             self.pending[key] = pg

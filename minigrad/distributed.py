@@ -93,10 +93,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def check_nccl(cp) -> None:
+    """Several GPU ranks sum their gradients through NCCL: one clear line where CuPy has none."""
+    if not getattr(cp.cuda, "nccl", None) or not cp.cuda.nccl.available:
+        raise DistributedError("several GPU ranks need NCCL, which this CuPy cannot load (cupy.cuda.nccl.available "
+                               "is False): pip install nvidia-nccl-cu12 (CUDA 12) or nvidia-nccl-cu13 (CUDA 13)")
+
+
 def select_gpu() -> None:
-    """Make GPU `local_rank()` current for this process (one GPU per local rank)."""
+    """Make GPU `local_rank()` current for this process (one GPU per local rank), and check that
+    NCCL is there for the gradients' all-reduce."""
     if world_size() > 1:
         cp = backend.cupy()
+        check_nccl(cp)
         n = cp.cuda.runtime.getDeviceCount()
         if local_rank() >= n:
             raise DistributedError(f"rank {rank()} is local rank {local_rank()} but this machine has "
@@ -109,6 +118,7 @@ def _nccl_comm():
     """The NCCL communicator over all ranks: rank 0 draws the unique id, MPI hands it round."""
     global _nccl
     if _nccl is None:
+        check_nccl(backend.cupy())
         from cupy.cuda import nccl
         uid = nccl.get_unique_id() if rank() == 0 else None
         uid = _comm.bcast(uid, root=0)
