@@ -161,7 +161,9 @@ try:
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         print(" | CUDA runtime", rt.runtimeGetVersion(), "| driver", rt.driverGetVersion(), "|", name,
               f"| compute capability {props['major']}.{props['minor']}, {props['multiProcessorCount']} SMs,",
-              f"{props['totalGlobalMem'] / 2**30:.0f} GiB | NCCL available: {cupy.cuda.nccl.available}")
+              f"{props['totalGlobalMem'] / 2**30:.0f} GiB")
+        from cupy.cuda import nccl
+        print("NCCL available to CuPy:", nccl.available)
     except Exception as e:
         print(" | no GPU:", type(e).__name__)
 except ImportError:

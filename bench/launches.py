@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -80,7 +81,7 @@ def render(args, cfg: dict, counts: dict, check: dict) -> str:
             for dt, c in counts.items()]
     agree = all(check[dt].by_kind == counts[dt].by_kind for dt in check)
     lines = [f"# Launches and host syncs per training step ({args.size}, B={args.batch_size}, T={args.context})", "",
-             f"`python -m bench.launches {' '.join(args.argv)}`".replace("  ", " "), "",
+             f"`{shlex.join(['python', '-m', 'bench.launches', *args.argv])}`", "",
              f"Model: {cfg['n_layer']} layers, {cfg['n_head']} heads, width {cfg['n_embd']}, vocabulary "
              f"{cfg['vocab_size']}, dropout 0. One step of tasks.train's Trainer (forward, backward, AdamW, "
              "the loss read by the host as at every log step; float16: the loss scaled, the gradients "

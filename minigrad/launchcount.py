@@ -113,3 +113,84 @@ def sort(a: np.ndarray, name: str) -> None:
 def copies(result: np.ndarray, source: np.ndarray) -> int:
     """1 when `result` (of a reshape or ravel) is a new array rather than a view of `source`."""
     return int(result.size > 0 and not np.may_share_memory(result, source))
+
+
+def nonzero() -> None:
+    """nonzero, flatnonzero, a boolean mask: count, read the count to size the output, scatter."""
+    tally("reduction", "nonzero")
+    tally("sync", "nonzero")
+    tally("elementwise", "nonzero", 2)  # a scan and a scatter
+
+
+def index_cost(arrays: list[tuple[bool, np.dtype]], kind: str) -> bool:
+    """An index's arrays, (already on the device?, dtype) each: host ones are copied in, a boolean
+    one reads its count back (nonzero), and the gather or scatter itself is one kernel. Returns
+    whether there was any (else the index is basic: a view, or one copy kernel for a setitem)."""
+    if not arrays:
+        return False
+    tally("h2d", "index array", sum(not on_device for on_device, _ in arrays))
+    if any(dtype == bool for _, dtype in arrays):
+        nonzero()
+    tally("elementwise", kind)
+    return True
+
+
+_REDUCTIONS = {"sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "prod", "all", "any",
+               "count_nonzero"}
+_ELEMENTWISE = {"where", "clip", "copyto", "take", "take_along_axis", "isclose", "diff", "repeat", "tile", "round",
+                "ones_like", "full_like", "ones", "full", "arange", "linspace", "outer", "searchsorted", "cumsum"}
+_VIEWS = {"split", "array_split", "broadcast_to", "expand_dims", "squeeze", "swapaxes", "moveaxis", "transpose",
+          "empty_like", "empty"}
+
+
+def function_cost(name: str, args: tuple, kwargs: dict, result) -> None:
+    """What CuPy launches for the namespace function `name` (NumPy arrays in and out)."""
+    if name in _REDUCTIONS:
+        tally("reduction", name)
+    elif name in _ELEMENTWISE:
+        tally("elementwise", name)
+    elif name in _VIEWS:
+        pass
+    elif name in ("reshape", "ravel"):
+        tally("elementwise", f"{name} (copy)", copies(result, args[0]))
+    elif name in ("concatenate", "stack"):
+        tally("elementwise", name, len(args[0]))  # a copy of each array into the result
+    elif name in ("tril", "triu", "pad", "eye"):
+        tally("elementwise", name, 2)
+    elif name in ("zeros", "zeros_like"):
+        tally("memset", name, int(result.size > 0))
+    elif name in ("matmul", "dot"):
+        matmul(args[0], args[1], kwargs.get("out"))
+    elif name in ("vdot", "einsum"):
+        tally("blas", name)
+    elif name in ("sort", "unique"):
+        sort(args[0], name)
+        if name == "unique":
+            nonzero()
+    elif name in ("flatnonzero", "nonzero"):
+        nonzero()
+    elif name == "bincount":
+        tally("reduction", name)  # the largest value, read back to size the output
+        tally("sync", name)
+        tally("memset", name)
+        tally("elementwise", name)
+    elif name in ("var", "std", "allclose", "array_equal"):
+        tally("reduction", name, 2 if name in ("var", "std") else 1)
+        tally("elementwise", name)
+    else:
+        raise KeyError(f"launchcount has no cost for {name}(): add it")
+
+
+def method_cost(name: str, a: np.ndarray, args: tuple, kwargs: dict) -> None:
+    """What CuPy launches for the array method `name` of `a` (NumPy arrays)."""
+    if name in _REDUCTIONS:
+        tally("reduction", name)
+    elif name in ("std", "var"):
+        tally("reduction", name, 2)
+        tally("elementwise", name)
+    elif name == "dot":
+        matmul(a, args[0], kwargs.get("out"))
+    elif name == "sort":
+        sort(a, "sort")
+    elif name != "conj" or a.dtype.kind == "c":
+        tally("elementwise", name)  # clip, repeat, take, round, cumsum (a scan)

@@ -161,7 +161,7 @@ class AdamW(Optimizer):
         t = self.step_count
         m, v = self.flat_state("exp_avg"), self.flat_state("exp_avg_sq")
         from . import kernels
-        if kernels.use_fused(self.flat.data):
+        if self.flat.data.dtype == np.float32 and kernels.use_fused(self.flat.data):  # the kernel's one form
             self._fused_step(segments, m, v, t)
             return
         if self._scratch is None:

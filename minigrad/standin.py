@@ -217,7 +217,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
         return _wrap(self._a.swapaxes(a, b))
 
     def nonzero(self):
-        _nonzero_cost()
+        _lc.nonzero()
         return _wrap(self._a.nonzero())
 
     def argsort(self, axis=-1, kind=None):
@@ -229,7 +229,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
             method = getattr(self._a, name)
 
             def call(*args, **kwargs):
-                _method_cost(name, self, args, kwargs)
+                _lc.method_cost(name, self._a, _unwrap(args), _unwrap(kwargs))
                 return _call(method, args, kwargs)
             return call
         raise AttributeError(f"standin.ndarray has no attribute {name!r}")
@@ -371,12 +371,11 @@ def _np_matmul(a, b, out=None, **kwargs):
 
 def _function(name: str):
     fn = _np_matmul if name == "matmul" else getattr(np, name)
-    cost = _FUNCTION_COSTS.get(name)
 
     def wrapper(*args, **kwargs):
         result = _call(fn, args, kwargs)
         if _lc.active is not None:
-            cost(name, _unwrap(args), _unwrap(kwargs), result)
+            _lc.function_cost(name, _unwrap(args), _unwrap(kwargs), _unwrap(result))
         return result
     wrapper.__name__ = wrapper.__qualname__ = name
     wrapper.__doc__ = f"standin.{name}: numpy.{name} on stand-in arrays (NumPy arrays refused)."
@@ -403,121 +402,12 @@ class _Ufunc:
         return _call(self._uf.accumulate, args, kwargs)
 
 
-# ---------------------------------------------------------------- launch costs (launchcount.py)
 def _index_cost(index, kind: str) -> bool:
-    """Tally what an index costs beyond a view: NumPy index arrays are copied in; an integer
-    array index is one gather or scatter kernel; a boolean mask also reads its count back.
-    Returns whether the index is an advanced one (so the caller's own kernel is that one)."""
+    """launchcount.index_cost of an index's arrays: (whether already on the device, dtype) each."""
     items = index if isinstance(index, tuple) else (index,)
-    arrays = [i for i in items if isinstance(i, (ndarray, np.ndarray, list))]
-    if not arrays:
-        return False
-    _tally("h2d", "index array", builtins.sum(not isinstance(i, ndarray) for i in arrays))
-    if builtins.any(np.asarray(i._a if isinstance(i, ndarray) else i).dtype == bool for i in arrays):
-        _nonzero_cost()
-    _tally("elementwise", kind)
-    return True
-
-
-def _nonzero_cost() -> None:
-    _tally("reduction", "nonzero")       # count the True values ...
-    _tally("sync", "nonzero")            # ... read the count, to size the output ...
-    _tally("elementwise", "nonzero", 2)  # ... then a scan and a scatter
-
-
-_REDUCTIONS = {"sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "prod", "all", "any",
-               "count_nonzero"}
-
-
-def _method_cost(name: str, a: "ndarray", args, kwargs) -> None:
-    if name in _REDUCTIONS:
-        _tally("reduction", name)
-    elif name in ("std", "var"):
-        _tally("reduction", name, 2)
-        _tally("elementwise", name)
-    elif name == "dot":
-        _lc.matmul(a._a, _unwrap(args[0]), _unwrap(kwargs.get("out")))
-    elif name == "sort":
-        _lc.sort(a._a, "sort")
-    elif name != "conj" or a._a.dtype.kind == "c":
-        _tally("elementwise", name)  # clip, repeat, take, round, cumsum (a scan)
-
-
-def _elementwise(n: int = 1):
-    return lambda name, args, kwargs, result: _tally("elementwise", name, n)
-
-
-def _nothing(name, args, kwargs, result) -> None:
-    pass
-
-
-def _reduction(name, args, kwargs, result) -> None:
-    _tally("reduction", name)
-
-
-def _per_array(name, args, kwargs, result) -> None:
-    _tally("elementwise", name, len(args[0]))
-
-
-def _maybe_copy(name, args, kwargs, result) -> None:
-    _tally("elementwise", f"{name} (copy)", _lc.copies(_operand(result), args[0]))
-
-
-def _memset(name, args, kwargs, result) -> None:
-    _tally("memset", name, int(result.size > 0))
-
-
-def _matmul(name, args, kwargs, result) -> None:
-    _lc.matmul(args[0], args[1], kwargs.get("out"))
-
-
-def _blas(name, args, kwargs, result) -> None:
-    _tally("blas", name)
-
-
-def _sort(name, args, kwargs, result) -> None:
-    _lc.sort(args[0], name)
-
-
-def _nonzero(name, args, kwargs, result) -> None:
-    _nonzero_cost()
-
-
-def _unique(name, args, kwargs, result) -> None:
-    _lc.sort(args[0], name)
-    _nonzero_cost()
-
-
-def _bincount(name, args, kwargs, result) -> None:
-    _tally("reduction", name)          # the largest value ...
-    _tally("sync", name)               # ... read back to size the output
-    _tally("memset", name)
-    _tally("elementwise", name)
-
-
-def _var(name, args, kwargs, result) -> None:
-    _tally("reduction", name, 2)
-    _tally("elementwise", name)
-
-
-def _compare_all(name, args, kwargs, result) -> None:
-    _tally("elementwise", name)
-    _tally("reduction", name)
-
-
-_FUNCTION_COSTS = {
-    **dict.fromkeys(("where", "clip", "copyto", "take", "take_along_axis", "isclose", "diff", "repeat", "tile",
-                     "round", "ones_like", "full_like", "ones", "full", "arange", "linspace", "outer",
-                     "searchsorted", "cumsum"), _elementwise()),
-    **dict.fromkeys(_REDUCTIONS, _reduction),
-    **dict.fromkeys(("split", "array_split", "broadcast_to", "expand_dims", "squeeze", "swapaxes", "moveaxis",
-                     "transpose", "empty_like", "empty"), _nothing),
-    "reshape": _maybe_copy, "ravel": _maybe_copy, "concatenate": _per_array, "stack": _per_array,
-    "tril": _elementwise(2), "triu": _elementwise(2), "pad": _elementwise(2), "zeros": _memset,
-    "zeros_like": _memset, "eye": _elementwise(2), "sort": _sort, "flatnonzero": _nonzero, "nonzero": _nonzero,
-    "unique": _unique, "bincount": _bincount, "matmul": _matmul, "dot": _matmul, "vdot": _blas,
-    "einsum": _blas, "allclose": _compare_all, "array_equal": _compare_all, "var": _var, "std": _var,
-}
+    arrays = [(isinstance(i, ndarray), np.asarray(i._a if isinstance(i, ndarray) else i).dtype)
+              for i in items if isinstance(i, (ndarray, np.ndarray, list))]
+    return _lc.index_cost(arrays, kind)
 
 
 # ---------------------------------------------------------------- the namespace (CuPy's subset)

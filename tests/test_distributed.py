@@ -249,5 +249,5 @@ def test_gpu_ranks_without_nccl_are_told_in_one_line():
     from types import SimpleNamespace as NS
     from minigrad.distributed import DistributedError, check_nccl
     with pytest.raises(DistributedError, match=r"need NCCL.*nccl.available is False\): pip install nvidia-nccl"):
-        check_nccl(NS(cuda=NS(nccl=NS(available=False))))
-    check_nccl(NS(cuda=NS(nccl=NS(available=True))))  # NCCL there: nothing to say
+        check_nccl(NS(available=False))
+    check_nccl(NS(available=True))  # NCCL there: nothing to say
