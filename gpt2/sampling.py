@@ -123,29 +123,50 @@ def filter_logits(logits: np.ndarray, top_k: int | None = None, top_p: float | N
 
     `logits` is (B, V), already divided by the temperature. The nucleus is the smallest set of
     most likely tokens whose probability sum reaches top_p; the most likely token always stays.
-    Ties at the k-th value are all kept (the k-th value is the threshold).
+    Ties at the k-th value are all kept (the k-th value is the threshold). Returns float64.
     """
-    out = np.array(logits, dtype=np.float64)
+    return _filter(np.array(logits, dtype=np.float64), top_k, top_p)
+
+
+def _filter(out: np.ndarray, top_k: int | None, top_p: float | None) -> np.ndarray:
+    """filter_logits in place on a float64 array of our own."""
     V = out.shape[-1]
     if top_k is not None and top_k < V:
         kth = np.partition(out, V - top_k, axis=-1)[:, V - top_k][:, None]
         out[out < kth] = -np.inf
     if top_p is not None and top_p < 1.0:
-        order = np.argsort(-out, axis=-1, kind="stable")
-        sorted_logits = np.take_along_axis(out, order, axis=-1)
-        probs = _softmax(sorted_logits)
-        # a token stays when the tokens more likely than it sum to less than top_p
-        before = np.cumsum(probs, axis=-1) - probs
-        drop_sorted = before >= top_p
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=-1)
-        out[drop] = -np.inf
+        for row in out:
+            row[~_nucleus(row, top_p)] = -np.inf
     return out
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def _nucleus(logits: np.ndarray, top_p: float) -> np.ndarray:
+    """The tokens of one row (V,) whose more likely tokens (ties: lower ids first) sum to less
+    than top_p, as a boolean mask.
+
+    Sorting all 50,257 tokens costs milliseconds per row; the nucleus usually lies among the few
+    hundred most likely, so sort those first (argpartition), and more only when their mass is
+    short of top_p. Exact: tokens outside the sorted set are no more likely than every token in it.
+    """
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    V, m = len(probs), 256
+    while True:
+        if m >= V:
+            cand = np.arange(V)
+        else:
+            cand = np.sort(np.argpartition(-probs, m - 1)[:m])
+            p = probs[cand]
+            # every token left out is at most as likely as the least likely candidate: the
+            # candidates above that value must already reach top_p for the cut to be exact
+            if p[p > p.min()].sum() < top_p:
+                m *= 4
+                continue
+        cand = cand[np.argsort(-probs[cand], kind="stable")]     # most likely first, then by id
+        p = probs[cand]
+        keep = np.zeros(V, dtype=bool)
+        keep[cand[np.cumsum(p) - p < top_p]] = True
+        return keep
 
 
 def sample_next(logits: np.ndarray, temperature: float = 0.0, top_k: int | None = None,
@@ -158,17 +179,21 @@ def sample_next(logits: np.ndarray, temperature: float = 0.0, top_k: int | None 
     if temperature == 0.0:
         return np.argmax(logits, axis=-1).astype(np.int64)
     rng = rng if rng is not None else backend.rng("cpu")
-    # float64 here is cheap (B rows of V) and keeps the cumulative sums clean
-    probs = _softmax(filter_logits(np.asarray(logits, dtype=np.float64) / temperature, top_k, top_p))
-    cdf = np.cumsum(probs, axis=-1)
-    draws = np.array([g.random() for g in rng]) if isinstance(rng, (list, tuple)) else rng.random(len(probs))
-    u = draws[:, None] * cdf[:, -1:]
+    # float64 here is cheap (B rows of V) and keeps the cumulative sums clean; one buffer, in place
+    x = np.array(logits, dtype=np.float64)
+    x /= temperature
+    x = _filter(x, top_k, top_p)
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)                        # unnormalised probabilities (a filtered token: 0)
+    cdf = np.cumsum(x, axis=-1, out=x)
+    draws = np.array([g.random() for g in rng]) if isinstance(rng, (list, tuple)) else rng.random(len(cdf))
     # inverse CDF: the first token whose cumulative probability passes u (a filtered token adds
-    # nothing to the sum, so it is never the first). Rounding can make u == cdf[-1]: then take
-    # the last token that has any probability.
-    ids = (cdf <= u).sum(axis=-1)
-    last_possible = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
-    return np.minimum(ids, last_possible).astype(np.int64)
+    # nothing to the sum, so it is never the first)
+    ids = np.array([np.searchsorted(row, u * row[-1], side="right") for row, u in zip(cdf, draws)])
+    for row in np.flatnonzero(ids == cdf.shape[-1]):
+        # rounding made u the whole sum: the last token that has any probability
+        ids[row] = np.searchsorted(cdf[row], cdf[row, -1], side="left")
+    return ids.astype(np.int64)
 
 
 def choose_next(logits: np.ndarray, params: Sequence[SamplingParams], generated: Sequence[Sequence[int]],

@@ -154,3 +154,41 @@ def test_top_logprobs_is_a_sort_by_value_then_id(values, k):
         want = sorted(range(V), key=lambda j: (-lp[row, j], j))[:k]
         assert ids[row].tolist() == want
         np.testing.assert_array_equal(vals[row], lp[row, want])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), top_p=st.floats(0.01, 0.999), scale=st.sampled_from([0.1, 3.0, 12.0]),
+       vocab=st.sampled_from([50, 1000, 3000]), ties=st.booleans())
+def test_top_p_is_the_nucleus_of_a_full_sort(seed, top_p, scale, vocab, ties):
+    """The nucleus, found among the most likely few hundred first, is the one a full stable sort
+    gives: the tokens whose more likely tokens (lower id first among equals) sum below top_p."""
+    from gpt2.sampling import filter_logits
+    x = np.random.default_rng(seed).standard_normal((2, vocab)) * scale
+    if ties:
+        x = np.round(x)                      # many equal logits, at the cut too
+    order = np.argsort(-x, axis=-1, kind="stable")
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ps = np.take_along_axis(p, order, -1)
+    keep_sorted = np.cumsum(ps, -1) - ps < top_p
+    want = np.zeros_like(keep_sorted)
+    np.put_along_axis(want, order, keep_sorted, -1)
+    got = np.isfinite(filter_logits(x, top_p=top_p))
+    # a token whose "before" sum sits within rounding of top_p may fall either way
+    margin = np.abs(np.take_along_axis(np.cumsum(ps, -1) - ps, np.argsort(order, -1), -1) - top_p) < 1e-9
+    assert np.all((got == want) | margin)
+
+
+def test_top_p_cut_inside_a_tie_keeps_the_lowest_ids():
+    """200 likely tokens at scattered places, then 800 tied ones: a top_p that cuts 20 tokens into
+    the tie keeps the tied tokens of lowest id, even though the first candidates sorted are fewer
+    than the tie."""
+    from gpt2.sampling import filter_logits
+    rng = np.random.default_rng(0)
+    x = np.zeros(1000)
+    likely = rng.choice(1000, 200, replace=False)
+    x[likely] = 5.0
+    p_likely, p_tied = np.exp(5.0) / (200 * np.exp(5.0) + 800), 1 / (200 * np.exp(5.0) + 800)
+    kept = np.flatnonzero(np.isfinite(filter_logits(x[None], top_p=200 * p_likely + 19.5 * p_tied)[0]))
+    tied = np.setdiff1d(np.arange(1000), likely)
+    assert set(kept) == set(likely) | set(tied[:20])
