@@ -25,6 +25,15 @@ class TokenOut:
     offset: int = 0                               # where its text starts in the choice's text
 
 
+def echo_prompt(decoder, ids: list[int]) -> tuple[str, list[TokenOut]]:
+    """A prompt's text and its tokens (each at its offset), for a choice that echoes it."""
+    text, tokens = "", []
+    for t in ids:
+        tokens.append(TokenOut(t, offset=len(text)))
+        text += decoder.push(t)
+    return text + decoder.flush(), tokens
+
+
 class ChoiceText:
     """Generated tokens -> text, cut before the first stop string found once `min_tokens` tokens
     have come (as vLLM: a stop string is not looked for before).
