@@ -354,10 +354,10 @@ def test_a_client_that_disconnects_frees_its_slot(server, stream):
     conn.close()
     for _ in range(200):                                   # bounded wait: 20 s at most
         _, now = get(server.url + "/health")
-        if now["running"] == 0 and now["cancelled"] > before["cancelled"]:
+        if now["running"] == 0 and now["finish_reasons"]["cancelled"] > before["finish_reasons"]["cancelled"]:
             break
         time.sleep(0.1)
-    assert now["running"] == 0 and now["cancelled"] == before["cancelled"] + 1
+    assert now["running"] == 0 and now["finish_reasons"]["cancelled"] == before["finish_reasons"]["cancelled"] + 1
     assert now["tokens"] - before["tokens"] < LONG["max_tokens"]   # it did not run to the end
 
 

@@ -1,0 +1,223 @@
+"""What a request turns into: the Server (settings, tokenizer, scheduler: everything a handler
+checks a request against) and a Generation (one request's choices as scheduler jobs, their
+events gathered into one response or streamed as server-sent events)."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+
+from gpt2.sampling import SamplingError, check_params, seeded_rng
+from gpt2.tokenizer import EOT_ID
+
+from ..generate import _TextStream as TextStream
+from .chat import INSTRUCT_STOPS, chat_template, render_chat
+from .protocol import ApiError, GenerationRequest, bad, choice_body, usage
+from .scheduler import Job, QueueFull, Scheduler
+from .text import ChoiceText, echo_prompt
+
+
+class Server:
+    """The model's scheduler and tokenizer, and the settings every request is checked against."""
+
+    def __init__(self, model, tokenizer, name: str, instruct: bool = False, api_key: str | None = None,
+                 max_batch: int = 8, max_queue: int = 32, chat_max_tokens: int = 256,
+                 max_body: int = 1 << 20, timeout: float = 300.0, cors_origins: tuple[str, ...] = ()):
+        self.tok, self.name, self.instruct, self.api_key = tokenizer, name, instruct, api_key
+        self.n_ctx, self.vocab = model.config.n_ctx, tokenizer.n_vocab
+        self.chat_max_tokens, self.max_body, self.timeout = chat_max_tokens, max_body, timeout
+        self.max_choices = max_batch + max_queue
+        self.cors_origins = tuple(cors_origins)
+        self.scheduler = Scheduler(model, max_batch, max_queue, eos_id=tokenizer.eot_id)
+        self.created = int(time.time())
+
+    # ---------------------------------------------------------- request checks
+    def check_auth(self, request) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                           code="invalid_api_key")
+
+    def check_model(self, model, param: str | None = "model") -> None:
+        if model is not None and model != self.name:
+            raise ApiError(404, f"the model {model!r} does not exist; this server has {self.name!r}",
+                           param=param, code="model_not_found")
+
+    async def read_json(self, request) -> dict:
+        """The body as a JSON object, no larger than --max-body, naming a model we have."""
+        size = request.headers.get("content-length")
+        too_large = ApiError(413, f"request body over {self.max_body} bytes", code="request_too_large")
+        if size is not None and (not size.isdigit() or int(size) > self.max_body):
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():   # a chunked body has no length to check up front
+            body += chunk
+            if len(body) > self.max_body:
+                raise too_large
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ApiError(400, f"the body is not valid JSON: {e}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+        self.check_model(data.get("model"))
+        return data
+
+    def check_ids(self, ids: list[int], param: str) -> list[int]:
+        if not all(0 <= t < self.vocab for t in ids):
+            raise bad(param, f"token ids must be in [0, {self.vocab})")
+        return ids
+
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        """A prompt's ids ("<|endoftext|>" in a text is that token); empty starts from it."""
+        ids = self.tok.encode(prompt) if isinstance(prompt, str) else self.check_ids(list(prompt), "prompt")
+        return ids or [self.tok.eot_id]
+
+    def chat_prompt_ids(self, req: GenerationRequest) -> list[int]:
+        if self.instruct:
+            req.extra_stops = INSTRUCT_STOPS
+        return self.prompt_ids(render_chat(req.messages, self.instruct))
+
+    def budget(self, ids: list[int], asked: int | None) -> int:
+        """max_tokens for this prompt: what was asked, checked against the context."""
+        room = self.n_ctx - len(ids)
+        if asked is None:
+            asked = min(self.chat_max_tokens, room)
+        if room < 0 or (asked > room) or (asked > 0 and room < 1):
+            raise ApiError(400, f"this model's context is {self.n_ctx} tokens; the prompt has {len(ids)} "
+                                f"and max_tokens asks for {asked}", param="max_tokens",
+                           code="context_length_exceeded")
+        return asked
+
+    # ---------------------------------------------------------- what GET endpoints show
+    def model_card(self) -> dict:
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "minigrad-gpt2",
+                "context_length": self.n_ctx, "max_model_len": self.n_ctx, "instruct": self.instruct}
+
+    def tokenizer_info(self) -> dict:
+        """vLLM's /tokenizer_info: what a client needs to tokenize as we do (lm-eval's remote tokenizer)."""
+        eot = self.tok.decode([EOT_ID])
+        return {"tokenizer_class": "GPT2Tokenizer", "eos_token": eot, "bos_token": eot, "unk_token": eot,
+                "pad_token": None, "add_bos_token": False, "model_max_length": self.n_ctx,
+                "vocab_size": self.vocab, "chat_template": chat_template(self.instruct)}
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+class Generation:
+    """One request's choices (each prompt x n) queued as scheduler jobs, and their events."""
+
+    def __init__(self, server: Server, req: GenerationRequest, prompts: list[list[int]]):
+        self.server, self.req, self.prompts = server, req, prompts
+        if len(prompts) * req.n > server.max_choices:
+            raise bad("n" if req.n > 1 else "prompt", f"{len(prompts)} prompt(s) x n = {req.n} choices; this "
+                      f"server takes at most {server.max_choices} per request (--max-batch + --max-queue)")
+        try:
+            check_params(req.params, server.vocab)
+        except SamplingError as e:
+            raise bad(e.field, str(e)) from None
+        budgets = [server.budget(ids, req.max_tokens) for ids in prompts]
+        self.id = ("chatcmpl-" if req.chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.events_in: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + server.timeout
+        self.jobs = [self._job(ids, budget, j, p * req.n + j, loop, deadline)
+                     for p, (ids, budget) in enumerate(zip(prompts, budgets)) for j in range(req.n)]
+        try:
+            server.scheduler.submit(self.jobs)
+        except QueueFull as e:
+            raise ApiError(503, f"the server is busy: {e}; retry later", code="queue_full",
+                           type="server_error") from None
+
+    def _job(self, ids: list[int], max_tokens: int, stream: int, index: int, loop, deadline: float) -> Job:
+        """Choice `index`: sample `stream` of its prompt (its own generator from the seed)."""
+        req, tok = self.req, self.server.tok
+
+        def emit(event):   # on the scheduler's thread
+            loop.call_soon_threadsafe(self.events_in.put_nowait, (index, event))
+
+        echo = echo_prompt(TextStream(tok), ids) if req.echo else ("", None)
+        text = ChoiceText(TextStream(tok), req.stops + req.extra_stops, tok.eot_id, req.params.min_tokens, *echo)
+        rng = seeded_rng(req.seed, stream) if req.params.temperature > 0 else None
+        return Job(ids, max_tokens, emit, req.params, rng, text, req.logprobs, req.echo,
+                   stop_at_eos=not req.ignore_eos, deadline=deadline)
+
+    def cancel(self) -> None:
+        for job in self.jobs:
+            self.server.scheduler.cancel(job)   # a no-op for a finished job
+
+    def _reason(self, reason: str) -> str:
+        """A job's finish reason as OpenAI's finish_reason, or the error it stands for."""
+        if reason in ("stop", "length"):
+            return reason
+        if reason == "timeout":
+            raise ApiError(504, f"generation did not finish within {self.server.timeout:g} s (--timeout)",
+                           code="timeout", type="server_error")
+        raise ApiError(500, f"generation {reason}", code="generation_failed", type="server_error")
+
+    def usage(self) -> dict:
+        return usage(sum(len(ids) for ids in self.prompts), sum(len(job.generated) for job in self.jobs))
+
+    def body(self, obj: str, choices: list[dict], **extra) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.server.name,
+                "choices": choices, **extra}
+
+    async def collect(self, request) -> dict | None:
+        """The whole response once every choice finished; None if the client left first."""
+        n = len(self.jobs)
+        texts, tokens, finish = [""] * n, [[] for _ in range(n)], [None] * n
+        checked = time.monotonic()
+        try:
+            while None in finish:
+                try:
+                    index, event = await asyncio.wait_for(self.events_in.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    index = None
+                if time.monotonic() - checked > 0.5:   # a client that left frees its rows
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
+                        return None
+                if index is None:
+                    continue
+                texts[index] += event[-2]
+                tokens[index] += event[-1]
+                if event[0] == "finish":
+                    finish[index] = self._reason(event[1])
+        finally:
+            self.cancel()
+        choices = [choice_body(self.req, i, texts[i], tokens[i], self.server.tok, finish[i], stream=False)
+                   for i in range(n)]
+        return self.body("chat.completion" if self.req.chat else "text_completion", choices, usage=self.usage())
+
+    async def events(self):
+        """Server-sent events as the choices' text comes, ending with data: [DONE]."""
+        obj, want_tokens = ("chat.completion.chunk" if self.req.chat else "text_completion"), self.req.logprobs is not None
+        try:
+            if self.req.chat:
+                yield sse(self.body(obj, [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None} for i in range(len(self.jobs))]))
+            for _ in self.jobs:
+                index, event = await self.events_in.get()
+                while event[0] != "finish":
+                    if event[-2] or (want_tokens and event[-1]):
+                        yield sse(self.body(obj, [choice_body(self.req, index, event[-2], event[-1],
+                                                              self.server.tok, None, stream=True)]))
+                    index, event = await self.events_in.get()
+                yield sse(self.body(obj, [choice_body(self.req, index, event[-2], event[-1], self.server.tok,
+                                                      self._reason(event[1]), stream=True)]))
+            if self.req.include_usage:
+                yield sse(self.body(obj, [], usage=self.usage()))
+        except ApiError as e:
+            yield sse(e.body())
+        finally:
+            # a client that disconnects ends this generator (Starlette cancels it): free the rows
+            self.cancel()
+        yield sse("[DONE]")
