@@ -137,6 +137,42 @@ class BodyRules:
         await self.app(scope, receive, send)
 
 
+class Cors:
+    """ASGI middleware: CORS for the origins named with --cors-origin, exactly those.
+
+    A preflight from a listed origin is answered 204 with what it may send; from any other it
+    gets 403 and no CORS header at all. Other requests from a listed origin get
+    Access-Control-Allow-Origin on their answer (without it, a browser hides the answer)."""
+
+    def __init__(self, app, origins: tuple[str, ...]):
+        self.app, self.origins = app, set(origins)
+
+    async def __call__(self, scope, receive, send):
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        origin = headers.get("origin")
+        if scope["type"] != "http" or origin is None:
+            return await self.app(scope, receive, send)
+        allowed = origin in self.origins
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            from starlette.responses import Response
+            if not allowed:
+                response = error_response(ApiError(403, f"origin {origin!r} is not allowed (--cors-origin)",
+                                                   code="origin_not_allowed"))
+            else:
+                response = Response(status_code=204, headers={
+                    "Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": "GET, POST",
+                    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                    "Access-Control-Max-Age": "600", "Vary": "Origin"})
+            return await response(scope, receive, send)
+
+        async def send_with_cors(message):
+            if message["type"] == "http.response.start" and allowed:
+                message["headers"] = list(message.get("headers", [])) + [
+                    (b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+            await send(message)
+        await self.app(scope, receive, send_with_cors)
+
+
 async def http_error(request, exc):
     """Starlette's own errors (404, 405 with its Allow header) in OpenAI's error shape."""
     response = error_response(ApiError(exc.status_code, str(exc.detail), code=None))
@@ -153,7 +189,6 @@ def make_app(server: Server):
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
-    from starlette.middleware.cors import CORSMiddleware
     from starlette.routing import Route
 
     routes = [Route("/", index), Route("/health", health),
@@ -165,9 +200,7 @@ def make_app(server: Server):
               Route("/detokenize", api(detokenize, auth=False), methods=["POST"])]
     middleware = [Middleware(BodyRules)]
     if server.cors_origins:   # outermost: a preflight is answered before anything else
-        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(server.cors_origins),
-                                        allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
-                                        max_age=600))
+        middleware.insert(0, Middleware(Cors, origins=server.cors_origins))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
