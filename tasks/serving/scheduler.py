@@ -72,8 +72,11 @@ class Scheduler:
         self.running: list[Job] = []        # running[i] decodes in cache row i
         self.waiting: deque[Job] = deque()
         self.cond = threading.Condition()
+        # seconds: where the scheduler's thread spends its time (prefill, the decode steps' forward
+        # passes, choosing tokens and their text), so a load test can tell what limits it
         self.stats = {"finish_reasons": dict.fromkeys(FINISH_REASONS, 0), "prompt_tokens": 0,
-                      "tokens": 0, "steps": 0, "steps_batched": 0, "max_batch_seen": 0}
+                      "tokens": 0, "steps": 0, "steps_batched": 0, "max_batch_seen": 0,
+                      "seconds": {"prefill": 0.0, "forward": 0.0, "sample": 0.0}}
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -168,7 +171,9 @@ class Scheduler:
             if reuse:
                 self.cache.copy_row(src, row)
             else:
+                t0 = time.perf_counter()
                 logits, scored = self._prefill(job, row)
+                self.stats["seconds"]["prefill"] += time.perf_counter() - t0
                 shared[key] = (job, row, logits, scored)
                 self.stats["prompt_tokens"] += len(job.prompt)
             self._start(job, row, logits, scored)
@@ -218,9 +223,13 @@ class Scheduler:
         self.stats["steps"] += 1
         self.stats["steps_batched"] += n > 1   # steps that decoded two or more choices at once
         ids = np.asarray([[job.generated[-1]] for job in self.running], dtype=np.int64)   # (n, 1)
+        t0 = time.perf_counter()
         with mg.no_grad():
-            logits = self.model(ids, cache=self.cache.rows(0, n)).data[:, -1]            # (n, V)
-        self._sample_and_emit(list(self.running), backend.to_device(logits, "cpu"))
+            logits = backend.to_device(self.model(ids, cache=self.cache.rows(0, n)).data[:, -1], "cpu")  # (n, V)
+        t1 = time.perf_counter()
+        self._sample_and_emit(list(self.running), logits)
+        self.stats["seconds"]["forward"] += t1 - t0
+        self.stats["seconds"]["sample"] += time.perf_counter() - t1
 
     def _sample_and_emit(self, jobs: list[Job], logits: np.ndarray) -> None:
         nxt = choose_next(logits, [j.params for j in jobs], [j.generated for j in jobs],
