@@ -217,21 +217,30 @@ def level(server: Server, clients: int, requests: int, max_tokens: int, timeout:
             "itl_p50": pct([r["itl"] for r in ok], 50), "load": (load0, load1), "foreign": foreign,
             "mean_batch": (after["tokens"] - before["tokens"]) / max(steps, 1),
             "forward_ms": 1e3 * spent["forward"] / max(steps, 1), "sample_ms": 1e3 * spent["sample"] / max(steps, 1),
-            "busy": sum(spent.values()) / wall}
+            "busy": sum(spent.values()) / wall,
+            "server_cpu_ms": None if None in (cpu0[1], cpu1[1]) else 1e3 * (cpu1[1] - cpu0[1]) / max(tokens, 1),
+            "bench_cpu_ms": 1e3 * (cpu1[2] - cpu0[2]) / max(tokens, 1)}
 
 
 # ---------------------------------------------------------------- main
-HEADERS = ["streams", "requests", "errors", "generated tok/s", "vs 1 stream", "p50 TTFT (s)", "p95 TTFT (s)",
-           "p50 time between tokens (ms)", "p50 latency (s)", "p95 latency (s)", "mean batch",
-           "forward / step (ms)", "sampling / step (ms)", "scheduler busy", "load avg (1 min)", "other processes' CPU"]
+CLIENT_SIDE = ["streams", "requests", "errors", "generated tok/s", "vs 1 stream", "p50 TTFT (s)", "p95 TTFT (s)",
+               "p50 time between tokens (ms)", "p50 latency (s)", "p95 latency (s)"]
+SERVER_SIDE = ["streams", "mean batch", "forward / step (ms)", "sampling / step (ms)", "scheduler busy",
+               "server CPU / token (ms)", "benchmark CPU / token (ms)", "load avg (1 min)", "other processes' CPU"]
 
 
-def row(r: dict, base: float) -> list:
-    foreign = "?" if r["foreign"] is None else f"{100 * r['foreign']:.0f}%"
+def client_row(r: dict, base: float) -> list:
     return [r["clients"], r["requests"], r["errors"], f"{r['tok_s']:.1f}", f"{r['tok_s'] / base:.2f}x",
             f"{r['ttft_p50']:.3f}", f"{r['ttft_p95']:.3f}", f"{1e3 * r['itl_p50']:.1f}", f"{r['lat_p50']:.3f}",
-            f"{r['lat_p95']:.3f}", f"{r['mean_batch']:.1f}", f"{r['forward_ms']:.1f}", f"{r['sample_ms']:.1f}",
-            f"{100 * r['busy']:.0f}%", f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}", foreign]
+            f"{r['lat_p95']:.3f}"]
+
+
+def server_row(r: dict) -> list:
+    def maybe(x, fmt):
+        return "?" if x is None else fmt.format(x)
+    return [r["clients"], f"{r['mean_batch']:.1f}", f"{r['forward_ms']:.1f}", f"{r['sample_ms']:.1f}",
+            f"{100 * r['busy']:.0f}%", maybe(r["server_cpu_ms"], "{:.2f}"), f"{r['bench_cpu_ms']:.2f}",
+            f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}", maybe(r["foreign"] and 100 * r["foreign"], "{:.0f}%")]
 
 
 @main_guard
@@ -254,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = (f"random weights, {args.n_layer} layers, {args.n_head} heads, {args.n_embd} wide"
              if args.init == "random" else f"--init {args.init}")
-    table = markdown_table(HEADERS, [row(r, rows[0]["tok_s"]) for r in rows])
+    clients = markdown_table(CLIENT_SIDE, [client_row(r, rows[0]["tok_s"]) for r in rows])
+    servers = markdown_table(SERVER_SIDE, [server_row(r) for r in rows])
     loads = [r["load"][0] for r in rows] + [r["load"][1] for r in rows]
     text = "\n".join([
         "# tasks.serve under load (bench/serve.py)", "",
@@ -264,12 +274,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{PROMPT!r}, exactly {args.max_tokens} sampled tokens (temperature 1, its own seed, ignore_eos). "
         "Each level: its streams are threads of the benchmark, each sending its requests one after the "
         "other; tok/s is the generated tokens of all requests over the level's wall time, TTFT the time to "
-        "the first streamed text, time between tokens the mean gap after it. Mean batch, forward and "
-        "sampling per step and how busy the scheduler's thread was come from the server's /health.", "",
-        table, "",
-        f"Load average (1 min) over the run: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} CPUs. "
-        "The last column is the share of all CPUs' time that processes other than the benchmark and its "
-        "server used during the level: above a few percent, the figures are slower than an idle machine's.",
+        "the first streamed text, time between tokens the mean gap after it.", "",
+        clients, "",
+        "What each level cost: the mean batch, forward and sampling time per decode step and how busy the "
+        "scheduler's thread was (from the server's /health), the CPU time of the server process and of "
+        "the benchmark's own clients per generated token, the load average, and the share of all CPUs' "
+        "time other processes used during the level (above a few percent, the figures above are slower "
+        "than an idle machine's).", "",
+        servers, "",
+        f"Load average (1 min) over the run: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} CPUs.",
         "", machine_info_markdown(info), "",
     ])
     out = write_atomic(args.out, text)

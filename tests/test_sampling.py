@@ -192,3 +192,23 @@ def test_top_p_cut_inside_a_tie_keeps_the_lowest_ids():
     kept = np.flatnonzero(np.isfinite(filter_logits(x[None], top_p=200 * p_likely + 19.5 * p_tied)[0]))
     tied = np.setdiff1d(np.arange(1000), likely)
     assert set(kept) == set(likely) | set(tied[:20])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), vocab=st.sampled_from([1, 5, 127, 128, 129, 1000, 50257]),
+       zeros=st.floats(0.0, 0.9))
+def test_inverse_cdf_is_a_full_float64_cumulative_sum(seed, vocab, zeros):
+    """Blocked sums pick what one float64 cumulative sum picks (but where u * total sits within
+    rounding of a boundary), never a token of probability 0, and the ends of [0, 1) work."""
+    from gpt2.sampling import inverse_cdf
+    rng = np.random.default_rng(seed)
+    p = rng.random(vocab).astype(np.float32)
+    p[rng.random(vocab) < zeros] = 0.0
+    p[rng.integers(vocab)] = 0.5                 # at least one possible token
+    cdf = np.cumsum(p, dtype=np.float64)
+    for u in list(rng.random(50)) + [0.0, np.nextafter(1.0, 0.0)]:
+        got = inverse_cdf(p, u)
+        assert p[got] > 0
+        target = u * cdf[-1]
+        want = min(int(np.searchsorted(cdf, target, side="right")), int(np.flatnonzero(p)[-1]))
+        assert got == want or np.min(np.abs(cdf - target)) < 1e-9 * cdf[-1]

@@ -198,3 +198,20 @@ def test_a_row_given_up_during_admission_is_not_copied_for_the_same_prompt(model
     (text_c, toks_c, _), (text_a, toks_a, _) = outcome(c, ev_c), outcome(alone, ev_alone)
     assert text_c == text_a and [t[0] for t in toks_c] == [t[0] for t in toks_a]
     np.testing.assert_allclose([t[1] for t in toks_c[1:]], [t[1] for t in toks_a[1:]], atol=1e-5)
+
+
+def test_on_each_backend_the_scheduler_gives_what_the_cpu_gives(model, backend):
+    """The GPU path (no head copy, logits moved to the host once per step) on CuPy or its strict
+    stand-in: the same tokens and log-probabilities as on the CPU."""
+    import copy
+    moved = copy.deepcopy(model).to(backend)
+    outs = []
+    for m in (model, moved):
+        pairs = [make_job(p, **kw) for p, kw in zip(PROMPTS[:4], PARAMS[:4] + PARAMS[4:5])]
+        pairs.append(make_job([3, 1, 4, 1, 5], max_tokens=4, echo=True, logprobs=2))
+        run(m, [j for j, _ in pairs], max_batch=8)
+        outs.append([outcome(j, e) for j, e in pairs])
+    for (t1, toks1, f1), (t2, toks2, f2) in zip(*outs):
+        assert (t1, f1, [t[0] for t in toks1]) == (t2, f2, [t[0] for t in toks2])
+        np.testing.assert_allclose([t[1] for t in toks1 if t[1] is not None],
+                                   [t[1] for t in toks2 if t[1] is not None], atol=1e-5)

@@ -199,20 +199,18 @@ class Generation:
 
     async def events(self):
         """Server-sent events as the choices' text comes, ending with data: [DONE]."""
-        obj, want_tokens = ("chat.completion.chunk" if self.req.chat else "text_completion"), self.req.logprobs is not None
+        obj = "chat.completion.chunk" if self.req.chat else "text_completion"
         try:
             if self.req.chat:
                 yield sse(self.body(obj, [{"index": i, "delta": {"role": "assistant", "content": ""},
                                            "logprobs": None, "finish_reason": None} for i in range(len(self.jobs))]))
-            for _ in self.jobs:
-                index, event = await self.events_in.get()
-                while event[0] != "finish":
-                    if event[-2] or (want_tokens and event[-1]):
-                        yield sse(self.body(obj, [choice_body(self.req, index, event[-2], event[-1],
-                                                              self.server.tok, None, stream=True)]))
-                    index, event = await self.events_in.get()
-                yield sse(self.body(obj, [choice_body(self.req, index, event[-2], event[-1], self.server.tok,
-                                                      self._reason(event[1]), stream=True)]))
+            running = len(self.jobs)
+            while running:
+                for index, (piece, tokens, finish) in (await self._ready()).items():
+                    if piece or tokens or finish:
+                        yield sse(self.body(obj, [choice_body(self.req, index, piece, tokens, self.server.tok,
+                                                              finish, stream=True)]))
+                    running -= finish is not None
             if self.req.include_usage:
                 yield sse(self.body(obj, [], usage=self.usage()))
         except ApiError as e:
@@ -221,3 +219,17 @@ class Generation:
             # a client that disconnects ends this generator (Starlette cancels it): free the rows
             self.cancel()
         yield sse("[DONE]")
+
+    async def _ready(self) -> dict[int, tuple[str, list, str | None]]:
+        """Every event that has come, at least one, merged per choice: {index: (text, tokens,
+        finish reason or None)}. When the stream falls behind the scheduler, a chunk then carries
+        several tokens instead of each costing a chunk of its own."""
+        events = [await self.events_in.get()]
+        while not self.events_in.empty():
+            events.append(self.events_in.get_nowait())
+        merged: dict[int, tuple[str, list, str | None]] = {}
+        for index, event in events:
+            piece, tokens, _ = merged.get(index, ("", [], None))
+            finish = self._reason(event[1]) if event[0] == "finish" else None
+            merged[index] = (piece + event[-2], tokens + event[-1] if self.req.logprobs is not None else [], finish)
+        return merged
