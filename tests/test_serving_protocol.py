@@ -126,3 +126,11 @@ def test_logprob_objects(tok):
     assert chat["content"][1] == {"token": " world", "logprob": -3.0, "bytes": list(b" world"),
                                   "top_logprobs": [{"token": "!", "logprob": -0.25, "bytes": [33]},
                                                    {"token": ".", "logprob": -1.0, "bytes": [46]}]}
+
+
+def test_the_readme_lists_every_field_as_the_server_checks_it():
+    from pathlib import Path
+    from tasks.serving.protocol import fields_table
+    readme = (Path(__file__).resolve().parents[1] / "tasks" / "serving" / "README.md").read_text()
+    table = fields_table()
+    assert table in readme, "tasks/serving/README.md's field table is stale; paste this:\n" + table

@@ -378,3 +378,13 @@ def choice_body(req: GenerationRequest, index: int, text: str, tokens: list[Toke
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+
+
+def fields_table() -> str:
+    """FIELDS as the markdown table of tasks/serving/README.md (a test keeps the two the same)."""
+    rows = ["| field | endpoint | supported | what it does |", "|---|---|---|---|"]
+    for f in FIELDS:
+        where = "both" if len(f.where) == 2 else f.where[0]
+        rows.append(f"| `{f.name}` | {where} | {'yes' if f.supported else 'no: 400 `unsupported_parameter`'} "
+                    f"| {f.what} |")
+    return "\n".join(rows)
