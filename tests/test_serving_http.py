@@ -142,3 +142,17 @@ def test_health_counts_each_finish_reason_apart(server):
     after = reasons()
     assert after["length"] == before["length"] + 1
     assert after["stop"] == before["stop"] + 2 and after["cancelled"] == before["cancelled"]
+
+
+def test_echo_scores_a_whole_context_and_no_more(server):
+    def score(n):
+        return call(server, "POST", "/v1/completions", json.dumps(
+            {"prompt": [11] * n, "max_tokens": 0, "echo": True, "logprobs": 0}).encode(),
+            {"Content-Type": "application/json"})
+    status, _, body = score(1024)                                   # the tiny run's context
+    assert status == 200 and len(body["choices"][0]["logprobs"]["token_logprobs"]) == 1024
+    status, _, body = score(1025)
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded"
+    status, _, body = call(server, "POST", "/v1/chat/completions", json.dumps(
+        {"messages": [{"role": "user", "content": " x" * 1024}]}).encode(), {"Content-Type": "application/json"})
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded"   # no room to answer

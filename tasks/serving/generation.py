@@ -85,13 +85,12 @@ class Server:
     def budget(self, ids: list[int], asked: int | None) -> int:
         """max_tokens for this prompt: what was asked, checked against the context."""
         room = self.n_ctx - len(ids)
-        if asked is None:
-            asked = min(self.chat_max_tokens, room)
-        if room < 0 or (asked > room) or (asked > 0 and room < 1):
+        wanted = min(self.chat_max_tokens, max(room, 1)) if asked is None else asked
+        if wanted > room:                    # max_tokens 0 (echo) may score a whole context
             raise ApiError(400, f"this model's context is {self.n_ctx} tokens; the prompt has {len(ids)} "
-                                f"and max_tokens asks for {asked}", param="max_tokens",
+                                f"and max_tokens asks for {wanted}", param="max_tokens",
                            code="context_length_exceeded")
-        return asked
+        return wanted
 
     # ---------------------------------------------------------- what GET endpoints show
     def model_card(self) -> dict:
