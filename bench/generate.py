@@ -24,7 +24,7 @@ import minigrad as mg
 from gpt2 import GPT2, GPT2Config
 from gpt2.generate import generate
 from files.atomic import atomic_write
-from tasks.cli import add_backend_arg
+from tasks.common.args import add_backend_arg
 
 
 SIZES = {"tiny": dict(n_layer=2, n_head=4, n_embd=128)}   # plus gpt2.config.PRESETS

@@ -23,7 +23,7 @@ import numpy as np
 from .common import (RESULTS_DIR, BenchError, ForeignLoad, check_backend, config_dict, device_syncs, fmt_ms,
                      load_note, machine_info, machine_info_markdown, main_guard, markdown_table,
                      set_torch_threads, size_choices, time_each, write_atomic)
-from tasks.cli import add_backend_arg
+from tasks.common.args import add_backend_arg
 
 BLOCK_TARGET = 1.1  # the goal: one block within 1.1x of PyTorch eager on the CPU
 AGREE_RTOL = 1e-4   # float32 sums in another order differ by ~1e-6 relative; a wrong formula by far more
@@ -84,6 +84,8 @@ def torch_counterparts() -> dict[str, Callable[..., Any] | None]:
         "attention": lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True),
         "attention padded": None,
         "attention dropout": None,
+        "attention qkv": lambda qkv: TF.scaled_dot_product_attention(*qkv.permute(2, 0, 3, 1, 4),
+                                                                      is_causal=True).transpose(1, 2),
     }
 
 

@@ -125,9 +125,10 @@ def run_prepare(corpus: Path, out: Path, workers: int, shard_tokens: int) -> dic
 
 def _child(argv: list[str]) -> int:
     """Run tasks.prepare here, then print this process's peak RSS and its largest worker's (KiB)."""
-    from tasks.prepare import _encoding, main as prepare_main
+    from tasks.data.encoding import gpt2_encoding
+    from tasks.prepare import main as prepare_main
 
-    _encoding()  # tiktoken's GPT-2 tables, loaded before the clock starts as for the plain loop
+    gpt2_encoding()  # tiktoken's GPT-2 tables, loaded before the clock starts as for the plain loop
     t0, cpu0 = time.perf_counter(), time.process_time()
     code = prepare_main(argv)
     workers = resource.getrusage(resource.RUSAGE_CHILDREN)

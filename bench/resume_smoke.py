@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from .common import BenchError, main_guard, write_atomic
-from tasks.cli import add_backend_arg
+from tasks.common.args import add_backend_arg
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--context", "64", "--batch-size", "4",

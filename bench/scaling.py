@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .common import (RESULTS_DIR, BenchError, ForeignLoad, config_dict, load_note, machine_info,
                      machine_info_markdown, main_guard, markdown_table, size_choices, write_atomic)
-from tasks.cli import add_backend_arg
+from tasks.common.args import add_backend_arg
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench.common import (RESULTS_DIR, BenchError, machine_info, machine_info_markdown, main_guard,
                           markdown_table, write_atomic)
-from tasks.cli import add_backend_arg
+from tasks.common.args import add_backend_arg
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Every effort moves you"

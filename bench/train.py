@@ -36,7 +36,7 @@ from .common import (RESULTS_DIR, BenchError, ForeignLoad, check_backend, config
                      load_note, machine_info,
                      machine_info_markdown, main_guard, markdown_table, set_torch_threads, size_choices,
                      write_atomic)
-from tasks.cli import add_backend_arg
+from tasks.common.args import add_backend_arg
 
 LOSS_RTOL = 1e-4
 PROFILE_STEPS = 2

@@ -4,6 +4,7 @@
     tok = get_tokenizer("bpe")       # gpt2/bpe.py (plain Python, same ids)
     ids = tok.encode("Hello, world!<|endoftext|>")   # [15496, 11, 995, 0, 50256]
     tok.decode(ids)
+    text = TextStream(tok)           # incremental decoding: text.push(id) as tokens come, then text.flush()
 
 tiktoken downloads its files on first use (or reads them from $TIKTOKEN_CACHE_DIR). Offline and
 without that cache, we build the very same tiktoken encoding from `gpt2/encoder.json` and
@@ -12,6 +13,7 @@ without that cache, we build the very same tiktoken encoding from `gpt2/encoder.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Collection, Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -74,6 +76,26 @@ class TiktokenTokenizer:
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         return self.encoding.decode_bytes([int(i) for i in ids])
+
+
+class TextStream:
+    """Token ids to text as they come (streaming, a chat loop): GPT-2's tokens are bytes, and a
+    character whose UTF-8 bytes are split over two tokens (an emoji often is) is given out once
+    both have come, never as two broken halves. Bytes that are not UTF-8 become U+FFFD."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        """The text completed by this token ('' while a character is still incomplete)."""
+        if hasattr(self.tokenizer, "decode_bytes"):
+            return self._utf8.decode(self.tokenizer.decode_bytes([token_id]))
+        return self.tokenizer.decode([token_id])
+
+    def flush(self) -> str:
+        """What is left once no token will come (an incomplete character as U+FFFD)."""
+        return self._utf8.decode(b"", final=True)
 
 
 def gpt2_files() -> tuple[Path, Path]:

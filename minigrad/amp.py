@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from . import checks
 from .tensor import Tensor
 
 
@@ -29,9 +30,10 @@ class LossScaler:
 
     def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000):
-        if init_scale <= 0 or growth_factor <= 1 or not 0 < backoff_factor < 1 or growth_interval < 1:
-            raise ValueError(f"invalid loss scaling: init {init_scale}, growth {growth_factor}, "
-                             f"backoff {backoff_factor}, interval {growth_interval}")
+        init_scale = checks.number("LossScaler", "init_scale", init_scale, lo=0, lo_open=True)
+        growth_factor = checks.number("LossScaler", "growth_factor", growth_factor, lo=1, lo_open=True)
+        backoff_factor = checks.number("LossScaler", "backoff_factor", backoff_factor, 0, 1, True, True)
+        growth_interval = checks.integer("LossScaler", "growth_interval", growth_interval, 1)
         self.scale = float(init_scale)
         self.growth_factor, self.backoff_factor = growth_factor, backoff_factor
         self.growth_interval = int(growth_interval)
@@ -54,9 +56,11 @@ class LossScaler:
                 "growth_interval": self.growth_interval}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scale = float(state["scale"])
-        self.good_steps, self.skipped = int(state["good_steps"]), int(state["skipped"])
-        self.growth_interval = int(state.get("growth_interval", self.growth_interval))
+        fn = "LossScaler.load_state_dict"  # every value checked before any is set
+        scale = checks.number(fn, "state['scale']", state["scale"], lo=0, lo_open=True)
+        good, skipped = (checks.integer(fn, f"state[{k!r}]", state[k], 0) for k in ("good_steps", "skipped"))
+        interval = checks.integer(fn, "state['growth_interval']", state.get("growth_interval", self.growth_interval), 1)
+        self.scale, self.good_steps, self.skipped, self.growth_interval = scale, good, skipped, interval
 
 
 class MixedPrecision:
@@ -64,7 +68,7 @@ class MixedPrecision:
     back and turns the scaled float16 gradients into float32 ones (see the module docstring)."""
 
     def __init__(self, params: Iterable[Tensor], scaler: LossScaler | None = None, dtype=np.float16):
-        self.params = list(params)
+        self.params = checks.tensor_list("MixedPrecision", "params", params, Tensor)
         self.scaler = scaler or LossScaler()
         self.dtype = np.dtype(dtype)
         self._masters: list | None = None
@@ -107,6 +111,7 @@ class MixedPrecision:
 def loss_for_backward(loss: Tensor, scale: float) -> Tensor:
     """loss * scale, computed in float32 whatever the loss's dtype (a float16 loss times 2**16
     would overflow before backward begins)."""
+    scale = checks.number("loss_for_backward", "scale", scale, lo=0, lo_open=True)
     if loss.dtype != np.float32:
         loss = loss.astype(np.float32)
     return loss * float(scale) if scale != 1.0 else loss

@@ -32,7 +32,7 @@ class GradLedger:
     backward shares its owner's memory. Never written: the caller's seed, and every leaf's
     .grad once stored (optimizers update .grad in place, so one leaf's must not alias another's).
 
-    A parameter in an optimizer's flat buffer (Tensor._grad_buf, see nn.FlatParameters) with no
+    A parameter in an optimizer's flat buffer (Tensor._grad_buf, see flat.FlatParameters) with no
     .grad yet gets its view of that buffer offered, once, to the first op that uses it
     (ctx.grad_out[i]), so that e.g. linear can write its weight gradient there (matmul out=)
     instead of into a fresh array the leaf would then copy. An op may ignore the offer.

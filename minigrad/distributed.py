@@ -22,7 +22,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import backend
+from . import backend, checks
+from .tensor import Tensor
 
 INSTALL = "pip install mpi4py mpich"
 
@@ -149,6 +150,7 @@ def all_reduce_sum(values: Iterable[float]) -> list[float]:
 
 def broadcast_(arr: Any, root: int = 0) -> Any:
     """Overwrite `arr` on every rank with root's, in place."""
+    root = checks.integer("broadcast_", "root", root, 0, world_size())
     if world_size() == 1:
         return arr
     if backend.array_module(arr) is np:
@@ -162,9 +164,12 @@ def broadcast_(arr: Any, root: int = 0) -> Any:
 def broadcast_parameters(params: Any, root: int = 0) -> None:
     """Give every rank root's parameters: a flat array (optimizer.flat.data) in one call, or an
     iterable of tensors one by one."""
+    if isinstance(params, Tensor) or not hasattr(params, "dtype"):  # checked in one process too
+        params = checks.tensor_list("broadcast_parameters", "params", params, Tensor)
+    root = checks.integer("broadcast_parameters", "root", root, 0, world_size())
     if world_size() == 1:
         return
-    if hasattr(params, "dtype"):
+    if not isinstance(params, list):  # the flat array
         broadcast_(params, root)
         return
     for p in params:

@@ -32,14 +32,22 @@ import minigrad.functional as F
 from gpt2.classifier import POOLS, GPT2Classifier
 from minigrad import backend, nn
 
-from . import cli, runfolder
-from .checkpoint import CheckpointError, read_json, run_dir_of, write_json
-from .classify_data import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
-                            longest, pad_ids, per_class_scores, write_split_csvs)
-from .loaders import BatchLoader
-from .plots import plot_confusion, plot_curves
-from .progress import progress_bar
-from .train import Trainer, TrainConfig, read_metrics
+from .common.args import add_backend_arg, add_init_arg, add_model_args, add_train_args, parse
+from .common.device import select_device
+from .common.errors import TaskError, UsageError
+from .common.guard import main_guard, pause_point
+from .common.jsonfiles import read_json, write_json
+from .common.plots import plot_confusion, plot_curves
+from .common.progress import progress_bar
+from .data.labelled import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
+                            longest, pad_ids, parse_labels, per_class_scores, write_split_csvs)
+from .data.loaders import BatchLoader
+from .runs.checkpoint import CheckpointError, run_dir_of
+from .runs.folder import record_run, start_run
+from .runs.models import ModelSpec, build_model, load_run_model, resolve_run_init, run_json_of
+from .training.config import TrainConfig
+from .training.evaluation import read_metrics
+from .training.trainer import Trainer
 
 TRAINABLE = ("last-block", "all", "lora")
 
@@ -99,7 +107,7 @@ def score(model, loader, max_batches: int | None = None, desc: str | None = None
                 break
             bar.update(1)
             if desc is not None:
-                cli.pause_point("scoring")
+                pause_point("scoring")
             logits = model(x)
             losses.append(float(F.cross_entropy(logits, backend.array_module(logits.data).asarray(y)).item()))
             preds.append(backend.to_device(logits.data, "cpu").argmax(axis=-1))
@@ -131,7 +139,7 @@ def _tokenizer():
     try:
         return get_tokenizer()
     except TokenizerUnavailableError as e:
-        raise cli.TaskError(str(e)) from None
+        raise TaskError(str(e)) from None
 
 
 def _scores_dict(s: Scores) -> dict:
@@ -152,7 +160,7 @@ class ClassifyData:
         length = args.max_length or longest(splits["train"], tokenizer)
         if length > n_ctx:
             if args.max_length:
-                raise cli.UsageError(f"--max-length {length} is longer than the model's context of {n_ctx}")
+                raise UsageError(f"--max-length {length} is longer than the model's context of {n_ctx}")
             print(f"note: the longest training text has {length} tokens; texts are cut to the context of {n_ctx}")
             length = n_ctx
         data = {name: LabelledTokens(rows, classes, tokenizer, length) for name, rows in splits.items()}
@@ -225,18 +233,21 @@ def _report(model, trainer: Trainer, data: ClassifyData, before: dict, args, tra
 
 
 def train(args: argparse.Namespace) -> int:
-    args, resuming = runfolder.start(args)
-    device = cli.device_of(args)
+    run = start_run(vars(args), args.typed)
+    args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
+    device = select_device(args.backend, args.dtype)
     out = Path(args.out)
-    splits, classes, n_rows, n_skipped = load_splits(args)
-    gpt = cli.build_model(args)  # a GPT-2 language model (a classifier run is refused)
+    splits, classes, n_rows, n_skipped = load_splits(args.data, parse_labels(args.labels), strict=args.strict,
+                                                     balanced=args.balance, split_seed=args.split_seed,
+                                                     progress=not args.no_progress)
+    gpt = build_model(ModelSpec.from_flags(run.args))  # a GPT-2 language model (a classifier run is refused)
     data = ClassifyData.build(args, splits, classes, _tokenizer(), gpt.config.n_ctx)
     mg.manual_seed(args.seed)  # the head and the adapters: the same numbers whatever --init did
     model = GPT2Classifier(gpt, len(classes), args.pool)
     set_trainable(model, args.trainable, args.lora_rank, args.lora_alpha)
     model.to(device)
     lora = {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.trainable == "lora" else None
-    runfolder.record_run(out, resuming, "classify", args, gpt.config, "gpt2-classifier", lora=lora, classifier={
+    record_run(run, "classify", gpt.config, "gpt2-classifier", lora=lora, classifier={
         "labels": classes, "pool": args.pool, "trainable": args.trainable, "max_length": data.length, "pad_id": PAD_ID})
     write_split_csvs(out, splits)
     print(data.describe(n_rows, n_skipped, args.batch_size))
@@ -246,7 +257,7 @@ def train(args: argparse.Namespace) -> int:
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever came before
     # "tokens" in the Trainer's bookkeeping are examples here
     trainer = Trainer(model, data.loaders["train"], classify_loss, accuracy_evaluation(data.loaders, args.eval_batches),
-                      out, TrainConfig.from_args(args), tokens_in=lambda b: len(b[1]), plot=plot_classify,
+                      out, TrainConfig.from_flags(run.args), tokens_in=lambda b: len(b[1]), plot=plot_classify,
                       unit="examples")
     t0 = time.perf_counter()
     if trainer.run(args.resume, summary=False) is None:
@@ -259,7 +270,7 @@ def train(args: argparse.Namespace) -> int:
 
 def _read_texts(args) -> list[str]:
     if args.texts and args.file:
-        raise cli.UsageError("give texts as arguments or --file, not both")
+        raise UsageError("give texts as arguments or --file, not both")
     if args.file:
         if args.file == "-":
             raw = sys.stdin.read()
@@ -273,31 +284,28 @@ def _read_texts(args) -> list[str]:
         texts = args.texts
     else:
         if sys.stdin.isatty():
-            raise cli.UsageError("no text to classify: give texts as arguments, --file, or pipe them in")
+            raise UsageError("no text to classify: give texts as arguments, --file, or pipe them in")
         texts = [line.rstrip("\r") for line in sys.stdin.read().split("\n")]
     texts = [t for t in texts if t.strip()]
     if not texts:
-        raise cli.UsageError("no text to classify (only blank lines)")
+        raise UsageError("no text to classify (only blank lines)")
     return texts
 
 
 def predict(args: argparse.Namespace) -> int:
-    device = cli.device_of(args)
+    device = select_device(args.backend)
     if args.batch_size < 1:
-        raise cli.UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     texts = _read_texts(args)
-    from .checkpoint import load_model_from_run
-    ckpt = Path(args.init)
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"no such run folder or checkpoint: {ckpt}")
-    run = read_json(run_dir_of(ckpt) / "run.json")
+    init = resolve_run_init(args.init)
+    run = run_json_of(init)
     if run.get("task") != "classify":
-        raise cli.UsageError(f"{ckpt} is not a tasks.classify run (its task is {run.get('task')!r})")
+        raise UsageError(f"{init.name} is not a tasks.classify run (its task is {run.get('task')!r})")
     c = run.get("classifier")
     if not isinstance(c, dict) or not {"labels", "max_length"} <= c.keys():
-        raise CheckpointError(f"{run_dir_of(ckpt) / 'run.json'} has no 'classifier' with its labels and "
+        raise CheckpointError(f"{run_dir_of(init.path) / 'run.json'} has no 'classifier' with its labels and "
                               "max_length: the texts cannot be prepared as the model was trained")
-    model = load_model_from_run(ckpt, device)
+    model = load_run_model(init.path, device)
     ids = pad_ids(encode_texts(texts, _tokenizer()), c["max_length"], c.get("pad_id", PAD_ID))
     try:
         with mg.no_grad():
@@ -347,25 +355,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--lora-alpha", type=float, default=16.0, help="with --trainable lora (default: %(default)s)")
     m.add_argument("--report-batches", type=int, default=None,
                    help="batches per split for the before/after report (default: all)")
-    cli.add_model_args(t, init_default="124M", dropout_default=0.0)
-    cli.add_train_args(t, epochs=5, batch_size=8, lr=5e-5, weight_decay=0.1, eval_every=50, eval_batches=5,
+    add_model_args(t, init_default="124M", dropout_default=0.0)
+    add_train_args(t, epochs=5, batch_size=8, lr=5e-5, weight_decay=0.1, eval_every=50, eval_batches=5,
                        out="runs/classify")
     t.set_defaults(func=train)
 
     q = sub.add_parser("predict", help="label new texts with a trained classifier",
                        description="Print label<TAB>probability<TAB>text for each text.")
     q.add_argument("texts", nargs="*", help="texts to classify (none: read them from --file or stdin)")
-    cli.add_init_arg(q, old_names=("--checkpoint",), help="a tasks.classify run folder or one of its checkpoints")
+    add_init_arg(q, old_names=("--checkpoint",), help="a tasks.classify run folder or one of its checkpoints")
     q.add_argument("--file", default=None, help="a UTF-8 file with one text a line ('-' for stdin)")
     q.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
-    cli.add_backend_arg(q)
+    add_backend_arg(q)
     q.set_defaults(func=predict)
     return p
 
 
-@cli.main_guard
+@main_guard
 def main(argv: list[str] | None = None) -> int:
-    args = cli.parse(build_parser(), argv)
+    args = parse(build_parser(), argv)
     return args.func(args)
 
 

@@ -6,8 +6,8 @@
     python -m tasks.evaluate mmlu --init runs/instruct [--backend cupy] [--plot mmlu.png]
     python -m tasks.evaluate hellaswag --init 124M [--limit 100] [--out runs/hellaswag]
 
-The pieces live in tasks/judge.py (HTTP judge client), tasks/mmlu.py (MMLU scoring) and
-tasks/hellaswag.py (HellaSwag scoring).
+The pieces live in tasks/evals/: judge.py (HTTP judge client), mmlu.py (MMLU scoring) and
+hellaswag.py (HellaSwag scoring).
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ from pathlib import Path
 
 from minigrad.backend import BackendError
 from files.hub import MissingFileError
-from tasks import cli
-from tasks.checkpoint import read_json, write_json
-from tasks.cli import TaskError
-from tasks.jsonl import append_jsonl, read_jsonl
-from tasks.runfolder import check_output_file
-from tasks.hellaswag import HellaSwagDataError, evaluate_hellaswag, load_hellaswag
-from tasks.judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, JudgeUnreachableError,
-                         judge_records, load_responses)
-from tasks.mmlu import (MMLUDataError, ensure_dev, evaluate_mmlu, group_by_subject, load_mmlu, select_subjects,
-                        model_next_token_logits)
+from .common.args import add_backend_arg, add_init_arg, parse
+from .common.device import select_device
+from .common.errors import TaskError, UsageError
+from .common.guard import main_guard, pause_point
+from .common.jsonfiles import append_jsonl, read_json, read_jsonl, write_json
+from .runs.folder import check_output_file
+from .runs.models import load_language_model, resolve_init
+from .evals.hellaswag import evaluate_hellaswag, load_hellaswag
+from .evals.judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, JudgeUnreachableError,
+                          judge_records, load_responses)
+from .evals.mmlu import (MMLUDataError, ensure_dev, evaluate_mmlu, group_by_subject, load_mmlu, select_subjects,
+                         model_next_token_logits)
 
 
 INIT_HELP = ("an official size (124M, 355M, 774M, 1558M), a weights file or folder, or a run/checkpoint "
@@ -41,7 +43,7 @@ class ModelUnavailableError(TaskError):
 
 def _record(partial: Path, record: dict) -> None:
     append_jsonl(partial, record)
-    cli.pause_point("record")
+    pause_point("record")
 
 
 # ----------------------------------------------------------------------------- judge
@@ -66,11 +68,11 @@ def run_judge(args: argparse.Namespace) -> int:
         client = JudgeClient(args.url, args.model, api=args.api, api_key=api_key,
                              timeout=args.timeout, retries=args.retries, backoff=args.backoff)
     except JudgeInputError as err:  # --url, --timeout, --retries or --backoff
-        raise cli.UsageError(str(err)) from None
+        raise UsageError(str(err)) from None
     # each score is appended to OUT.partial.jsonl as it comes; a rerun with the same --out
     # continues after them, and OUT is written from all of them at the end
     partial = out.with_name(out.name + ".partial.jsonl")
-    done = read_jsonl(partial)
+    done = read_jsonl(partial, cut_torn_tail=True)  # appended to below
     if done:
         print(f"{len(done)} records already scored in {partial}; continuing")
     try:
@@ -103,9 +105,10 @@ def run_judge(args: argparse.Namespace) -> int:
 
 def load_model(args: argparse.Namespace):
     """The GPT-2 named by --init (an official size, a weights file, a run or checkpoint folder)."""
-    from tasks.generate import load_model as load_lm
+    init = resolve_init(args.init, random_ok=False)
     try:
-        return load_lm(args.init, cli.device_of(args))
+        return load_language_model(init, select_device(args.backend),
+                                   purpose=", so it cannot be scored on MMLU or HellaSwag")
     except MissingFileError:
         raise  # its message already says where to put the file
     except (FileNotFoundError, KeyError, ValueError, BackendError) as err:
@@ -127,24 +130,25 @@ def run_mmlu(args: argparse.Namespace) -> int:
     try:
         select_subjects(group_by_subject(questions), args.subjects)
     except MMLUDataError as err:  # an unknown --subjects
-        raise cli.UsageError(str(err)) from None
+        raise UsageError(str(err)) from None
     dev = None
     if args.shots and args.shots_from == "dev":
         dev = load_mmlu(args.dev or ensure_dev(progress=not args.no_progress))
     for flag, value in (("--limit", args.limit), ("--max-context", args.max_context)):
         if value is not None and value < 1:
-            raise cli.UsageError(f"{flag} must be at least 1, got {value}")
+            raise UsageError(f"{flag} must be at least 1, got {value}")
     if args.out:
         check_output_file(Path(args.out))  # before any work
     tokenizer = load_tokenizer()
     model = load_model(args)
     n_ctx = getattr(getattr(model, "config", None), "n_ctx", 1024)
     if args.max_context is not None and args.max_context > n_ctx:
-        raise cli.UsageError(f"--max-context {args.max_context} is longer than the model's context of {n_ctx}")
+        raise UsageError(f"--max-context {args.max_context} is longer than the model's context of {n_ctx}")
     max_context = args.max_context or n_ctx
     # with --out, each answer is appended to OUT.partial.jsonl; a rerun asks only the rest
     partial = Path(args.out).with_name(Path(args.out).name + ".partial.jsonl") if args.out else None
-    done = {(r["subject"], r["index"]): r["correct"] for r in read_jsonl(partial)} if partial else {}
+    answered = read_jsonl(partial, cut_torn_tail=True) if partial else []  # appended to below
+    done = {(r["subject"], r["index"]): r["correct"] for r in answered}
     if done:
         print(f"{len(done)} questions already answered in {partial}; continuing")
     result = evaluate_mmlu(questions, model_next_token_logits(model), tokenizer,
@@ -160,7 +164,7 @@ def run_mmlu(args: argparse.Namespace) -> int:
         partial.unlink(missing_ok=True)
         print(f"results saved to {args.out}")
     if args.plot:
-        from tasks.plots import plot_subject_accuracy
+        from .common.plots import plot_subject_accuracy
         title = f"MMLU {args.shots}-shot: {next(iter(source.values()))}"
         print(f"plot saved to {plot_subject_accuracy(result.per_subject, args.plot, title)}")
     return 0
@@ -178,7 +182,7 @@ def run_hellaswag(args: argparse.Namespace) -> int:
         before = read_json(config_path)
         changed = [k for k in config if before.get(k) != config[k]]
         if changed:
-            raise cli.UsageError(
+            raise UsageError(
                 f"{out} holds HellaSwag results of {', '.join(f'{k}={before.get(k)!r}' for k in changed)}; "
                 f"choose another --out for {', '.join(f'{k}={config[k]!r}' for k in changed)}")
     tokenizer = load_tokenizer()
@@ -202,7 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tasks.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_judge(sub)
+    _add_mmlu(sub)
+    _add_hellaswag(sub)
+    return parser
 
+
+def _add_judge(sub) -> None:
     j = sub.add_parser("judge", help="score responses with a judge model over HTTP")
     j.add_argument("--responses", required=True,
                    help="JSON list of {instruction, input?, output, model_response}")
@@ -222,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--no-progress", action="store_true", help="no progress bar")
     j.set_defaults(func=run_judge)
 
+
+def _add_mmlu(sub) -> None:
     m = sub.add_parser("mmlu", help="MMLU accuracy from next-token logits")
-    cli.add_init_arg(m, old_names=("--checkpoint", "--weights"), help=INIT_HELP)
+    add_init_arg(m, old_names=("--checkpoint", "--weights"), help=INIT_HELP)
     m.add_argument("--subjects", nargs="+", help="only these subjects (default: all 57)")
     m.add_argument("--shots", type=int, choices=(0, 5), default=0, help="examples per prompt")
     m.add_argument("--shots-from", choices=("dev", "test"), default="dev",
@@ -234,15 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--limit", type=int, help="score at most N questions per subject")
     m.add_argument("--max-context", type=int,
                    help="keep the last N prompt tokens (default: the model's context)")
-    cli.add_backend_arg(m)
+    add_backend_arg(m)
     m.add_argument("--data", help="MMLU JSON-lines file (default: the data cache's)")
     m.add_argument("--out", help="save the accuracy table as JSON here")
     m.add_argument("--plot", metavar="PNG", help="draw the accuracy per subject here")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=run_mmlu)
 
+
+def _add_hellaswag(sub) -> None:
     h = sub.add_parser("hellaswag", help="HellaSwag acc and acc_norm, completion style (as llm.c)")
-    cli.add_init_arg(h, help=INIT_HELP)
+    add_init_arg(h, help=INIT_HELP)
     h.add_argument("--limit", type=int, help="score only the first N items (default: all 10,042)")
     h.add_argument("--out", default="runs/hellaswag",
                    help="folder for hellaswag.jsonl (one line per item, written as it goes: a "
@@ -250,15 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     h.add_argument("--data", help="HellaSwag JSON-lines file (default: the data cache's "
                                   "validation set, downloaded when online)")
-    cli.add_backend_arg(h)
+    add_backend_arg(h)
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
     h.set_defaults(func=run_hellaswag)
-    return parser
 
 
-@cli.main_guard
+@main_guard
 def main(argv: list[str] | None = None) -> int:
-    args = cli.parse(build_parser(), argv)
+    args = parse(build_parser(), argv)
     return args.func(args)
 
 

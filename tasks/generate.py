@@ -14,14 +14,17 @@ the next token: the probabilities softmax(logits / T) of the most likely tokens 
 from __future__ import annotations
 
 import argparse
-import codecs
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from . import cli
+from .common.args import add_backend_arg, add_init_arg, parse
+from .common.device import select_device
+from .common.errors import TaskError, UsageError
+from .common.guard import main_guard
+from .runs.models import load_language_model, resolve_init
 
 DEFAULT_PROMPT = "Every effort moves you"
 
@@ -29,9 +32,9 @@ DEFAULT_PROMPT = "Every effort moves you"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tasks.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_init_arg(p, default="124M", old_names=("--weights",),
-                     help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, "
-                          "or a run/checkpoint folder of tasks.pretrain")
+    add_init_arg(p, default="124M", old_names=("--weights",),
+                 help="an official size (124M, 355M, 774M, 1558M), a weights file or folder, "
+                      "or a run/checkpoint folder of tasks.pretrain")
     p.add_argument("--prompt", default=DEFAULT_PROMPT,
                    help="text to continue; empty starts from <|endoftext|> (default: %(default)r)")
     p.add_argument("--max-new-tokens", type=int, default=50, help="default: %(default)s")
@@ -41,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=None,
                    help="sample from the smallest set of tokens whose probability reaches p")
     p.add_argument("--seed", type=int, default=123, help="sampling seed (default: %(default)s)")
-    cli.add_backend_arg(p)
+    add_backend_arg(p)
     p.add_argument("--no-cache", action="store_true",
                    help="recompute the whole sequence every step instead of using the KV cache")
     p.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
@@ -56,7 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated temperatures for --temperature-plot (default: %(default)s)")
     p.add_argument("--top", type=int, default=10,
                    help="tokens drawn by --temperature-plot (default: %(default)s)")
-    args = cli.parse(p, argv)
+    args = parse(p, argv)
+    _check(p, args)
+    return args
+
+
+def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The values argparse cannot check by itself, each refused as argparse refuses (exit 2)."""
     if args.max_new_tokens < 0:
         p.error("--max-new-tokens must be >= 0")
     if not args.temperature >= 0.0:
@@ -79,50 +88,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--temperatures must all be > 0 (temperature 0 is greedy: one token gets everything)")
     if args.top < 1:
         p.error("--top must be >= 1")
-    return args
-
-
-# ---------------------------------------------------------------- loading
-def _is_run_folder(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in ("run.json", "checkpoints", "state.json"))
-
-
-def check_init(weights: str) -> None:
-    """Refuse an --init that names nothing: cheap, so done before the tokenizer or any weights load."""
-    from gpt2.config import HF_NAMES, PRESETS
-
-    path = Path(weights)
-    if not (_is_run_folder(path) or weights in PRESETS or weights in HF_NAMES.values() or path.exists()):
-        raise cli.UsageError(f"--init {weights!r}: not an official size ({', '.join(PRESETS)}) "
-                             "nor an existing file or folder")
-
-
-def load_model(weights: str, device: str):
-    """The GPT2 named by --init (or --weights), on `device`."""
-    import gpt2
-    from gpt2.config import HF_NAMES, PRESETS
-
-    path = Path(weights)
-    if _is_run_folder(path):
-        try:
-            from .checkpoint import load_model_from_run
-        except ImportError as e:
-            raise cli.TaskError(f"--init {weights}: a run folder needs tasks.checkpoint, which could "
-                                f"not be imported ({e})") from None
-        model = load_model_from_run(path, device=device)
-    elif weights in PRESETS or weights in HF_NAMES.values() or path.exists():
-        try:
-            model = gpt2.from_pretrained(weights, device=device)
-        except ModuleNotFoundError as e:
-            if e.name != "gpt2.weights":
-                raise
-            raise cli.TaskError("loading official weights needs gpt2/weights.py, which is missing") from None
-    else:
-        check_init(weights)   # raises: it names nothing
-    if not isinstance(model, gpt2.GPT2):
-        raise cli.UsageError(f"--init {weights}: holds a {type(model).__name__}, not a GPT-2 "
-                             "language model, so it cannot generate text")
-    return model
 
 
 # ---------------------------------------------------------------- temperature
@@ -157,7 +122,7 @@ def save_temperature_plot(model, tok, prompt_ids: list[int], temperatures: list[
                           path: str | Path, title: str) -> tuple[np.ndarray, np.ndarray]:
     """Draw the next token's top probabilities at each temperature as grouped bars; returns
     what temperature_probabilities gave."""
-    from .plots import plot_grouped_bars
+    from .common.plots import plot_grouped_bars
 
     ids, probs = temperature_probabilities(next_token_logits(model, prompt_ids), temperatures, top)
     labels = [repr(label) for label in token_labels(tok, ids)]
@@ -169,22 +134,6 @@ def save_temperature_plot(model, tok, prompt_ids: list[int], temperatures: list[
 
 
 # ---------------------------------------------------------------- output
-class _TextStream:
-    """Decode token ids to text as they come: a character split over two tokens waits for both."""
-
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def push(self, token_id: int) -> str:
-        if hasattr(self.tok, "decode_bytes"):
-            return self.utf8.decode(self.tok.decode_bytes([token_id]))
-        return self.tok.decode([token_id])
-
-    def flush(self) -> str:
-        return self.utf8.decode(b"", final=True)
-
-
 def token_labels(tokenizer, ids) -> list[str]:
     """One readable label per token: spaces as '·', newlines as '\\n', and a token holding only
     part of a character (an emoji is often split in two) as its bytes in hex."""
@@ -235,41 +184,28 @@ def save_attention_map(weights: np.ndarray, labels: list[str], path: str | Path,
 
 
 # ---------------------------------------------------------------- main
-@cli.main_guard
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    device = cli.device_of(args)
+def print_temperature_table(model, tok, prompt_ids: list[int], args: argparse.Namespace) -> None:
+    """--temperature-plot: the picture, and the same numbers as a table on stdout."""
+    ids, probs = save_temperature_plot(model, tok, prompt_ids, args.temperatures, args.top, args.temperature_plot,
+                                       f"{args.init}: next token after {args.prompt!r}")
+    labels = token_labels(tok, ids)
+    width = max(len(repr(label)) for label in labels)
+    print(f"{'token':<{width}}  " + "  ".join(f"{f'T={t:g}':>8}" for t in args.temperatures))
+    for j, label in enumerate(labels):
+        print(f"{repr(label):<{width}}  " + "  ".join(f"{p:8.4f}" for p in probs[:, j]))
+    print(f"temperature plot: {args.temperature_plot}", file=sys.stderr)
+
+
+def write_continuation(model, tok, prompt_ids: list[int], args: argparse.Namespace) -> list[int] | None:
+    """The prompt and its continuation on stdout as the tokens come; the new ids, or None when
+    Ctrl-C stopped it."""
     from gpt2.generate import stream
-    from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
-
-    check_init(args.init)
-    try:
-        tok = get_tokenizer()
-    except TokenizerUnavailableError as e:
-        raise cli.TaskError(str(e)) from None
-    model = load_model(args.init, device).eval()
-    cfg = model.config
-    if args.attention_map is not None and not (0 <= args.layer < cfg.n_layer and 0 <= args.head < cfg.n_head):
-        raise cli.UsageError(f"--layer {args.layer} --head {args.head}: this model has layers "
-                             f"0..{cfg.n_layer - 1} and heads 0..{cfg.n_head - 1}")
-    prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
-
-    if args.temperature_plot is not None:
-        ids, probs = save_temperature_plot(model, tok, prompt_ids, args.temperatures, args.top,
-                                           args.temperature_plot,
-                                           f"{args.init}: next token after {args.prompt!r}")
-        labels = token_labels(tok, ids)
-        width = max(len(repr(label)) for label in labels)
-        print(f"{'token':<{width}}  " + "  ".join(f"{f'T={t:g}':>8}" for t in args.temperatures))
-        for j, label in enumerate(labels):
-            print(f"{repr(label):<{width}}  " + "  ".join(f"{p:8.4f}" for p in probs[:, j]))
-        print(f"temperature plot: {args.temperature_plot}", file=sys.stderr)
-        return 0
+    from gpt2.tokenizer import TextStream
 
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
-    text = _TextStream(tok)
+    text = TextStream(tok)
     new_ids: list[int] = []
     try:
         for step in stream(model, np.asarray([prompt_ids]), args.max_new_tokens,
@@ -284,10 +220,35 @@ def main(argv: list[str] | None = None) -> int:
             out.flush()
     except KeyboardInterrupt:
         out.write(text.flush() + "\n")
-        return 130
+        return None
     out.write(text.flush() + "\n")
     out.flush()
+    return new_ids
 
+
+@main_guard
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = select_device(args.backend)
+    from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
+
+    init = resolve_init(args.init, random_ok=False)  # cheap: before the tokenizer and the weights
+    try:
+        tok = get_tokenizer()
+    except TokenizerUnavailableError as e:
+        raise TaskError(str(e)) from None
+    model = load_language_model(init, device, purpose=", so it cannot generate text")
+    cfg = model.config
+    if args.attention_map is not None and not (0 <= args.layer < cfg.n_layer and 0 <= args.head < cfg.n_head):
+        raise UsageError(f"--layer {args.layer} --head {args.head}: this model has layers "
+                         f"0..{cfg.n_layer - 1} and heads 0..{cfg.n_head - 1}")
+    prompt_ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
+    if args.temperature_plot is not None:
+        print_temperature_table(model, tok, prompt_ids, args)
+        return 0
+    new_ids = write_continuation(model, tok, prompt_ids, args)
+    if new_ids is None:
+        return 130
     if args.attention_map is not None:
         ids = (prompt_ids + new_ids)[-cfg.n_ctx:]   # what the model can see at once
         maps = model.attention_maps(np.asarray([ids]))

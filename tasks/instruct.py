@@ -26,9 +26,6 @@ exactly the book's test set; --split-seed N shuffles the records first.
 from __future__ import annotations
 
 import argparse
-import codecs
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -36,140 +33,24 @@ from typing import Sequence
 import numpy as np
 
 import minigrad as mg
-from gpt2.tokenizer import EOT_ID
+from gpt2.tokenizer import EOT_ID, TextStream
 from minigrad import nn
 
-from . import cli, runfolder
-from .checkpoint import read_json, run_dir_of, write_json
-from .data import DATASETS, ensure_dataset
-from .jsonl import append_jsonl, read_jsonl
-from .loaders import BatchLoader
-from .alpaca import format_prompt
-from .train import Trainer, TrainConfig, lm_loss, loss_evaluation, plot_losses
-
-DEFAULT_DATA = "instruction-data"
-IGNORE_INDEX = -100   # targets the loss skips (cross_entropy's default)
-
-
-class InstructionDataError(cli.TaskError):
-    """An instruction file that cannot be used: not JSON, not a list, or a malformed record."""
-
-
-# ----------------------------------------------------------------------------- records and prompts
-
-
-def format_example(record: dict) -> str:
-    """A whole training example: the prompt followed by the reference output."""
-    return format_prompt(record) + record["output"]
-
-
-def resolve_data(data: str | None) -> Path:
-    """The file behind --data: a manifest name (downloaded into the cache if missing) or a path."""
-    data = data or DEFAULT_DATA
-    if data in DATASETS:
-        return ensure_dataset(data)
-    path = Path(data)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path} (or give a dataset name, e.g. {DEFAULT_DATA})")
-    return path
-
-
-def load_records(path: str | os.PathLike, require_output: bool = True) -> list[dict]:
-    """The records of an Alpaca-style JSON file, checked one by one."""
-    path = Path(path)
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InstructionDataError(f"{path} is not a JSON file: {e}") from None
-    if not isinstance(records, list) or not records:
-        raise InstructionDataError(f"{path} must hold a non-empty JSON list of records "
-                                   '{"instruction": ..., "input": ..., "output": ...}')
-    required = ("instruction", "output") if require_output else ("instruction",)
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise InstructionDataError(f"record {i} of {path} is not a JSON object")
-        for key in required:
-            if key not in rec:
-                raise InstructionDataError(f"record {i} of {path} has no {key!r} field")
-        for key in ("instruction", "input", "output"):
-            optional = key not in required  # a missing or null input means "no input"
-            if key in rec and not isinstance(rec[key], str) and not (optional and rec[key] is None):
-                raise InstructionDataError(f"record {i} of {path}: {key!r} must be a string")
-    return records
-
-
-def split_records(records: Sequence[dict], seed: int | None = None
-                  ) -> tuple[list[dict], list[dict], list[dict]]:
-    """(train, val, test) the book's way: train = first int(0.85 n), test = next int(0.1 n),
-    val = the rest. With a seed, the records are shuffled first (NumPy's default_rng(seed))."""
-    records = list(records)
-    if seed is not None:
-        order = np.random.default_rng(seed).permutation(len(records))
-        records = [records[i] for i in order]
-    n_train, n_test = int(len(records) * 0.85), int(len(records) * 0.1)
-    train = records[:n_train]
-    test = records[n_train:n_train + n_test]
-    val = records[n_train + n_test:]
-    return train, val, test
-
-
-# ----------------------------------------------------------------------------- batches
-
-
-def encode_record(tokenizer, record: dict) -> tuple[list[int], int]:
-    """(token ids of the whole example, how many of them are the prompt).
-
-    Prompt and output are encoded separately so that the prompt's ids are exactly those the
-    model is given when it answers. Special-token strings in the text stay plain text.
-    """
-    prompt = tokenizer.encode_ordinary(format_prompt(record))
-    return prompt + tokenizer.encode_ordinary(record["output"]), len(prompt)
-
-
-def collate(items: Sequence[tuple[Sequence[int], int]], pad_id: int = EOT_ID,
-            ignore_index: int = IGNORE_INDEX, max_length: int | None = None,
-            mask_instructions: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and targets (B, T) of one batch of (ids, prompt_length) items.
-
-    Each sequence gets one end-of-text token and is padded with pad_id to the longest in the
-    batch; inputs = seq[:-1], targets = seq[1:]. The end-of-text target stays (the model must
-    learn to stop); the padding after it gets ignore_index, and so does every prompt token
-    with mask_instructions. Both are then cut to max_length columns.
-    """
-    if not items:
-        raise ValueError("collate needs at least one item")
-    width = max(len(ids) for ids, _ in items) + 1
-    x = np.full((len(items), width - 1), pad_id, dtype=np.int64)
-    y = np.full((len(items), width - 1), ignore_index, dtype=np.int64)
-    for row, (ids, prompt_len) in enumerate(items):
-        n = len(ids)
-        x[row, :n] = ids
-        y[row, :n - 1] = ids[1:]
-        y[row, n - 1] = pad_id  # the one end-of-text target that is kept
-        if mask_instructions:
-            # target j is token j + 1: the prompt's tokens 1..P-1 are targets 0..P-2
-            y[row, :max(prompt_len - 1, 0)] = ignore_index
-    if max_length is not None:
-        x, y = x[:, :max_length], y[:, :max_length]
-    return x, y
-
-
-class InstructionLoader(BatchLoader):
-    """BatchLoader over (ids, prompt_length) items, each batch padded by `collate`.
-
-    The order, state_dict() and exact resume are BatchLoader's; only building a batch differs.
-    """
-
-    def __init__(self, items: Sequence[tuple[list[int], int]], batch_size: int, shuffle: bool = False,
-                 drop_last: bool = False, seed: int = 0, max_length: int | None = None,
-                 mask_instructions: bool = False):
-        self.max_length, self.mask_instructions = max_length, mask_instructions
-        super().__init__(list(items), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
-
-    def _batch(self, order: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = order[position * self.batch_size:(position + 1) * self.batch_size]
-        return collate([self.dataset[int(i)] for i in idx], max_length=self.max_length,
-                       mask_instructions=self.mask_instructions)
+from .common.args import add_backend_arg, add_init_arg, add_model_args, add_train_args, parse
+from .common.device import select_device
+from .common.errors import UsageError
+from .common.guard import main_guard, pause_point
+from .common.jsonfiles import append_jsonl, read_jsonl, write_json
+from .common.progress import progress_bar
+from .data.alpaca import (DEFAULT_DATA, InstructionDataError, InstructionLoader, encode_record, format_prompt,
+                          load_records, resolve_data, split_records)
+from .data.manifest import DATASETS
+from .runs.checkpoint import run_dir_of
+from .runs.folder import check_output_file, record_run, start_run
+from .runs.models import ModelSpec, build_model, load_language_model, resolve_run_init, run_json_of
+from .training.config import TrainConfig
+from .training.evaluation import lm_loss, loss_evaluation, plot_losses
+from .training.trainer import Trainer
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -224,7 +105,7 @@ def _adapt(model, args: argparse.Namespace) -> None:
     """What trains: new LoRA adapters (--lora-rank), the adapters --init brought, or every weight."""
     if args.lora_rank is not None:
         if _lora_of(model) is not None:
-            raise cli.UsageError(f"--init {args.init} already has LoRA adapters; drop --lora-rank "
+            raise UsageError(f"--init {args.init} already has LoRA adapters; drop --lora-rank "
                                  "to go on training them")
         n = nn.apply_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)
         print(f"LoRA: {n} linear layers wrapped (rank {args.lora_rank}, alpha {args.lora_alpha}); "
@@ -247,7 +128,7 @@ def _loaders(tokenizer, train_recs, val_recs, max_length: int, args) -> tuple[In
 def _split(args: argparse.Namespace) -> tuple[Path, list[dict], tuple[list[dict], list[dict], list[dict]]]:
     """(the data file, its records, the train/val/test split), checked."""
     if args.max_length is not None and args.max_length < 2:
-        raise cli.UsageError(f"--max-length must be at least 2, got {args.max_length}")
+        raise UsageError(f"--max-length must be at least 2, got {args.max_length}")
     path = resolve_data(args.data)
     records = load_records(path)
     train_recs, val_recs, test_recs = split_records(records, args.split_seed)
@@ -258,15 +139,16 @@ def _split(args: argparse.Namespace) -> tuple[Path, list[dict], tuple[list[dict]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    args, resuming = runfolder.start(args)
-    device = cli.device_of(args)
+    run = start_run(vars(args), args.typed)
+    args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
+    device = select_device(args.backend, args.dtype)
     from gpt2.tokenizer import get_tokenizer
 
     path, records, (train_recs, val_recs, test_recs) = _split(args)
     tokenizer = get_tokenizer()
-    model = cli.build_model(args)
+    model = build_model(ModelSpec.from_flags(run.args))
     if args.max_length is not None and args.max_length > model.config.n_ctx:
-        raise cli.UsageError(f"--max-length {args.max_length} is longer than the model's context of "
+        raise UsageError(f"--max-length {args.max_length} is longer than the model's context of "
                              f"{model.config.n_ctx}")
     max_length = args.max_length or model.config.n_ctx
     _adapt(model, args)
@@ -274,18 +156,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
     train_loader, val_loader = _loaders(tokenizer, train_recs, val_recs, max_length, args)
     out = Path(args.out)
-    runfolder.record_run(out, resuming, "instruct", args, model.config, "gpt2", max_length=max_length,
-                         lora=_lora_of(model), data={  # respond recomputes the split from these
-                             "source": args.data if args.data in DATASETS else str(path.resolve()),
-                             "num_records": len(records), "split_seed": args.split_seed,
-                             "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}})
+    record_run(run, "instruct", model.config, "gpt2", max_length=max_length,
+               lora=_lora_of(model), data={  # respond recomputes the split from these
+                   "source": args.data if args.data in DATASETS else str(path.resolve()),
+                   "num_records": len(records), "split_seed": args.split_seed,
+                   "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}})
     print(f"model: {model.num_parameters():,} parameters ({model.num_parameters(trainable_only=True):,} trainable) "
           f"on {device}; {len(train_recs)} train / {len(val_recs)} val / {len(test_recs)} test records; "
           f"{len(train_loader)} batches of {args.batch_size} per epoch")
     sample = (lambda m: respond_batch(m, tokenizer, val_recs[:1], args.sample_tokens)[0]) \
         if args.sample_tokens > 0 else None
     evaluate = loss_evaluation({"train": train_loader, "val": val_loader}, lm_loss, args.eval_batches)
-    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args), sample=sample,
+    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_flags(run.args), sample=sample,
                       plot=plot_losses)
     return trainer.exit_code if trainer.run(args.resume) is None else 0
 
@@ -294,37 +176,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    """(model in eval mode on the chosen device, tokenizer, run.json) of --checkpoint."""
-    from gpt2 import GPT2
+    """(model in eval mode on the chosen device, tokenizer, run.json) of --init."""
     from gpt2.tokenizer import get_tokenizer
-    from .checkpoint import load_model_from_run
 
-    device = cli.device_of(args)
-    ckpt = Path(args.init)
-    if not ckpt.is_dir():
-        raise FileNotFoundError(f"--init {ckpt}: no such folder")
-    run = read_json(run_dir_of(ckpt) / "run.json")
-    model = load_model_from_run(ckpt, device=device)
-    if not isinstance(model, GPT2):
-        raise cli.UsageError(f"--init {ckpt} holds a {type(model).__name__}, not a GPT-2 language model "
-                             "that can answer (a tasks.instruct or tasks.pretrain run)")
+    device = select_device(args.backend)
+    init = resolve_run_init(args.init)
+    run = run_json_of(init)
+    model = load_language_model(init, device, purpose=" that can answer (a tasks.instruct or tasks.pretrain run)")
     return model, get_tokenizer(), run
 
 
 def cmd_respond(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        raise cli.UsageError("--max-new-tokens, --batch-size and --limit must be at least 1")
+        raise UsageError("--max-new-tokens, --batch-size and --limit must be at least 1")
     ckpt = Path(args.init)
     name = args.split if args.data is None else Path(args.data).stem
     out = Path(args.out) if args.out else run_dir_of(ckpt) / f"responses_{name}.json"
-    runfolder.check_output_file(out)  # before any work: a bad --out must not cost the answers
+    check_output_file(out)  # before any work: a bad --out must not cost the answers
     model, tokenizer, run = _load(args)
     if args.data is not None:
         records = load_records(resolve_data(args.data), require_output=False)
     else:
         info = run.get("data")
         if not info:
-            raise cli.UsageError(f"{args.init} is not a tasks.instruct run: give --data FILE")
+            raise UsageError(f"{args.init} is not a tasks.instruct run: give --data FILE")
         all_records = load_records(resolve_data(info["source"]))
         if len(all_records) != info["num_records"]:
             raise InstructionDataError(
@@ -335,13 +210,12 @@ def cmd_respond(args: argparse.Namespace) -> int:
     if args.limit is not None:
         records = records[:args.limit]
 
-    from .progress import progress_bar
     # each answer is appended to OUT.partial.jsonl as it comes; a rerun with the same --out skips
     # the records answered there, and OUT (the JSON list the judge reads) is written at the end
     partial = out.with_name(out.name + ".partial.jsonl")
-    answered = read_jsonl(partial)
+    answered = read_jsonl(partial, cut_torn_tail=True)  # appended to below
     if [r["instruction"] for r in answered] != [r["instruction"] for r in records[:len(answered)]]:
-        raise cli.UsageError(f"{partial} holds answers to other records; delete it or choose another --out")
+        raise UsageError(f"{partial} holds answers to other records; delete it or choose another --out")
     if answered:
         print(f"{len(answered)} records already answered in {partial}; continuing")
     with progress_bar(total=len(records), initial=len(answered), desc="responding", unit="record",
@@ -351,7 +225,7 @@ def cmd_respond(args: argparse.Namespace) -> int:
             for rec, answer in zip(batch, respond_batch(model, tokenizer, batch, args.max_new_tokens)):
                 answered.append({**rec, "model_response": answer})
                 append_jsonl(partial, answered[-1])
-                cli.pause_point("record")
+                pause_point("record")
             bar.update(len(batch))
     write_json(out, answered)
     partial.unlink()
@@ -363,7 +237,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from gpt2.generate import stream
 
     if args.max_new_tokens < 1:
-        raise cli.UsageError("--max-new-tokens must be at least 1")
+        raise UsageError("--max-new-tokens must be at least 1")
     model, tokenizer, _ = _load(args)
     interactive = sys.stdin.isatty()
     out = sys.stdout
@@ -379,16 +253,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not instruction:
                 continue
             ids = tokenizer.encode_ordinary(format_prompt({"instruction": instruction}))
-            # a character split over two tokens is printed once both have come
-            text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            text = TextStream(tokenizer)  # a character split over two tokens is printed once both have come
             for step in stream(model, np.asarray([ids]), args.max_new_tokens, temperature=args.temperature,
                                top_k=args.top_k, eos_id=EOT_ID, seed=args.seed):
                 token = int(step[0])
                 if token == EOT_ID:
                     break
-                out.write(text.decode(tokenizer.decode_bytes([token])))
+                out.write(text.push(token))
                 out.flush()
-            out.write(text.decode(b"", final=True) + "\n")
+            out.write(text.flush() + "\n")
             out.flush()
     except KeyboardInterrupt:
         out.write("\n")
@@ -418,13 +291,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t.add_argument("--sample-tokens", type=int, default=35,
                    help="tokens of the greedy answer to the first validation record printed at each "
                         "evaluation; 0 = none (default: %(default)s)")
-    cli.add_model_args(t, init_default="355M", dropout_default=0.0)
-    cli.add_train_args(t, epochs=2, batch_size=8, lr=5e-5, weight_decay=0.1, eval_every=5,
+    add_model_args(t, init_default="355M", dropout_default=0.0)
+    add_train_args(t, epochs=2, batch_size=8, lr=5e-5, weight_decay=0.1, eval_every=5,
                        eval_batches=5, out="runs/instruct")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("respond", help="answer a split (or a file) of records, saved as JSON")
-    cli.add_init_arg(r, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
+    add_init_arg(r, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--split", choices=("train", "val", "test"), default="test",
                      help="the run's own split to answer (default: %(default)s)")
@@ -437,18 +310,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.set_defaults(func=cmd_respond)
 
     c = sub.add_parser("chat", help="answer instructions read from stdin, one per line")
-    cli.add_init_arg(c, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
+    add_init_arg(c, old_names=("--checkpoint",), help="run folder (or one checkpoint folder) of a train run")
     c.add_argument("--max-new-tokens", type=int, default=256, help="default: %(default)s")
     c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
     c.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
     c.add_argument("--seed", type=int, default=123, help="sampling seed (default: %(default)s)")
     for q in (r, c):
-        cli.add_backend_arg(q)
+        add_backend_arg(q)
     c.set_defaults(func=cmd_chat)
-    return cli.parse(p, argv)
+    return parse(p, argv)
 
 
-@cli.main_guard
+@main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     return args.func(args)

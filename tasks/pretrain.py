@@ -9,8 +9,8 @@ GPT-2's own tied, N(0, 0.02) model instead, which on these 90 steps stays near t
 (~6): see bench/results/pretrain_cpu.md.
 
 `--data DIR` trains on token shards from `python -m tasks.prepare` (or llm.c), memory-mapped and
-served by tasks.shards.ShardLoader; `--text`/`--dataset` are tokenized once into shards in the
-cache (tasks.loaders.text_shards) and served by the same loader, with the same batches as before.
+served by tasks.data.shards.ShardLoader; `--text`/`--dataset` are tokenized once into shards in the
+cache (tasks.data.text.text_shards) and served by the same loader, with the same batches as before.
 """
 from __future__ import annotations
 
@@ -24,19 +24,26 @@ from pathlib import Path
 import minigrad as mg
 import minigrad.distributed as dist
 
-from . import cli, runfolder
-from .checkpoint import read_json
-from .data import DATASETS, read_text
-from .loaders import text_shards
-from .plots import plot_loss_and_accuracy
-from .shards import ShardLoader, find_shards
-from .parallel import check_world_size
-from .train import (Periodic, Trainer, TrainConfig, lm_loss, loss_evaluation, plot_losses,
-                    read_metrics)
+from .common.args import add_model_args, add_train_args, parse
+from .common.device import select_device
+from .common.guard import main_guard, pause_point
+from .common.jsonfiles import read_json
+from .common.plots import plot_loss_and_accuracy
+from .data.manifest import DATASETS, read_text
+from .data.shards import ShardLoader, find_shards
+from .data.text import text_shards
+from .runs.folder import record_run, start_run
+from .runs.models import ModelSpec, RandomInit, build_model
+from .training.config import TrainConfig
+from .training.evaluation import Periodic, lm_loss, loss_evaluation, plot_losses, read_metrics
+from .training.parallel import check_world_size
+from .training.trainer import Trainer
 
 SAMPLE_PROMPT = "Every effort moves you"
 # the manifest's raw-text entries (the others are labelled rows, JSON records or questions)
 TEXT_DATASETS = ("the-verdict", "tinyshakespeare")
+# --init random builds the book's model: an output head of its own, embeddings drawn from N(0, 1)
+RANDOM_INIT = RandomInit(tie=False, embedding_std=1.0)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,9 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default: %(default)s)")
     p.add_argument("--hellaswag-limit", type=int, default=None,
                    help="score only its first M items (default: all 10,042)")
-    cli.add_model_args(p, context_default=256, tie_default=False, embedding_std_default=1.0)
-    cli.add_train_args(p, epochs=10, batch_size=2, lr=4e-4, eval_every=5, eval_batches=5, out="runs/pretrain")
-    args = cli.parse(p, argv)
+    add_model_args(p, context_default=256, tie_default=RANDOM_INIT.tie,
+                   embedding_std_default=RANDOM_INIT.embedding_std)
+    add_train_args(p, epochs=10, batch_size=2, lr=4e-4, eval_every=5, eval_batches=5, out="runs/pretrain")
+    args = parse(p, argv)
     if args.dataset is None and args.text is None and args.data is None:
         args.dataset = "the-verdict"
     if args.dataset is not None and args.dataset not in TEXT_DATASETS:
@@ -80,77 +88,96 @@ def greedy_sample(model, tokenizer, prompt: str, n: int) -> str:
     return tokenizer.decode(list(out[0]))
 
 
-@cli.main_guard
+def shard_folder(args: argparse.Namespace, tokenizer, world: int) -> tuple[Path, str]:
+    """The folder of shards to train on, and how to name its splits in messages: --data as it
+    is, or raw text tokenized once into the cache and then served like any prepared corpus."""
+    if args.data:
+        return Path(args.data), f"the {{}} shards of {args.data}"
+    text = read_text(args.text or args.dataset)
+    if world > 1:
+        dist.check_same("the training text (sha256)", hashlib.sha256(text.encode()).hexdigest()[:16])
+    return text_shards(text, tokenizer, args.train_frac), "{} split"
+
+
+def hellaswag_every(args: argparse.Namespace, tokenizer) -> list[Periodic]:
+    """HellaSwag every --hellaswag-every steps; its items are loaded now, so that a missing file
+    fails before any training."""
+    if not args.hellaswag_every:
+        return []
+    from .evals.hellaswag import hellaswag_metrics, load_hellaswag
+    items = load_hellaswag(limit=args.hellaswag_limit)
+    return [Periodic("hellaswag", args.hellaswag_every, lambda m: hellaswag_metrics(m, items, tokenizer))]
+
+
+def shard_loaders(args: argparse.Namespace, shards: tuple[list[Path], list[Path]], what: str, context: int,
+                  world: int) -> tuple[ShardLoader, ShardLoader]:
+    """Training and validation loaders of GLOBAL batches (--batch-size rows for each rank); the
+    Trainer gives rank r its rows, so the sequences of a step do not depend on how they are split."""
+    val_paths, train_paths = shards
+    stride = args.stride or context
+    train = ShardLoader.from_files(train_paths, context, args.batch_size * world, stride=stride,
+                                   shuffle=args.shuffle, drop_last=True, seed=args.seed, name=what.format("training"))
+    val = ShardLoader.from_files(val_paths, context, args.batch_size * world, stride=stride,
+                                 shuffle=False, drop_last=False, seed=args.seed, name=what.format("validation"))
+    return train, val
+
+
+def say_ranks(world: int) -> None:
+    """Under mpiexec: which PID each rank is (if a rank dies, mpiexec names its PID)."""
+    pids = dist.allgather((os.getpid(), socket.gethostname()))
+    if dist.is_main():
+        print(f"{world} ranks: " + ", ".join(f"rank {r} = pid {pid} on {host}"
+                                             for r, (pid, host) in enumerate(pids)), flush=True)
+
+
+def plot_pretrain(run_dir: str | Path) -> None:
+    """loss.png, and loss_hellaswag.png once HellaSwag has been scored."""
+    plot_losses(run_dir)
+    records = read_metrics(run_dir)
+    evals = [r for r in records if r["type"] == "eval"]
+    plot_loss_and_accuracy(evals, ["train_loss", "val_loss"], [r for r in records if r["type"] == "hellaswag"],
+                           ["hellaswag_acc", "hellaswag_acc_norm"], Path(run_dir) / "loss_hellaswag.png",
+                           "HellaSwag accuracy", chance=0.25)
+
+
+@main_guard
 def main(argv: list[str] | None = None) -> int:
-    args, resuming = runfolder.start(parse_args(argv))
-    device = cli.device_of(args)
-    cli.pause_point("startup")
+    args = parse_args(argv)
+    run = start_run(vars(args), args.typed)
+    args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
+    device = select_device(args.backend, args.dtype)
+    pause_point("startup")
     from gpt2.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer()
     world = dist.world_size()
     if world > 1:
-        dist.check_same("the command line", {k: v for k, v in cli.config_json(args).items()})
-    if args.data:
-        folder, what = Path(args.data), f"the {{}} shards of {args.data}"
-    else:  # raw text: tokenized once into the cache, then served like any prepared corpus
-        text = read_text(args.text or args.dataset)
-        if world > 1:
-            dist.check_same("the training text (sha256)", hashlib.sha256(text.encode()).hexdigest()[:16])
-        folder, what = text_shards(text, tokenizer, args.train_frac), "{} split"
-    val_paths, train_paths = find_shards(folder)
-    periodic = []
-    if args.hellaswag_every:  # load the items now: a missing file fails before any training
-        from .hellaswag import hellaswag_metrics, load_hellaswag
-        items = load_hellaswag(limit=args.hellaswag_limit)
-        periodic.append(Periodic("hellaswag", args.hellaswag_every,
-                                 lambda m: hellaswag_metrics(m, items, tokenizer)))
-    model = cli.build_model(args)
+        dist.check_same("the command line", run.args)
+    folder, what = shard_folder(args, tokenizer, world)
+    shards = find_shards(folder)  # (validation, training), checked before the model is built
+    periodic = hellaswag_every(args, tokenizer)
+    model = build_model(ModelSpec.from_flags(run.args, RANDOM_INIT))
     context = args.context or model.config.n_ctx
-    stride = args.stride or context
-    # the loaders hand out GLOBAL batches (--batch-size rows for each rank); the Trainer gives
-    # rank r its rows, so the sequences of a step do not depend on how they are split
-    train_loader = ShardLoader.from_files(train_paths, context, args.batch_size * world, stride=stride,
-                                          shuffle=args.shuffle, drop_last=True, seed=args.seed,
-                                          name=what.format("training"))
-    val_loader = ShardLoader.from_files(val_paths, context, args.batch_size * world, stride=stride,
-                                        shuffle=False, drop_last=False, seed=args.seed,
-                                        name=what.format("validation"))
+    train_loader, val_loader = shard_loaders(args, shards, what, context, world)
     model.to(device)
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
 
-    out = Path(args.out)
-    if resuming and (out / "run.json").is_file():
-        check_world_size(read_json(out / "run.json"), world, args.batch_size, args.grad_accum)
+    if run.resuming:
+        check_world_size(read_json(run.out / "run.json"), world, args.batch_size, args.grad_accum)
     dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
     if dist.is_main():
-        runfolder.record_run(out, resuming, "pretrain", args, model.config, "gpt2", world_size=world)
+        record_run(run, "pretrain", model.config, "gpt2", world_size=world)
         print(f"model: {model.num_parameters():,} parameters on {device}; "
               f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size * world}x{context} "
               f"tokens" + (f" ({world} ranks x {args.batch_size})" if world > 1 else "")
               + f" ({train_loader.num_tokens:,} / {val_loader.num_tokens:,} tokens in {folder})")
     if world > 1:
-        # if a rank dies, mpiexec names its PID: this line says which rank that was
-        pids = dist.allgather((os.getpid(), socket.gethostname()))
-        if dist.is_main():
-            print(f"{world} ranks: " + ", ".join(f"rank {r} = pid {pid} on {host}"
-                                                 for r, (pid, host) in enumerate(pids)), flush=True)
-
+        say_ranks(world)
     evaluate = loss_evaluation({"train": train_loader, "val": val_loader}, lm_loss, args.eval_batches)
-
-    def plot(run_dir):
-        plot_losses(run_dir)
-        records = read_metrics(run_dir)
-        evals = [r for r in records if r["type"] == "eval"]
-        plot_loss_and_accuracy(evals, ["train_loss", "val_loss"],
-                               [r for r in records if r["type"] == "hellaswag"],
-                               ["hellaswag_acc", "hellaswag_acc_norm"],
-                               Path(run_dir) / "loss_hellaswag.png", "HellaSwag accuracy", chance=0.25)
-
-    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_args(args),
-                      sample=(lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens))
-                      if args.sample_tokens > 0 else None, periodic=periodic,
-                      plot=plot, data_parallel=True)
+    sample = (lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens)) if args.sample_tokens > 0 \
+        else None
+    trainer = Trainer(model, train_loader, lm_loss, evaluate, run.out, TrainConfig.from_flags(run.args),
+                      sample=sample, periodic=periodic, plot=plot_pretrain, data_parallel=True)
     return trainer.exit_code if trainer.run(args.resume) is None else 0
 
 

@@ -7,35 +7,34 @@
 
 Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (`stream: true` gives
 server-sent events ending in `data: [DONE]`), GET /health, and the chat page GET /.
-Requests are decoded together in one batch with a KV cache (tasks/serve_batch.py); chat
+Requests are decoded together in one batch with a KV cache (tasks/serving/); chat
 messages use the instruct prompt format when the run was trained by tasks.instruct.
 Needs the [serve] extra: pip install -e '.[serve]'.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import hmac
-import json
 import os
 import socket
 import sys
-import time
-import uuid
-from importlib import resources
 from pathlib import Path
 
-from . import cli
-from .checkpoint import read_json, run_dir_of
-from .serving.app import make_app
-from .serving.generation import Server
+from gpt2.config import PRESETS
+
+from .common.args import add_model_args, parse
+from .common.device import select_device
+from .common.errors import TaskError, UsageError
+from .common.guard import main_guard
+from .common.jsonfiles import read_json
+from .runs.checkpoint import run_dir_of
+from .runs.models import ModelSpec, build_model
+from .serving.server import Server
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tasks.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_model_args(p, init_default="124M", dropout_default=0.0)
+    add_model_args(p, init_default="124M", dropout_default=0.0)
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to bind; anything but loopback exposes the model (default: %(default)s)")
@@ -58,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "browser: CORS preflights answered for it alone; repeatable (default: none)")
     g.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                    help="uvicorn's log level (default: %(default)s)")
-    args = cli.parse(p, argv)
+    args = parse(p, argv)
     for name in ("max_batch", "max_tokens", "max_body"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -79,40 +78,40 @@ def run_task(init: str) -> str | None:
 
 
 def default_model_name(init: str) -> str:
-    return f"gpt2-{init}" if init in cli.SIZES else Path(init).resolve().name or init
+    return f"gpt2-{init}" if init in PRESETS else Path(init).resolve().name or init
 
 
 # ------------------------------------------------------------------ main
 def load_server(args: argparse.Namespace) -> Server:
     from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
 
-    device = cli.device_of(args)
+    device = select_device(args.backend)
     try:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:
-        raise cli.TaskError(str(e)) from None
-    model = cli.build_model(args).to(device).eval()
+        raise TaskError(str(e)) from None
+    model = build_model(ModelSpec.from_flags(vars(args))).to(device).eval()
     if model.config.vocab_size < tok.n_vocab or not hasattr(model, "logits"):
-        raise cli.UsageError(f"--init {args.init}: not a GPT-2 language model with GPT-2's vocabulary")
+        raise UsageError(f"--init {args.init}: not a GPT-2 language model with GPT-2's vocabulary")
     api_key = args.api_key
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
-            raise cli.UsageError(f"--api-key-env {args.api_key_env}: that variable is not set")
+            raise UsageError(f"--api-key-env {args.api_key_env}: that variable is not set")
     return Server(model, tok, args.model_name or default_model_name(args.init),
                   instruct=run_task(args.init) == "instruct", api_key=api_key,
                   max_batch=args.max_batch, max_queue=args.max_queue, chat_max_tokens=args.max_tokens,
                   max_body=args.max_body, timeout=args.timeout, cors_origins=tuple(args.cors_origin))
 
 
-@cli.main_guard
+@main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         import uvicorn
         import starlette  # noqa: F401
     except ImportError as e:
-        raise cli.TaskError(f"tasks.serve needs the [serve] extra ({e.name} is missing): "
+        raise TaskError(f"tasks.serve needs the [serve] extra ({e.name} is missing): "
                             "pip install -e '.[serve]'") from None
     # bind before loading the model: a taken port is one message, before any work
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
@@ -120,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sock.bind((args.host, args.port))
     except OSError as e:
-        raise cli.TaskError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+        raise TaskError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     sock.listen(2048)   # clients may connect from now on; uvicorn accepts once it runs
     server = load_server(args)
     server.scheduler.start()
+    from .serving.app import make_app  # Starlette, there now (the [serve] extra)
     app = make_app(server)
     port = sock.getsockname()[1]
     kind = "instruct format" if server.instruct else "plain continuation"

@@ -21,7 +21,7 @@ def save_tiny_run(run_dir: Path, task: str = "pretrain", n_ctx: int = 1024) -> P
     """A run folder of `task` holding a random 2-layer, 32-wide GPT-2 with GPT-2's vocabulary."""
     import minigrad as mg
     from gpt2 import GPT2, GPT2Config
-    from tasks.checkpoint import save_checkpoint
+    from tasks.runs.checkpoint import save_checkpoint
 
     mg.manual_seed(0)
     model = GPT2(GPT2Config(n_ctx=n_ctx, n_embd=32, n_layer=2, n_head=2))

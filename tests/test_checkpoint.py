@@ -12,7 +12,7 @@ import pytest
 import minigrad as mg
 from gpt2 import GPT2, GPT2Config
 from minigrad.optim import AdamW
-from tasks.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from tasks.runs.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = GPT2Config(vocab_size=64, n_ctx=16, n_embd=16, n_layer=1, n_head=2)

@@ -15,11 +15,12 @@ from tasks import classify
 from gpt2.classifier import GPT2Classifier
 from gpt2.registry import build_model
 from tasks.classify import classify_loss, set_trainable
-from tasks.classify_data import (PAD_ID, balance, class_names, confusion_matrix, longest,
+from tasks.data.labelled import (PAD_ID, balance, class_names, confusion_matrix, longest,
                                  per_class_scores, read_labelled_file, split_rows)
-from tasks.data import dataset_path
-from tasks.loaders import BatchLoader
-from tasks.train import Trainer, TrainConfig
+from tasks.data.loaders import BatchLoader
+from tasks.data.manifest import dataset_path
+from tasks.training.config import TrainConfig
+from tasks.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--init", "random", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "32",
@@ -153,7 +154,7 @@ def test_lora_trains_only_adapters_and_head_and_reloads(tmp_path):
     assert changed <= trainable
     assert {"head.weight", "gpt.h.0.attn.c_attn.lora_B"} <= changed
 
-    # what load_model_from_run does with run.json: the registry's kind, adapters as data
+    # what load_run_model does with run.json: the registry's kind, adapters as data
     run = {"model_kind": "gpt2-classifier", "model_config": model.config.to_dict(),
            "classifier": {"labels": ["a", "b"], "pool": "last-real", "trainable": "lora"},
            "lora": {"rank": 4, "alpha": 8}}

@@ -1,4 +1,4 @@
-"""tasks.data and tasks.loaders: manifest, dataset fetching, sliding windows and the resumable batch loader."""
+"""tasks.data's manifest and loaders: dataset fetching, sliding windows and the resumable batch loader."""
 
 import dataclasses
 import hashlib
@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from files import hub
-from tasks import data, loaders
+from tasks.data import loaders, manifest
+from tasks.data.text import make_pretrain_loaders, train_val_split_text
 
 
 class CharTokenizer:
@@ -43,17 +44,17 @@ def empty_cache(tmp_path, monkeypatch):
 
 
 def test_manifest_matches_files_in_cache():
-    present = [n for n in data.DATASETS if data.dataset_path(n).is_file()]
+    present = [n for n in manifest.DATASETS if manifest.dataset_path(n).is_file()]
     if not present:
         pytest.skip(f"no dataset files in the cache at {hub.cache_dir()}")
     for name in present:
-        entry = data.DATASETS[name]
-        path = data.dataset_path(name)
+        entry = manifest.DATASETS[name]
+        path = manifest.dataset_path(name)
         hub.verify_file(path, entry.sha256, entry.size, git_blob=entry.git_blob)
 
 
 def test_manifest_entries_are_well_formed():
-    for name, entry in data.DATASETS.items():
+    for name, entry in manifest.DATASETS.items():
         assert entry.sha256 is not None or entry.git_blob is not None, name  # something to check
         if entry.sha256 is not None:
             assert len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0, name
@@ -64,29 +65,29 @@ def test_manifest_entries_are_well_formed():
 
 
 def test_present_dataset_is_served_offline(monkeypatch):
-    if not data.dataset_path("the-verdict").is_file():
+    if not manifest.dataset_path("the-verdict").is_file():
         pytest.skip("the-verdict.txt is not in the cache")
     monkeypatch.setenv("MINIGRAD_OFFLINE", "1")
-    assert data.ensure_dataset("the-verdict") == data.dataset_path("the-verdict")
-    text = data.read_text("the-verdict")
-    assert len(text) == data.DATASETS["the-verdict"].size  # the file is plain ASCII
+    assert manifest.ensure_dataset("the-verdict") == manifest.dataset_path("the-verdict")
+    text = manifest.read_text("the-verdict")
+    assert len(text) == manifest.DATASETS["the-verdict"].size  # the file is plain ASCII
 
 
 def test_unknown_dataset_lists_known_names():
     with pytest.raises(ValueError) as info:
-        data.dataset_path("the-verdikt")
+        manifest.dataset_path("the-verdikt")
     msg = str(info.value)
     assert "the-verdikt" in msg
-    for name in data.DATASETS:
+    for name in manifest.DATASETS:
         assert name in msg
 
 
 def test_missing_dataset_offline_names_url_and_path(empty_cache, monkeypatch):
     monkeypatch.setenv("MINIGRAD_OFFLINE", "1")
     with pytest.raises(hub.MissingFileError) as info:
-        data.ensure_dataset("the-verdict", progress=False)
+        manifest.ensure_dataset("the-verdict", progress=False)
     msg = str(info.value)
-    assert data.DATASETS["the-verdict"].url in msg
+    assert manifest.DATASETS["the-verdict"].url in msg
     assert str(empty_cache / "the-verdict.txt") in msg
 
 
@@ -94,9 +95,9 @@ def test_mmlu_offline_names_the_converted_file(empty_cache, monkeypatch):
     # the download and conversion online are tested in tests/test_mmlu_download.py
     monkeypatch.setenv("MINIGRAD_OFFLINE", "1")
     with pytest.raises(hub.MissingFileError) as info:
-        data.ensure_dataset("mmlu", progress=False)
+        manifest.ensure_dataset("mmlu", progress=False)
     assert str(empty_cache / "mmlu" / "mmlu.jsonl") in str(info.value)
-    assert data.DATASETS["mmlu"].sha256 in str(info.value)
+    assert manifest.DATASETS["mmlu"].sha256 in str(info.value)
     assert not (empty_cache / "mmlu").exists()  # no attempt to download anything
 
 
@@ -113,10 +114,10 @@ def _sms_zip(tmp_path, content: bytes):
 def test_sms_spam_is_extracted_from_its_zip(tmp_path, empty_cache, monkeypatch):
     content = b"ham\tsee you at 5\nspam\tWIN a prize now\n"
     zpath = _sms_zip(tmp_path, content)
-    entry = dataclasses.replace(data.DATASETS["sms-spam"], url=zpath.as_uri(), size=len(content),
+    entry = dataclasses.replace(manifest.DATASETS["sms-spam"], url=zpath.as_uri(), size=len(content),
                                 sha256=hashlib.sha256(content).hexdigest())
-    monkeypatch.setitem(data.DATASETS, "sms-spam", entry)
-    path = data.ensure_dataset("sms-spam", progress=False)
+    monkeypatch.setitem(manifest.DATASETS, "sms-spam", entry)
+    path = manifest.ensure_dataset("sms-spam", progress=False)
     assert path == empty_cache / "sms_spam_collection" / "SMSSpamCollection"
     assert path.read_bytes() == content
     assert sorted(p.name for p in path.parent.iterdir()) == ["SMSSpamCollection"]
@@ -125,34 +126,47 @@ def test_sms_spam_is_extracted_from_its_zip(tmp_path, empty_cache, monkeypatch):
 def test_sms_spam_with_wrong_digest_saves_nothing(tmp_path, empty_cache, monkeypatch):
     content = b"ham\thello\n"
     zpath = _sms_zip(tmp_path, content)
-    entry = dataclasses.replace(data.DATASETS["sms-spam"], url=zpath.as_uri(), size=len(content))
-    monkeypatch.setitem(data.DATASETS, "sms-spam", entry)  # keeps the real (other) sha256
+    entry = dataclasses.replace(manifest.DATASETS["sms-spam"], url=zpath.as_uri(), size=len(content))
+    monkeypatch.setitem(manifest.DATASETS, "sms-spam", entry)  # keeps the real (other) sha256
     with pytest.raises(hub.ChecksumError) as info:
-        data.ensure_dataset("sms-spam", progress=False)
+        manifest.ensure_dataset("sms-spam", progress=False)
     assert entry.sha256 in str(info.value)
     assert hashlib.sha256(content).hexdigest() in str(info.value)
+    assert list((empty_cache / "sms_spam_collection").iterdir()) == []
+
+
+def test_sms_spam_from_an_archive_of_no_use_saves_nothing(tmp_path, empty_cache, monkeypatch):
+    """A download that is not a zip: one clear error, and the archive is deleted with everything
+    else (files.derived), so the next run downloads it afresh."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "sms.zip").write_bytes(b"<html>not a zip</html>")
+    entry = dataclasses.replace(manifest.DATASETS["sms-spam"], url=(served / "sms.zip").as_uri())
+    monkeypatch.setitem(manifest.DATASETS, "sms-spam", entry)
+    with pytest.raises(ValueError, match="is not a valid zip"):
+        manifest.ensure_dataset("sms-spam", progress=False)
     assert list((empty_cache / "sms_spam_collection").iterdir()) == []
 
 
 def test_sms_spam_offline_names_the_final_path(empty_cache, monkeypatch):
     monkeypatch.setenv("MINIGRAD_OFFLINE", "1")
     with pytest.raises(hub.MissingFileError) as info:
-        data.ensure_dataset("sms-spam", progress=False)
+        manifest.ensure_dataset("sms-spam", progress=False)
     msg = str(info.value)
     assert str(empty_cache / "sms_spam_collection" / "SMSSpamCollection") in msg
-    assert data.DATASETS["sms-spam"].url in msg
+    assert manifest.DATASETS["sms-spam"].url in msg
 
 
 def test_read_text_bad_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
-        data.read_text(tmp_path / "absent.txt")
+        manifest.read_text(tmp_path / "absent.txt")
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="empty"):
-        data.read_text(str(tmp_path / "empty.txt"))
+        manifest.read_text(str(tmp_path / "empty.txt"))
     with pytest.raises(IsADirectoryError):
-        data.read_text(tmp_path)
+        manifest.read_text(tmp_path)
     (tmp_path / "t.txt").write_text("héllo", encoding="utf-8")
-    assert data.read_text(tmp_path / "t.txt") == "héllo"
+    assert manifest.read_text(tmp_path / "t.txt") == "héllo"
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -160,11 +174,11 @@ def test_read_text_bad_paths(tmp_path):
 
 def test_train_val_split_is_by_characters():
     text = "abcdefghij" * 3
-    train, val = loaders.train_val_split_text(text, 0.9)
+    train, val = train_val_split_text(text, 0.9)
     assert (train, val) == (text[:27], text[27:])
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match="train_frac"):
-            loaders.train_val_split_text(text, bad)
+            train_val_split_text(text, bad)
 
 
 def test_windows_and_shifted_targets():
@@ -192,16 +206,16 @@ def test_short_text_error_says_counts():
         loaders.TextWindows([1, 2, 3, 4], context=4, stride=1)
     assert "4 tokens" in str(info.value) and "at least 5" in str(info.value)
     with pytest.raises(ValueError, match="validation split"):
-        loaders.make_pretrain_loaders("x" * 200, CharTokenizer(), context=32, stride=32,
+        make_pretrain_loaders("x" * 200, CharTokenizer(), context=32, stride=32,
                                    batch_size=1)
 
 
 def test_the_verdict_counts_match_the_book(gpt2_encoding):
-    if not data.dataset_path("the-verdict").is_file():
+    if not manifest.dataset_path("the-verdict").is_file():
         pytest.skip("the-verdict.txt is not in the cache")
-    text = data.read_text("the-verdict")
+    text = manifest.read_text("the-verdict")
     assert len(gpt2_encoding.encode(text)) == 5145
-    train, val = loaders.make_pretrain_loaders(text, gpt2_encoding, context=256, stride=256,
+    train, val = make_pretrain_loaders(text, gpt2_encoding, context=256, stride=256,
                                             batch_size=2, seed=123, train_frac=0.9)
     # The book reports 9 training batches and 1 validation batch of shape (2, 256):
     # 4,608 training tokens and 512 validation tokens.

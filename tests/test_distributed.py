@@ -16,7 +16,7 @@ import pytest
 import minigrad as mg
 import minigrad.distributed as dist
 from files.hub import cache_dir
-from tasks.checkpoint import latest_checkpoint
+from tasks.runs.checkpoint import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "32", "--dropout", "0",
@@ -222,8 +222,8 @@ def test_sigterm_to_mpiexec_saves_once_and_stops(tmp_path):
 @needs_mpi
 def test_ranks_that_disagree_are_refused_at_start(tmp_path):
     code = ("import sys, minigrad.distributed as d\n"
-            "from tasks import cli\n"
-            "@cli.main_guard\n"
+            "from tasks.common.guard import main_guard\n"
+            "@main_guard\n"
             "def main(argv=None):\n"
             "    d.check_same('the data', 'shard-hash-%d' % d.rank())\n"
             "    return 0\n"

@@ -14,7 +14,9 @@ import pytest
 
 import gpt2
 import minigrad as mg
-from tasks import evaluate, judge, mmlu
+from tasks import evaluate
+from tasks.evals import judge, mmlu
+from tasks.common.jsonfiles import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -415,7 +417,7 @@ def test_load_reports_bad_lines(tmp_path):
 
 
 def test_real_mmlu_file_keeps_14042_of_14044_rows():
-    from tasks.data import dataset_path
+    from tasks.data.manifest import dataset_path
     path = dataset_path("mmlu")
     if not path.is_file():
         pytest.skip(f"MMLU not in the data cache ({path})")
@@ -588,9 +590,9 @@ def test_mmlu_command_failures_exit_1(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.usefixtures("needs_tokenizer")
 def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
-    """The real pieces together: a run folder from tasks.checkpoint, GPT-2's tokenizer, a model
+    """The real pieces together: a run folder from tasks.runs.checkpoint, GPT-2's tokenizer, a model
     whose context (32) is shorter than the prompts, so they must be cut from the left."""
-    checkpoint = pytest.importorskip("tasks.checkpoint")
+    checkpoint = pytest.importorskip("tasks.runs.checkpoint")
     from gpt2 import GPT2, GPT2Config
     from gpt2.tokenizer import get_tokenizer
 
@@ -598,7 +600,7 @@ def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
     model = GPT2(config)
     run = tmp_path / "run"
     checkpoint.save_checkpoint(run, 1, model)
-    checkpoint.write_json(run / "run.json", {"model_config": config.to_dict()})
+    write_json(run / "run.json", {"model_config": config.to_dict()})
     data = _mmlu_file(tmp_path, ANSWERS)
     out = tmp_path / "mmlu.json"
     code = evaluate.main(["mmlu", "--init", str(run), "--data", str(data), "--limit", "2",
@@ -622,7 +624,7 @@ def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
 
 
 def test_mmlu_command_without_a_checkpoint_exits_2(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("tasks.checkpoint")
+    pytest.importorskip("tasks.runs.checkpoint")
     monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
     data = _mmlu_file(tmp_path, ANSWERS)
     assert evaluate.main(["mmlu", "--init", str(tmp_path / "nothing"),

@@ -283,7 +283,7 @@ def test_bad_arguments():
 def save_tiny_run(run_dir: Path) -> None:
     """A tasks.pretrain-style run folder holding a tiny model with GPT-2's vocabulary (and, as
     tasks.pretrain's default makes it, an untied head)."""
-    checkpoint = pytest.importorskip("tasks.checkpoint")
+    checkpoint = pytest.importorskip("tasks.runs.checkpoint")
     mg.manual_seed(0)
     model = GPT2(GPT2Config(n_ctx=32, n_embd=16, n_layer=1, n_head=2, tie_word_embeddings=False), embedding_std=1.0)
     run_dir.mkdir(parents=True)
@@ -329,7 +329,6 @@ def test_cli_reads_a_saved_weights_folder(tmp_path):
 @pytest.mark.parametrize("extra", [[], ["--no-cache"]])
 def test_cli_matches_the_library(tmp_path, capsys, monkeypatch, extra):
     # in-process, with the loader replaced: the printed text is the greedy continuation
-    pytest.importorskip("tasks.cli")
     from gpt2.tokenizer import get_tokenizer
     import gpt2
     from tasks import generate as cli_generate

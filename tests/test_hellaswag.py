@@ -11,7 +11,9 @@ from conftest import sharp_tiny_gpt2
 
 import minigrad as mg
 from files import hub
-from tasks import data, evaluate, hellaswag
+from tasks import evaluate
+from tasks.data import manifest
+from tasks.evals import hellaswag
 
 ITEMS = [
     {"ctx": "A man is sitting on a roof. he", "label": 3,
@@ -117,8 +119,8 @@ def test_scores_match_transformers_gpt2(tmp_path, tiny, tok):
 
 
 def hellaswag_model(folder):
-    from tasks.generate import load_model
-    return load_model(str(folder), "cpu")
+    from tasks.runs.models import load_language_model
+    return load_language_model(str(folder))
 
 
 def test_long_context_is_cut_from_the_left(tok):
@@ -217,11 +219,11 @@ def test_download_checks_the_git_blob_id(served, cache, monkeypatch, tmp_path):
     root, url = served
     content = write_items(root / "hellaswag_val.jsonl").read_bytes()
     blob = hub.git_blob_id_of(root / "hellaswag_val.jsonl")
-    entry = data.DATASETS["hellaswag"]
+    entry = manifest.DATASETS["hellaswag"]
     assert entry.git_blob == "0f5ee25d72216f12317d5d8a7b92deafa423d81e" and entry.sha256 is None
 
     # a wrong id: refused, nothing kept in the cache
-    monkeypatch.setitem(data.DATASETS, "hellaswag",
+    monkeypatch.setitem(manifest.DATASETS, "hellaswag",
                         dataclasses.replace(entry, url=f"{url}/hellaswag_val.jsonl"))
     with pytest.raises(hub.ChecksumError) as info:
         hellaswag.load_hellaswag()
@@ -229,7 +231,7 @@ def test_download_checks_the_git_blob_id(served, cache, monkeypatch, tmp_path):
     assert not list((cache / "hellaswag").glob("*"))
 
     # the right id: downloaded, verified, cached, then read
-    monkeypatch.setitem(data.DATASETS, "hellaswag",
+    monkeypatch.setitem(manifest.DATASETS, "hellaswag",
                         dataclasses.replace(entry, url=f"{url}/hellaswag_val.jsonl", git_blob=blob))
     items = hellaswag.load_hellaswag(limit=3)
     assert (cache / "hellaswag" / "hellaswag_val.jsonl").read_bytes() == content
@@ -245,10 +247,10 @@ def test_download_checks_the_git_blob_id(served, cache, monkeypatch, tmp_path):
 
 
 def test_real_validation_set_when_cached():
-    path = data.dataset_path("hellaswag")
+    path = manifest.dataset_path("hellaswag")
     if not path.is_file():
         pytest.skip(f"HellaSwag's validation set is not in the data cache ({path})")
-    assert hub.git_blob_id_of(path) == data.DATASETS["hellaswag"].git_blob
+    assert hub.git_blob_id_of(path) == manifest.DATASETS["hellaswag"].git_blob
     assert len(hellaswag.load_hellaswag(path)) == 10_042
 
 
@@ -257,7 +259,7 @@ def test_real_validation_set_when_cached():
 
 def test_pretrain_scores_hellaswag_every_n_steps(tmp_path, cache, monkeypatch, tok):
     from tasks import pretrain
-    from tasks.checkpoint import load_model_from_run
+    from tasks.runs.models import load_run_model
     monkeypatch.setenv("MINIGRAD_OFFLINE", "1")
     (cache / "hellaswag").mkdir(parents=True)
     write_items(cache / "hellaswag" / "hellaswag_val.jsonl")  # the cached validation set
@@ -273,7 +275,7 @@ def test_pretrain_scores_hellaswag_every_n_steps(tmp_path, cache, monkeypatch, t
     hs = [r for r in records if r["type"] == "hellaswag"]
     assert [r["step"] for r in hs] == [2, 4] and all(r["hellaswag_n"] == 4 for r in hs)
     # the last one is the final model's score, worked out by hand
-    model = load_model_from_run(out)
+    model = load_run_model(out)
     _, _, acc, acc_norm = hand_scores(model, ITEMS[:4], tok)
     assert hs[-1]["hellaswag_acc"] == pytest.approx(acc)
     assert hs[-1]["hellaswag_acc_norm"] == pytest.approx(acc_norm)

@@ -11,10 +11,11 @@ import pytest
 import minigrad as mg
 from minigrad import nn
 from files.hub import cache_dir
-from tasks import cli
-from tasks.instruct import (EOT_ID, InstructionDataError, InstructionLoader, collate, format_example,
-                            format_prompt, load_records, parse_args, response_text, split_records)
-from tasks.alpaca import format_alpaca_prompt
+from gpt2.tokenizer import EOT_ID
+from tasks.data.alpaca import (InstructionDataError, InstructionLoader, collate, format_alpaca_prompt, format_example,
+                               format_prompt, load_records, split_records)
+from tasks.instruct import parse_args, response_text
+from tasks.runs.models import ModelSpec, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--init", "random", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "128",
@@ -209,8 +210,8 @@ def test_train_respond_and_chat(tmp_path, data_file):
     # chat prints, for each line, exactly the greedy tokens generate() gives (then a newline)
     from gpt2.generate import generate
     from gpt2.tokenizer import get_tokenizer
-    from tasks.checkpoint import load_model_from_run
-    tok, model = get_tokenizer(), load_model_from_run(run)
+    from tasks.runs.models import load_run_model
+    tok, model = get_tokenizer(), load_run_model(run)
     lines = ["Repeat the word apple.", "Name a color."]
     expected = ""
     for line in lines:
@@ -248,7 +249,7 @@ def test_lora_trains_only_the_adapters(tmp_path, data_file):
 
     ckpt = next((run / "checkpoints").iterdir())
     trained = mg.load(ckpt / "model.safetensors")
-    base = cli.build_model(parse_args([str(a) for a in argv]))  # the same random start
+    base = build_model(ModelSpec.from_flags(vars(parse_args([str(a) for a in argv]))))  # the same random start
     start = base.state_dict()
     adapters = [k for k in trained if "lora_" in k]
     assert len(adapters) == 16
@@ -257,8 +258,8 @@ def test_lora_trains_only_the_adapters(tmp_path, data_file):
     assert any(np.abs(np.asarray(trained[k])).max() > 0 for k in adapters if k.endswith("lora_B"))
 
     # the run loads back (the registry's kind, adapters from run.json) and answers
-    from tasks.checkpoint import load_model_from_run
-    model = load_model_from_run(run)
+    from tasks.runs.models import load_run_model
+    model = load_run_model(run)
     assert sum(isinstance(m, nn.LoRALinear) for m in model.modules()) == 8
     out = tmp_path / "r.json"
     _ok("respond", "--init", run, "--split", "val", "--out", out, "--max-new-tokens", "2",

@@ -8,7 +8,7 @@
 
 CASES is the table of what fails at once; SIGNALS interrupts a task in each of its phases
 (start-up, a training step, a checkpoint being written, classify's pre-scoring, evaluation
-writing its records, tasks.prepare), paused there by tasks.cli.pause_point, which is inert unless
+writing its records, tasks.prepare), paused there by tasks.common.guard.pause_point, which is inert unless
 MINIGRAD_TEST_PAUSE_AT is set.
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def step_records(run: Path) -> list[int]:
-    from tasks.jsonl import read_jsonl
+    from tasks.common.jsonfiles import read_jsonl
     return [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["type"] == "step"]
 
 
@@ -413,7 +413,7 @@ def test_the_table_is_big_enough():
 class Interrupt:
     id: str
     cmd: list[str]
-    phase: str                   # tasks.cli.pause_point's name (NAME#K: the K-th time)
+    phase: str                   # tasks.common.guard.pause_point's name (NAME#K: the K-th time)
     signals: tuple[int, ...]
     code: int
     fragment: str
@@ -449,7 +449,7 @@ def _stale_removed_on_resume(c: dict) -> None:
 
 def _partial_kept(name: str) -> Callable[[dict], None]:
     def check(c: dict) -> None:
-        from tasks.jsonl import read_jsonl
+        from tasks.common.jsonfiles import read_jsonl
         partial = c["tmp"] / f"{name}.partial.jsonl"
         assert len(read_jsonl(partial)) >= 1  # what was done before the signal is kept
         r = cli(*c["cmd"])
@@ -534,7 +534,7 @@ def test_signals_cover_every_phase():
 # ----------------------------------------------------------------------------- exact resume
 
 def _losses(run):
-    from tasks.jsonl import read_jsonl
+    from tasks.common.jsonfiles import read_jsonl
     return {r["step"]: r["loss"] for r in read_jsonl(Path(run) / "metrics.jsonl") if r["type"] == "step"}
 
 

@@ -1,4 +1,4 @@
-"""float16 mixed precision (minigrad/amp.py through tasks/train.py's Trainer), on NumPy.
+"""float16 mixed precision (minigrad/amp.py through tasks/training/trainer.py's Trainer), on NumPy.
 
 A tiny GPT-2 trains with float16 forward/backward over float32 weights: the loss falls, an
 overflow step (forced by a huge initial loss scale) is skipped and counted, the scale backs off,
@@ -12,9 +12,10 @@ import minigrad as mg
 import minigrad.functional as F
 from gpt2 import GPT2, GPT2Config
 from minigrad.amp import LossScaler, MixedPrecision
-from tasks.checkpoint import list_checkpoints
-from tasks.loaders import BatchLoader
-from tasks.train import Trainer, TrainConfig
+from tasks.runs.checkpoint import list_checkpoints
+from tasks.data.loaders import BatchLoader
+from tasks.training.config import TrainConfig
+from tasks.training.trainer import Trainer
 
 V, T = 64, 8
 

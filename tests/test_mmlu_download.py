@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from files import hub
-from tasks import data, evaluate, mmlu
+from tasks import evaluate
+from tasks.data import manifest, mmlu_archive
+from tasks.evals import mmlu
 
 # rows as the official CSVs hold them: question, 4 choices, answer; no header
 TEST_ROWS = {
@@ -70,7 +72,7 @@ ORDER = ["abstract_algebra", "anatomy", "zoology_of_mars"]
 
 
 def test_conversion_gives_the_expected_jsonl(tmp_path):
-    test, dev = mmlu.convert_mmlu_tar(make_tar(tmp_path / "data.tar", TEST_ROWS, DEV_ROWS))
+    test, dev = mmlu_archive.convert_mmlu_tar(make_tar(tmp_path / "data.tar", TEST_ROWS, DEV_ROWS))
     assert test.encode() == expected_jsonl(TEST_ROWS, ORDER)
     assert dev.encode() == expected_jsonl(DEV_ROWS, ORDER)
     assert '"question": "What is the\\nlargest bone?"' in test and "\\u2013" in test
@@ -79,11 +81,11 @@ def test_conversion_gives_the_expected_jsonl(tmp_path):
 def test_conversion_refuses_bad_archives(tmp_path):
     (tmp_path / "not.tar").write_bytes(b"hello")
     with pytest.raises(mmlu.MMLUDataError, match="not a readable tar"):
-        mmlu.convert_mmlu_tar(tmp_path / "not.tar")
+        mmlu_archive.convert_mmlu_tar(tmp_path / "not.tar")
     with pytest.raises(mmlu.MMLUDataError, match="6"):
-        mmlu.convert_mmlu_tar(make_tar(tmp_path / "short.tar", {"anatomy": [["q", "a", "b"]]}, {}))
+        mmlu_archive.convert_mmlu_tar(make_tar(tmp_path / "short.tar", {"anatomy": [["q", "a", "b"]]}, {}))
     with pytest.raises(mmlu.MMLUDataError, match="no test/SUBJECT_test.csv"):
-        mmlu.convert_mmlu_tar(make_tar(tmp_path / "empty.tar", {}, DEV_ROWS))
+        mmlu_archive.convert_mmlu_tar(make_tar(tmp_path / "empty.tar", {}, DEV_ROWS))
 
 
 def test_conversion_reproduces_the_cached_file(tmp_path):
@@ -91,7 +93,7 @@ def test_conversion_reproduces_the_cached_file(tmp_path):
     the same bytes, so its sha256 is the manifest's: the format (keys, their order, subject names,
     subject order, JSON formatting, the two stray header rows kept) is the one the manifest
     records. What this cannot show is that the real archive's CSVs parse to these same strings."""
-    path = data.dataset_path("mmlu")
+    path = manifest.dataset_path("mmlu")
     if not path.is_file():
         pytest.skip(f"MMLU not in the data cache ({path})")
     rows: dict[str, list[list[str]]] = {}
@@ -103,9 +105,9 @@ def test_conversion_reproduces_the_cached_file(tmp_path):
     assert len(rows) == 57
     # alphabetical members: the cached file's subject order must come from the converter
     members = {f"data/test/{subject}_test.csv": csv_bytes(rows[subject]) for subject in sorted(rows)}
-    converted = mmlu.convert_mmlu_tar(write_tar(tmp_path / "data.tar", members))[0].encode()
-    assert hashlib.sha256(converted).hexdigest() == data.DATASETS["mmlu"].sha256
-    assert len(converted) == data.DATASETS["mmlu"].size
+    converted = mmlu_archive.convert_mmlu_tar(write_tar(tmp_path / "data.tar", members))[0].encode()
+    assert hashlib.sha256(converted).hexdigest() == manifest.DATASETS["mmlu"].sha256
+    assert len(converted) == manifest.DATASETS["mmlu"].size
 
 
 # ---------------------------------------------------------------- download
@@ -114,16 +116,16 @@ def test_conversion_reproduces_the_cached_file(tmp_path):
 def _serve_mmlu(monkeypatch, served, sha256, size):
     root, url = served
     make_tar(root / "data.tar", TEST_ROWS, DEV_ROWS)
-    entry = dataclasses.replace(data.DATASETS["mmlu"], url=f"{url}/data.tar", sha256=sha256,
+    entry = dataclasses.replace(manifest.DATASETS["mmlu"], url=f"{url}/data.tar", sha256=sha256,
                                 size=size)
-    monkeypatch.setitem(data.DATASETS, "mmlu", entry)
+    monkeypatch.setitem(manifest.DATASETS, "mmlu", entry)
     return entry
 
 
 def test_download_converts_and_verifies(served, cache, monkeypatch):
     expected = expected_jsonl(TEST_ROWS, ORDER)
     _serve_mmlu(monkeypatch, served, hashlib.sha256(expected).hexdigest(), len(expected))
-    path = data.ensure_dataset("mmlu", progress=False)
+    path = manifest.ensure_dataset("mmlu", progress=False)
     assert path == cache / "mmlu" / "mmlu.jsonl" and path.read_bytes() == expected
     assert mmlu.dev_path().read_bytes() == expected_jsonl(DEV_ROWS, ORDER)
     assert sorted(p.name for p in path.parent.iterdir()) == ["mmlu.jsonl", "mmlu_dev.jsonl"]
@@ -134,7 +136,7 @@ def test_wrong_hash_is_refused_and_nothing_is_saved(served, cache, monkeypatch):
     expected = expected_jsonl(TEST_ROWS, ORDER)
     entry = _serve_mmlu(monkeypatch, served, "0" * 64, len(expected))
     with pytest.raises(hub.ChecksumError) as info:
-        data.ensure_dataset("mmlu", progress=False)
+        manifest.ensure_dataset("mmlu", progress=False)
     msg = str(info.value)
     assert "0" * 64 in msg and hashlib.sha256(expected).hexdigest() in msg and entry.url in msg
     assert list((cache / "mmlu").iterdir()) == []  # no test, no dev, no archive, no .tmp

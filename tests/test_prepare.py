@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from files import hub
-from tasks import data, prepare
+from tasks import prepare
+from tasks.data import corpora, documents, encoding, sharding
 from test_hub import server  # noqa: F401  (the local HTTP server fixture)
 
 # tasks.prepare tokenizes with GPT-2's encoding: without its files (offline, empty cache) these skip
@@ -86,12 +87,12 @@ def test_shards_equal_tiktoken_with_eot_before_each_document(tmp_path, enc, work
     assert index["tokens"] == len(expected) and index["documents"] == len(docs)
     assert [s["sha256"] for s in index["sources"]] == [hub.sha256_of(p) for p in inputs]
     assert all(s["tokens"] == 16 for s in index["shards"][:-1])
-    assert not list(out.glob("*.tmp")) and not (out / prepare.STATE_FILE).exists()
+    assert not list(out.glob("*.tmp")) and not (out / sharding.STATE_FILE).exists()
 
 
 def test_byte_identical_for_any_worker_count(tmp_path, monkeypatch):
-    # small tasks so that two workers really share the work
-    monkeypatch.setattr(prepare, "TASK_CHARS", 200)
+    # small work items so that two workers really share the work
+    monkeypatch.setattr(encoding, "WORK_CHARS", 200)
     inputs, _ = _corpus(tmp_path)
     big = tmp_path / "big.txt"
     big.write_text("<|endoftext|>".join(f"Document {i}: " + "words and more words. " * (i % 7 + 1)
@@ -107,8 +108,8 @@ def test_byte_identical_for_any_worker_count(tmp_path, monkeypatch):
 
 
 def test_long_documents_are_tokenized_in_pieces_with_the_same_tokens(tmp_path, monkeypatch, enc):
-    monkeypatch.setattr(prepare, "PIECE_CHARS", 300)
-    monkeypatch.setattr(prepare, "BLOCK_BYTES", 256)  # separators and UTF-8 split across reads
+    monkeypatch.setattr(documents, "PIECE_CHARS", 300)
+    monkeypatch.setattr(documents, "BLOCK_BYTES", 256)  # separators and UTF-8 split across reads
     rng = np.random.default_rng(0)
     words = ["the", "Ünïcödé", "cat's", "  ", "\n", "\n\n", "42", "!!", "\t", " x", "don't", "é"]
     doc1 = "".join(rng.choice(words, 3000))
@@ -125,7 +126,7 @@ def test_long_documents_are_tokenized_in_pieces_with_the_same_tokens(tmp_path, m
 @given(text=st.text(alphabet=st.sampled_from(list("ab1.,'s \n\t\r\u00e9\u3000\u2028_-")), max_size=80))
 def test_safe_cut_never_changes_the_tokens(enc, text):
     hi = len(text)
-    while (cut := prepare.safe_cut(text, hi)) > 0:
+    while (cut := documents.safe_cut(text, hi)) > 0:
         assert enc.encode_ordinary(text[:cut]) + enc.encode_ordinary(text[cut:]) == enc.encode_ordinary(text)
         hi = cut - 1
 
@@ -187,7 +188,7 @@ def test_pool_workers_start_with_plain_signal_handlers(enc):
     old = signal.signal(signal.SIGTERM, raising)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     try:
-        with prepare._start_pool(multiprocessing.get_context("fork"), 1) as pool:
+        with encoding.start_pool(multiprocessing.get_context("fork"), 1) as pool:
             term, intr, blocked = pool.apply(_signal_state)
             assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
     finally:
@@ -235,10 +236,10 @@ def _bad(tmp_path, case):
             ["bad.txt", "invalid utf-8", "byte 7", "line 2"]
     if case == "not-json":
         (t / "c.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
-        return ["--input", str(t / "c.jsonl"), *out], ["c.jsonl:2", "not a json"]
+        return ["--input", str(t / "c.jsonl"), *out], ["c.jsonl, line 2", "not valid json"]
     if case == "no-field":
         (t / "c.jsonl").write_text('{"text": "fine"}\n\n{"body": "no text"}\n')
-        return ["--input", str(t / "c.jsonl"), *out], ["c.jsonl:3", "'text'"]
+        return ["--input", str(t / "c.jsonl"), *out], ["c.jsonl, line 3", "'text'"]
     if case == "empty":
         (t / "e.txt").write_text(" \n<|endoftext|>\n")
         return ["--input", str(t / "e.txt"), *out], ["empty"]
@@ -285,15 +286,15 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
 
 
 def _add_corpus(monkeypatch, name, corpus):
-    monkeypatch.setitem(data.CORPORA, name, corpus)
+    monkeypatch.setitem(corpora.CORPORA, name, corpus)
 
 
 def test_named_corpus_is_downloaded_verified_and_prepared(server, cache, tmp_path, monkeypatch, enc):  # noqa: F811
     text = "A small corpus.<|endoftext|>Served by a local HTTP server.\n" * 20
     (server.root / "small.txt").write_text(text)
     sha = hashlib.sha256(text.encode()).hexdigest()
-    _add_corpus(monkeypatch, "small", data.Corpus("text", (
-        data.CorpusFile("small/small.txt", f"{server.url}/small.txt", sha, len(text)),), "test"))
+    _add_corpus(monkeypatch, "small", corpora.Corpus("text", (
+        corpora.CorpusFile("small/small.txt", f"{server.url}/small.txt", sha, len(text)),), "test"))
     out = tmp_path / "out"
     assert _main("--corpus", "small", "--out", out, "--shard-tokens", 50) == 0
     assert (cache / "small" / "small.txt").read_text() == text
@@ -306,8 +307,8 @@ def test_named_corpus_is_downloaded_verified_and_prepared(server, cache, tmp_pat
 
 def test_named_corpus_with_a_wrong_checksum_is_refused(server, cache, tmp_path, monkeypatch, capsys):  # noqa: F811
     (server.root / "small.txt").write_text("not what the manifest says")
-    _add_corpus(monkeypatch, "small", data.Corpus("text", (
-        data.CorpusFile("small/small.txt", f"{server.url}/small.txt", "0" * 64),), "test"))
+    _add_corpus(monkeypatch, "small", corpora.Corpus("text", (
+        corpora.CorpusFile("small/small.txt", f"{server.url}/small.txt", "0" * 64),), "test"))
     assert _main("--corpus", "small", "--out", tmp_path / "out") == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not the expected" in err and "Traceback" not in err
@@ -326,9 +327,9 @@ def test_pretokenized_corpus_is_fetched_as_is_and_checked(server, cache, tmp_pat
     (server.root / "f_val_000000.bin").write_bytes(val)
     (server.root / "f_train_000001.bin").write_bytes(train)
     (server.root / "f_train_000002.bin").write_bytes(_shard_bytes(range(3)))
-    files = tuple(data.CorpusFile(f"f/{n}", f"{server.url}/{n}") for n in
+    files = tuple(corpora.CorpusFile(f"f/{n}", f"{server.url}/{n}") for n in
                   ("f_val_000000.bin", "f_train_000001.bin", "f_train_000002.bin"))
-    _add_corpus(monkeypatch, "f", data.Corpus("shards", files, "test", limit_first=1))
+    _add_corpus(monkeypatch, "f", corpora.Corpus("shards", files, "test", limit_first=1))
     out = tmp_path / "out"
     assert _main("--corpus", "f", "--out", out, "--shards", 1) == 0  # --shards 1: val + one train file
     assert sorted(p.name for p in out.glob("*.bin")) == ["f_train_000001.bin", "f_val_000000.bin"]
@@ -341,8 +342,8 @@ def test_pretokenized_corpus_is_fetched_as_is_and_checked(server, cache, tmp_pat
 
     # a download that is not a shard (wrong magic) is refused and not kept
     (server.root / "g_val_000000.bin").write_bytes(_shard_bytes(range(10), magic=1234))
-    _add_corpus(monkeypatch, "g", data.Corpus("shards", (
-        data.CorpusFile("g/g_val_000000.bin", f"{server.url}/g_val_000000.bin"),), "test"))
+    _add_corpus(monkeypatch, "g", corpora.Corpus("shards", (
+        corpora.CorpusFile("g/g_val_000000.bin", f"{server.url}/g_val_000000.bin"),), "test"))
     capsys.readouterr()
     assert _main("--corpus", "g", "--out", tmp_path / "g") == 1
     assert "magic number 1234" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from files.hub import cache_dir
-from tasks.checkpoint import list_checkpoints
+from tasks.runs.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context", "32", "--batch-size", "4",
@@ -32,19 +32,19 @@ def _cmd(out, *extra):
     return [sys.executable, "-m", "tasks.pretrain", *BACKEND, *TINY, "--out", str(out), *extra]
 
 
-def _run(out, *extra, check=True):
+def run_pretrain(out, *extra, check=True):
     r = subprocess.run(_cmd(out, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600)
     if check:
         assert r.returncode == 0, r.stderr[-3000:]
     return r
 
 
-def _step_losses(run):
+def step_losses(run):
     recs = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line]
     return {r["step"]: r["loss"] for r in recs if r["type"] == "step"}
 
 
-def _signal_at_step(out, step, sig, *extra):
+def signal_at_step(out, step, sig, *extra):
     """Start a run, send `sig` once metrics.jsonl shows `step`; (process, its output) when it ends."""
     log = out.parent / f"{out.name}.log"  # a file, not a pipe: nobody drains a pipe while we poll
     with open(log, "w") as f:
@@ -52,7 +52,7 @@ def _signal_at_step(out, step, sig, *extra):
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and max(_step_losses(out), default=0) >= step:
+        if metrics.exists() and max(step_losses(out), default=0) >= step:
             os.kill(proc.pid, sig)
             break
         time.sleep(0.002)
@@ -62,7 +62,7 @@ def _signal_at_step(out, step, sig, *extra):
 
 def test_tiny_run_learns_and_writes_outputs(tmp_path):
     out = tmp_path / "run"
-    _run(out, "--max-steps", "30", "--eval-every", "10", "--lr", "3e-3")
+    run_pretrain(out, "--max-steps", "30", "--eval-every", "10", "--lr", "3e-3")
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in recs if r["type"] == "eval"]
     assert [e["step"] for e in evals] == [10, 20, 30]
@@ -79,20 +79,20 @@ def test_tiny_run_learns_and_writes_outputs(tmp_path):
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     steps, every = 14, 4
     ref = tmp_path / "ref"
-    _run(ref, "--max-steps", str(steps), "--eval-every", str(every))
-    expected = _step_losses(ref)
+    run_pretrain(ref, "--max-steps", str(steps), "--eval-every", str(every))
+    expected = step_losses(ref)
     assert sorted(expected) == list(range(1, steps + 1))
 
     run = tmp_path / "killed"
     kill_at = random.Random().randint(every + 1, 2 * every - 1)
-    proc, _ = _signal_at_step(run, kill_at, signal.SIGKILL, "--max-steps", str(steps), "--eval-every", str(every))
+    proc, _ = signal_at_step(run, kill_at, signal.SIGKILL, "--max-steps", str(steps), "--eval-every", str(every))
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    done_before = max(_step_losses(run))
+    done_before = max(step_losses(run))
     assert done_before < steps
 
-    r = _run(run, "--max-steps", str(steps), "--eval-every", str(every), "--resume")
+    r = run_pretrain(run, "--max-steps", str(steps), "--eval-every", str(every), "--resume")
     assert "resumed from" in r.stdout + r.stderr
-    got = _step_losses(run)
+    got = step_losses(run)
     assert sorted(got) == list(range(1, steps + 1))
     assert got == expected  # every loss, before and after the kill, bit for bit
 
@@ -102,36 +102,53 @@ def test_signal_saves_then_resume_finishes_exactly(tmp_path, sig, code):
     """Ctrl-C, or SIGTERM as schedulers and `docker stop` send: finish the step, save, exit."""
     args = ("--max-steps", "60", "--eval-every", "100")  # no checkpoint but the one the signal writes
     ref = tmp_path / "ref"
-    _run(ref, *args)
+    run_pretrain(ref, *args)
 
     run = tmp_path / "run"
-    proc, output = _signal_at_step(run, 3, sig, *args)
+    proc, output = signal_at_step(run, 3, sig, *args)
     assert proc.returncode == code, output
     assert "interrupted: saved" in output and "--resume" in output and "Traceback" not in output
-    stopped = max(_step_losses(run))
+    stopped = max(step_losses(run))
     assert stopped < 60, "the run ended before Ctrl-C reached it"
     assert [p.name for p in list_checkpoints(run)] == [f"step_{stopped:08d}"]
 
-    _run(run, *args, "--resume")
-    assert _step_losses(run) == _step_losses(ref)
+    run_pretrain(run, *args, "--resume")
+    assert step_losses(run) == step_losses(ref)
 
 
 def test_a_torn_metrics_line_does_not_block_resume(tmp_path):
     args = ("--max-steps", "6", "--eval-every", "3")
     ref = tmp_path / "ref"
-    _run(ref, *args)
+    run_pretrain(ref, *args)
     run = tmp_path / "run"
-    _run(run, "--max-steps", "3", "--eval-every", "3")
+    run_pretrain(run, "--max-steps", "3", "--eval-every", "3")
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"type": "step", "step": 4, "lo')  # what a kill in the middle of a write leaves
-    _run(run, *args, "--resume")
-    assert _step_losses(run) == _step_losses(ref)
+    run_pretrain(run, *args, "--resume")
+    assert step_losses(run) == step_losses(ref)
+
+
+def test_a_run_json_written_before_model_specs_still_resumes(tmp_path):
+    """Runs started before the commands parsed their flags into a ModelSpec have two more keys in
+    run.json's args (the defaults of --init random, stashed on the command line then); --resume
+    takes no notice of them and continues the run exactly."""
+    args = ("--max-steps", "4", "--eval-every", "2")
+    ref = tmp_path / "ref"
+    run_pretrain(ref, *args)
+    run = tmp_path / "run"
+    run_pretrain(run, "--max-steps", "2", "--eval-every", "2")
+    meta = json.loads((run / "run.json").read_text())
+    assert "tie_default" not in meta["args"]
+    meta["args"].update(tie_default=False, embedding_std_default=1.0)
+    (run / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    run_pretrain(run, *args, "--resume")
+    assert step_losses(run) == step_losses(ref)
 
 
 def test_existing_run_without_resume_is_refused(tmp_path):
     out = tmp_path / "run"
-    _run(out, "--max-steps", "1", "--eval-every", "1")
-    r = _run(out, "--max-steps", "1", check=False)
+    run_pretrain(out, "--max-steps", "1", "--eval-every", "1")
+    r = run_pretrain(out, "--max-steps", "1", check=False)
     assert r.returncode == 2 and "--resume" in r.stderr and "Traceback" not in r.stderr
 
 

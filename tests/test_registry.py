@@ -9,7 +9,9 @@ import minigrad as mg
 from gpt2 import GPT2, GPT2Config
 from gpt2.classifier import GPT2Classifier
 from gpt2.registry import UnknownModelKindError, build_model, model_kind
-from tasks.checkpoint import load_model_from_run, save_checkpoint, write_json
+from tasks.runs.checkpoint import save_checkpoint
+from tasks.runs.models import load_run_model
+from tasks.common.jsonfiles import write_json
 
 CONFIG = GPT2Config(vocab_size=64, n_ctx=16, n_embd=16, n_layer=1, n_head=2)
 
@@ -32,7 +34,7 @@ def test_unknown_kind_is_refused_and_nothing_is_imported(tmp_path, run):
     save_checkpoint(tmp_path, 1, model)
     write_json(tmp_path / "run.json", {"model_config": CONFIG.to_dict(), **run})
     with pytest.raises(UnknownModelKindError, match="known|never"):
-        load_model_from_run(tmp_path)
+        load_run_model(tmp_path)
 
 
 def test_legacy_classifier_run_with_lora_loads(tmp_path):
@@ -44,7 +46,7 @@ def test_legacy_classifier_run_with_lora_loads(tmp_path):
         "model_config": model.config.to_dict(), "model_builder": "tasks.classify.build_from_run",
         "classifier": {"labels": ["a", "b", "c"], "pool": "last-real", "trainable": "lora",
                        "lora_rank": 2, "lora_alpha": 4.0}}))
-    loaded = load_model_from_run(tmp_path)
+    loaded = load_run_model(tmp_path)
     ids = np.array([[1, 2, 3]])
     with mg.no_grad():
         np.testing.assert_array_equal(loaded(ids).data, model.eval()(ids).data)

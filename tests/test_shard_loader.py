@@ -1,4 +1,4 @@
-"""tasks.shards.ShardLoader and `tasks.pretrain --data`: the same batches as the in-memory loader
+"""tasks.data.shards.ShardLoader and `tasks.pretrain --data`: the same batches as the in-memory loader
 on the-verdict, every window once per epoch, exact resume, training on prepared shards with a
 bit-identical resume after SIGKILL, and damaged shards refused with one clear message."""
 import json
@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tasks import data, loaders, pretrain
-from tasks.shards import ShardLoader, find_shards, write_shard
-from test_pretrain import ROOT, _run, _signal_at_step, _step_losses
+from tasks import pretrain
+from tasks.data import loaders, manifest
+from tasks.data.shards import ShardLoader, find_shards, write_shard
+from tasks.data.text import text_shards, train_val_split_text
+from test_pretrain import ROOT, run_pretrain, signal_at_step, step_losses
 
-VERDICT = data.dataset_path("the-verdict")
+VERDICT = manifest.dataset_path("the-verdict")
 needs_verdict = pytest.mark.skipif(not VERDICT.is_file(), reason="the-verdict.txt is not in the data cache")
 
 
@@ -31,15 +33,15 @@ def test_the_verdict_batches_are_those_of_the_in_memory_loader(tmp_path, monkeyp
     """What tasks.pretrain served before shards (TextWindows + BatchLoader over the whole token
     list, split 90/10 by characters) against the cached shards + ShardLoader it uses now."""
     text = VERDICT.read_text(encoding="utf-8")
-    train_text, val_text = loaders.train_val_split_text(text, 0.9)
+    train_text, val_text = train_val_split_text(text, 0.9)
     old_train = loaders.BatchLoader(loaders.TextWindows(tokenizer.encode(train_text), context, context),
                                  batch_size, shuffle=True, drop_last=True, seed=seed)
     old_val = loaders.BatchLoader(loaders.TextWindows(tokenizer.encode(val_text), context, context), batch_size)
 
     monkeypatch.setenv("MINIGRAD_DATA_DIR", str(tmp_path))
-    folder = loaders.text_shards(text, tokenizer, 0.9)
+    folder = text_shards(text, tokenizer, 0.9)
     assert folder.parent == tmp_path / "shards"
-    assert loaders.text_shards(text, tokenizer, 0.9) == folder  # prepared once, then reused
+    assert text_shards(text, tokenizer, 0.9) == folder  # prepared once, then reused
     val_paths, train_paths = find_shards(folder)
     new_train = ShardLoader.from_files(train_paths, context, batch_size, shuffle=True, drop_last=True, seed=seed)
     new_val = ShardLoader.from_files(val_paths, context, batch_size)
@@ -142,7 +144,7 @@ def verdict_shards(tmp_path_factory):
 
 def test_pretrain_on_prepared_shards_learns(tmp_path, verdict_shards):
     out = tmp_path / "run"
-    _run(out, "--data", str(verdict_shards), "--max-steps", "30", "--eval-every", "10", "--lr", "3e-3",
+    run_pretrain(out, "--data", str(verdict_shards), "--max-steps", "30", "--eval-every", "10", "--lr", "3e-3",
          "--eval-batches", "3")
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in recs if r["type"] == "eval"]
@@ -155,16 +157,16 @@ def test_pretrain_on_prepared_shards_learns(tmp_path, verdict_shards):
 def test_pretrain_on_shards_resumes_bit_identically_after_sigkill(tmp_path, verdict_shards):
     args = ("--data", str(verdict_shards), "--max-steps", "14", "--eval-every", "4", "--eval-batches", "2")
     ref = tmp_path / "ref"
-    _run(ref, *args)
-    expected = _step_losses(ref)
+    run_pretrain(ref, *args)
+    expected = step_losses(ref)
     assert sorted(expected) == list(range(1, 15))
     run = tmp_path / "killed"
-    proc, _ = _signal_at_step(run, 6, signal.SIGKILL, *args)
+    proc, _ = signal_at_step(run, 6, signal.SIGKILL, *args)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert max(_step_losses(run)) < 14
-    r = _run(run, *args, "--resume")
+    assert max(step_losses(run)) < 14
+    r = run_pretrain(run, *args, "--resume")
     assert "resumed from" in r.stdout + r.stderr
-    assert _step_losses(run) == expected
+    assert step_losses(run) == expected
 
 
 def _damaged(tmp_path, case):

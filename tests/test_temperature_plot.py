@@ -6,7 +6,8 @@ import pytest
 from conftest import sharp_tiny_gpt2
 
 import minigrad as mg
-from tasks import generate, plots
+from tasks import generate
+from tasks.common import plots
 
 PROMPT = "Every effort moves you"
 TEMPERATURES = [0.1, 1.0, 5.0]

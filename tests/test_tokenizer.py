@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gpt2 import tokenizer as tokmod
 from gpt2.bpe import BPETokenizer, bytes_to_unicode, gpt2_split_pattern, pre_split
-from gpt2.tokenizer import (TiktokenTokenizer, TokenizerUnavailableError,
+from gpt2.tokenizer import (TextStream, TiktokenTokenizer, TokenizerUnavailableError,
                             encoding_from_gpt2_files, get_tokenizer, load_gpt2_encoding)
 from files.hub import cache_dir
 
@@ -344,3 +344,17 @@ def test_load_rejects_other_json(tmp_path):
     path.write_text('{"hello": 1}', encoding="utf-8")
     with pytest.raises(ValueError, match="not a tokenizer saved"):
         BPETokenizer.load(path)
+
+
+@pytest.mark.parametrize("name", ["tiktoken", "bpe"])
+def test_text_stream_gives_a_split_character_once_whole(name, tik, bpe):
+    """🦜 is three GPT-2 tokens (its four UTF-8 bytes split 2 + 1 + 1): the stream gives nothing for
+    the first two and the whole character with the third, never a broken half."""
+    tok = {"tiktoken": tik, "bpe": bpe}[name]
+    ids = tok.encode("a🦜b")
+    stream = TextStream(tok)
+    pieces = [stream.push(i) for i in ids]
+    assert pieces == ["a", "", "", "🦜", "b"] and stream.flush() == ""
+    cut = TextStream(tok)  # the stream ends inside the character: what is left is one U+FFFD
+    assert [cut.push(i) for i in ids[:2]] == ["a", ""] and cut.flush() == "\ufffd"
+

@@ -1,4 +1,4 @@
-"""The shared training loop (tasks/train.py): gradient accumulation, a non-finite loss.
+"""The shared training loop (tasks/training/trainer.py): gradient accumulation, a non-finite loss.
 
 Ctrl-C and SIGKILL with --resume are tested end to end in test_pretrain.py."""
 
@@ -7,9 +7,10 @@ import pytest
 
 import minigrad as mg
 from minigrad import nn
-from tasks.checkpoint import list_checkpoints
-from tasks.loaders import BatchLoader
-from tasks.train import NonFiniteLoss, Trainer, TrainConfig
+from tasks.runs.checkpoint import list_checkpoints
+from tasks.data.loaders import BatchLoader
+from tasks.training.config import TrainConfig
+from tasks.training.trainer import NonFiniteLoss, Trainer
 
 
 class Pairs:

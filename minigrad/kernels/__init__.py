@@ -3,8 +3,11 @@
 One `.cu` file per layer (llm.c's layout), compiled by CuPy on first use (`_loader.py`), with a
 small launcher module each (layernorm.py, gelu.py, bias_residual.py, attention.py,
 crossentropy.py, embedding.py, adamw.py) and autograd Functions over them (fused.py).
-minigrad.functional sends LayerNorm, GELU, attention, cross-entropy and the embedding backward
-here on CuPy float32 arrays; `MINIGRAD_FUSED=0` keeps the composite array code everywhere.
+The ops themselves dispatch, each in its public function in minigrad/ops/ (minigrad.functional
+only re-exports those): layers.layer_norm and layers.gelu, attention.scaled_dot_product_attention
+(where `attention_fits`), softmax_family.cross_entropy and EmbeddingFn.backward ask `use_fused`
+and, on CuPy float32 arrays, apply the Fused Functions of fused.py instead of their own;
+`MINIGRAD_FUSED=0` keeps the composite array code everywhere.
 NumPy never comes here. `twins.py` runs the same algorithms (tiles, online softmax, FA2's
 backward) in NumPy, so the tests check the math on a CPU; `python -m minigrad.kernels`
 compiles every source with NVRTC without a GPU.

@@ -4,7 +4,8 @@ With no PATH, the package's own sources; a PATH may be a `.cu` file or a folder 
 source is compiled to PTX for compute capability 9.0 (`-arch=compute_90`), and every
 `extern "C" __global__` function it defines must appear in the PTX. One line per kernel, then
 `N kernels compiled`; exit status 1 (with NVRTC's log) on any compilation error, 2 when NVRTC
-itself is missing.
+itself is missing. With `--resources`: each kernel's registers, spills, shared memory and the
+occupancy they allow on sm_90 instead (resources.py).
 """
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minigrad.kernels", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="*", help=".cu files or folders (default: minigrad/kernels/*.cu)")
+    ap.add_argument("--resources", action="store_true",
+                    help="print registers, spills, shared memory and occupancy per kernel on sm_90")
     args = ap.parse_args(argv)
     try:
         files = _collect(args.paths)
@@ -83,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print("error: no .cu sources found", file=sys.stderr)
         return 2
+    if args.resources:
+        from . import resources
+        return resources.main(files, ".".join(map(str, nvrtc.getVersion())))
     print(f"NVRTC {'.'.join(map(str, nvrtc.getVersion()))}, {ARCH}")
     n_ok, failed = 0, []
     for f in files:

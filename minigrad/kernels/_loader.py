@@ -17,7 +17,7 @@ from .. import backend
 KERNEL_DIR = Path(__file__).resolve().parent
 # NVRTC options shared by the runtime loader and `python -m minigrad.kernels`
 NVRTC_OPTIONS = ("-std=c++17",)  # CUDA 12 and 13 both accept C++17
-_ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+_ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(')
 
 
 def sources() -> list[Path]:

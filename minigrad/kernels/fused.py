@@ -1,6 +1,7 @@
 """The fused ops as autograd Functions over the CUDA kernels (CuPy float32 only).
 
-minigrad/functional.py sends an op here when `use_fused` says so; each Function keeps what its
+The public functions of minigrad/ops/ (layer_norm, gelu, scaled_dot_product_attention,
+cross_entropy; EmbeddingFn.backward) apply these when `use_fused` says so; each Function keeps what its
 kernels' backward needs (LayerNorm: x, mean, rstd; attention: q, k, v, o and one lse per row)
 rather than what the composite ops keep.
 """

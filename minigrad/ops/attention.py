@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import backend, kernels
+from .. import backend, checks, kernels
 from ..backend import array_module
 from ..tensor import Function, Tensor
 from .common import raw
@@ -15,6 +15,8 @@ from .softmax_family import softmax_backward, softmax_into
 
 def keep_mask(xp, T: int, S: int, is_causal: bool, attn_mask):
     """Boolean (.., T, S) mask of the positions a query may attend to, or None for all."""
+    if attn_mask is not None:
+        checks.int_dtype("keep_mask", "attn_mask", attn_mask, "biu")
     keep = None
     if is_causal:
         # with a KV cache the T queries are the last T of S positions
@@ -93,9 +95,16 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: boo
         raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
     mask = raw(attn_mask)
     if mask is not None:
-        mask = array_module(q.data).asarray(mask).astype(bool, copy=False)
-    if kernels.attention_fits(q.data, k.data, v.data, is_causal, mask, float(dropout_p)):
+        mask = array_module(q.data).asarray(mask)
+        # booleans (or 0/1), True where a query may attend; a float mask is refused, as it may be
+        # an additive one (0 and -inf), which astype(bool) would turn inside out
+        checks.int_dtype("scaled_dot_product_attention", "attn_mask", mask, "biu")
+        mask = mask.astype(bool, copy=False)
+    dropout_p = checks.number("scaled_dot_product_attention", "dropout_p", dropout_p, 0.0, 1.0, hi_open=True)
+    if scale is not None:
+        scale = checks.number("scaled_dot_product_attention", "scale", scale)
+    if kernels.attention_fits(q.data, k.data, v.data, is_causal, mask, dropout_p):
         s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
         return kernels.FusedAttention.apply(q, k, v, is_causal=is_causal, scale=s)
     return AttentionFn.apply(q, k, v, is_causal=is_causal, attn_mask=mask,
-                             dropout_p=float(dropout_p), scale=scale)
+                             dropout_p=dropout_p, scale=scale)

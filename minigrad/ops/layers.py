@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import backend, kernels
+from .. import backend, checks, kernels
 from ..backend import array_module
 from ..tensor import Function, Tensor
 from .common import raw, segment_sum
@@ -42,8 +42,7 @@ def embedding(idx: Any, w: Tensor) -> Tensor:
     idx = raw(idx)
     xp = array_module(w.data)
     idx = xp.asarray(idx)
-    if idx.dtype.kind not in "iu":
-        raise TypeError(f"embedding ids must be integers, got {idx.dtype}")
+    checks.int_dtype("embedding", "idx", idx)
     n = w.shape[0]
     if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
         raise IndexError(f"embedding ids must be in [0, {n}), got values in [{int(idx.min())}, {int(idx.max())}]")
@@ -87,6 +86,12 @@ class LayerNormFn(Function):
 
 def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float = 1e-5) -> Tensor:
     """Normalise over the last axis, then scale by w and shift by b."""
+    width = x.shape[-1:]
+    if w.shape != width or b.shape != width:
+        bad = "w" if w.shape != width else "b"
+        raise ValueError(f"layer_norm: {bad} of shape {(w if bad == 'w' else b).shape} does not fit x of "
+                         f"shape {x.shape} (expected {width}: one per element of x's last axis)")
+    eps = checks.number("layer_norm", "eps", eps, lo=0)
     if kernels.use_fused(x.data, w.data, b.data):
         return kernels.FusedLayerNorm.apply(x, w, b, eps=eps)
     return LayerNormFn.apply(x, w, b, eps=eps)
@@ -157,8 +162,7 @@ class DropoutFn(Function):
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     """Zero each element with probability p and scale the rest by 1/(1-p); identity when not training."""
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    p = checks.number("dropout", "p", p, 0.0, 1.0, hi_open=True)
     if not training or p == 0.0:
         return x
     return DropoutFn.apply(x, p=p)

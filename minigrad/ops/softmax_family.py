@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import kernels
+from .. import checks, kernels
 from ..backend import array_module
 from ..tensor import Function, Tensor
 from .common import raw
@@ -19,6 +19,7 @@ from .common import raw
 
 def softmax_into(s, axis: int = -1):
     """Softmax of `s` along `axis`, computed in place (s is overwritten and returned)."""
+    checks.axis("softmax_into", axis, s.ndim)
     xp = array_module(s)
     s -= s.max(axis=axis, keepdims=True)
     xp.exp(s, out=s)
@@ -28,6 +29,7 @@ def softmax_into(s, axis: int = -1):
 
 def logsumexp(x, axis: int = -1):
     """log(sum(exp(x))) along `axis` (kept, size 1), shifted by the maximum as softmax_into is."""
+    checks.axis("logsumexp", axis, x.ndim)
     xp = array_module(x)
     m = x.max(axis=axis, keepdims=True)
     e = x - m
@@ -40,6 +42,7 @@ def logsumexp(x, axis: int = -1):
 def softmax_backward(p, g, axis: int = -1, out=None):
     """Gradient through p = softmax(s): p * (g - sum(g * p)). With out=g it overwrites g, for a
     caller whose g is its own temporary."""
+    checks.axis("softmax_backward", axis, g.ndim)
     xp = array_module(g)
     row = (g * p).sum(axis=axis, keepdims=True)
     out = xp.subtract(g, row, out=out)
@@ -79,11 +82,11 @@ class LogSoftmaxFn(Function):
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    return SoftmaxFn.apply(x, axis=axis)
+    return SoftmaxFn.apply(x, axis=checks.axis("softmax", axis, x.ndim))
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    return LogSoftmaxFn.apply(x, axis=axis)
+    return LogSoftmaxFn.apply(x, axis=checks.axis("log_softmax", axis, x.ndim))
 
 
 _CE_ROWS = 64  # rows per block: a (64, 50257) float32 block stays in cache while it is reduced
@@ -149,6 +152,10 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduct
     recomputes softmax - onehot directly into the gradient.
     """
     targets = array_module(logits.data).asarray(raw(targets))
+    checks.int_dtype("cross_entropy", "targets", targets)
+    ignore_index = checks.integer("cross_entropy", "ignore_index", ignore_index)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
     if logits.dtype == np.float16:
         # float16 mixed precision: the log-sum-exp over the vocabulary and the loss in float32
         # (as autocast does); the gradient goes back to float16 through the cast

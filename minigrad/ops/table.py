@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .. import backend, kernels
+from ..kernels import qkv_attention
 from ..tensor import Function, Tensor
 from . import attention, elementwise as ew, layers, products, reduce, shape, softmax_family as sf
 
@@ -89,6 +90,10 @@ def _fixed_seed_attention_dropout(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 def _qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
     return [_normal(rng, dt, s.B, s.H, s.T, s.C // s.H) for _ in range(3)], {}
+
+
+def _packed_qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
+    return [_normal(rng, dt, s.B, s.T, 3, s.H, s.C // s.H)], {}  # a fused QKV projection's output
 
 
 def _padded_qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
@@ -187,6 +192,8 @@ OPS: tuple[OpEntry, ...] = (
             (attention.AttentionFn, kernels.FusedAttention), _qkv),
     OpEntry("attention padded", attention.scaled_dot_product_attention, (attention.AttentionFn,), _padded_qkv),
     OpEntry("attention dropout", _fixed_seed_attention_dropout, (attention.AttentionFn,), _qkv),
+    OpEntry("attention qkv", qkv_attention.attention_qkv,
+            (shape.PermuteFn, shape.GetItemFn, attention.AttentionFn, qkv_attention.FlashAttentionQKV), _packed_qkv),
 )
 
 

@@ -14,48 +14,52 @@ from __future__ import annotations
 
 import contextlib
 from importlib import resources
+from typing import AsyncIterator
 
-from .generation import Generation, Server
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .generation import Generation
 from .protocol import ApiError, parse_chat, parse_completion, parse_detokenize, parse_tokenize
+from .server import Server
 
 JSON_POST_ONLY = "a POST body must be JSON, sent with Content-Type: application/json"
 
 
-def error_response(e: ApiError):
-    from starlette.responses import JSONResponse
+def error_response(e: ApiError) -> JSONResponse:
     headers = {"Retry-After": "1"} if e.status == 503 else None
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
-def server_of(request) -> Server:
+def server_of(request: Request) -> Server:
     return request.app.state.server
 
 
 # ------------------------------------------------------------------ handlers
-async def index(request):
-    from starlette.responses import HTMLResponse
-    return HTMLResponse(resources.files("tasks").joinpath("static/chat.html").read_text(encoding="utf-8"))
+async def index(request: Request) -> Response:
+    return HTMLResponse(request.app.state.page)
 
 
-async def health(request):
-    from starlette.responses import JSONResponse
+async def health(request: Request) -> Response:
     server = server_of(request)
     return JSONResponse({"status": "ok", "model": server.name, **server.scheduler.status()})
 
 
-async def list_models(request):
-    from starlette.responses import JSONResponse
+async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": [server_of(request).model_card()]})
 
 
-async def get_model(request):
-    from starlette.responses import JSONResponse
+async def get_model(request: Request) -> Response:
     server = server_of(request)
     server.check_model(request.path_params["model_id"], param=None)
     return JSONResponse(server.model_card())
 
 
-async def completions(request):
+async def completions(request: Request) -> Response:
     server = server_of(request)
     body = await server.read_json(request)
     req = parse_completion(body)
@@ -63,16 +67,15 @@ async def completions(request):
     return await respond(request, Generation(server, req, prompts))
 
 
-async def chat_completions(request):
+async def chat_completions(request: Request) -> Response:
     server = server_of(request)
     body = await server.read_json(request)
     req = parse_chat(body)
     return await respond(request, Generation(server, req, [server.chat_prompt_ids(req)]))
 
 
-async def respond(request, gen: Generation):
+async def respond(request: Request, gen: Generation) -> Response:
     """The whole response, or server-sent events as the tokens come."""
-    from starlette.responses import JSONResponse, StreamingResponse
     if not gen.req.stream:
         body = await gen.collect(request)
         return JSONResponse({}, status_code=499) if body is None else JSONResponse(body)
@@ -80,21 +83,18 @@ async def respond(request, gen: Generation):
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def tokenizer_info(request):
-    from starlette.responses import JSONResponse
+async def tokenizer_info(request: Request) -> Response:
     return JSONResponse(server_of(request).tokenizer_info())
 
 
-async def tokenize(request):
-    from starlette.responses import JSONResponse
+async def tokenize(request: Request) -> Response:
     server = server_of(request)
     body = await server.read_json(request)
     ids = server.tok.encode(parse_tokenize(body))
     return JSONResponse({"count": len(ids), "max_model_len": server.n_ctx, "tokens": ids})
 
 
-async def detokenize(request):
-    from starlette.responses import JSONResponse
+async def detokenize(request: Request) -> Response:
     server = server_of(request)
     body = await server.read_json(request)
     return JSONResponse({"prompt": server.tok.decode(server.check_ids(parse_detokenize(body), "tokens"))})
@@ -103,7 +103,7 @@ async def detokenize(request):
 # ------------------------------------------------------------------ what every request passes
 def api(handler, auth: bool = True):
     """ApiErrors as JSON; the API key checked first where `auth`."""
-    async def wrapped(request):
+    async def wrapped(request: Request) -> Response:
         try:
             if auth:
                 server_of(request).check_auth(request)
@@ -154,7 +154,6 @@ class Cors:
             return await self.app(scope, receive, send)
         allowed = origin in self.origins
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-            from starlette.responses import Response
             if not allowed:
                 response = error_response(ApiError(403, f"origin {origin!r} is not allowed (--cors-origin)",
                                                    code="origin_not_allowed"))
@@ -173,24 +172,19 @@ class Cors:
         await self.app(scope, receive, send_with_cors)
 
 
-async def http_error(request, exc):
+async def http_error(request: Request, exc: HTTPException) -> Response:
     """Starlette's own errors (404, 405 with its Allow header) in OpenAI's error shape."""
     response = error_response(ApiError(exc.status_code, str(exc.detail), code=None))
     response.headers.update(exc.headers or {})
     return response
 
 
-async def server_error(request, exc: Exception):
+async def server_error(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
 
 
-def make_app(server: Server):
-    """The Starlette application around `server`."""
-    from starlette.applications import Starlette
-    from starlette.exceptions import HTTPException
-    from starlette.middleware import Middleware
-    from starlette.routing import Route
-
+def make_app(server: Server) -> Starlette:
+    """The Starlette application around `server` (whose scheduler the caller starts)."""
     routes = [Route("/", index), Route("/health", health),
               Route("/v1/models", api(list_models)), Route("/v1/models/{model_id:path}", api(get_model)),
               Route("/v1/completions", api(completions), methods=["POST"]),
@@ -202,13 +196,15 @@ def make_app(server: Server):
     if server.cors_origins:   # outermost: a preflight is answered before anything else
         middleware.insert(0, Middleware(Cors, origins=server.cors_origins))
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        yield
-        server.scheduler.stop()
-
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+    app = Starlette(routes=routes, middleware=middleware, lifespan=_lifespan,
                     exception_handlers={HTTPException: http_error, Exception: server_error})
     app.state.server = server
+    app.state.page = resources.files("tasks.serving").joinpath("static/chat.html").read_text(encoding="utf-8")
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    yield
+    app.state.server.scheduler.stop()
 

@@ -9,8 +9,8 @@ tasks.instruct's prompt. A plain language model just continues the turns' text, 
 """
 from __future__ import annotations
 
-from ..alpaca import HEADER as ALPACA_HEADER
-from ..alpaca import RESPONSE_HEADER
+from ..data.alpaca import HEADER as ALPACA_HEADER
+from ..data.alpaca import RESPONSE_HEADER
 
 # an instruct model's answer ends where the next turn would begin
 INSTRUCT_STOPS = ["\n\n### Instruction:", "\n\n### Response:"]

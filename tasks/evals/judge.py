@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .alpaca import format_alpaca_prompt
+from ..common.progress import progress_bar
+from ..data.alpaca import format_alpaca_prompt
 
 # The exact request sent to the judge, one per record (the README quotes it).
 JUDGE_PROMPT = (
@@ -239,8 +240,6 @@ def judge_records(records: Sequence[dict], client: JudgeClient, progress: bool =
     """Ask the judge about every record after the `done` ones; a failed record is recorded and the
     run goes on, but an unreachable judge stops it (JudgeUnreachableError). `on_score` sees each
     new score as it comes (to append it to a file)."""
-    from .progress import progress_bar
-
     scores = list(done)
     with progress_bar(total=len(records), initial=len(scores), desc="judging", unit="record",
               disable=not progress) as bar:

@@ -28,6 +28,7 @@ VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids fit
+FORMAT = "llm.c token shards: 256 int32 header (20240520, 1, tokens), uint16 tokens"  # index.json says it
 SHARD_RE = re.compile(r"^(?P<name>.+)_(?P<split>val|train)_(?P<index>\d{6})\.bin$")
 
 
@@ -118,7 +119,7 @@ class ShardLoader(EpochLoader):
     """Batches of (x, y) int32 arrays of shape (B, T) from token shards, resumable mid-epoch.
 
     Windows start at 0, stride, 2*stride, ... inside each shard as long as a full target fits
-    (so the last few tokens of a shard may be left out), exactly as tasks.loaders.TextWindows does
+    (so the last few tokens of a shard may be left out), exactly as loaders.TextWindows does
     on one token list. An epoch serves every window once: shards in order (or permuted), the
     windows of each in order (or permuted), B at a time. With stride = T and no shuffling a
     batch is a contiguous span of B*T+1 tokens.
@@ -126,7 +127,7 @@ class ShardLoader(EpochLoader):
     The order of an epoch is a pure function of (seed, epoch): one generator seeded with
     [seed, epoch] draws the shard order (when there is more than one shard), then each shard's
     window permutation in the order the shards are served. With one shard this is the very
-    permutation tasks.loaders.BatchLoader draws, so both serve the same batches. `state_dict()`
+    permutation loaders.BatchLoader draws, so both serve the same batches. `state_dict()`
     (plain ints) is enough to resume exactly.
     """
 
@@ -196,7 +197,7 @@ class ShardLoader(EpochLoader):
         return rows[:, :-1], rows[:, 1:]  # (B, T) inputs, (B, T) targets
 
     def _identity(self) -> dict:
-        # the keys of tasks.loaders.BatchLoader's state, plus what identifies the shards
+        # the keys of loaders.BatchLoader's state, plus what identifies the shards
         return {"num_samples": self.num_windows, "batch_size": self.batch_size, "shuffle": self.shuffle,
                 "drop_last": self.drop_last, "num_tokens": self.num_tokens, "num_shards": len(self.shards),
                 "context": self.context, "stride": self.stride}

@@ -19,8 +19,8 @@ import numpy as np
 from gpt2.classifier import PAD_ID
 from files.atomic import atomic_write
 
-from .cli import TaskError, UsageError
-from .data import ensure_dataset
+from ..common.errors import TaskError, UsageError
+from .manifest import ensure_dataset
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -174,7 +174,7 @@ def pad_ids(encoded: Sequence[Sequence[int]], length: int, pad_id: int = PAD_ID)
 
 
 class LabelledTokens:
-    """(token ids (T,), class id) pairs of equal length T, for tasks.loaders.BatchLoader."""
+    """(token ids (T,), class id) pairs of equal length T, for loaders.BatchLoader."""
 
     def __init__(self, rows: Sequence[Row], classes: Sequence[str], tokenizer, length: int):
         index = {c: i for i, c in enumerate(classes)}
@@ -193,19 +193,26 @@ def longest(rows: Sequence[Row], tokenizer) -> int:
     return max(len(ids) for ids in encode_texts([t for _, t in rows], tokenizer))
 
 
-def load_splits(args) -> tuple[dict[str, list[Row]], list[str], int, int]:
-    """tasks.classify's data flags -> the split rows, the classes, and how many rows were valid / skipped."""
-    path = Path(args.data) if args.data else ensure_dataset("sms-spam", progress=not args.no_progress)
-    labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
+def parse_labels(text: str | None) -> list[str] | None:
+    """--labels ham,spam -> ["ham", "spam"] (None when not given), each class named once."""
+    labels = [s.strip() for s in text.split(",") if s.strip()] if text else None
     if labels and len(set(labels)) < len(labels):
         twice = sorted({c for c in labels if labels.count(c) > 1})
         raise UsageError(f"--labels names {', '.join(map(repr, twice))} more than once")
-    data = read_labelled_file(path, labels, strict=args.strict)
+    return labels
+
+
+def load_splits(path: str | None, labels: Sequence[str] | None, *, strict: bool, balanced: bool,
+                split_seed: int, progress: bool = True) -> tuple[dict[str, list[Row]], list[str], int, int]:
+    """The split rows of a labelled file (default: the SMS Spam Collection from the cache), the
+    classes, and how many rows were valid / skipped."""
+    path = Path(path) if path else ensure_dataset("sms-spam", progress=progress)
+    data = read_labelled_file(path, labels, strict=strict)
     if data.problems:
         print(f"warning: skipped {data.problem_summary()}", file=sys.stderr)
     classes = class_names(data.rows, labels, where=str(path))
-    rows = balance(data.rows, classes, args.split_seed) if args.balance else data.rows
-    return split_rows(rows, args.split_seed), classes, len(data.rows), len(data.problems)
+    rows = balance(data.rows, classes, split_seed) if balanced else data.rows
+    return split_rows(rows, split_seed), classes, len(data.rows), len(data.problems)
 
 
 # ----------------------------------------------------------------------------- metrics

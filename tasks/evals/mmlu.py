@@ -5,10 +5,8 @@ highest logit there, so no text is generated. With k shots, the first k question
 subject's dev split are shown with their answers before each question (the protocol of the MMLU
 paper); without a dev split, the first k test questions serve and are not scored themselves.
 
-The data: the official data.tar holds one headerless CSV per subject and split
-(data/test/SUBJECT_test.csv, data/dev/SUBJECT_dev.csv: question, four choices, answer letter).
-`convert_mmlu_tar` turns them into our JSON lines, deterministically, so the converted test file
-is checked against the manifest's sha256.
+The data: MMLU's data.tar converted into JSON lines (tasks/data/mmlu_archive.py), the test split
+at the manifest's mmlu/mmlu.jsonl and the dev split beside it.
 
 The scoring only needs `next_token_logits(ids) -> (vocab,) array` and a tokenizer with
 `.encode`, so it can be tested with rigged stand-ins; `model_next_token_logits` adapts a GPT-2.
@@ -16,12 +14,7 @@ The scoring only needs `next_token_logits(ids) -> (vocab,) array` and a tokenize
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-import re
-import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +22,14 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from files import hub
+
+from ..common.jsonfiles import JsonLines, JsonLinesError
+from ..common.progress import progress_bar
+from ..data.manifest import DATASETS, archive_rel, dataset_path, ensure_dataset
+from ..data.mmlu_archive import MMLUDataError, dev_path_of, download_and_convert
+
 LETTERS = ("A", "B", "C", "D")
-
-
-class MMLUDataError(ValueError):
-    """The MMLU file, a subject choice or the model's output cannot be used."""
 
 
 class Encoder(Protocol):
@@ -55,29 +51,23 @@ def load_mmlu(path: str | os.PathLike | None = None) -> list[Question]:
     whose answer is the literal word "answer" (leftover header lines).
     """
     if path is None:
-        from tasks.data import ensure_dataset
         path = ensure_dataset("mmlu", progress=False)  # clear MissingFileError when absent
     path = Path(path)
     if not path.is_file():
         raise MMLUDataError(f"MMLU file not found: {path}")
     keys = ("question", "answer_a", "answer_b", "answer_c", "answer_d", "correct_answer", "topic")
     questions = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MMLUDataError(f"{path} line {lineno} is not valid JSON: {err}") from None
+    try:
+        for lineno, row in JsonLines(path):
             if not isinstance(row, dict) or any(k not in row for k in keys):
-                raise MMLUDataError(f"{path} line {lineno} lacks one of the keys {', '.join(keys)}")
+                raise MMLUDataError(f"{path}, line {lineno}: lacks one of the keys {', '.join(keys)}")
             answer = str(row["correct_answer"]).strip()
             if answer not in LETTERS:
                 continue
             choices = tuple(str(row[f"answer_{x.lower()}"]) for x in LETTERS)
-            questions.append(Question(str(row["question"]), choices, answer,
-                                      str(row["topic"]).strip()))
+            questions.append(Question(str(row["question"]), choices, answer, str(row["topic"]).strip()))
+    except JsonLinesError as err:
+        raise MMLUDataError(str(err)) from None
     if not questions:
         raise MMLUDataError(f"{path} holds no usable MMLU question")
     return questions
@@ -207,8 +197,6 @@ def evaluate_mmlu(questions: Sequence[Question], next_token_logits: Callable[[li
     `done` maps (subject, index among its scored questions) to whether it was answered right in
     an earlier, interrupted run: those are not asked again. `on_answer` sees each new answer.
     """
-    from .progress import progress_bar
-
     if max_context < 1:
         raise MMLUDataError(f"max_context must be >= 1, got {max_context}")
     letter_ids = letter_token_ids(tokenizer)
@@ -266,132 +254,16 @@ def model_next_token_logits(model, device: str | None = None) -> Callable[[list[
     return next_token_logits
 
 
-# ----------------------------------------------------------------------------- download
-
-
-# The order of the subjects in the cached mmlu.jsonl, whose sha256 the manifest records: it is not
-# alphabetical (it came from a directory listing), so the conversion follows it to give the same
-# bytes. Subjects not listed here (none in the official tar) follow in alphabetical order.
-SUBJECT_ORDER = (
-    "moral_scenarios", "us_foreign_policy", "public_relations", "global_facts",
-    "electrical_engineering", "astronomy", "business_ethics", "jurisprudence",
-    "high_school_chemistry", "college_physics", "professional_psychology", "marketing",
-    "management", "virology", "international_law", "high_school_macroeconomics", "prehistory",
-    "abstract_algebra", "high_school_physics", "formal_logic", "college_medicine",
-    "high_school_us_history", "moral_disputes", "high_school_european_history",
-    "clinical_knowledge", "world_religions", "high_school_microeconomics", "professional_law",
-    "human_aging", "medical_genetics", "high_school_geography",
-    "high_school_government_and_politics", "anatomy", "sociology", "logical_fallacies",
-    "high_school_computer_science", "miscellaneous", "high_school_world_history",
-    "professional_medicine", "high_school_biology", "high_school_statistics", "college_chemistry",
-    "nutrition", "econometrics", "human_sexuality", "security_studies", "philosophy",
-    "elementary_mathematics", "college_biology", "college_computer_science", "machine_learning",
-    "professional_accounting", "college_mathematics", "high_school_mathematics",
-    "high_school_psychology", "conceptual_physics", "computer_security",
-)
-_MEMBER = re.compile(r"(?:^|/)(test|dev)/([a-z_]+)_(test|dev)\.csv$")
-
-
-def _subject_key(subject: str) -> tuple[int, str]:
-    known = {s: i for i, s in enumerate(SUBJECT_ORDER)}
-    return (known.get(subject, len(known)), subject)
-
-
-def _csv_to_jsonl(data: bytes, subject: str, where: str) -> list[str]:
-    """One JSON line per CSV row, every field kept verbatim (no stripping, no type guessing: a
-    choice "0." stays "0.", "None" stays "None")."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise MMLUDataError(f"{where} is not UTF-8 text: {err}") from None
-    topic = subject.replace("_", " ")
-    lines = []
-    for lineno, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
-        if len(row) != 6:
-            raise MMLUDataError(f"{where} row {lineno} has {len(row)} fields, not 6 "
-                                f"(question, 4 choices, answer)")
-        record = {"question": row[0], "answer_a": row[1], "answer_b": row[2], "answer_c": row[3],
-                  "answer_d": row[4], "correct_answer": row[5], "topic": topic}
-        lines.append(json.dumps(record) + "\n")  # json's defaults: ASCII, ", " and ": "
-    return lines
-
-
-def convert_mmlu_tar(tar_path: str | os.PathLike) -> tuple[str, str]:
-    """(test JSON lines, dev JSON lines) from MMLU's data.tar, subjects in SUBJECT_ORDER."""
-    found: dict[str, dict[str, bytes]] = {"test": {}, "dev": {}}
-    try:
-        with tarfile.open(tar_path) as tar:
-            for member in tar:
-                m = _MEMBER.search(member.name)
-                if member.isfile() and m and m.group(1) == m.group(3):
-                    found[m.group(1)][m.group(2)] = tar.extractfile(member).read()
-    except tarfile.TarError as err:
-        raise MMLUDataError(f"{tar_path} is not a readable tar archive: {err}") from None
-    if not found["test"]:
-        raise MMLUDataError(f"{tar_path} holds no test/SUBJECT_test.csv file: is it MMLU's data.tar?")
-    out = []
-    for split in ("test", "dev"):
-        lines = []
-        for subject in sorted(found[split], key=_subject_key):
-            lines += _csv_to_jsonl(found[split][subject], subject,
-                                   f"{tar_path}: {split}/{subject}_{split}.csv")
-        out.append("".join(lines))
-    return out[0], out[1]
+# ----------------------------------------------------------------------------- the dev split
 
 
 def dev_path() -> Path:
     """Where the dev split (the 5-shot examples) is cached: beside the test file."""
-    from tasks.data import dataset_path
-    return dataset_path("mmlu").with_name("mmlu_dev.jsonl")
-
-
-def download_and_convert(entry, path: Path, progress: bool = True) -> Path:
-    """Download data.tar from entry.url, write the test split at `path` once it matches
-    entry.sha256/size, and the dev split beside it; nothing is written when it does not.
-
-    No digest of data.tar itself is published: the converted test file is the check, and a dev
-    split taken from the same verified archive is trusted with it.
-    """
-    from files import hub
-    from files.atomic import atomic_write_text
-    from urllib.parse import urlparse
-
-    tar_rel = str(Path(entry.relpath).parent / Path(urlparse(entry.url).path).name)
-    try:
-        tar_path = hub.ensure_file(tar_rel, entry.url, progress=progress)
-    except hub.MissingFileError as err:
-        raise hub.MissingFileError(
-            f"MMLU is missing and its archive could not be downloaded from {entry.url} "
-            f"({err.reason}). Put the converted file at exactly {path} (sha256 {entry.sha256}), "
-            f"or the archive at {err.path}.", url=entry.url, path=path, reason=err.reason) from err
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        test, dev = convert_mmlu_tar(tar_path)
-        tmp.write_bytes(test.encode("utf-8"))
-        hub.verify_file(tmp, entry.sha256, entry.size)
-    except (MMLUDataError, hub.ChecksumError) as err:
-        tmp.unlink(missing_ok=True)
-        tar_path.unlink(missing_ok=True)  # of no use: the next run downloads it afresh
-        if isinstance(err, hub.ChecksumError):
-            raise hub.ChecksumError(
-                f"MMLU converted from {entry.url} is not the expected file: {err.details}. "
-                f"The archive was deleted and nothing was saved at {path}.",
-                err.expected, err.actual, path, err.details) from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    atomic_write_text(path.with_name("mmlu_dev.jsonl"), dev)
-    os.replace(tmp, path)
-    tar_path.unlink(missing_ok=True)  # everything we need from it is now in the cache
-    return path
+    return dev_path_of(dataset_path("mmlu"))
 
 
 def ensure_dev(progress: bool = True) -> Path:
     """The cached dev split, converted from data.tar when online if it is not there yet."""
-    from files import hub
-    from tasks.data import DATASETS, dataset_path
-
     path = dev_path()
     if path.is_file():
         return path
@@ -402,5 +274,5 @@ def ensure_dev(progress: bool = True) -> Path:
             f"{path}: run once online (without MINIGRAD_OFFLINE) to convert it from {entry.url}, "
             f"or pass --shots-from test to show each subject's first test questions instead",
             url=entry.url, path=path, reason="offline mode: MINIGRAD_OFFLINE is set")
-    download_and_convert(entry, dataset_path("mmlu"), progress)
+    download_and_convert(entry.url, dataset_path("mmlu"), archive_rel(entry), entry.sha256, entry.size, progress)
     return path

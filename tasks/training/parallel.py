@@ -3,11 +3,13 @@ checks that keep ranks (and a resumed run) training on the same thing."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import minigrad.distributed as dist
 
-from .cli import UsageError
+from ..common.errors import UsageError
+from .config import TrainConfig
 
 
 def rank_rows(n: int) -> slice:
@@ -30,12 +32,26 @@ def local_batch(batch):
 def code_fingerprint() -> str:
     """sha256 of the project's Python sources (minigrad, gpt2, tasks): ranks running different
     code would train on a silent mixture."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # tasks/training/parallel.py -> the project
     h = hashlib.sha256()
     for pkg in ("minigrad", "gpt2", "tasks"):
         for f in sorted((root / pkg).rglob("*.py")):
             h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def check_ranks_agree(config: TrainConfig, loader, total_steps: int, model) -> None:
+    """Ranks must run the same code on the same data with the same settings."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in vars(config).items() if k != "progress"},
+                        sort_keys=True, default=str).encode())
+    h.update(repr((len(loader), total_steps, loader.state_dict(),
+                   [(n, p.shape) for n, p in model.named_parameters()])).encode())
+    first = next(iter(loader.peek())) if hasattr(loader, "peek") else None
+    for a in first or ():
+        h.update(getattr(a, "tobytes", lambda: repr(a).encode())())
+    dist.check_same("the code (sha256 of minigrad, gpt2, tasks)", code_fingerprint())
+    dist.check_same("the training settings and data (loader, first batch, model shapes)", h.hexdigest()[:16])
 
 
 def check_world_size(run_json: dict, world_size: int, batch_size: int, grad_accum: int) -> None:

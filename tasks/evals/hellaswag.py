@@ -25,6 +25,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..common.jsonfiles import JsonLines, JsonLinesError, read_jsonl
+from ..common.progress import progress_bar
+from ..data.manifest import ensure_dataset
+
 NUM_ENDINGS = 4
 
 
@@ -46,33 +50,33 @@ def load_hellaswag(path: str | os.PathLike | None = None, limit: int | None = No
     if limit is not None and limit < 1:
         raise HellaSwagDataError(f"limit must be >= 1, got {limit}")
     if path is None:
-        from tasks.data import ensure_dataset
         path = ensure_dataset("hellaswag")  # clear MissingFileError / ChecksumError
     path = Path(path)
     if not path.is_file():
         raise HellaSwagDataError(f"HellaSwag file not found: {path}")
     items: list[Item] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    try:
+        for lineno, row in JsonLines(path):
             if limit is not None and len(items) >= limit:
                 break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                ctx, endings, label = row["ctx"], row["endings"], row["label"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise HellaSwagDataError(f"{path} line {lineno}: not a HellaSwag item with ctx, "
-                                         f"endings and label ({err})") from None
-            if (not isinstance(ctx, str) or not isinstance(endings, list)
-                    or len(endings) != NUM_ENDINGS or not all(isinstance(e, str) for e in endings)
-                    or not isinstance(label, int) or not 0 <= label < NUM_ENDINGS):
-                raise HellaSwagDataError(f"{path} line {lineno}: expected a string ctx, 4 string "
-                                         f"endings and a label in 0..3")
-            items.append(Item(len(items), ctx, tuple(endings), label))
+            items.append(_item(row, len(items), f"{path}, line {lineno}"))
+    except JsonLinesError as err:
+        raise HellaSwagDataError(str(err)) from None
     if not items:
         raise HellaSwagDataError(f"{path} holds no HellaSwag item")
     return items
+
+
+def _item(row, index: int, where: str) -> Item:
+    try:
+        ctx, endings, label = row["ctx"], row["endings"], row["label"]
+    except (KeyError, TypeError) as err:
+        raise HellaSwagDataError(f"{where}: not a HellaSwag item with ctx, endings and label ({err})") from None
+    if (not isinstance(ctx, str) or not isinstance(endings, list)
+            or len(endings) != NUM_ENDINGS or not all(isinstance(e, str) for e in endings)
+            or not isinstance(label, int) or not 0 <= label < NUM_ENDINGS):
+        raise HellaSwagDataError(f"{where}: expected a string ctx, 4 string endings and a label in 0..3")
+    return Item(index, ctx, tuple(endings), label)
 
 
 def render(item: Item, tokenizer, n_ctx: int) -> tuple[np.ndarray, int, list[int]]:
@@ -153,34 +157,16 @@ class HellaSwagResult:
 def read_done(path: Path) -> dict[int, dict]:
     """Records of an earlier run, by item index. A torn last line (a crash mid-write) is cut off
     the file so that appending goes on from a clean line end."""
-    if not path.is_file():
-        return {}
-    done: dict[int, dict] = {}
-    raw = path.read_bytes()
-    good_end = 0
-    for line in raw.splitlines(keepends=True):
-        try:
-            record = json.loads(line)
-            if not line.endswith(b"\n"):
-                raise ValueError("no line end")
-            done[int(record["index"])] = record
-        except (ValueError, KeyError, TypeError):
-            if good_end + len(line) < len(raw):  # not the last line: the file is not ours
-                raise HellaSwagDataError(f"{path} is not a HellaSwag results file (a bad line "
-                                         f"after byte {good_end}); choose another --out") from None
-            with open(path, "r+b") as f:
-                f.truncate(good_end)
-            break
-        good_end += len(line)
-    return done
+    try:
+        return {int(r["index"]): r for r in read_jsonl(path, cut_torn_tail=True)}
+    except (JsonLinesError, KeyError, TypeError, ValueError) as err:  # the file is not ours
+        raise HellaSwagDataError(f"{path} is not a HellaSwag results file ({err}); choose another --out") from None
 
 
 def evaluate_hellaswag(model, items: Sequence[Item], tokenizer, out: str | os.PathLike | None = None,
                        progress: bool = True) -> HellaSwagResult:
     """Score `items`; with `out` (a .jsonl file) each record is appended as soon as it is known
     and the items already in it are skipped, so a rerun after a crash or Ctrl-C resumes."""
-    from .progress import progress_bar
-
     out = Path(out) if out is not None else None
     done = read_done(out) if out is not None else {}
     for r in done.values():

@@ -9,7 +9,6 @@ SIGKILL) leaves either the whole checkpoint or none of it.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -18,25 +17,13 @@ from typing import Any
 
 import minigrad as mg
 from files.hub import sha256_of
-from files.atomic import atomic_write_text, umask_mode
+from files.atomic import umask_mode
 
-from .cli import TaskError, pause_point
+from ..common.errors import TaskError
+from ..common.guard import pause_point
+from ..common.jsonfiles import read_json, write_json
 
 CHECKPOINTS = "checkpoints"
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such file: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
@@ -161,27 +148,3 @@ def run_dir_of(path: str | os.PathLike) -> Path:
     if (path / "state.json").is_file() and path.parent.name == CHECKPOINTS:
         return path.parent.parent
     return path
-
-
-def load_model_from_run(path: str | os.PathLike, device: str = "cpu"):
-    """The model of a run folder (its newest checkpoint) or of one checkpoint folder, in eval mode.
-
-    Works for every task: run.json names the model kind, its config and, for a classifier, its head.
-    """
-    from gpt2.registry import build_model
-
-    path = Path(path)
-    run_dir = run_dir_of(path)
-    ckpt = path if run_dir != path else latest_checkpoint(path)
-    if ckpt is None:
-        raise FileNotFoundError(f"{path} holds no checkpoint (looked in {path / CHECKPOINTS})")
-    run = read_json(run_dir / "run.json")
-    verify_checkpoint(ckpt)
-    try:
-        model = build_model(run)  # the kind run.json names, from gpt2's registry: never a module path
-    except (KeyError, TypeError) as e:  # a run.json without model_config, or one of another shape
-        raise CheckpointError(f"{run_dir / 'run.json'} lacks {e} or holds it in another shape: the model "
-                              "cannot be built from it") from None
-    state = mg.load(ckpt / "model.safetensors")
-    model.load_state_dict(state)
-    return model.to(device).eval()

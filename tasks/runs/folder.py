@@ -1,10 +1,10 @@
 """Starting or resuming a run folder, the one way every training task does it.
 
-    args = cli.parse(parser, argv)              # remembers which flags were typed
-    args, resuming = runfolder.start(args)      # checks everything; creates nothing
-    ...                                         # build the model, the data
-    if not resuming:
-        write_json(out / "run.json", ...)       # written once, before the first step
+    args = parse(parser, argv)                      # remembers which flags were typed
+    run = start_run(vars(args), args.typed)         # checks everything; creates nothing
+    args = argparse.Namespace(**run.args)           # on --resume: the run's own arguments
+    ...                                             # build the model, the data
+    record_run(run, "pretrain", model.config, ...)  # run.json, once, before the first step
 
 `--out R --resume` needs no other flag: the run's own arguments come back from `R/run.json`.
 A typed flag that would change the run (lr, model, data, seed, batch, schedule, ...) is refused
@@ -14,15 +14,16 @@ learning rate); each extension is appended to run.json's `history`, never writte
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Mapping
 
-from .checkpoint import read_json, write_json
-from .cli import TaskError, UsageError, config_json
+from ..common.args import recorded_args
+from ..common.errors import TaskError, UsageError
+from ..common.jsonfiles import read_json, write_json
 
 # Flags that say how to run, not what the run is: free to differ on --resume.
 HOW_TO_RUN = {"out", "resume", "no_progress", "backend", "keep", "eval_every", "eval_batches", "log_every",
@@ -31,23 +32,23 @@ HOW_TO_RUN = {"out", "resume", "no_progress", "backend", "keep", "eval_every", "
 EXTENSIONS = {"max_steps", "epochs"}
 
 
-def check_numbers(args: argparse.Namespace) -> None:
-    """Every numeric flag in range, before anything is read or written."""
+def check_numbers(flags: Mapping[str, Any]) -> None:
+    """Every numeric flag of a command line (`vars(args)`) in range, before anything is read or written."""
     at_least_1 = ("epochs", "batch_size", "grad_accum", "eval_every", "eval_batches", "max_steps",
                   "n_layer", "n_head", "n_embd", "context", "keep", "max_length", "report_batches",
                   "lora_rank", "stride", "save_every", "log_every", "loss_scale_window")
     for name in at_least_1:
-        value = getattr(args, name, None)
+        value = flags.get(name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     for name in ("weight_decay", "warmup", "min_lr", "grad_clip", "sample_tokens"):
-        value = getattr(args, name, None)
+        value = flags.get(name)
         if value is not None and (value < 0 or not math.isfinite(value)):
             raise UsageError(f"--{name.replace('_', '-')} must be at least 0, got {value}")
-    lr = getattr(args, "lr", None)
+    lr = flags.get("lr")
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
         raise UsageError(f"--lr must be positive, got {lr}")
-    dropout = getattr(args, "dropout", None)
+    dropout = flags.get("dropout")
     if dropout is not None and not 0 <= dropout < 1:
         raise UsageError(f"--dropout must be in [0, 1), got {dropout}")
 
@@ -91,30 +92,47 @@ def _extension_refused(saved: dict[str, Any], changes: dict[str, Any], run_dir: 
     return None
 
 
-def start(args: argparse.Namespace) -> tuple[argparse.Namespace, bool]:
-    """Validate a training task's arguments and, for --resume, merge them with the run's own.
+@dataclass(frozen=True)
+class RunSpec:
+    """A run folder about to be started or resumed: checked, nothing created yet."""
+    out: Path
+    resuming: bool           # an existing run is continued (its run.json is kept)
+    args: dict[str, Any]     # the command line (on --resume merged with run.json's): what run.json records
 
-    Returns (arguments to use, whether an existing run is resumed). Creates nothing."""
-    out = Path(args.out)
+
+def start_run(flags: Mapping[str, Any], typed: Collection[str] = ()) -> RunSpec:
+    """Validate a training task's command line (`vars(args)`; `typed`: the flags the user typed)
+    and, for --resume, merge it with the run's own. Creates nothing."""
+    args = recorded_args(flags)
+    out = Path(args["out"])
     check_numbers(args)
-    if getattr(args, "weights_only", False) and not args.resume:
+    if args.get("weights_only") and not args["resume"]:
         raise UsageError("--weights-only says how to --resume a run whose optimizer state is missing; "
                          "add --resume")
-    check_out(out, args.resume)
+    check_out(out, args["resume"])
     run_json = out / "run.json"
-    if not (args.resume and run_json.is_file()):
-        if args.resume:
+    if not (args["resume"] and run_json.is_file()):
+        if args["resume"]:
             print(f"note: {out} holds no run yet; starting a new one")
-        return args, False
-
+        return RunSpec(out, False, args)
     run = read_json(run_json)
     if not isinstance(run, dict) or not isinstance(run.get("args"), dict):
         raise UsageError(f"{run_json} has no 'args': not a run folder of these tasks")
     saved = effective_args(run)
-    typed = getattr(args, "typed", set())
+    changes = _changes(args, saved, set(typed), out)
+    merged = _merged(args, saved, changes, set(typed), run_json)
+    if changes:
+        append_history(out, {"changed": changes}, run)
+        print("extending the run: " + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} -> {v}"
+                                                for k, v in changes.items()))
+    return RunSpec(out, True, merged)
+
+
+def _changes(given: dict[str, Any], saved: dict[str, Any], typed: set[str], out: Path) -> dict[str, Any]:
+    """The typed flags that differ from the run's own: extensions, or a UsageError naming both values."""
     changes: dict[str, Any] = {}
     for name in sorted(typed - HOW_TO_RUN):
-        new, old = getattr(args, name), saved.get(name)
+        new, old = given.get(name), saved.get(name)
         if new == old:
             continue
         if name not in EXTENSIONS:
@@ -124,33 +142,41 @@ def start(args: argparse.Namespace) -> tuple[argparse.Namespace, bool]:
     refused = _extension_refused(saved, changes, out)
     if refused:
         raise UsageError(refused)
+    return changes
 
-    merged = argparse.Namespace(**vars(args))
+
+def _merged(given: dict[str, Any], saved: dict[str, Any], changes: dict[str, Any], typed: set[str],
+            run_json: Path) -> dict[str, Any]:
+    """The command line with the run's own values, except the folder's place, the extensions and
+    the typed flags that say how to run."""
+    merged = dict(given)
     for name, value in saved.items():
         if name in ("out", "resume") or name in changes or (name in HOW_TO_RUN and name in typed):
             continue  # the folder is where it is now, whatever its old path was
-        setattr(merged, name, value)
+        merged[name] = value
     try:
         check_numbers(merged)
     except TypeError:  # a number that is not one: run.json was edited or damaged
-        bad = sorted(k for k, v in saved.items()
-                     if isinstance(v, str) and isinstance(getattr(args, k, None), (int, float)))
+        bad = sorted(k for k, v in saved.items() if isinstance(v, str) and isinstance(given.get(k), (int, float)))
         raise TaskError(f"{run_json}: 'args' holds text where numbers belong ({', '.join(bad) or 'a value'}); "
                         "the run cannot be resumed from it") from None
-    if changes:
-        history = run.get("history", []) + [{"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changes}]
-        write_json(run_json, {**run, "history": history})
-        print("extending the run: " + ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} -> {v}"
-                                                for k, v in changes.items()))
-    return merged, True
+    return merged
 
 
-def record_run(out: Path, resuming: bool, task: str, args: argparse.Namespace, model_config, model_kind: str,
-               **extra: Any) -> None:
+def append_history(run_dir: Path, entry: dict[str, Any], run: dict[str, Any] | None = None) -> None:
+    """Add a dated entry to run.json's `history` (an extension, a resume from the weights alone):
+    what the run was asked for at its start (`args`) is never written over."""
+    run_json = run_dir / "run.json"
+    run = read_json(run_json) if run is None else run
+    history = run.get("history", []) + [{"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **entry}]
+    write_json(run_json, {**run, "history": history})
+
+
+def record_run(run: RunSpec, task: str, model_config, model_kind: str, **extra: Any) -> None:
     """Create the run folder and write run.json, once, before the first step: the task, its
     arguments, the model's config and kind (a name of gpt2.registry, never a module path) and the
     task's own `extra` fields. A resumed run keeps the run.json it has."""
-    out.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        write_json(out / "run.json", {"task": task, "args": config_json(args), "model_config": model_config.to_dict(),
-                                      "model_kind": model_kind, **extra})
+    run.out.mkdir(parents=True, exist_ok=True)
+    if not run.resuming:
+        write_json(run.out / "run.json", {"task": task, "args": run.args, "model_config": model_config.to_dict(),
+                                          "model_kind": model_kind, **extra})
