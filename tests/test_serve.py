@@ -354,3 +354,25 @@ def test_judge_scores_through_our_server(tmp_path, needs_tokenizer):
         assert r.returncode == (0 if any(g["score"] is not None for g in scores) else 1), r.stderr
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("signame,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_the_server_logs_each_request_and_a_stop_is_said_as_one(tmp_path, needs_tokenizer, signame, code):
+    """One line per answered request (method, path, status, seconds), and SIGTERM or Ctrl-C is a
+    normal stop: said as one, not as an interruption or an error, with 143 or 130."""
+    import re
+    import signal
+    s = Served("--init", str(save_tiny_run(tmp_path / "run")))
+    try:
+        post(s.url + "/v1/completions", {"prompt": "x", "max_tokens": 2})
+        get(s.url + "/v1/nothing")
+        s.proc.send_signal(getattr(signal, signame))
+        assert s.proc.wait(timeout=60) == code
+        err = s.stderr()
+    finally:
+        s.close()
+    assert re.search(r"^\d\d:\d\d:\d\d POST /v1/completions 200 \d+\.\d{3} s$", err, re.M), err
+    assert re.search(r"^\d\d:\d\d:\d\d GET /v1/nothing 404 ", err, re.M), err
+    name = "SIGTERM" if signame == "SIGTERM" else "Ctrl-C"
+    assert f"stopped ({name}); choices answered: 1 length" in err
+    assert "error" not in err and "interrupted" not in err and "Traceback" not in err

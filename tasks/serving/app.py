@@ -13,6 +13,8 @@ only for the origins named with --cors-origin (none by default); a Content-Encod
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from importlib import resources
 from typing import AsyncIterator
 
@@ -172,6 +174,32 @@ class Cors:
         await self.app(scope, receive, send_with_cors)
 
 
+class AccessLog:
+    """ASGI middleware: one line per request on stderr once it is answered (a stream: once it
+    ended), `HH:MM:SS METHOD PATH STATUS SECONDS s`, and `(client left)` if it went first."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status, done = time.monotonic(), [None], [False]
+
+        async def send_logged(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                done[0] = True
+            await send(message)
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            left = "" if done[0] else " (client left)"
+            print(f"{time.strftime('%H:%M:%S')} {scope['method']} {scope['path']} {status[0] or '-'} "
+                  f"{time.monotonic() - t0:.3f} s{left}", file=sys.stderr, flush=True)
+
+
 async def http_error(request: Request, exc: HTTPException) -> Response:
     """Starlette's own errors (404, 405 with its Allow header) in OpenAI's error shape."""
     response = error_response(ApiError(exc.status_code, str(exc.detail), code=None))
@@ -193,8 +221,10 @@ def make_app(server: Server) -> Starlette:
               Route("/tokenize", api(tokenize, auth=False), methods=["POST"]),
               Route("/detokenize", api(detokenize, auth=False), methods=["POST"])]
     middleware = [Middleware(BodyRules)]
-    if server.cors_origins:   # outermost: a preflight is answered before anything else
+    if server.cors_origins:   # before the body rules: a preflight is answered before anything else
         middleware.insert(0, Middleware(Cors, origins=server.cors_origins))
+    if server.log_requests:   # outermost: every answer is logged, refusals too
+        middleware.insert(0, Middleware(AccessLog))
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=_lifespan,
                     exception_handlers={HTTPException: http_error, Exception: server_error})

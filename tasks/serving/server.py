@@ -19,12 +19,13 @@ class Server:
 
     def __init__(self, model, tokenizer, name: str, instruct: bool = False, api_key: str | None = None,
                  max_batch: int = 8, max_queue: int = 32, chat_max_tokens: int = 256,
-                 max_body: int = 1 << 20, timeout: float = 300.0, cors_origins: tuple[str, ...] = ()):
+                 max_body: int = 1 << 20, timeout: float = 300.0, cors_origins: tuple[str, ...] = (),
+                 log_requests: bool = True):
         self.tok, self.name, self.instruct, self.api_key = tokenizer, name, instruct, api_key
         self.n_ctx, self.vocab = model.config.n_ctx, tokenizer.n_vocab
         self.chat_max_tokens, self.max_body, self.timeout = chat_max_tokens, max_body, timeout
         self.max_choices = max_batch + max_queue
-        self.cors_origins = tuple(cors_origins)
+        self.cors_origins, self.log_requests = tuple(cors_origins), log_requests
         self.scheduler = Scheduler(model, max_batch, max_queue, eos_id=tokenizer.eot_id)
         self.created = int(time.time())
 
