@@ -61,6 +61,8 @@ def run_lm_eval(server, tmp_path, model_type: str, tasks: str, *extra: str, **mo
         task = f.name[len("samples_"):].rsplit("_", 1)[0]
         samples[task] = [json.loads(line) for line in f.read_text().splitlines()]
     assert samples, f"lm_eval wrote no samples: {r.stdout[-2000:]}"
+    (results,) = out.rglob("results_*.json")
+    samples["results"] = json.loads(results.read_text())["results"]
     return samples
 
 
@@ -94,7 +96,9 @@ def direct_generation(model, tok, prompt: str, stops: list[str]) -> str:
     return tok.decode(new)
 
 
-def check_multiple_choice(model, tok, samples: list[dict]) -> None:
+def check_multiple_choice(model, tok, samples: list[dict], results: dict) -> None:
+    """Every log-likelihood lm-eval received is a direct forward pass's (1e-5), and its accuracy
+    (per question and over the task) is the one the direct sums give."""
     correct = []
     for s in samples:
         got = [float(r[0][0]) for r in s["resps"]]
@@ -103,6 +107,7 @@ def check_multiple_choice(model, tok, samples: list[dict]) -> None:
         correct.append(float(np.argmax(want) == s["doc"]["answer"]))
         assert s["acc"] == correct[-1]
     assert len(correct) == 8
+    assert results["acc,none"] == pytest.approx(np.mean(correct), abs=1e-12)
 
 
 def check_generation(model, tok, samples: list[dict], stops_kept: int | None = None) -> None:
@@ -136,7 +141,7 @@ def test_local_completions(tiny, tmp_path, mode):
                          }[mode]
     samples = run_lm_eval(server, tmp_path, "local-completions", "minigrad_tiny_mc,minigrad_tiny_gen",
                           *extra, **model_args)
-    check_multiple_choice(model, tok, samples["minigrad_tiny_mc"])
+    check_multiple_choice(model, tok, samples["minigrad_tiny_mc"], samples["results"]["minigrad_tiny_mc"])
     check_generation(model, tok, samples["minigrad_tiny_gen"])
 
 
