@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import standin
+from . import checks, standin
 
 
 class BackendError(RuntimeError):
@@ -29,7 +29,7 @@ _cupy = None
 
 def tune_allocator() -> None:
     """Tune this process's memory allocation for a NumPy training step (Linux; call it once, at
-    the start of a job: tasks.cli.main_guard and the minigrad side of each benchmark do). Importing
+    the start of a job: tasks.common.guard.main_guard and the minigrad side of each benchmark do). Importing
     minigrad does not: it changes the whole process, other libraries included.
 
     Measured (2-core AMD EPYC shared with other jobs, NumPy 2.4, AdamW steps of batch 2 x 256,
@@ -73,7 +73,8 @@ def cupy():
     except ImportError as e:
         raise BackendError(
             "device 'cuda' needs CuPy, which is not installed. Install it with "
-            "`pip install -e '.[cuda]'` (cupy-cuda12x) on a machine with an NVIDIA GPU."
+            "`pip install -e '.[cuda]'` (cupy-cuda12x, CUDA 12) or `'.[cuda13]'` (cupy-cuda13x, CUDA 13) on a "
+            "machine with an NVIDIA GPU."
         ) from e
     try:
         n = cp.cuda.runtime.getDeviceCount()
@@ -158,9 +159,10 @@ _dropout_calls = 0  # dropout masks drawn since manual_seed: the counter of the 
 
 
 def manual_seed(seed: int) -> None:
-    """Seed every backend's generator and restart the dropout counter (as torch.manual_seed)."""
+    """Seed every backend's generator and restart the dropout counter (as torch.manual_seed).
+    seed: an integer in [0, 2**64), what NumPy's and CuPy's generators take."""
     global _seed, _dropout_calls
-    _seed = int(seed)
+    _seed = checks.seed("manual_seed", seed)
     _dropout_calls = 0
     _rng.clear()
 
@@ -184,10 +186,26 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what get_rng_state() returned. Everything is checked before anything changes: a
+    bad state raises (ValueError or TypeError naming the key) and leaves the generators as they were."""
     global _dropout_calls
-    manual_seed(state["seed"])
-    _dropout_calls = int(state.get("dropout_calls", 0))
-    rng("cpu").bit_generator.state = state["cpu"]
+    fn = "set_rng_state"
+    if not isinstance(state, dict):
+        raise TypeError(f"{fn}: state must be a dict from get_rng_state(), got {type(state).__name__}")
+    missing = [k for k in ("seed", "cpu") if k not in state]
+    if missing:
+        raise ValueError(f"{fn}: state lacks {', '.join(map(repr, missing))} (keys: seed, dropout_calls, cpu)")
+    seed = checks.seed(fn, state["seed"], "state['seed']")
+    calls = checks.integer(fn, "state['dropout_calls']", state.get("dropout_calls", 0), 0)
+    cpu = np.random.default_rng(seed)
+    try:  # on a generator of our own first: NumPy checks the state's schema as it assigns it
+        cpu.bit_generator.state = state["cpu"]
+    except (TypeError, ValueError, KeyError, OverflowError, AttributeError) as e:
+        raise ValueError(f"{fn}: state['cpu'] is not a state of NumPy's {type(cpu.bit_generator).__name__} "
+                         f"generator ({type(e).__name__}: {e})") from None
+    manual_seed(seed)
+    _dropout_calls = calls
+    _rng["cpu"] = cpu
 
 
 # ---------------------------------------------------------------- dropout masks from a hash
@@ -220,37 +238,61 @@ def _fmix32(xp, x, t) -> None:
     x ^= t
 
 
-def hash_uniform_bits(xp, n: int, seed: int, counter: int):
-    """n pseudo-random uint32 (flat) for the key (seed, counter): element i is a function of
-    (seed, counter, i) alone, identical on every backend."""
+def dropout_hash_key(seed: int, counter: int) -> int:
+    """The 64-bit key of the stream (seed, counter): element i of hash_uniform_bits is a function of
+    this key and i alone (CUDA kernels that draw a mask themselves take the key, not the pair)."""
+    seed = checks.seed("dropout_hash_key", seed)
+    counter = checks.integer("dropout_hash_key", "counter", counter, 0, checks.SEED_BOUND)
+    return _splitmix64((_splitmix64(seed & _M64) ^ counter) & _M64)
+
+
+def hash_uniform_bits(xp, n: int, seed: int, counter: int, start: int = 0):
+    """Elements start .. start + n - 1 (flat uint32) of the pseudo-random stream (seed, counter):
+    element i is a function of (seed, counter, i) alone, identical on every backend."""
+    seed = checks.seed("hash_uniform_bits", seed)
+    counter = checks.integer("hash_uniform_bits", "counter", counter, 0, checks.SEED_BOUND)
+    return hash_stream(xp, n, dropout_hash_key(seed, counter), start)
+
+
+def hash_stream(xp, n: int, base: int, start: int = 0):
+    """Elements start .. start + n - 1 of the stream with the 64-bit key `base` (hash_uniform_bits)."""
     out = xp.empty(n, dtype=np.uint32)
     chunk = _HASH_CHUNK if xp is np else min(max(n, 1), 1 << 32)
     t = xp.empty(min(chunk, max(n, 1)), dtype=np.uint32)
-    base = _splitmix64((_splitmix64(seed & _M64) ^ counter) & _M64)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        hi = start >> 32  # element indices past 2**32 get keys of their own
+    pos, stop = start, start + n
+    while pos < stop:
+        hi = pos >> 32  # element indices past 2**32 get keys of their own
+        end = min(pos + chunk, stop, (hi + 1) << 32)  # so no chunk crosses a multiple of 2**32
         key = _splitmix64(base ^ hi) if hi else base
         k0, k1 = np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32)
-        x, tt = out[start:stop], t[:stop - start]
-        lo = start & 0xFFFFFFFF
-        x[...] = xp.arange(lo, lo + (stop - start), dtype=np.uint32)
+        x, tt = out[pos - start:end - start], t[:end - pos]
+        lo = pos & 0xFFFFFFFF
+        x[...] = xp.arange(lo, lo + (end - pos), dtype=np.uint32)
         x *= np.uint32(0x9E3779B9)  # a Weyl sequence: neighbouring indices land far apart
         x += k0
         _fmix32(xp, x, tt)
         x ^= k1
         _fmix32(xp, x, tt)
+        pos = end
     return out
 
 
-def dropout_keep(xp, shape: tuple[int, ...], p: float):
-    """A boolean mask of `shape`, True with probability 1 - p, from the next dropout key.
+def next_dropout_key(p: float) -> tuple[int, int]:
+    """(key, threshold) of the next dropout mask, advancing the counter by one: element i is kept
+    when element i of the key's stream is >= threshold (threshold / 2**32 ~ p).
 
-    Each call advances the counter by one, so every dropout site of every step gets its own mask,
-    and a resumed run (seed and counter restored) draws exactly the masks the first run would."""
+    Each call advances the counter, so every dropout site of every step gets its own mask, and a
+    resumed run (seed and counter restored) draws exactly the masks the first run would. A kernel
+    that draws its mask inside (flash_attention.cu) takes these two numbers."""
     global _dropout_calls
+    p = checks.number("dropout_keep", "p", p, 0.0, 1.0, hi_open=True)
     counter = _dropout_calls
     _dropout_calls += 1
+    return dropout_hash_key(_seed, counter), min(int(round(p * 2.0 ** 32)), 2 ** 32 - 1)
+
+
+def dropout_keep(xp, shape: tuple[int, ...], p: float):
+    """A boolean mask of `shape`, True with probability 1 - p, from the next dropout key."""
+    key, threshold = next_dropout_key(p)
     n = int(np.prod(shape, dtype=np.int64))
-    threshold = np.uint32(min(int(round(p * 2.0 ** 32)), 2 ** 32 - 1))
-    return (hash_uniform_bits(xp, n, _seed, counter) >= threshold).reshape(shape)
+    return (hash_stream(xp, n, key) >= np.uint32(threshold)).reshape(shape)

@@ -22,7 +22,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import backend
+from . import backend, checks
+from .tensor import Tensor
 
 INSTALL = "pip install mpi4py mpich"
 
@@ -93,10 +94,22 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def check_nccl(nccl: Any = None) -> None:
+    """Several GPU ranks sum their gradients through NCCL (cupy.cuda.nccl, or the module given):
+    one clear line where CuPy cannot load it."""
+    if nccl is None:
+        from cupy.cuda import nccl  # a module CuPy imports only when asked (cupy.cuda.nccl fails before)
+    if not getattr(nccl, "available", False):
+        raise DistributedError("several GPU ranks need NCCL, which this CuPy cannot load (cupy.cuda.nccl.available "
+                               "is False): pip install nvidia-nccl-cu12 (CUDA 12) or nvidia-nccl-cu13 (CUDA 13)")
+
+
 def select_gpu() -> None:
-    """Make GPU `local_rank()` current for this process (one GPU per local rank)."""
+    """Make GPU `local_rank()` current for this process (one GPU per local rank), and check that
+    NCCL is there for the gradients' all-reduce."""
     if world_size() > 1:
         cp = backend.cupy()
+        check_nccl()
         n = cp.cuda.runtime.getDeviceCount()
         if local_rank() >= n:
             raise DistributedError(f"rank {rank()} is local rank {local_rank()} but this machine has "
@@ -109,6 +122,7 @@ def _nccl_comm():
     """The NCCL communicator over all ranks: rank 0 draws the unique id, MPI hands it round."""
     global _nccl
     if _nccl is None:
+        check_nccl()
         from cupy.cuda import nccl
         uid = nccl.get_unique_id() if rank() == 0 else None
         uid = _comm.bcast(uid, root=0)
@@ -149,6 +163,7 @@ def all_reduce_sum(values: Iterable[float]) -> list[float]:
 
 def broadcast_(arr: Any, root: int = 0) -> Any:
     """Overwrite `arr` on every rank with root's, in place."""
+    root = checks.integer("broadcast_", "root", root, 0, world_size())
     if world_size() == 1:
         return arr
     if backend.array_module(arr) is np:
@@ -162,9 +177,12 @@ def broadcast_(arr: Any, root: int = 0) -> Any:
 def broadcast_parameters(params: Any, root: int = 0) -> None:
     """Give every rank root's parameters: a flat array (optimizer.flat.data) in one call, or an
     iterable of tensors one by one."""
+    if isinstance(params, Tensor) or not hasattr(params, "dtype"):  # checked in one process too
+        params = checks.tensor_list("broadcast_parameters", "params", params, Tensor)
+    root = checks.integer("broadcast_parameters", "root", root, 0, world_size())
     if world_size() == 1:
         return
-    if hasattr(params, "dtype"):
+    if not isinstance(params, list):  # the flat array
         broadcast_(params, root)
         return
     for p in params:

@@ -5,7 +5,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import backend
+from . import backend, checks
 from .tensor import Tensor, no_grad
 
 
@@ -22,6 +22,10 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 
     float64 (a float32 check would measure rounding, not the derivative). Raises GradcheckError
     naming the input and the worst element; returns True otherwise.
     """
+    eps = checks.number("gradcheck", "eps", eps, lo=0, lo_open=True)
+    atol = checks.number("gradcheck", "atol", atol, lo=0)
+    rtol = checks.number("gradcheck", "rtol", rtol, lo=0)
+    seed = checks.seed("gradcheck", seed)
     for i, x in enumerate(inputs):
         if isinstance(x, Tensor) and x.requires_grad and x.dtype != np.float64:
             raise TypeError(f"gradcheck input {i} is {x.dtype}; use float64 (tensor.double())")

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from . import backend
+from . import backend, checks
 from . import functional as F
 from .tensor import Tensor
 
@@ -15,9 +15,9 @@ from .tensor import Tensor
 class Parameter(Tensor):
     """A tensor that a Module owns and an optimizer updates (requires grad by default).
 
-    Once an optimizer has gathered it into a FlatParameters, `data` is a view into the flat
-    parameter array and `_grad_buf` the matching view into the flat gradient array, which
-    backward() fills (so `grad` is that view after a backward).
+    Once an optimizer has gathered it into a FlatParameters (minigrad/flat.py), `data` is a view
+    into the flat parameter array and `_grad_buf` the matching view into the flat gradient
+    array, which backward() fills (so `grad` is that view after a backward).
     """
 
     __slots__ = ()
@@ -200,81 +200,6 @@ class Module:
         return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
 
 
-class FlatParameters:
-    """The parameters' arrays as views of one contiguous array, their gradients of another.
-
-    Built by an optimizer over the parameters it trains, so that clipping, the all-reduce of
-    data-parallel training and the optimizer's update are each one pass over one array instead
-    of one small pass per parameter (148 for GPT-2 124M). Parameters keep their shapes and names
-    (state_dict is unchanged); frozen ones are not handed in and cost nothing.
-
-        data  (N,)  every parameter, in order, back to back
-        grad  (N,)  their gradients; backward() copies a parameter's gradient into its view
-    """
-
-    def __init__(self, params: Iterable[Parameter]):
-        params = list(params)
-        if not params:
-            raise ValueError("FlatParameters needs at least one parameter")
-        first = params[0].data
-        xp, dtype = backend.array_module(first), first.dtype
-        for p in params:
-            if backend.array_module(p.data) is not xp or p.dtype != dtype:
-                raise ValueError(f"one flat buffer needs one device and dtype; got {p.dtype} on {p.device} "
-                                 f"beside {dtype} on {params[0].device}")
-        self.params = params
-        self.offsets = [0]
-        for p in params:
-            self.offsets.append(self.offsets[-1] + p.size)
-        self.data = xp.empty(self.offsets[-1], dtype=dtype)
-        self.grad = xp.zeros(self.offsets[-1], dtype=dtype)
-        for p, lo, hi in zip(params, self.offsets, self.offsets[1:]):
-            self.data[lo:hi] = p.data.reshape(-1)
-            p.data = self.data[lo:hi].reshape(p.shape)
-            p._grad_buf = self.grad[lo:hi].reshape(p.shape)
-            if p.grad is not None:
-                p._grad_buf[...] = p.grad
-                p.grad = p._grad_buf
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
-
-    def check_intact(self) -> None:
-        """Raise if a parameter's array was replaced (model.to() or astype() after the optimizer)."""
-        for p in self.params:
-            if p._grad_buf is None or p.data.base is not self.data:
-                raise RuntimeError(
-                    "a parameter no longer lives in its optimizer's flat buffer (the model was moved or "
-                    "cast after the optimizer was built): build the optimizer after model.to()/astype()")
-
-    def gather_grads(self) -> list[tuple[int, int]]:
-        """Make every gradient the optimizer sees live in `grad`, and return the element ranges
-        [lo, hi) of the runs of parameters that have one (one range when all do).
-
-        A gradient assigned by hand (p.grad = array) is copied into the parameter's view.
-        """
-        runs: list[tuple[int, int]] = []
-        for p, lo, hi in zip(self.params, self.offsets, self.offsets[1:]):
-            if p.grad is None:
-                continue
-            if p.grad is not p._grad_buf:
-                p._grad_buf[...] = p.grad
-                p.grad = p._grad_buf
-            if runs and runs[-1][1] == lo:
-                runs[-1] = (runs[-1][0], hi)
-            else:
-                runs.append((lo, hi))
-        return runs
-
-    def fill_missing_grads(self) -> None:
-        """Give every parameter without a gradient a zero one (data-parallel ranks must all
-        reduce the same array, even where a rank's batch did not reach a parameter)."""
-        for p in self.params:
-            if p.grad is None:
-                p._grad_buf[...] = 0
-                p.grad = p._grad_buf
-
-
 def _uniform(shape, bound: float, device=None) -> np.ndarray:
     g = backend.rng(device)
     return (g.random(shape, dtype=np.float32) * (2 * bound) - bound).astype(np.float32)
@@ -285,6 +210,8 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: str | None = None):
         super().__init__()
+        in_features = checks.integer("Linear", "in_features", in_features, 1)
+        out_features = checks.integer("Linear", "out_features", out_features, 1)
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)  # PyTorch's default: U(-1/sqrt(in), 1/sqrt(in))
         self.weight = Parameter(_uniform((in_features, out_features), bound, device))
@@ -300,6 +227,8 @@ class Linear(Module):
 class Embedding(Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, device: str | None = None):
         super().__init__()
+        num_embeddings = checks.integer("Embedding", "num_embeddings", num_embeddings, 1)
+        embedding_dim = checks.integer("Embedding", "embedding_dim", embedding_dim, 1)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         g = backend.rng(device)
         self.weight = Parameter(g.standard_normal((num_embeddings, embedding_dim), dtype=np.float32))
@@ -314,12 +243,15 @@ class Embedding(Module):
 class LayerNorm(Module):
     def __init__(self, dim: int, eps: float = 1e-5, device: str | None = None):
         super().__init__()
-        self.dim, self.eps = dim, eps
+        self.dim = checks.integer("LayerNorm", "dim", dim, 1)
+        self.eps = checks.number("LayerNorm", "eps", eps, lo=0)
         xp = backend.xp_for(device)
         self.weight = Parameter(xp.ones(dim, dtype=np.float32))
         self.bias = Parameter(xp.zeros(dim, dtype=np.float32))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1:] != (self.dim,):
+            raise ValueError(f"LayerNorm({self.dim}): x of shape {x.shape} does not end in {self.dim}")
         return F.layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
@@ -329,7 +261,7 @@ class LayerNorm(Module):
 class Dropout(Module):
     def __init__(self, p: float = 0.5):
         super().__init__()
-        self.p = p
+        self.p = checks.number("Dropout", "p", p, 0.0, 1.0, hi_open=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.dropout(x, self.p, self.training)
@@ -379,8 +311,10 @@ class LoRALinear(Module):
 
     def __init__(self, base: Linear, rank: int = 8, alpha: float = 16.0):
         super().__init__()
-        if rank < 1:
-            raise ValueError(f"LoRA rank must be at least 1, got {rank}")
+        if not isinstance(base, Linear):
+            raise TypeError(f"LoRALinear: base must be an nn.Linear, got {type(base).__name__}")
+        rank = checks.integer("LoRALinear", "rank", rank, 1)
+        alpha = checks.number("LoRALinear", "alpha", alpha)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight.requires_grad_(False)
         self.bias = base.bias.requires_grad_(False) if base.bias is not None else None
@@ -409,6 +343,10 @@ def apply_lora(model: Module, rank: int = 8, alpha: float = 16.0,
 
     Freezes every other parameter too, so only the adapters train. Returns how many were wrapped.
     """
+    if not isinstance(model, Module):
+        raise TypeError(f"apply_lora: model must be an nn.Module, got {type(model).__name__}")
+    rank = checks.integer("apply_lora", "rank", rank, 1)  # before anything is frozen or wrapped
+    alpha = checks.number("apply_lora", "alpha", alpha)
     model.requires_grad_(False)
     count = 0
     for name, mod in list(model.named_modules()):

@@ -11,7 +11,8 @@ from typing import Any, Iterable
 import numpy as np
 
 
-from . import backend
+from . import backend, checks
+from .flat import FlatParameters
 from .tensor import Tensor
 
 
@@ -31,21 +32,26 @@ class Optimizer:
     Groups are contiguous ranges of the flat arrays (`group_ranges`)."""
 
     def __init__(self, params: Iterable[Tensor], defaults: dict[str, Any]):
-        params = list(params)
+        name = type(self).__name__
+        params = checks.tensor_list(name, "params", params, (Tensor, dict), allow_empty=True)
         if params and isinstance(params[0], dict):  # parameter groups, as in PyTorch
             groups = [dict(defaults, **g) for g in params]
+            for i, g in enumerate(groups):
+                g["params"] = checks.tensor_list(name, f"params[{i}]['params']", g.get("params", ()), Tensor,
+                                                 allow_empty=True)
+                self.check_group(g, f"params[{i}] ")
         else:
-            groups = [dict(defaults, params=params)]
+            groups = [dict(defaults, params=checks.tensor_list(name, "params", params, Tensor, allow_empty=True))]
+            self.check_group(groups[0], "")
         seen: set[int] = set()
         for g in groups:  # a parameter belongs to one group (its first)
             g["params"] = [p for p in _unique(g["params"]) if id(p) not in seen]
             seen.update(id(p) for p in g["params"])
         if not any(g["params"] for g in groups):
-            raise ValueError("optimizer got an empty parameter list")
+            raise ValueError(f"{name}: params is an empty parameter list")
         self.param_groups = groups
         self.state: dict[int, dict[str, Any]] = {}
         self.step_count = 0
-        from .nn import FlatParameters
         self.flat = FlatParameters(self.params)
         self.group_ranges, i = [], 0
         for g in groups:
@@ -63,8 +69,14 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
+        value = checks.number(type(self).__name__, "lr", value, lo=0)  # a schedule's value, checked too
         for g in self.param_groups:
             g["lr"] = value
+
+    def check_group(self, group: dict[str, Any], where: str) -> None:
+        """Raise ValueError or TypeError, naming the optimizer and the key, unless the group's
+        hyperparameters are in range (`where` prefixes the key: "params[1] " for a group). The
+        optimizers below define it; their update trusts what it let through."""
 
     def zero_grad(self) -> None:
         """Forget the gradients (the flat buffer is not cleared: the next backward overwrites
@@ -128,9 +140,11 @@ class Optimizer:
             if tuple(value.shape) != p.shape:
                 raise ValueError(f"optimizer state {key} has shape {tuple(value.shape)}, parameter has {p.shape}")
             loaded.setdefault(id(p), {})[name] = backend.to_device(value, p.device).astype(p.dtype)
-        for g, saved in zip(self.param_groups, meta["groups"]):
-            for k, v in saved.items():
-                g[k] = tuple(v) if isinstance(v, list) else v
+        restored = [{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()} for saved in meta["groups"]]
+        for i, (g, saved) in enumerate(zip(self.param_groups, restored)):
+            self.check_group(dict(g, **saved), f"state['meta']['groups'][{i}] ")  # before anything changes
+        for g, saved in zip(self.param_groups, restored):
+            g.update(saved)
         self.step_count = int(meta["step_count"])
         self.state, self._flat_state = loaded, {}
         for name in sorted({n for st in loaded.values() for n in st}):
@@ -144,21 +158,34 @@ class AdamW(Optimizer):
         m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2
         p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
-    over the flat arrays, one pass per parameter group (see adamw_flat).
+    over the flat arrays, one pass per parameter group (see adamw_flat); on the GPU, one kernel
+    for all the groups that share lr, betas and eps (kernels/adamw.cu), `MINIGRAD_FUSED=0` aside.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01):
-        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"invalid AdamW hyper-parameters: lr={lr}, betas={betas}, eps={eps}, wd={weight_decay}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self._scratch = None
+
+    def check_group(self, group: dict[str, Any], where: str) -> None:
+        """lr, eps, weight_decay finite and >= 0; betas two numbers in [0, 1) (as PyTorch's)."""
+        for key in ("lr", "eps", "weight_decay"):
+            group[key] = checks.number("AdamW", where + key, group[key], lo=0)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"AdamW: {where}betas must be a pair (beta1, beta2), got {betas!r}")
+        group["betas"] = tuple(checks.number("AdamW", f"{where}betas[{i}]", b, 0.0, 1.0, hi_open=True)
+                               for i, b in enumerate(betas))
 
     def step(self) -> None:
         segments = self._segments()
         self.step_count += 1
         t = self.step_count
         m, v = self.flat_state("exp_avg"), self.flat_state("exp_avg_sq")
+        from . import kernels
+        if self.flat.data.dtype == np.float32 and kernels.use_fused(self.flat.data):  # the kernel's one form
+            self._fused_step(segments, m, v, t)
+            return
         if self._scratch is None:
             xp = backend.array_module(self.flat.data)
             # NumPy: a chunk that stays in L2 cache; CuPy: big chunks (bandwidth is plentiful)
@@ -167,6 +194,17 @@ class AdamW(Optimizer):
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             adamw_flat(self.flat.data[lo:hi], self.flat.grad[lo:hi], m[lo:hi], v[lo:hi], self._scratch,
                        lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, step=t)
+
+    def _fused_step(self, segments, m, v, t: int) -> None:
+        """The update on the GPU: one launch per set of groups sharing lr, betas and eps (one in
+        all for GPT-2's two groups), each range with its own weight decay."""
+        from .kernels import adamw_update_ranges
+        launches: dict[tuple, list] = {}
+        for group, lo, hi in segments:
+            key = (group["lr"], tuple(group["betas"]), group["eps"])
+            launches.setdefault(key, []).append((lo, hi, group["weight_decay"]))
+        for (lr, betas, eps), ranges in launches.items():
+            adamw_update_ranges(self.flat.data, self.flat.grad, m, v, ranges, lr, betas, eps, t)
 
 
 # A chunk of 64K floats and its scratch stay in the CPU's L2 cache, so the dozen passes of the
@@ -181,6 +219,10 @@ def adamw_flat(p, g, m, v, scratch, *, lr: float, b1: float, b2: float, eps: flo
 
     The one place the update's arithmetic lives; a fused GPU kernel can replace the loop.
     """
+    for name, x, lo, hi in (("lr", lr, 0, None), ("b1", b1, 0, 1), ("b2", b2, 0, 1), ("eps", eps, 0, None),
+                            ("weight_decay", weight_decay, 0, None)):
+        checks.number("adamw_flat", name, x, lo, hi, hi_open=True)
+    step = checks.integer("adamw_flat", "step", step, 1)
     xp = backend.array_module(p)
     bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
     step_size = lr / bc1
@@ -218,6 +260,11 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
+    def check_group(self, group: dict[str, Any], where: str) -> None:
+        """lr, momentum and weight_decay finite and >= 0."""
+        for key in ("lr", "momentum", "weight_decay"):
+            group[key] = checks.number("SGD", where + key, group[key], lo=0)
+
     def step(self) -> None:
         self.step_count += 1
         for group in self.param_groups:
@@ -244,6 +291,9 @@ def clip_grad_norm_(params: Iterable[Tensor], max_norm: float) -> float:
     Gradients that together fill an optimizer's flat gradient buffer are handled as that one
     array: one BLAS dot product and one scaling pass.
     """
+    params = [params] if isinstance(params, Tensor) else params  # as PyTorch: one tensor, or many
+    params = checks.tensor_list("clip_grad_norm_", "params", params, Tensor, allow_empty=True)
+    max_norm = checks.number("clip_grad_norm_", "max_norm", max_norm, lo=0, lo_open=True)
     grads = [p.grad for p in _unique(params) if p.grad is not None]
     if not grads:
         return 0.0
@@ -270,14 +320,29 @@ class CosineWithWarmup:
     """Linear warmup from `warmup_start_lr` to the optimizer's peak lr over `warmup_steps`, then
     cosine decay to `min_lr` at `total_steps` (held there after). Call step() once per update."""
 
+    KEYS = ("peak_lr", "warmup_steps", "total_steps", "min_lr", "warmup_start_lr", "last_step")
+
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
                  min_lr: float = 0.0, warmup_start_lr: float = 0.0):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"CosineWithWarmup: optimizer must be an Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.peak_lr = optimizer.lr
-        self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
-        self.min_lr, self.warmup_start_lr = min_lr, warmup_start_lr
-        self.last_step = 0
+        self._set(dict(peak_lr=optimizer.lr, warmup_steps=warmup_steps, total_steps=total_steps,
+                       min_lr=min_lr, warmup_start_lr=warmup_start_lr, last_step=0), "")
         self.optimizer.lr = self.lr_at(0)
+
+    def _set(self, values: dict[str, Any], where: str) -> None:
+        """Check every value (steps integers >= 0, rates finite, 0 <= min_lr <= peak_lr), then
+        set them all: a bad one raises ValueError or TypeError naming it, and changes nothing."""
+        fn = "CosineWithWarmup"
+        peak = checks.number(fn, where + "peak_lr", values["peak_lr"], lo=0)
+        out = {k: checks.integer(fn, where + k, values[k], 0) for k in ("warmup_steps", "total_steps", "last_step")}
+        out["warmup_start_lr"] = checks.number(fn, where + "warmup_start_lr", values["warmup_start_lr"], lo=0)
+        out["min_lr"] = checks.number(fn, where + "min_lr", values["min_lr"], lo=0)
+        if out["min_lr"] > peak:  # the cosine would climb from the peak instead of decaying
+            raise ValueError(f"{fn}: {where}min_lr={out['min_lr']} is above the peak lr {peak} (the optimizer's)")
+        for k, v in dict(out, peak_lr=peak).items():
+            setattr(self, k, v)
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -292,12 +357,14 @@ class CosineWithWarmup:
         return self.optimizer.lr
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in
-                ("peak_lr", "warmup_steps", "total_steps", "min_lr", "warmup_start_lr", "last_step")}
+        return {k: getattr(self, k) for k in self.KEYS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
+        if not isinstance(state, dict):
+            raise TypeError(f"CosineWithWarmup: state must be a dict from state_dict(), got {type(state).__name__}")
+        if set(state) != set(self.KEYS):
+            raise ValueError(f"CosineWithWarmup: state has keys {list(state)}, expected {', '.join(self.KEYS)}")
+        self._set(state, "state: ")
         self.optimizer.lr = self.lr_at(self.last_step)
 
 

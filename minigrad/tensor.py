@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import autograd, backend
+from . import autograd, backend, checks
 from .autograd import BackwardRuleError, is_debug, set_debug  # noqa: F401 (minigrad.tensor.set_debug)
 
 _state = threading.local()
@@ -109,7 +109,7 @@ class Tensor:
     """An n-dimensional array with an optional gradient, on NumPy ("cpu") or CuPy ("cuda"), or on
     the strict CuPy stand-in ("standin", a debugging aid: see minigrad/standin.py)."""
 
-    # _grad_buf: this tensor's view of an optimizer's flat gradient buffer (nn.FlatParameters)
+    # _grad_buf: this tensor's view of an optimizer's flat gradient buffer (flat.FlatParameters)
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_grad_buf", "__weakref__")
     __array_priority__ = 1000  # so `ndarray * Tensor` defers to Tensor.__rmul__
 
@@ -202,9 +202,20 @@ class Tensor:
     def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
         """Reverse mode: accumulate d(self)/d(leaf) into every leaf's `.grad` that requires grad.
 
-        Walk the graph in topological order, from self back to the leaves: each op gets the sum
-        of the gradients that flowed into its output and returns one per input. Where gradients
-        may be added in place, and where they land, is autograd.GradLedger's job (read it next)."""
+        The version you may know, with grads = {self: 1} and the graph in reverse topological
+        order (self first; a tensor comes after every op that used it):
+
+            for t in order:
+                for p, g in zip(t.parents, t.op.backward(grads[t])):
+                    grads[p] = grads.get(p, 0) + g
+
+        The loop below is that loop (a leaf's sum becomes its .grad). autograd.GradLedger plays
+        the `grads` dict, and adds what a 124M-parameter model needs (read it next): a tensor's
+        sum is popped when its op runs, so it is freed as soon as it is used; a second gradient
+        is added in place into memory nothing else sees, instead of allocating `a + b`; a
+        parameter in an optimizer's flat buffer has its slice of that buffer offered to the op
+        (ctx.grad_out), which may write the gradient straight there; a leaf's .grad never
+        shares memory with another's. Inputs whose ctx.needs_input_grad is False get nothing."""
         ledger = autograd.GradLedger(self, self._seed_gradient(grad))
         order = autograd.topological_order(self)
         for t in order:  # every tensor comes after all the ops that used it
@@ -329,8 +340,8 @@ class Tensor:
     def permute(self, *dims: Any) -> Tensor:
         return _ops().permute(self, *dims)
 
-    def transpose(self, a: int | None = None, b: int | None = None) -> Tensor:
-        return _ops().transpose(self, a, b)
+    def transpose(self, axis0: int | None = None, axis1: int | None = None) -> Tensor:
+        return _ops().transpose(self, axis0, axis1)
 
     @property
     def T(self) -> Tensor:  # noqa: N802 (NumPy's and PyTorch's name)
@@ -368,6 +379,8 @@ class Tensor:
         return self._compare(other, operator.ne)
 
     def argmax(self, axis: int | None = None) -> Tensor:
+        if axis is not None:
+            axis = checks.axis("argmax", axis, self.ndim)
         return Tensor._wrap(self.data.argmax(axis=axis))
 
 

@@ -69,3 +69,11 @@ def test_dropout_scales_the_kept_and_its_gradient_matches():
     out = y.numpy()
     assert set(np.unique(out)) <= {0.0, np.float32(1 / 0.75)}
     np.testing.assert_array_equal(x.grad, out)  # d y / d x is the same scaled mask
+
+
+def test_a_stream_read_from_an_offset_is_the_same_stream():
+    # hash_uniform_bits(start=s) is elements s.. of the stream (the attention kernels draw from
+    # anywhere in it); across the NumPy path's chunk boundaries too
+    whole = backend.hash_uniform_bits(np, 200000, 3, 9)
+    for start in (1, 65530, 131071):
+        np.testing.assert_array_equal(backend.hash_uniform_bits(np, 1000, 3, 9, start), whole[start:start + 1000])

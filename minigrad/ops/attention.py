@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import backend, kernels
+from .. import backend, checks, kernels
 from ..backend import array_module
 from ..tensor import Function, Tensor
 from .common import raw
@@ -15,6 +15,8 @@ from .softmax_family import softmax_backward, softmax_into
 
 def keep_mask(xp, T: int, S: int, is_causal: bool, attn_mask):
     """Boolean (.., T, S) mask of the positions a query may attend to, or None for all."""
+    if attn_mask is not None:
+        checks.int_dtype("keep_mask", "attn_mask", attn_mask, "biu")
     keep = None
     if is_causal:
         # with a KV cache the T queries are the last T of S positions
@@ -93,9 +95,40 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: boo
         raise ValueError(f"attention shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
     mask = raw(attn_mask)
     if mask is not None:
-        mask = array_module(q.data).asarray(mask).astype(bool, copy=False)
-    if kernels.attention_fits(q.data, k.data, v.data, is_causal, mask, float(dropout_p)):
+        mask = array_module(q.data).asarray(mask)
+        # booleans (or 0/1), True where a query may attend; a float mask is refused, as it may be
+        # an additive one (0 and -inf), which astype(bool) would turn inside out
+        checks.int_dtype("scaled_dot_product_attention", "attn_mask", mask, "biu")
+        mask = mask.astype(bool, copy=False)
+    dropout_p = checks.number("scaled_dot_product_attention", "dropout_p", dropout_p, 0.0, 1.0, hi_open=True)
+    if scale is not None:
+        scale = checks.number("scaled_dot_product_attention", "scale", scale)
+    if kernels.attention_fits(q.data, k.data, v.data, is_causal, mask, dropout_p):
         s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
         return kernels.FusedAttention.apply(q, k, v, is_causal=is_causal, scale=s)
     return AttentionFn.apply(q, k, v, is_causal=is_causal, attn_mask=mask,
                              dropout_p=float(dropout_p), scale=scale)
+
+
+def causal_self_attention(qkv: Tensor, n_head: int, dropout_p: float = 0.0, bias: Tensor | None = None) -> Tensor:
+    """Causal multi-head self-attention from a packed projection: qkv (B, T, 3C) holds q, k and v
+    side by side (GPT-2's c_attn), each split into n_head heads, and `bias` (3C,), when given, is
+    the projection's bias; returns (B, T, C), the heads side by side again. The same as adding the
+    bias, splitting the heads, scaled_dot_product_attention(q, k, v, is_causal=True) and merging
+    them, which is what it does on the CPU; on the GPU one fused op does all of it
+    (kernels.FusedSelfAttention: the bias is added as the heads are split)."""
+    dropout_p = checks.number("causal_self_attention", "dropout_p", dropout_p, 0.0, 1.0, hi_open=True)
+    B, T, C3 = qkv.shape
+    if C3 % (3 * n_head) or (bias is not None and bias.shape != (C3,)):
+        raise ValueError(f"causal_self_attention: a last axis of {C3} is not 3 x {n_head} heads, "
+                         f"or a bias of shape {None if bias is None else bias.shape} does not fit it")
+    D = C3 // 3 // n_head
+    fits = kernels.self_attention_fits(qkv.data, n_head, float(dropout_p))
+    if fits and (bias is None or kernels.use_fused(qkv.data, bias.data)):
+        args = (qkv,) if bias is None else (qkv, bias)
+        return kernels.FusedSelfAttention.apply(*args, n_head=n_head, scale=1.0 / math.sqrt(D))
+    if bias is not None:
+        qkv = qkv + bias
+    heads = qkv.reshape(B, T, 3, n_head, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+    y = scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=True, dropout_p=dropout_p)
+    return y.transpose(1, 2).reshape(B, T, C3 // 3)                 # (B, T, H, D) -> (B, T, C)

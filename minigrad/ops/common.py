@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend, standin
+from .. import backend, checks, standin
 from ..backend import array_module
 from ..tensor import Tensor
 
@@ -29,6 +29,9 @@ def scatter_add(xp, target, index, values) -> None:
 
     On CuPy this is cupyx.scatter_add, whose float atomics add repeats in no fixed order: fine for
     indexing's backward, but the embedding's gradient uses segment_sum (deterministic) instead."""
+    for i in index if isinstance(index, tuple) else (index,):
+        if hasattr(i, "dtype"):
+            checks.int_dtype("scatter_add", "index", i, "iub")
     if xp is np:
         np.add.at(target, index, values)
     elif xp is standin:
@@ -46,6 +49,7 @@ def segment_sum(xp, rows, ids):
     ceil(log2 N) whole-array passes (Hillis-Steele: after the pass with offset d, row i holds the
     sum of the up to 2d rows of its segment ending at i), and the last row of each run is its sum.
     """
+    checks.int_dtype("segment_sum", "ids", ids)
     n = ids.shape[0]
     # CuPy's argsort is always stable and takes no `kind`
     order = xp.argsort(ids, kind="stable") if xp is np else xp.argsort(ids)

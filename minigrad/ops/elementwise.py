@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import checks
 from ..backend import array_module
 from ..tensor import Function, Tensor
 from .common import lift, on_device_of, unbroadcast
@@ -232,10 +233,20 @@ class WhereFn(Function):
 def where(cond: Any, a: Any, b: Any) -> Tensor:
     """Elementwise cond ? a : b; gradients flow to a and b, not to the condition."""
     like = a if isinstance(a, Tensor) else b
-    return WhereFn.apply(lift(a, like), lift(b, like), cond=on_device_of(cond, like.data))
+    return WhereFn.apply(lift(a, like), lift(b, like), cond=_mask("where", "cond", cond, like))
 
 
 def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
     """Where mask is True, `value`; elsewhere x (no gradient flows to filled places)."""
     fill = Tensor._wrap(array_module(x.data).asarray(value, dtype=x.dtype))
-    return WhereFn.apply(fill, x, cond=on_device_of(mask, x.data))
+    return WhereFn.apply(fill, x, cond=_mask("masked_fill", "mask", mask, x))
+
+
+def _mask(fn: str, name: str, mask: Any, like: Tensor) -> Any:
+    """A condition on like's device: booleans or integers (nonzero = True), never floats."""
+    mask = on_device_of(mask, like.data)
+    if hasattr(mask, "dtype"):
+        checks.int_dtype(fn, name, mask, "biu")
+    elif isinstance(mask, float):
+        raise TypeError(f"{fn}: {name} must be booleans, got float {mask!r}")
+    return mask

@@ -84,7 +84,7 @@ class LinearFn(Function):
         gx = gw = None
         if need[0]:
             gx = (g2 @ (w if ctx.transposed else w.T)).reshape(ctx.x_shape)
-        # an optimizer's flat gradient buffer may be offered for w and b (see tensor._GradLedger)
+        # an optimizer's flat gradient buffer may be offered for w and b (see autograd.GradLedger.offer)
         dest = ctx.grad_out or (None, None, None)
         xp = array_module(g2)
         if need[1]:

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import checks
 from ..backend import array_module
 from ..tensor import Function, Tensor
 
 Axis = int | tuple[int, ...] | None
-
-
-def _axes(axis: Axis, ndim: int) -> tuple[int, ...]:
-    if axis is None:
-        return tuple(range(ndim))
-    axis = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(a % ndim for a in axis)
 
 
 def _expand_reduced(g, shape, axes, keepdims):
@@ -27,7 +21,7 @@ def _expand_reduced(g, shape, axes, keepdims):
 class SumFn(Function):
     @staticmethod
     def forward(ctx, a, axis=None, keepdims=False):
-        ctx.shape, ctx.axes, ctx.keepdims = a.shape, _axes(axis, a.ndim), keepdims
+        ctx.shape, ctx.axes, ctx.keepdims = a.shape, checks.axes("sum", axis, a.ndim), keepdims
         return a.sum(axis=ctx.axes, keepdims=keepdims)
 
     @staticmethod
@@ -39,7 +33,7 @@ class SumFn(Function):
 class MeanFn(Function):
     @staticmethod
     def forward(ctx, a, axis=None, keepdims=False):
-        ctx.shape, ctx.axes, ctx.keepdims = a.shape, _axes(axis, a.ndim), keepdims
+        ctx.shape, ctx.axes, ctx.keepdims = a.shape, checks.axes("mean", axis, a.ndim), keepdims
         return a.mean(axis=ctx.axes, keepdims=keepdims)
 
     @staticmethod
@@ -53,7 +47,7 @@ class MaxFn(Function):
 
     @staticmethod
     def forward(ctx, a, axis=None, keepdims=False):
-        axes = _axes(axis, a.ndim)
+        axes = checks.axes("max", axis, a.ndim)
         out = a.max(axis=axes, keepdims=True)
         ctx.save_for_backward(a == out)
         ctx.shape, ctx.axes, ctx.keepdims = a.shape, axes, keepdims

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import kernels
+from .. import checks, kernels
 from ..backend import array_module
 from ..tensor import Function, Tensor
 from .common import raw
@@ -19,6 +19,7 @@ from .common import raw
 
 def softmax_into(s, axis: int = -1):
     """Softmax of `s` along `axis`, computed in place (s is overwritten and returned)."""
+    checks.axis("softmax_into", axis, s.ndim)
     xp = array_module(s)
     s -= s.max(axis=axis, keepdims=True)
     xp.exp(s, out=s)
@@ -28,6 +29,7 @@ def softmax_into(s, axis: int = -1):
 
 def logsumexp(x, axis: int = -1):
     """log(sum(exp(x))) along `axis` (kept, size 1), shifted by the maximum as softmax_into is."""
+    checks.axis("logsumexp", axis, x.ndim)
     xp = array_module(x)
     m = x.max(axis=axis, keepdims=True)
     e = x - m
@@ -40,6 +42,7 @@ def logsumexp(x, axis: int = -1):
 def softmax_backward(p, g, axis: int = -1, out=None):
     """Gradient through p = softmax(s): p * (g - sum(g * p)). With out=g it overwrites g, for a
     caller whose g is its own temporary."""
+    checks.axis("softmax_backward", axis, g.ndim)
     xp = array_module(g)
     row = (g * p).sum(axis=axis, keepdims=True)
     out = xp.subtract(g, row, out=out)
@@ -79,11 +82,11 @@ class LogSoftmaxFn(Function):
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    return SoftmaxFn.apply(x, axis=axis)
+    return SoftmaxFn.apply(x, axis=checks.axis("softmax", axis, x.ndim))
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    return LogSoftmaxFn.apply(x, axis=axis)
+    return LogSoftmaxFn.apply(x, axis=checks.axis("log_softmax", axis, x.ndim))
 
 
 _CE_ROWS = 64  # rows per block: a (64, 50257) float32 block stays in cache while it is reduced
@@ -101,20 +104,23 @@ def logsumexp_rows(x2):
 
 class CrossEntropyFn(Function):
     @staticmethod
-    def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
+    def forward(ctx, logits, targets, ignore_index=-100, reduction="mean", n_valid=None):
+        """n_valid: the rows not ignored, when the caller counted them (and checked the targets)
+        on the host; else both are done here, reading the device (host syncs)."""
         xp = array_module(logits)
         V = logits.shape[-1]
         x2 = logits.reshape(-1, V)
         t = targets.reshape(-1)
         valid = t != ignore_index
         t_safe = xp.where(valid, t, 0)
-        if t.size and (int(t_safe.min()) < 0 or int(t_safe.max()) >= V):
-            raise IndexError(f"cross_entropy targets must be in [0, {V}) or equal ignore_index={ignore_index}")
+        if n_valid is None:
+            if t.size and (int(t_safe.min()) < 0 or int(t_safe.max()) >= V):
+                raise IndexError(_bad_targets(V, ignore_index))
+            n_valid = int(valid.sum())
         rows = xp.arange(x2.shape[0])
         lse = logsumexp_rows(x2)
         losses = lse - x2[rows, t_safe]
         losses *= valid
-        n_valid = int(valid.sum())
         ctx.save_for_backward(x2, lse, t_safe, valid)
         ctx.reduction, ctx.n_valid, ctx.shape = reduction, n_valid, logits.shape
         if reduction == "mean":
@@ -141,21 +147,44 @@ class CrossEntropyFn(Function):
         return grad.reshape(ctx.shape)
 
 
+def _bad_targets(V: int, ignore_index: int) -> str:
+    return f"cross_entropy targets must be in [0, {V}) or equal ignore_index={ignore_index}"
+
+
 def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     """Cross-entropy over the last axis of `logits` with integer class `targets`.
 
     Rows whose target is `ignore_index` add nothing, and the mean is over the other rows, as in
     PyTorch. The log-softmax is computed once and no probability tensor is kept: backward
-    recomputes softmax - onehot directly into the gradient.
+    recomputes softmax - onehot directly into the gradient. float16 logits: the log-sum-exp and
+    the loss in float32 (as autocast does), the loss float32.
+
+    Targets on the host are checked there (IndexError), and counted, before they are copied to
+    the device. Targets already on the device are not read back on the GPU (that would be a host
+    sync every step): there a target out of range makes its row's loss NaN instead, which a
+    training loop's check of the loss reports.
     """
-    targets = array_module(logits.data).asarray(raw(targets))
-    if logits.dtype == np.float16:
-        # float16 mixed precision: the log-sum-exp over the vocabulary and the loss in float32
-        # (as autocast does); the gradient goes back to float16 through the cast
-        logits = logits.astype(np.float32)
+    targets = raw(targets)
+    host = array_module(targets) is np
+    targets = np.asarray(targets) if host else targets
+    checks.int_dtype("cross_entropy", "targets", targets)
+    ignore_index = checks.integer("cross_entropy", "ignore_index", ignore_index)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: targets of shape {tuple(targets.shape)} do not match "
                          f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
+    V, n_valid = logits.shape[-1], None
+    if host:  # check and count here: no device read needed
+        valid = targets != ignore_index
+        if targets.size and np.any(valid & ((targets < 0) | (targets >= V))):
+            raise IndexError(_bad_targets(V, ignore_index))
+        n_valid = int(valid.sum())
+    targets = array_module(logits.data).asarray(targets)
     if kernels.use_fused(logits.data) and reduction in ("mean", "sum", "none"):
-        return kernels.FusedCrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction)
-    return CrossEntropyFn.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction)
+        return kernels.FusedCrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction,
+                                               n_valid=n_valid)
+    if logits.dtype == np.float16:  # the gradient goes back to float16 through the cast
+        logits = logits.astype(np.float32)
+    return CrossEntropyFn.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction,
+                                n_valid=n_valid)

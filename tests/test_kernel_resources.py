@@ -1,0 +1,54 @@
+"""`python -m minigrad.kernels --resources` (every kernel compiled for sm_90 as CuPy builds it, with
+ptxas's report): no kernel spills registers, and every tensor-core attention kernel, in every
+build its launcher uses, runs at >= 25% occupancy on sm_90. Runs where NVRTC can (no GPU needed)."""
+import subprocess
+import sys
+
+import pytest
+
+from minigrad.kernels import flash_attention
+from minigrad.kernels.nvrtc import nvrtc_available
+from minigrad.kernels._loader import kernel_names, sources
+from minigrad.kernels.resources import Usage
+
+NVRTC_MISSING = nvrtc_available()
+
+
+def _rows(stdout: str) -> list[dict]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("source "))
+    rows = []
+    for line in lines[start + 1:]:
+        source, defines, kernel, threads, regs, spill, smem, occupancy, limiter = line.split()
+        rows.append(dict(source=source, defines=defines, kernel=kernel, threads=threads, regs=int(regs),
+                         spill=int(spill), smem=int(smem), occupancy=float(occupancy.strip("<=%")) / 100))
+    return rows
+
+
+@pytest.mark.skipif(NVRTC_MISSING is not None, reason=f"NVRTC cannot run here: {NVRTC_MISSING}")
+def test_no_spills_and_attention_kernels_at_a_quarter_occupancy():
+    r = subprocess.run([sys.executable, "-m", "minigrad.kernels", "--resources"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = _rows(r.stdout)
+    assert {n for f in sources() for n in kernel_names(f.read_text())} <= {row["kernel"] for row in rows}
+    for row in rows:
+        assert row["spill"] == 0, row
+        assert 0 < row["regs"] <= 255, row
+    flash = [row for row in rows if row["source"] == flash_attention.FILE]
+    for defines, kernels in flash_attention.variants():  # every build the launcher uses, reported
+        d = ",".join(f"{k}={v}" for k, v in defines.items()) or "-"
+        assert set(kernels) <= {row["kernel"] for row in flash if row["defines"] == d}, d
+    for row in flash:
+        if row["kernel"] != "flash_dropout_bits":  # the tests' probe of the hash
+            assert row["threads"] == "128" and row["occupancy"] >= 0.25, row
+
+
+def test_occupancy_arithmetic_of_sm90():
+    assert Usage("x", {}, "k", regs=128, spill=0, smem=27648, threads=128).occupancy() == (0.25, "regs")
+    assert Usage("x", {}, "k", regs=129, spill=0, smem=0, threads=128).occupancy() == (0.1875, "regs")  # 136 a thread
+    assert Usage("x", {}, "k", regs=255, spill=0, smem=0, threads=128).occupancy() == (0.125, "regs")
+    assert Usage("x", {}, "k", regs=32, spill=0, smem=100 * 1024, threads=128).occupancy() == (0.125, "smem")
+    assert Usage("x", {}, "k", regs=32, spill=0, smem=0, threads=1024).occupancy() == (1.0, "threads")
+    assert Usage("x", {}, "k", regs=32, spill=0, smem=0, threads=32).occupancy() == (0.5, "blocks")
+    assert Usage("x", {}, "k", regs=168, spill=0, smem=0, threads=None).occupancy() == (12 / 64, "regs")
