@@ -181,6 +181,77 @@ def test_each_hint_after_already_holds_a_run_leads_to_a_command_that_works(data,
     assert steps_logged(other)
 
 
+# ----------------------------------------------------------------------------- a refused resume writes nothing
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory) -> dict[str, Path]:
+    """A finished pretrain run on a text file of its own, and a classify run on a copy of toy.tsv."""
+    from files.hub import cache_dir
+    d = tmp_path_factory.mktemp("finished")
+    (d / "text.txt").write_text((cache_dir() / "the-verdict.txt").read_text()[:3000])
+    (d / "rows.tsv").write_text((data / "toy.tsv").read_text())
+    r = run_main("tasks.pretrain", ["--out", str(d / "pre"), "--text", str(d / "text.txt"), *PRE], env=env())
+    assert r.code == 0, r.stderr[-3000:]
+    r = run_main("tasks.classify", ["train", "--data", str(d / "rows.tsv"), *map(str, CLS), "--out", str(d / "cls")],
+                 env=env())
+    assert r.code == 0, r.stderr[-3000:]
+    return {"d": d, "pre": d / "pre", "cls": d / "cls"}
+
+
+def _edit_json(path: Path, **changes) -> None:
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    path.write_text(json.dumps(doc))
+
+
+# (the run to copy, what to do to it (its copy, the data folder), module, argv after --out RUN --resume, words)
+REFUSALS = [
+    ("cls", lambda run, d: None, "tasks.pretrain", [], ("holds a classify run, not a pretrain run",
+                                                        "python -m tasks.classify train --out")),
+    ("pre", lambda run, d: None, "tasks.classify", ["train"], ("holds a pretrain run, not a classify run",)),
+    ("pre", lambda run, d: _edit_json(run / "run.json", world_size=2), "tasks.pretrain", [],
+     ("trained on 2 rank(s)", "mpiexec -n 2")),
+    ("pre", lambda run, d: (d / "text.txt").write_text((d / "text.txt").read_text() + " more"), "tasks.pretrain", [],
+     ("run.json", "data.shards", "the data changed since the run started")),
+    ("cls", lambda run, d: (d / "rows.tsv").rename(d / "moved.tsv"), "tasks.classify", ["train"],
+     ("run.json", "'args.data'", "rows.tsv")),
+    ("cls", lambda run, d: (d / "rows.tsv").write_text((d / "rows.tsv").read_text() + "ham\tone more row\n"),
+     "tasks.classify", ["train"], ("run.json", "'data.bytes'", "the data changed since the run started")),
+    ("pre", lambda run, d: None, "tasks.pretrain", ["--max-steps", "3"], ("--max-steps 3", "at step 4 already")),
+    ("pre", lambda run, d: _flip(run / "checkpoints" / "step_00000004" / "model.safetensors"), "tasks.pretrain", [],
+     ("model.safetensors",)),
+]
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("source,damage,module,argv,words", REFUSALS,
+                         ids=["pretrain-resumes-classify", "classify-resumes-pretrain", "world-size-2",
+                              "text-changed", "data-moved", "rows-changed", "max-steps-below", "corrupt-weights"])
+def test_a_refused_resume_changes_nothing_in_the_run_folder(finished, tmp_path, source, damage, module, argv, words):
+    from test_folder_fuzz import snapshot
+    import shutil
+    run = tmp_path / source  # a copy; its run.json names the data files by their place, shared: put back after
+    shutil.copytree(finished[source], run)
+    saved = {n: (finished["d"] / n).read_bytes() for n in ("text.txt", "rows.tsv")}
+    try:
+        damage(run, finished["d"])
+        before = snapshot(run)
+        sub = argv[:1] if argv[:1] == ["train"] else []
+        r = run_main(module, [*sub, "--out", str(run), "--resume", *argv[len(sub):]], env=env())
+        assert r.code in (1, 2), (r.code, r.stdout[-2000:], r.stderr[-2000:])
+        one_line(r.stderr, *words)
+        assert snapshot(run) == before
+    finally:  # the shared data files as they were
+        (finished["d"] / "moved.tsv").unlink(missing_ok=True)
+        for n, content in saved.items():
+            (finished["d"] / n).write_bytes(content)
+
+
 # ----------------------------------------------------------------------------- a stop honoured within one micro-batch
 
 def test_a_stop_is_honoured_within_one_micro_batch_of_an_update_longer_than_an_epoch(data, tmp_path):
