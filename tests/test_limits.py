@@ -19,8 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -171,22 +169,8 @@ def test_the_numbers_the_issue_found_are_usage_errors_before_anything_is_written
 
 # ----------------------------------------------------------------------------- runs to use
 
-class _Judge(BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = json.dumps({"message": {"role": "assistant", "content": "80"}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
-def made(tmp_path_factory, needs_tokenizer) -> dict:
+def made(tmp_path_factory, needs_tokenizer, judge_url) -> dict:
     from files.hub import cache_dir
     if not (cache_dir() / "the-verdict.txt").is_file():
         pytest.skip("the-verdict.txt is not in the data cache")
@@ -206,11 +190,7 @@ def made(tmp_path_factory, needs_tokenizer) -> dict:
     assert run_main("tasks.classify", ["train", "--data", str(d / "toy.tsv"), "--init", "random", *TINY[:-2],
                                        "--context", "32", "--batch-size", "4", "--max-steps", "1",
                                        "--out", str(d / "cls")], env=env()).code == 0
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield {"d": d, "judge": f"http://127.0.0.1:{srv.server_address[1]}"}
-    srv.shutdown()
-    srv.server_close()
+    return {"d": d, "judge": judge_url}
 
 
 # ----------------------------------------------------------------------------- memory

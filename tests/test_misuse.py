@@ -21,10 +21,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
@@ -102,31 +100,6 @@ def assert_resumes(run: Path, to_step: int | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------- prepared runs
-
-class _Judge(BaseHTTPRequestHandler):
-    """An Ollama /api/chat that gives every response 80."""
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = json.dumps({"message": {"role": "assistant", "content": "80"}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def judge_url():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, needs_tokenizer):
