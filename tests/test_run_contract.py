@@ -98,6 +98,23 @@ def test_a_second_process_is_refused_naming_the_holder_and_the_lock_dies_with_it
     assert (run / ".lock").read_text() != f"{first.pid}\n"
 
 
+def test_under_mpiexec_rank_0_alone_takes_the_lock(tmp_path, monkeypatch):
+    import minigrad.distributed as dist
+    from files.lock import FolderLock
+    from tasks.runs.folder import FolderInUse, start_run
+    run = tmp_path / "run"
+    run.mkdir()
+    flags = {"out": str(run), "resume": True, "weights_only": False}
+    held = FolderLock(run).acquire()  # as rank 0 holds it for the job (another open file: flock refuses it)
+    try:
+        with pytest.raises(FolderInUse):  # rank 0 of another job, or one process
+            start_run(flags, (), "pretrain")
+        monkeypatch.setattr(dist, "rank", lambda: 1)
+        assert start_run(flags, (), "pretrain").lock is None  # rank 1 of this job: no lock of its own
+    finally:
+        held.release()
+
+
 def test_a_new_run_in_a_folder_another_process_is_starting_is_refused(data, tmp_path):
     run = tmp_path / "run"
     first = paused("tasks.pretrain", ["--out", run, *PRE], "startup", tmp_path)  # checked, nothing written yet

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterator, Mapping
 
+import minigrad.distributed as dist
 from files.lock import FolderBusy, FolderLock
 from files.schema import SchemaError
 
@@ -97,8 +98,9 @@ class RunSpec:
 
 
 def _lock(out: Path) -> FolderLock | None:
-    """The folder's lock, taken without writing (None when the folder does not exist yet)."""
-    if not out.is_dir():
+    """The folder's lock, taken without writing (None when the folder does not exist yet). Under
+    mpiexec rank 0 alone takes it, for the whole job (the other ranks never write the folder)."""
+    if not out.is_dir() or dist.rank() != 0:
         return None
     try:
         return FolderLock(out).acquire()
