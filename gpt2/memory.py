@@ -12,13 +12,16 @@ holds them against tracemalloc's count of NumPy's allocations at small sizes):
 - gradients: one float32 flat buffer over the trained parameters (minigrad.optim.FlatParameters);
 - optimizer: AdamW's two moments, float32, over the trained parameters;
 - activations: what the graph of one micro-batch keeps for its backward. The graph holds every
-  op's output until backward has passed it, so a block keeps 28 floats a token per unit of
-  width: ln_1 (output and normalised input, 2C), qkv (3C), attention's scaled q and contiguous
-  k and v (3C) and its output and the heads side by side again (2C), c_proj (C), the residual
-  (C), ln_2 (2C), c_fc (4C), GELU's tanh and output (8C), c_proj (C), the residual (C); dropout
-  adds its two outputs (2C) and masks (2 bytes). The unfused attention keeps its probabilities,
-  (B, H, T, T) floats a layer (and a byte mask under dropout); the fused CUDA attention keeps
-  none. Around the blocks: the embeddings, their sum, ln_f (5C) and the logits (V a token);
+  op's output until backward has passed it. Itemized on the composite path, a block keeps 28
+  floats a token per unit of width: ln_1 (output and normalised input, 2C), qkv (3C),
+  attention's scaled q and contiguous k and v (3C) and its output and the heads side by side
+  again (2C), c_proj (C), the residual (C), ln_2 (2C), c_fc (4C), GELU's tanh and output (8C),
+  c_proj (C), the residual (C). The fused path of issue 22 (packed qkv heads, bias_residual,
+  GELU with its bias) keeps more copies: 37.2 floats measured with tracemalloc on NumPy (dropout
+  0 and 0.1, widths 64 and 128), so 38 are counted, dropout's masks included. The unfused
+  attention keeps its probabilities, (B, H, T, T) floats a layer (and a byte mask under
+  dropout); the fused CUDA attention keeps none. Around the blocks: the embeddings, their sum,
+  ln_f (5C) and the logits (V a token);
 - transient: what a step holds on top for a moment: the logits' gradient (V a token, as the
   forward's cross-entropy needs too), the head's weight gradient (V x C), a dozen widths a token
   (a block's gradients in flight) and, unfused, one layer's attention scores.
@@ -30,9 +33,9 @@ from dataclasses import dataclass, fields
 from .config import GPT2Config
 
 FLOAT32, FLOAT16 = 4, 2
-BLOCK_FLOATS_PER_WIDTH = 28        # floats a token keeps per unit of width in a block (see above)
-BLOCK_DROPOUT_FLOATS = 2           # ... and under dropout: two outputs (floats) and two masks (bytes)
-BLOCK_DROPOUT_BYTES = 2
+BLOCK_FLOATS_PER_WIDTH = 38        # floats a token keeps per unit of width in a block (see above)
+BLOCK_DROPOUT_FLOATS = 0           # ... and under dropout: measured within the 38 above on the fused path
+BLOCK_DROPOUT_BYTES = 0
 OUTER_FLOATS_PER_WIDTH = 5         # embeddings, their sum, ln_f's output and normalised input
 TRANSIENT_WIDTHS = 12              # gradients of a block's widest tensors in flight during backward
 INTERPRETER = 256 * 2 ** 20        # Python, NumPy and the tokenizer, measured ~150-250 MB
