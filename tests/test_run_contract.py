@@ -234,6 +234,9 @@ REFUSALS = [
      ("run.json", "'args.data'", "rows.tsv")),
     ("cls", lambda run, d: (d / "rows.tsv").write_text((d / "rows.tsv").read_text() + "ham\tone more row\n"),
      "tasks.classify", ["train"], ("run.json", "'data.bytes'", "the data changed since the run started")),
+    ("cls", lambda run, d: _edit_json(run / "run.json", args={**json.loads((run / "run.json").read_text())["args"],
+                                                             "data": None}),
+     "tasks.classify", ["train"], ("run.json", "'args.data'")),  # (the default data, where it is cached)
     ("pre", lambda run, d: None, "tasks.pretrain", ["--max-steps", "3"], ("--max-steps 3", "at step 4 already")),
     ("pre", lambda run, d: _flip(run / "checkpoints" / "step_00000004" / "model.safetensors"), "tasks.pretrain", [],
      ("model.safetensors",)),
@@ -248,7 +251,7 @@ def _flip(path: Path) -> None:
 
 @pytest.mark.parametrize("source,damage,module,argv,words", REFUSALS,
                          ids=["pretrain-resumes-classify", "classify-resumes-pretrain", "world-size-2",
-                              "text-changed", "data-moved", "rows-changed", "max-steps-below", "corrupt-weights"])
+                              "text-changed", "data-moved", "rows-changed", "data-null", "max-steps-below", "corrupt-weights"])
 def test_a_refused_resume_changes_nothing_in_the_run_folder(finished, tmp_path, source, damage, module, argv, words):
     from test_folder_fuzz import snapshot
     import shutil

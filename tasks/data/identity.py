@@ -61,6 +61,10 @@ def check_same_data(recorded: Mapping[str, Any] | None, now: Mapping[str, Any], 
         return
     for key in ("bytes", "sha256"):
         if key in recorded and recorded[key] != now[key]:
+            if recorded.get("source") not in (None, now.get("source")):  # another file, not the same one changed
+                raise SchemaError(str(run_json), "args.data",
+                                  f"reads {now.get('source')}, not {recorded['source']} ('data.source'), the data "
+                                  "the run was trained on; resume with that data")
             raise SchemaError(str(run_json), f"data.{key}",
                               f"is {recorded[key]!r}, but {now.get('source', 'the data')} now has {now[key]!r}: the "
                               "data changed since the run started; resume with the data it was trained on")
