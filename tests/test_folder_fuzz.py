@@ -35,6 +35,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from forkrun import Child, run_main
+from toydata import write_toy_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "1", "--n-head", "1", "--n-embd", "8", "--no-progress", "--seed", "5", "--epochs", "2",
@@ -96,11 +97,7 @@ def folders(tmp_path_factory, needs_tokenizer) -> dict[str, Path]:
     if not (cache_dir() / "the-verdict.txt").is_file():
         pytest.skip("the-verdict.txt is not in the data cache")
     d = tmp_path_factory.mktemp("fuzz")
-    rows = ["ham\thello there friend", "spam\twin money now", "ham\tsee you soon", "spam\tfree prize click"]
-    (d / "toy.tsv").write_text("\n".join(rows * 10) + "\n")
-    records = [{"instruction": f"Say the number {i}.", "input": "" if i % 2 else None, "output": f"{i}"}
-               for i in range(24)]
-    (d / "instr.json").write_text(json.dumps(records))
+    write_toy_inputs(d)
     runs = {name: d / name for name in FOLDERS}
     (d / "small.txt").write_text((cache_dir() / "the-verdict.txt").read_text()[:2000])
     for module, argv in [("tasks.pretrain", ["--out", runs["pretrain"], "--text", d / "small.txt", *PRE]),

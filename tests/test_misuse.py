@@ -28,6 +28,8 @@ from typing import Callable
 
 import pytest
 
+from toydata import write_toy_inputs
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--no-progress"]
 # a pretraining run whose every flag differs from the defaults: `--out R --resume` must read them back
@@ -109,11 +111,7 @@ def prepared(tmp_path_factory, needs_tokenizer):
     if not (cache_dir() / "the-verdict.txt").is_file():
         pytest.skip("the-verdict.txt is not in the data cache")
     d = tmp_path_factory.mktemp("prepared")
-    rows = ["ham\thello there friend", "spam\twin money now", "ham\tsee you soon", "spam\tfree prize click"]
-    (d / "toy.tsv").write_text("\n".join(rows * 10) + "\n")
-    records = [{"instruction": f"Say the number {i}.", "input": "" if i % 2 else None, "output": f"{i}"}
-               for i in range(24)]
-    (d / "instr.json").write_text(json.dumps(records))
+    records = write_toy_inputs(d)
     (d / "responses.json").write_text(json.dumps([{**r, "model_response": r["output"]} for r in records[:4]]))
     questions = [{"question": f"What is {i} + {i}?", "answer_a": str(2 * i), "answer_b": str(i),
                   "answer_c": "0", "answer_d": "7", "correct_answer": "A", "topic": topic}
