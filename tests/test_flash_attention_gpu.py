@@ -1,7 +1,8 @@
-"""The tensor-core attention on a GPU (`pytest --backend cupy`; skips elsewhere): the compiled
-kernels against their NumPy twin and the composite op, and F.causal_self_attention from a (B, T, 3C)
-CuPy projection in each precision (float16, TF32, float32). The CPU runs the same sources in
-test_flash_attention_emulated.py and test_kernels_emulated.py."""
+"""The tensor-core attention on a GPU (`pytest --backend cupy`): the compiled kernels against their
+NumPy twin and the composite op, and F.causal_self_attention from a (B, T, 3C) device projection in
+each precision (float16, TF32, float32), which also runs on the stand-in (`--backend standin`: the
+launchers and the op's wiring, NumPy doing the kernels' work). The CPU runs the CUDA sources
+themselves in test_flash_attention_emulated.py and test_kernels_emulated.py."""
 import numpy as np
 import pytest
 
@@ -18,6 +19,14 @@ def cuda(backend):
     if backend != "cuda":
         pytest.skip("the CUDA kernels run on the cuda backend only")
     return mg_backend.cupy()
+
+
+@pytest.fixture
+def dev(backend):
+    """cuda, or the stand-in (NumPy doing the kernels' work: the launchers and the op's wiring run)."""
+    if backend == "cpu":
+        pytest.skip("NumPy never takes the fused path")
+    return backend
 
 
 @pytest.mark.parametrize("B,T,H,D,causal,p", [(2, 200, 3, 64, True, 0.1), (1, 77, 2, 64, False, 0.0),
@@ -42,7 +51,7 @@ def test_flash_kernels_on_the_gpu(cuda, B, T, H, D, causal, p):
 
 
 @pytest.mark.parametrize("form", ["float16", "tf32", "float32"])
-def test_causal_self_attention_on_the_gpu(cuda, monkeypatch, form):
+def test_causal_self_attention_on_the_gpu(dev, monkeypatch, form):
     """The op GPT-2 trains with, from a (B, T, 3C) CuPy projection and its bias, dropout 0.1:
     float16 and TF32 on the tensor-core kernels, float32 on attention.cu, against the composite op
     on NumPy in float32 (the same values, the same dropout mask)."""
@@ -52,19 +61,19 @@ def test_causal_self_attention_on_the_gpu(cuda, monkeypatch, form):
     bias = np.random.default_rng(2).standard_normal(3 * H * D).astype(np.float16)
     dtype = np.float16 if form == "float16" else np.float32
     monkeypatch.setattr(mg_backend, "_tf32", False)
-    mg_backend.set_tf32(form == "tf32")
+    mg_backend.set_tf32(form == "tf32", dev)
     try:
-        got = _run(qkv, bias, dout, H, dtype, "cuda", cuda)
+        got = _run(qkv, bias, dout, H, dtype, dev)
     finally:
-        mg_backend.set_tf32(False)
-    want = _run(qkv, bias, dout, H, np.float32, "cpu", cuda)
+        mg_backend.set_tf32(False, dev)
+    want = _run(qkv, bias, dout, H, np.float32, "cpu")
     tol = 1e-4 if form == "float32" else 8 * ULP16
     for g, w in zip(got[:2], want[:2]):
         _close(g, w, tol)
     _close(got[2], want[2], 4 * tol)
 
 
-def _run(qkv, bias, dout, H, dtype, device, cuda):
+def _run(qkv, bias, dout, H, dtype, device):
     mg.manual_seed(5)
     X, Bb = (mg.tensor(a, requires_grad=True, device=device, dtype=dtype) for a in (qkv, bias))
     y = F.causal_self_attention(X, H, dropout_p=0.1, bias=Bb)
@@ -73,11 +82,11 @@ def _run(qkv, bias, dout, H, dtype, device, cuda):
     return [mg_backend.to_device(a, "cpu").astype(np.float32) for a in (y.data, X.grad, Bb.grad)]
 
 
-def test_which_kernels_take_self_attention_on_the_gpu(cuda, monkeypatch):
+def test_which_kernels_take_causal_self_attention(dev, monkeypatch):
     for shape, dtype, fits in (((2, 8, 3 * 2 * 64), np.float16, True), ((2, 8, 3 * 2 * 64), np.float32, True),
                                ((2, 8, 3 * 2 * 64), np.float64, False), ((2, 8, 3 * 2 * 24), np.float16, False)):
-        X = mg.tensor(np.zeros(shape, dtype), requires_grad=True, device="cuda")
+        X = mg.tensor(np.zeros(shape, dtype), requires_grad=True, device=dev)
         assert kernels.self_attention_fits(X.data, 2) == fits
         assert (F.causal_self_attention(X, 2)._ctx.fn is kernels.FusedSelfAttention) == fits
     monkeypatch.setenv("MINIGRAD_FUSED", "0")
-    assert not kernels.self_attention_fits(cuda.zeros((2, 8, 3 * 2 * 64), np.float16), 2)
+    assert not kernels.self_attention_fits(mg_backend.xp_for(dev).zeros((2, 8, 3 * 2 * 64), np.float16), 2)

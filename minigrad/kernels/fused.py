@@ -71,15 +71,18 @@ def bias_grad_of(ctx, i: int, d, shape: tuple[int, ...] | None = None, drop: Dro
     buffer when offered); None if not needed. With `drop`, (dx, that sum): dx = d through the
     dropout, summed in the same launch."""
     shape = tuple(d.shape[-1:] if shape is None else shape)
-    P = int(np.prod(shape))
-    into = offered(ctx, i, shape, d.dtype) if ctx.needs_input_grad[i] else None
+    P, need = int(np.prod(shape)), ctx.needs_input_grad[i]
+    into = offered(ctx, i, shape, d.dtype) if need else None
     out = None if into is None else into.reshape(P)
     if drop is not None:
         dx, db = _bias_residual.dropout_bias_grad(_c(d).reshape(-1, P), drop, out=out)
-        return dx.reshape(d.shape), db.reshape(shape) if ctx.needs_input_grad[i] else None
-    if not ctx.needs_input_grad[i]:
+    elif need:
+        dx, db = None, _bias_residual.bias_grad(_c(d).reshape(-1, P), out=out)
+    else:
         return None
-    return _bias_residual.bias_grad(_c(d).reshape(-1, P), out=out).reshape(shape)
+    # the offered array itself: a reshaped view of it would be copied into it again
+    db = (into if into is not None else db.reshape(shape)) if need else None
+    return db if drop is None else (dx.reshape(d.shape), db)
 
 
 class FusedBiasResidual(Function):
