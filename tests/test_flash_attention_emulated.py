@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import minigrad as mg
 import minigrad.functional as F
@@ -47,10 +47,13 @@ def _inputs(seed, B, T, H, D):
 
 
 def _close(got, want, tol):
-    """|got - want| <= tol * max|want| everywhere (float16 errors scale with the largest value)."""
+    """|got - want| <= tol * max(max|want|, 1) everywhere. float16 errors scale with the terms summed,
+    and the inputs here are standard normal, so terms are of order 1 even where they cancel: one
+    key's softmax has a zero gradient, which float16 (dO . dropout(V) - dO . O, O rounded) leaves
+    at ~1e-4 (hypothesis found it: T=1, p=0.1)."""
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
     err, top = float(np.abs(got - want).max(initial=0.0)), float(np.abs(want).max(initial=0.0))
-    assert err <= tol * max(top, 1e-3), f"max error {err:.3g} vs max value {top:.3g} (tolerance {tol:.3g})"
+    assert err <= tol * max(top, 1.0), f"max error {err:.3g} vs max value {top:.3g} (tolerance {tol:.3g})"
 
 
 # ---------------------------------------------------------------- the instructions, from the PTX tables
@@ -220,6 +223,7 @@ def _composite(qkv, dout, causal, p, dtype, seed=5):
 @given(B=st.integers(1, 2), T=st.integers(1, 80), H=st.integers(1, 2), D=st.sampled_from([16, 32, 64]),
        causal=st.booleans(), p=st.sampled_from([0.0, 0.1, 0.5]), with_bias=st.booleans(), seed=st.integers(0, 99))
 @EXAMPLES
+@example(B=1, T=1, H=1, D=16, causal=False, p=0.1, with_bias=False, seed=0)  # a zero gradient, in float16
 def test_kernels_match_twin_and_composite(emulated, B, T, H, D, causal, p, with_bias, seed):
     """The kernels, given qkv and (or not) a bias they add as they read, against the twin and the
     composite op over qkv + bias (in float16, as the kernels round the sums)."""
