@@ -186,7 +186,8 @@ def test_a_dropout_run_resumes_exactly_on_the_fused_path(tmp_path, monkeypatch, 
 
     _trainer(tmp_path / "run", dtype, max_steps=4, **args).fit()
     again = _trainer(tmp_path / "run", dtype, max_steps=8, **args)
-    assert again.resume()
+    assert again.load()  # checked and loaded (step 4 of 8: work left)
+    again.begin()
     again.fit()
     assert [(r["step"], r["loss"]) for r in _steps(tmp_path / "run")] == expected
 
