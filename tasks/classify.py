@@ -17,8 +17,11 @@ predict: label and probability of each text, one tab-separated line per text.
 """
 from __future__ import annotations
 
+from .common.signals import quiet_start
+
+quiet_start(__name__)  # first: Ctrl-C or SIGTERM during the imports below is one line and 130 / 143
+
 import argparse
-import math
 import os
 import sys
 import time
@@ -35,18 +38,22 @@ from minigrad import backend, nn
 from .common.args import add_backend_arg, add_init_arg, add_model_args, add_train_args, parse
 from .common.device import select_device
 from .common.errors import TaskError, UsageError
-from .common.guard import main_guard, pause_point
-from .common.jsonfiles import read_json, write_json
+from .common.guard import main_guard
+from .common.jsonfiles import write_json
+from .common.memory import check_inference_memory
 from .common.plots import plot_confusion, plot_curves
-from .common.progress import progress_bar
-from .data.labelled import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
-                            longest, pad_ids, parse_labels, per_class_scores, write_split_csvs)
+from .data.identity import check_same_data, file_identity
+from .data.labelled import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, labelled_source,
+                            load_splits, longest, pad_ids, parse_labels, per_class_scores, write_split_csvs)
 from .data.loaders import BatchLoader
+from .evals.classifier import results_table, saved_before, score, scores_dict
 from .runs.checkpoint import CheckpointError, run_dir_of
-from .runs.folder import record_run, start_run
-from .runs.models import ModelSpec, build_model, load_run_model, resolve_run_init, run_json_of
+from .runs.folder import begin_run, check_model_config, start_run
+from .runs.models import (ModelSpec, build_model, config_of, expected_config, load_run_model, resolve_run_init,
+                          run_json_of)
 from .training.config import TrainConfig
 from .training.evaluation import read_metrics
+from .training.memory import check_training_memory
 from .training.trainer import Trainer
 
 TRAINABLE = ("last-block", "all", "lora")
@@ -85,53 +92,6 @@ def classify_loss(model, batch):
     return F.cross_entropy(logits, backend.array_module(logits.data).asarray(y))
 
 
-@dataclass
-class Scores:
-    loss: float        # mean of the batch losses, as the book's calc_loss_loader
-    accuracy: float    # over examples
-    examples: int
-    predictions: np.ndarray
-    targets: np.ndarray
-
-
-def score(model, loader, max_batches: int | None = None, desc: str | None = None) -> Scores:
-    """Loss and accuracy over the first `max_batches` batches (all if None), in one pass; with
-    `desc`, a progress bar of that name."""
-    n_batches = len(loader) if max_batches is None else min(max_batches, len(loader))
-    was_training = model.training
-    model.eval()
-    losses, preds, targets = [], [], []
-    with mg.no_grad(), progress_bar(total=n_batches, desc=desc, unit="batch", disable=desc is None) as bar:
-        for i, (x, y) in enumerate(loader.peek()):
-            if i >= n_batches:
-                break
-            bar.update(1)
-            if desc is not None:
-                pause_point("scoring")
-            logits = model(x)
-            losses.append(float(F.cross_entropy(logits, backend.array_module(logits.data).asarray(y)).item()))
-            preds.append(backend.to_device(logits.data, "cpu").argmax(axis=-1))
-            targets.append(np.asarray(y))
-    model.train(was_training)
-    p = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
-    t = np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64)
-    return Scores(float(np.mean(losses)) if losses else math.nan,
-                  float((p == t).mean()) if len(t) else math.nan, len(t), p, t)
-
-
-def results_table(before: dict | None, after: dict) -> str:
-    head = f"{'split':<11}" + (f"{'loss before':>12}{'acc before':>12}" if before else "") + \
-        f"{'loss after':>12}{'acc after':>12}"
-    lines = [head]
-    for name in SPLIT_NAMES:
-        row = f"{name:<11}"
-        if before:
-            row += f"{before[name]['loss']:>12.3f}{before[name]['accuracy'] * 100:>11.2f}%"
-        row += f"{after[name]['loss']:>12.3f}{after[name]['accuracy'] * 100:>11.2f}%"
-        lines.append(row)
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- train
 
 def _tokenizer():
@@ -140,10 +100,6 @@ def _tokenizer():
         return get_tokenizer()
     except TokenizerUnavailableError as e:
         raise TaskError(str(e)) from None
-
-
-def _scores_dict(s: Scores) -> dict:
-    return {"loss": s.loss, "accuracy": s.accuracy, "examples": s.examples}
 
 
 @dataclass
@@ -197,13 +153,25 @@ def plot_classify(run_dir) -> None:
                     seen_key="tokens_seen", seen_label="examples seen")
 
 
+def _memory(args: argparse.Namespace, spec: ModelSpec, device: str, resuming: bool) -> None:
+    """The memory a step needs, before the model is built: the trunk's weights, AdamW over what
+    trains, the activations of the blocks that train (the last one, or all with lora)."""
+    config = expected_config(spec)
+    if config is None:
+        return
+    config = config.replace(tie_word_embeddings=True)  # the classifier drops an untied LM head
+    C, L = config.n_embd, config.n_layer
+    block = 12 * C * C + 13 * C
+    trained = {"last-block": block + 2 * C, "lora": L * 4 * 2 * args.lora_rank * 4 * C}.get(args.trainable)
+    check_training_memory(config, args.batch_size, args.max_length or config.n_ctx, device, dtype=args.dtype,
+                          trained_parameters=trained, layers_with_grad=1 if args.trainable == "last-block" else None,
+                          vocab_logits=False, resuming=resuming)
+
+
 def _scores_before(model, data: ClassifyData, out: Path, batches: int | None) -> dict:
-    """The untrained model's scores, once: a resumed run keeps those of its start."""
-    path = out / "before.json"
-    if path.exists():
-        return read_json(path)
-    before = {n: _scores_dict(score(model, loader, batches, desc=f"scoring {n}")) for n, loader in data.evals.items()}
-    write_json(path, before)
+    """The untrained model's scores, once, at the start of a run (a resumed run keeps those)."""
+    before = {n: scores_dict(score(model, loader, batches, desc=f"scoring {n}")) for n, loader in data.evals.items()}
+    write_json(out / "before.json", before)
     return before
 
 
@@ -212,7 +180,7 @@ def _report(model, trainer: Trainer, data: ClassifyData, before: dict, args, tra
     out, classes = Path(args.out), data.classes
     after_scores = {n: score(model, loader, args.report_batches, desc=f"scoring {n}")
                     for n, loader in data.evals.items()}
-    after = {n: _scores_dict(s) for n, s in after_scores.items()}
+    after = {n: scores_dict(s) for n, s in after_scores.items()}
     test = after_scores["test"]
     matrix = confusion_matrix(test.targets, test.predictions, len(classes))
     per_class = per_class_scores(matrix, classes)
@@ -232,35 +200,53 @@ def _report(model, trainer: Trainer, data: ClassifyData, before: dict, args, tra
     print(f"training took {train_time:.1f} s for {trainer.step - trainer.start_step} steps; outputs in {out}")
 
 
+def _data(args: argparse.Namespace, run):
+    """The labelled rows split, and what run.json records of the file (checked on --resume)."""
+    with run.recorded("data", "labels"):
+        source = labelled_source(args.data, progress=not args.no_progress)
+        splits, classes, n_rows, n_skipped = load_splits(source, parse_labels(args.labels), strict=args.strict,
+                                                         balanced=args.balance, split_seed=args.split_seed)
+    identity = {"source": str(source.resolve()), **file_identity(source)}
+    if run.resuming:
+        check_same_data(run.run.get("data"), identity, run.run_json)
+    return splits, classes, n_rows, n_skipped, identity
+
+
 def train(args: argparse.Namespace) -> int:
-    run = start_run(vars(args), args.typed)
+    run = start_run(vars(args), args.typed, "classify")  # checked: nothing written yet
     args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
     device = select_device(args.backend, args.dtype)
     out = Path(args.out)
-    splits, classes, n_rows, n_skipped = load_splits(args.data, parse_labels(args.labels), strict=args.strict,
-                                                     balanced=args.balance, split_seed=args.split_seed,
-                                                     progress=not args.no_progress)
-    gpt = build_model(ModelSpec.from_flags(run.args))  # a GPT-2 language model (a classifier run is refused)
+    splits, classes, n_rows, n_skipped, identity = _data(args, run)
+    spec = ModelSpec.from_flags(run.args)
+    with run.recorded("init", "size", "n_layer", "n_head", "n_embd", "context"):
+        _memory(args, spec, device, run.resuming)
+        gpt = build_model(spec)  # a GPT-2 language model (a classifier run is refused)
     data = ClassifyData.build(args, splits, classes, _tokenizer(), gpt.config.n_ctx)
     mg.manual_seed(args.seed)  # the head and the adapters: the same numbers whatever --init did
     model = GPT2Classifier(gpt, len(classes), args.pool)
+    check_model_config(run, gpt.config)
     set_trainable(model, args.trainable, args.lora_rank, args.lora_alpha)
     model.to(device)
+    # "tokens" in the Trainer's bookkeeping are examples here
+    trainer = Trainer(model, data.loaders["train"], classify_loss, accuracy_evaluation(data.loaders, args.eval_batches),
+                      out, TrainConfig.from_flags(run.args), tokens_in=lambda b: len(b[1]), plot=plot_classify,
+                      unit="examples")
+    before = saved_before(out / "before.json") if run.resuming else None
+    if run.resuming and not trainer.load(run):  # checked and loaded; still nothing written
+        return 0  # finished already: said so, nothing to do
     lora = {"rank": args.lora_rank, "alpha": args.lora_alpha} if args.trainable == "lora" else None
-    record_run(run, "classify", gpt.config, "gpt2-classifier", lora=lora, classifier={
+    begin_run(run, gpt.config, "gpt2-classifier", lora=lora, data=identity, classifier={
         "labels": classes, "pool": args.pool, "trainable": args.trainable, "max_length": data.length, "pad_id": PAD_ID})
     write_split_csvs(out, splits)
     print(data.describe(n_rows, n_skipped, args.batch_size))
     print(f"model: {model.num_parameters():,} parameters, {model.num_parameters(trainable_only=True):,} "
           f"trainable ({args.trainable}), pool {args.pool}, on {device}")
-    before = _scores_before(model, data, out, args.report_batches)
-    mg.manual_seed(args.seed)  # dropout masks: the same stream whatever came before
-    # "tokens" in the Trainer's bookkeeping are examples here
-    trainer = Trainer(model, data.loaders["train"], classify_loss, accuracy_evaluation(data.loaders, args.eval_batches),
-                      out, TrainConfig.from_flags(run.args), tokens_in=lambda b: len(b[1]), plot=plot_classify,
-                      unit="examples")
+    if not run.resuming:
+        before = _scores_before(model, data, out, args.report_batches)
+        mg.manual_seed(args.seed)  # dropout masks: the same stream whatever came before
     t0 = time.perf_counter()
-    if trainer.run(args.resume, summary=False) is None:
+    if trainer.run(summary=False) is None:
         return trainer.exit_code
     _report(model, trainer, data, before, args, time.perf_counter() - t0)
     return 0
@@ -294,11 +280,12 @@ def _read_texts(args) -> list[str]:
 
 def predict(args: argparse.Namespace) -> int:
     device = select_device(args.backend)
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     texts = _read_texts(args)
     init = resolve_run_init(args.init)
     run = run_json_of(init)
+    max_length = (run.get("classifier") or {}).get("max_length")
+    check_inference_memory(config_of(init), args.batch_size, max_length if isinstance(max_length, int) else 1 << 30,
+                           device, f"classifying --batch-size {args.batch_size:,} texts at once", vocab_logits=False)
     if run.get("task") != "classify":
         raise UsageError(f"{init.name} is not a tasks.classify run (its task is {run.get('task')!r})")
     c = run.get("classifier")

@@ -12,6 +12,10 @@ hellaswag.py (HellaSwag scoring).
 
 from __future__ import annotations
 
+from .common.signals import quiet_start
+
+quiet_start(__name__)  # first: Ctrl-C or SIGTERM during the imports below is one line and 130 / 143
+
 import argparse
 import os
 import sys
@@ -21,11 +25,13 @@ from minigrad.backend import BackendError
 from files.hub import MissingFileError
 from .common.args import add_backend_arg, add_init_arg, parse
 from .common.device import select_device
-from .common.errors import TaskError, UsageError
-from .common.guard import main_guard, pause_point
+from .common.errors import TaskError, UsageError, note_output
+from .common.guard import main_guard
+from .common.signals import pause_point
 from .common.jsonfiles import append_jsonl, read_json, read_jsonl, write_json
-from .runs.folder import check_output_file
-from .runs.models import load_language_model, resolve_init
+from .common.memory import check_inference_memory
+from .common.paths import check_out, check_output_file, make_parent
+from .runs.models import config_of, load_language_model, resolve_init
 from .evals.hellaswag import evaluate_hellaswag, load_hellaswag
 from .evals.judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, JudgeUnreachableError,
                           judge_records, load_responses)
@@ -56,7 +62,7 @@ def default_scores_path(responses: str | os.PathLike) -> Path:
 
 def run_judge(args: argparse.Namespace) -> int:
     records = load_responses(args.responses)
-    out = Path(args.out) if args.out else default_scores_path(args.responses)
+    out = Path(args.out) if args.out is not None else default_scores_path(args.responses)
     check_output_file(out)  # before any request: a bad --out must not cost the scores
     api_key = None
     if args.api == "openai":
@@ -72,6 +78,8 @@ def run_judge(args: argparse.Namespace) -> int:
     # each score is appended to OUT.partial.jsonl as it comes; a rerun with the same --out
     # continues after them, and OUT is written from all of them at the end
     partial = out.with_name(out.name + ".partial.jsonl")
+    make_parent(out)
+    note_output(out.parent, "run the same command again: it continues after the records scored")
     done = read_jsonl(partial, cut_torn_tail=True)  # appended to below
     if done:
         print(f"{len(done)} records already scored in {partial}; continuing")
@@ -124,8 +132,6 @@ def load_tokenizer():
 
 
 def run_mmlu(args: argparse.Namespace) -> int:
-    if args.shots not in (0, 5):
-        raise MMLUDataError(f"--shots must be 0 or 5, got {args.shots}")
     questions = load_mmlu(args.data)  # before the model: a missing file fails fast
     try:
         select_subjects(group_by_subject(questions), args.subjects)
@@ -134,12 +140,11 @@ def run_mmlu(args: argparse.Namespace) -> int:
     dev = None
     if args.shots and args.shots_from == "dev":
         dev = load_mmlu(args.dev or ensure_dev(progress=not args.no_progress))
-    for flag, value in (("--limit", args.limit), ("--max-context", args.max_context)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be at least 1, got {value}")
-    if args.out:
-        check_output_file(Path(args.out))  # before any work
+    if args.out is not None:
+        check_output_file(Path(args.out))  # before any work ('' included: refused, not taken for no --out)
     tokenizer = load_tokenizer()
+    check_inference_memory(config_of(resolve_init(args.init, random_ok=False)), 1, args.max_context or 1 << 30,
+                           select_device(args.backend), "scoring MMLU questions", lower="--max-context")
     model = load_model(args)
     n_ctx = getattr(getattr(model, "config", None), "n_ctx", 1024)
     if args.max_context is not None and args.max_context > n_ctx:
@@ -147,6 +152,9 @@ def run_mmlu(args: argparse.Namespace) -> int:
     max_context = args.max_context or n_ctx
     # with --out, each answer is appended to OUT.partial.jsonl; a rerun asks only the rest
     partial = Path(args.out).with_name(Path(args.out).name + ".partial.jsonl") if args.out else None
+    if partial:
+        make_parent(partial)
+        note_output(partial.parent, "run the same command again: it asks only the questions left")
     answered = read_jsonl(partial, cut_torn_tail=True) if partial else []  # appended to below
     done = {(r["subject"], r["index"]): r["correct"] for r in answered}
     if done:
@@ -174,8 +182,9 @@ def run_mmlu(args: argparse.Namespace) -> int:
 
 
 def run_hellaswag(args: argparse.Namespace) -> int:
-    items = load_hellaswag(args.data, args.limit)  # before the model: a missing file fails fast
     out = Path(args.out)
+    check_out(out, resume=True)  # a folder of results, continued by a rerun
+    items = load_hellaswag(args.data, args.limit)  # before the model: a missing file fails fast
     config = {"init": args.init, "data": str(args.data) if args.data else "hellaswag"}
     config_path = out / "hellaswag_config.json"
     if config_path.is_file():  # a rerun resumes only what the same model scored on the same data
@@ -186,8 +195,12 @@ def run_hellaswag(args: argparse.Namespace) -> int:
                 f"{out} holds HellaSwag results of {', '.join(f'{k}={before.get(k)!r}' for k in changed)}; "
                 f"choose another --out for {', '.join(f'{k}={config[k]!r}' for k in changed)}")
     tokenizer = load_tokenizer()
+    check_inference_memory(config_of(resolve_init(args.init, random_ok=False)), 4, 1 << 30,
+                           select_device(args.backend), "scoring HellaSwag's four endings of an item",
+                           lower="the model's size")
     model = load_model(args)
     out.mkdir(parents=True, exist_ok=True)
+    note_output(out, "run the same command again: it continues after the items scored")
     write_json(config_path, config)
     result = evaluate_hellaswag(model, items, tokenizer, out / "hellaswag.jsonl",
                                 progress=not args.no_progress)

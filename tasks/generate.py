@@ -13,6 +13,10 @@ the next token: the probabilities softmax(logits / T) of the most likely tokens 
 """
 from __future__ import annotations
 
+from .common.signals import quiet_start
+
+quiet_start(__name__)  # first: Ctrl-C or SIGTERM during the imports below is one line and 130 / 143
+
 import argparse
 import sys
 import warnings
@@ -24,7 +28,10 @@ from .common.args import add_backend_arg, add_init_arg, parse
 from .common.device import select_device
 from .common.errors import TaskError, UsageError
 from .common.guard import main_guard
-from .runs.models import load_language_model, resolve_init
+from .common.signals import pause_point
+from .common.memory import check_inference_memory
+from .common.paths import check_output_file
+from .runs.models import config_of, load_language_model, resolve_init
 
 DEFAULT_PROMPT = "Every effort moves you"
 
@@ -196,9 +203,9 @@ def print_temperature_table(model, tok, prompt_ids: list[int], args: argparse.Na
     print(f"temperature plot: {args.temperature_plot}", file=sys.stderr)
 
 
-def write_continuation(model, tok, prompt_ids: list[int], args: argparse.Namespace) -> list[int] | None:
-    """The prompt and its continuation on stdout as the tokens come; the new ids, or None when
-    Ctrl-C stopped it."""
+def write_continuation(model, tok, prompt_ids: list[int], args: argparse.Namespace) -> list[int]:
+    """The prompt and its continuation on stdout as the tokens come; the new ids. Ctrl-C or
+    SIGTERM stops it, with the text so far printed."""
     from gpt2.generate import stream
     from gpt2.tokenizer import TextStream
 
@@ -218,9 +225,11 @@ def write_continuation(model, tok, prompt_ids: list[int], args: argparse.Namespa
                 break
             out.write(text.push(token))
             out.flush()
-    except KeyboardInterrupt:
+            pause_point("token")
+    except KeyboardInterrupt:  # what came so far stays printed; main_guard says 130 / 143
         out.write(text.flush() + "\n")
-        return None
+        out.flush()
+        raise
     out.write(text.flush() + "\n")
     out.flush()
     return new_ids
@@ -233,10 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
 
     init = resolve_init(args.init, random_ok=False)  # cheap: before the tokenizer and the weights
+    for flag, path in (("--attention-map", args.attention_map), ("--temperature-plot", args.temperature_plot)):
+        if path is not None:
+            check_output_file(Path(path), flag)  # before the model runs: its folder is made when written
     try:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:
         raise TaskError(str(e)) from None
+    check_inference_memory(config_of(init), 1, 1 << 30, device, "generating with this model",
+                           cache_rows=0 if args.no_cache else 1, lower="the model's size")
     model = load_language_model(init, device, purpose=", so it cannot generate text")
     cfg = model.config
     if args.attention_map is not None and not (0 <= args.layer < cfg.n_layer and 0 <= args.head < cfg.n_head):
@@ -247,8 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         print_temperature_table(model, tok, prompt_ids, args)
         return 0
     new_ids = write_continuation(model, tok, prompt_ids, args)
-    if new_ids is None:
-        return 130
     if args.attention_map is not None:
         ids = (prompt_ids + new_ids)[-cfg.n_ctx:]   # what the model can see at once
         maps = model.attention_maps(np.asarray([ids]))

@@ -25,6 +25,10 @@ exactly the book's test set; --split-seed N shuffles the records first.
 """
 from __future__ import annotations
 
+from .common.signals import quiet_start
+
+quiet_start(__name__)  # first: Ctrl-C or SIGTERM during the imports below is one line and 130 / 143
+
 import argparse
 import sys
 from pathlib import Path
@@ -38,18 +42,24 @@ from minigrad import nn
 
 from .common.args import add_backend_arg, add_init_arg, add_model_args, add_train_args, parse
 from .common.device import select_device
-from .common.errors import UsageError
-from .common.guard import main_guard, pause_point
+from .common.errors import Terminated, UsageError, note_output
+from .common.guard import main_guard
+from .common.signals import pause_point
 from .common.jsonfiles import append_jsonl, read_jsonl, write_json
+from .common.memory import check_inference_memory
+from .common.paths import check_output_file, make_parent
 from .common.progress import progress_bar
 from .data.alpaca import (DEFAULT_DATA, InstructionDataError, InstructionLoader, encode_record, format_prompt,
                           load_records, resolve_data, split_records)
 from .data.manifest import DATASETS
+from .data.identity import check_same_data, file_identity
 from .runs.checkpoint import run_dir_of
-from .runs.folder import check_output_file, record_run, start_run
-from .runs.models import ModelSpec, build_model, load_language_model, resolve_run_init, run_json_of
+from .runs.folder import begin_run, check_model_config, start_run
+from .runs.models import (ModelSpec, build_model, config_of, expected_config, load_language_model,
+                          resolve_run_init, run_json_of)
 from .training.config import TrainConfig
 from .training.evaluation import lm_loss, loss_evaluation, plot_losses
+from .training.memory import check_training_memory
 from .training.trainer import Trainer
 
 
@@ -127,8 +137,6 @@ def _loaders(tokenizer, train_recs, val_recs, max_length: int, args) -> tuple[In
 
 def _split(args: argparse.Namespace) -> tuple[Path, list[dict], tuple[list[dict], list[dict], list[dict]]]:
     """(the data file, its records, the train/val/test split), checked."""
-    if args.max_length is not None and args.max_length < 2:
-        raise UsageError(f"--max-length must be at least 2, got {args.max_length}")
     path = resolve_data(args.data)
     records = load_records(path)
     train_recs, val_recs, test_recs = split_records(records, args.split_seed)
@@ -138,62 +146,79 @@ def _split(args: argparse.Namespace) -> tuple[Path, list[dict], tuple[list[dict]
     return path, records, (train_recs, val_recs, test_recs)
 
 
+def _memory(args: argparse.Namespace, spec: ModelSpec, device: str, resuming: bool) -> None:
+    """The memory a step needs, before the model is built (LoRA: only the adapters train)."""
+    config = expected_config(spec)
+    if config is not None:
+        trained = None if args.lora_rank is None else config.n_layer * 4 * 2 * args.lora_rank * 4 * config.n_embd
+        check_training_memory(config, args.batch_size, args.max_length or config.n_ctx, device, dtype=args.dtype,
+                              trained_parameters=trained, resuming=resuming)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    run = start_run(vars(args), args.typed)
+    run = start_run(vars(args), args.typed, "instruct")  # checked: nothing written yet
     args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
     device = select_device(args.backend, args.dtype)
     from gpt2.tokenizer import get_tokenizer
 
-    path, records, (train_recs, val_recs, test_recs) = _split(args)
+    with run.recorded("data", "split_seed"):
+        path, records, (train_recs, val_recs, test_recs) = _split(args)
+    data = {"source": args.data if args.data in DATASETS else str(path.resolve()),  # respond recomputes the split
+            "num_records": len(records), "split_seed": args.split_seed,
+            "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}, **file_identity(path)}
+    if run.resuming:
+        check_same_data(run.run.get("data"), data, run.run_json)
     tokenizer = get_tokenizer()
-    model = build_model(ModelSpec.from_flags(run.args))
+    spec = ModelSpec.from_flags(run.args)
+    with run.recorded("init", "size", "n_layer", "n_head", "n_embd", "context"):
+        _memory(args, spec, device, run.resuming)
+        model = build_model(spec)
     if args.max_length is not None and args.max_length > model.config.n_ctx:
         raise UsageError(f"--max-length {args.max_length} is longer than the model's context of "
                              f"{model.config.n_ctx}")
     max_length = args.max_length or model.config.n_ctx
     _adapt(model, args)
+    check_model_config(run, model.config)
     model.to(device)
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
     train_loader, val_loader = _loaders(tokenizer, train_recs, val_recs, max_length, args)
-    out = Path(args.out)
-    record_run(run, "instruct", model.config, "gpt2", max_length=max_length,
-               lora=_lora_of(model), data={  # respond recomputes the split from these
-                   "source": args.data if args.data in DATASETS else str(path.resolve()),
-                   "num_records": len(records), "split_seed": args.split_seed,
-                   "split": {"train": len(train_recs), "val": len(val_recs), "test": len(test_recs)}})
-    print(f"model: {model.num_parameters():,} parameters ({model.num_parameters(trainable_only=True):,} trainable) "
-          f"on {device}; {len(train_recs)} train / {len(val_recs)} val / {len(test_recs)} test records; "
-          f"{len(train_loader)} batches of {args.batch_size} per epoch")
     sample = (lambda m: respond_batch(m, tokenizer, val_recs[:1], args.sample_tokens)[0]) \
         if args.sample_tokens > 0 else None
     evaluate = loss_evaluation({"train": train_loader, "val": val_loader}, lm_loss, args.eval_batches)
-    trainer = Trainer(model, train_loader, lm_loss, evaluate, out, TrainConfig.from_flags(run.args), sample=sample,
+    trainer = Trainer(model, train_loader, lm_loss, evaluate, run.out, TrainConfig.from_flags(run.args), sample=sample,
                       plot=plot_losses)
-    return trainer.exit_code if trainer.run(args.resume) is None else 0
+    if run.resuming and not trainer.load(run):  # checked and loaded; still nothing written
+        return 0  # finished already: said so, nothing to do
+    begin_run(run, model.config, "gpt2", max_length=max_length, lora=_lora_of(model), data=data)
+    print(f"model: {model.num_parameters():,} parameters ({model.num_parameters(trainable_only=True):,} trainable) "
+          f"on {device}; {len(train_recs)} train / {len(val_recs)} val / {len(test_recs)} test records; "
+          f"{len(train_loader)} batches of {args.batch_size} per epoch")
+    return trainer.exit_code if trainer.run() is None else 0
 
 
 # ----------------------------------------------------------------------------- respond and chat
 
 
-def _load(args: argparse.Namespace):
-    """(model in eval mode on the chosen device, tokenizer, run.json) of --init."""
+def _load(args: argparse.Namespace, rows: int = 1):
+    """(model in eval mode on the chosen device, tokenizer, run.json) of --init; first, the memory
+    of answering `rows` records at once (a KV cache each) checked."""
     from gpt2.tokenizer import get_tokenizer
 
     device = select_device(args.backend)
     init = resolve_run_init(args.init)
+    check_inference_memory(config_of(init), rows, 1 << 30, device, f"answering {rows:,} records at once",
+                           cache_rows=rows)
     run = run_json_of(init)
     model = load_language_model(init, device, purpose=" that can answer (a tasks.instruct or tasks.pretrain run)")
     return model, get_tokenizer(), run
 
 
 def cmd_respond(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        raise UsageError("--max-new-tokens, --batch-size and --limit must be at least 1")
     ckpt = Path(args.init)
     name = args.split if args.data is None else Path(args.data).stem
-    out = Path(args.out) if args.out else run_dir_of(ckpt) / f"responses_{name}.json"
+    out = Path(args.out) if args.out is not None else run_dir_of(ckpt) / f"responses_{name}.json"
     check_output_file(out)  # before any work: a bad --out must not cost the answers
-    model, tokenizer, run = _load(args)
+    model, tokenizer, run = _load(args, args.batch_size)
     if args.data is not None:
         records = load_records(resolve_data(args.data), require_output=False)
     else:
@@ -213,6 +238,8 @@ def cmd_respond(args: argparse.Namespace) -> int:
     # each answer is appended to OUT.partial.jsonl as it comes; a rerun with the same --out skips
     # the records answered there, and OUT (the JSON list the judge reads) is written at the end
     partial = out.with_name(out.name + ".partial.jsonl")
+    make_parent(out)
+    note_output(out.parent, "run the same command again: it continues after the records answered")
     answered = read_jsonl(partial, cut_torn_tail=True)  # appended to below
     if [r["instruction"] for r in answered] != [r["instruction"] for r in records[:len(answered)]]:
         raise UsageError(f"{partial} holds answers to other records; delete it or choose another --out")
@@ -236,8 +263,6 @@ def cmd_respond(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from gpt2.generate import stream
 
-    if args.max_new_tokens < 1:
-        raise UsageError("--max-new-tokens must be at least 1")
     model, tokenizer, _ = _load(args)
     interactive = sys.stdin.isatty()
     out = sys.stdout
@@ -263,8 +288,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 out.flush()
             out.write(text.flush() + "\n")
             out.flush()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C ends a chat; SIGTERM is 143, as in every task
         out.write("\n")
+        if isinstance(e, Terminated):
+            raise
     return 0
 
 

@@ -20,6 +20,10 @@ A rerun after a crash keeps the complete shards and continues after them.
 """
 from __future__ import annotations
 
+from .common.signals import quiet_start
+
+quiet_start(__name__)  # first: Ctrl-C or SIGTERM during the imports below is one line and 130 / 143
+
 import argparse
 import os
 import sys
@@ -28,8 +32,9 @@ from pathlib import Path
 from files import hub
 
 from .common.args import parse
-from .common.errors import Terminated, UsageError
+from .common.errors import Terminated, UsageError, note_output
 from .common.guard import main_guard
+from .common.memory import check_buffer_memory
 from .data.corpora import CORPORA, ensure_corpus, link_pretokenized
 from .data.documents import Source, expand_inputs
 from .data.shards import SHARD_RE, shard_name
@@ -71,8 +76,11 @@ def _plain_malloc() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _plain_malloc()
-    if args.shard_tokens < 1:
-        raise UsageError(f"--shard-tokens must be at least 1, got {args.shard_tokens}")
+    if args.out is not None and str(args.out) in ("", "."):
+        raise UsageError("--out is empty: give the shards a folder of their own")
+    # a shard is filled in memory (uint16 tokens) before it is written out
+    check_buffer_memory(2 * args.shard_tokens, "cpu", f"a shard of --shard-tokens {args.shard_tokens:,}",
+                        "--shard-tokens")
     if args.corpus:
         name = args.name or args.corpus
         out = Path(args.out) if args.out else hub.cache_dir() / "shards" / args.corpus
@@ -90,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if not SHARD_RE.match(shard_name(name, 0)) or "/" in name:
         raise UsageError(f"--name {name!r} cannot name shard files")
     sources = [Source(p, p.stat().st_size) for p in paths]
+    note_output(out, "run the same command again: it continues after the complete shards")
     try:
         info = prepare(sources, out, name, args.shard_tokens, args.workers, args.text_field,
                        progress=not args.no_progress)

@@ -14,6 +14,10 @@ cache (tasks.data.text.text_shards) and served by the same loader, with the same
 """
 from __future__ import annotations
 
+from .common.signals import quiet_start
+
+quiet_start(__name__)  # first: Ctrl-C or SIGTERM during the imports below is one line and 130 / 143
+
 import argparse
 import hashlib
 import os
@@ -23,19 +27,22 @@ from pathlib import Path
 
 import minigrad as mg
 import minigrad.distributed as dist
+from files.schema import SchemaError
 
 from .common.args import add_model_args, add_train_args, parse
 from .common.device import select_device
-from .common.guard import main_guard, pause_point
-from .common.jsonfiles import read_json
+from .common.guard import main_guard
+from .common.signals import pause_point
 from .common.plots import plot_loss_and_accuracy
+from .data.identity import check_same_data, shard_identity
 from .data.manifest import DATASETS, read_text
 from .data.shards import ShardLoader, find_shards
 from .data.text import text_shards
-from .runs.folder import record_run, start_run
-from .runs.models import ModelSpec, RandomInit, build_model
+from .runs.folder import begin_run, check_model_config, start_run
+from .runs.models import ModelSpec, RandomInit, build_model, expected_config
 from .training.config import TrainConfig
 from .training.evaluation import Periodic, lm_loss, loss_evaluation, plot_losses, read_metrics
+from .training.memory import check_training_memory
 from .training.parallel import check_world_size
 from .training.trainer import Trainer
 
@@ -140,10 +147,36 @@ def plot_pretrain(run_dir: str | Path) -> None:
                            "HellaSwag accuracy", chance=0.25)
 
 
+def shard_data(args: argparse.Namespace, run, tokenizer, world: int):
+    """The shards to train on, checked (and on --resume, the very data the run recorded):
+    (validation and training paths, how to name them, what run.json records of them)."""
+    if not (args.dataset or args.text or args.data):
+        raise SchemaError(str(run.run_json), "args", "names no data ('dataset', 'text' and 'data' are all null)")
+    with run.recorded("dataset", "text", "data"):
+        folder, what = shard_folder(args, tokenizer, world)
+        shards = find_shards(folder)  # (validation, training), checked before the model is built
+    identity = shard_identity(folder, shards[0] + shards[1])
+    if run.resuming:
+        check_same_data(run.run.get("data"), identity, run.run_json)
+    return shards, what, identity
+
+
+def default_context(flags: dict) -> int | None:
+    """--context's default (256) unless --init brings a model of a shorter context (a small run
+    of our own): then that model's, so that `--init RUN` alone starts a run from RUN."""
+    context = flags.get("context")
+    if flags.get("init") in (None, "random") or context is None:
+        return context
+    base = expected_config(ModelSpec.from_flags({**flags, "context": None}, RANDOM_INIT))
+    return context if base is None else min(context, base.n_ctx)
+
+
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run = start_run(vars(args), args.typed)
+    run = start_run(vars(args), args.typed, "pretrain")  # checked: nothing written yet
+    if not run.resuming and "context" not in args.typed:
+        run.args["context"] = default_context(run.args)
     args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
     device = select_device(args.backend, args.dtype)
     pause_point("startup")
@@ -153,32 +186,39 @@ def main(argv: list[str] | None = None) -> int:
     world = dist.world_size()
     if world > 1:
         dist.check_same("the command line", run.args)
-    folder, what = shard_folder(args, tokenizer, world)
-    shards = find_shards(folder)  # (validation, training), checked before the model is built
+    shards, what, identity = shard_data(args, run, tokenizer, world)
     periodic = hellaswag_every(args, tokenizer)
-    model = build_model(ModelSpec.from_flags(run.args, RANDOM_INIT))
+    spec = ModelSpec.from_flags(run.args, RANDOM_INIT)
+    with run.recorded("init", "size", "n_layer", "n_head", "n_embd", "context"):
+        config = expected_config(spec)
+        if config is not None:
+            check_training_memory(config, args.batch_size, args.context or config.n_ctx, device, dtype=args.dtype,
+                                  resuming=run.resuming)
+        model = build_model(spec)
+    check_model_config(run, model.config)
     context = args.context or model.config.n_ctx
     train_loader, val_loader = shard_loaders(args, shards, what, context, world)
     model.to(device)
     mg.manual_seed(args.seed)  # dropout masks: the same stream whatever --init did
-
     if run.resuming:
-        check_world_size(read_json(run.out / "run.json"), world, args.batch_size, args.grad_accum)
-    dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
-    if dist.is_main():
-        record_run(run, "pretrain", model.config, "gpt2", world_size=world)
-        print(f"model: {model.num_parameters():,} parameters on {device}; "
-              f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size * world}x{context} "
-              f"tokens" + (f" ({world} ranks x {args.batch_size})" if world > 1 else "")
-              + f" ({train_loader.num_tokens:,} / {val_loader.num_tokens:,} tokens in {folder})")
-    if world > 1:
-        say_ranks(world)
+        check_world_size(run.run, world, args.batch_size, args.grad_accum)
     evaluate = loss_evaluation({"train": train_loader, "val": val_loader}, lm_loss, args.eval_batches)
     sample = (lambda m: greedy_sample(m, tokenizer, SAMPLE_PROMPT, args.sample_tokens)) if args.sample_tokens > 0 \
         else None
     trainer = Trainer(model, train_loader, lm_loss, evaluate, run.out, TrainConfig.from_flags(run.args),
                       sample=sample, periodic=periodic, plot=plot_pretrain, data_parallel=True)
-    return trainer.exit_code if trainer.run(args.resume) is None else 0
+    if run.resuming and not trainer.load(run):  # checked and loaded; still nothing written
+        return 0  # finished already: said so, nothing to do
+    dist.barrier()  # every rank has looked at the folder before rank 0 writes into it
+    if dist.is_main():
+        begin_run(run, model.config, "gpt2", world_size=world, data=identity)
+        print(f"model: {model.num_parameters():,} parameters on {device}; "
+              f"{len(train_loader)} train / {len(val_loader)} val batches of {args.batch_size * world}x{context} "
+              f"tokens" + (f" ({world} ranks x {args.batch_size})" if world > 1 else "")
+              + f" ({train_loader.num_tokens:,} / {val_loader.num_tokens:,} tokens in {identity['folder']})")
+    if world > 1:
+        say_ranks(world)
+    return trainer.exit_code if trainer.run() is None else 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ Needs the [serve] extra: pip install -e '.[serve]'.
 """
 from __future__ import annotations
 
+from .common.signals import quiet_start
+
+quiet_start(__name__)  # first: Ctrl-C or SIGTERM during the imports below is one line and 130 / 143
+
 import argparse
 import os
 import socket
@@ -26,8 +30,9 @@ from .common.device import select_device
 from .common.errors import TaskError, Terminated, UsageError
 from .common.guard import main_guard
 from .common.jsonfiles import read_json
+from .common.memory import check_inference_memory
 from .runs.checkpoint import run_dir_of
-from .runs.models import ModelSpec, build_model
+from .runs.models import ModelSpec, build_model, expected_config
 from .serving.server import Server
 
 
@@ -58,11 +63,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                    help="uvicorn's log level (default: %(default)s)")
     args = parse(p, argv)
-    for name in ("max_batch", "max_tokens", "max_body"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.max_queue < 0 or args.timeout <= 0 or not 0 <= args.port < 65536:
-        p.error("--max-queue must be >= 0, --timeout > 0 and --port in 0..65535")
     return args
 
 
@@ -90,7 +90,11 @@ def load_server(args: argparse.Namespace) -> Server:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:
         raise TaskError(str(e)) from None
-    model = build_model(ModelSpec.from_flags(vars(args))).to(device).eval()
+    spec = ModelSpec.from_flags(vars(args))
+    check_inference_memory(expected_config(spec), 1, 1 << 30, device, f"serving --max-batch {args.max_batch:,} "
+                           "requests (a KV cache each, and one prompt's prefill)", cache_rows=args.max_batch,
+                           lower="--max-batch")
+    model = build_model(spec).to(device).eval()
     if model.config.vocab_size < tok.n_vocab or not hasattr(model, "logits"):
         raise UsageError(f"--init {args.init}: not a GPT-2 language model with GPT-2's vocabulary")
     api_key = args.api_key

@@ -4,7 +4,10 @@
 `pytest --backend standin` runs them on the strict CuPy stand-in (minigrad/standin.py), and the
 task tests' subprocesses with `--backend standin`: what CI does to check the CuPy code paths.
 """
+import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from hypothesis import settings
@@ -148,3 +151,29 @@ def _seed():
 def pytest_report_header(config):
     return [f"minigrad data cache: {os.environ.get('MINIGRAD_DATA_DIR', '<repo>/data')}",
             f"TIKTOKEN_CACHE_DIR: {os.environ.get('TIKTOKEN_CACHE_DIR', '<unset>')}"]
+
+
+class _OllamaJudge(BaseHTTPRequestHandler):
+    """An Ollama /api/chat that gives every response 80."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"message": {"role": "assistant", "content": "80"}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def judge_url():
+    """The URL of a judge server (_OllamaJudge) on this machine, for the module's tests."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _OllamaJudge)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()

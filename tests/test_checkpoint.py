@@ -27,8 +27,8 @@ def _model_and_opt():
 def test_manifest_lists_every_file_and_a_corrupt_one_is_named(tmp_path):
     model, opt = _model_and_opt()
     ckpt = save_checkpoint(tmp_path, 3, model, opt)
-    files = json.loads((ckpt / "state.json").read_text())["files"]
-    assert set(files) == {"model.safetensors", "optimizer.safetensors"}
+    files = json.loads((ckpt / "manifest.json").read_text())["files"]
+    assert set(files) == {"model.safetensors", "optimizer.safetensors", "state.json"}
     load_checkpoint(ckpt, *_model_and_opt())  # intact: loads
     path = ckpt / "model.safetensors"
     data = bytearray(path.read_bytes())

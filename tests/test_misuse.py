@@ -8,7 +8,7 @@
 
 CASES is the table of what fails at once; SIGNALS interrupts a task in each of its phases
 (start-up, a training step, a checkpoint being written, classify's pre-scoring, evaluation
-writing its records, tasks.prepare), paused there by tasks.common.guard.pause_point, which is inert unless
+writing its records, tasks.prepare), paused there by tasks.common.signals.pause_point, which is inert unless
 MINIGRAD_TEST_PAUSE_AT is set.
 """
 from __future__ import annotations
@@ -21,14 +21,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
 import pytest
+
+from toydata import write_toy_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--no-progress"]
@@ -103,31 +103,6 @@ def assert_resumes(run: Path, to_step: int | None = None) -> None:
 
 # ----------------------------------------------------------------------------- prepared runs
 
-class _Judge(BaseHTTPRequestHandler):
-    """An Ollama /api/chat that gives every response 80."""
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = json.dumps({"message": {"role": "assistant", "content": "80"}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def judge_url():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, needs_tokenizer):
     """Small inputs and finished runs shared by every case (cases that change one copy it first)."""
@@ -136,11 +111,7 @@ def prepared(tmp_path_factory, needs_tokenizer):
     if not (cache_dir() / "the-verdict.txt").is_file():
         pytest.skip("the-verdict.txt is not in the data cache")
     d = tmp_path_factory.mktemp("prepared")
-    rows = ["ham\thello there friend", "spam\twin money now", "ham\tsee you soon", "spam\tfree prize click"]
-    (d / "toy.tsv").write_text("\n".join(rows * 10) + "\n")
-    records = [{"instruction": f"Say the number {i}.", "input": "" if i % 2 else None, "output": f"{i}"}
-               for i in range(24)]
-    (d / "instr.json").write_text(json.dumps(records))
+    records = write_toy_inputs(d)
     (d / "responses.json").write_text(json.dumps([{**r, "model_response": r["output"]} for r in records[:4]]))
     questions = [{"question": f"What is {i} + {i}?", "answer_a": str(2 * i), "answer_b": str(i),
                   "answer_c": "0", "answer_d": "7", "correct_answer": "A", "topic": topic}
@@ -285,7 +256,8 @@ CASES = [
     Case("resume-on-an-empty-folder", ["pretrain", "--out", "{run}", "--resume", *LM], 0, "holds no run yet",
          post="resumes", setup=lambda c: c["run"].mkdir()),
     # the weights after step 2 are finite but give NaN: not saved, and step 1 is named the last good
-    Case("lr-explodes", [*PRE, "--lr", "1e38", "--warmup", "1000000", "--eval-every", "1"], 1,
+    # (--warmup 3, not 1000000: a warmup longer than the run is refused since issue 20)
+    Case("lr-explodes", [*PRE, "--lr", "1e38", "--warmup", "3", "--eval-every", "1"], 1,
          ("loss evaluated at step 2 is nan", "last good checkpoint is {run}/checkpoints/step_00000001"),
          post=lambda c, r: [p.name for p in (c["run"] / "checkpoints").iterdir()] == ["step_00000001"]),
     # --- disk full, read-only disk
@@ -413,7 +385,7 @@ def test_the_table_is_big_enough():
 class Interrupt:
     id: str
     cmd: list[str]
-    phase: str                   # tasks.common.guard.pause_point's name (NAME#K: the K-th time)
+    phase: str                   # tasks.common.signals.pause_point's name (NAME#K: the K-th time)
     signals: tuple[int, ...]
     code: int
     fragment: str

@@ -91,8 +91,9 @@ def test_float16_resume_is_exact(tmp_path, device):
     first.fit()
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000004", "step_00000008"]
     again = _trainer(tmp_path / "run", max_steps=12, eval_every=4, device=device)
-    assert again.resume()
+    assert again.load()  # checked and loaded (step 8 of 12: work left)
     assert again.amp.scaler.skipped == first.amp.scaler.skipped > 0
+    again.begin()
     again.fit()
     got = [(r["step"], r["loss"], r["loss_scale"], r["skipped_steps"]) for r in _steps(tmp_path / "run")]
     assert got == expected
@@ -185,7 +186,8 @@ def test_a_dropout_run_resumes_exactly_on_the_fused_path(tmp_path, monkeypatch, 
 
     _trainer(tmp_path / "run", dtype, max_steps=4, **args).fit()
     again = _trainer(tmp_path / "run", dtype, max_steps=8, **args)
-    assert again.resume()
+    assert again.load()  # checked and loaded (step 4 of 8: work left)
+    again.begin()
     again.fit()
     assert [(r["step"], r["loss"]) for r in _steps(tmp_path / "run")] == expected
 

@@ -14,7 +14,10 @@ from typing import Any, Mapping
 
 from gpt2.config import PRESETS
 
+from files.schema import Bool, Int, List, Maybe, Num, Spec, Str
+
 from .errors import EXIT_USAGE
+from .numbers import check_flags, spec_of
 
 BACKENDS = ("numpy", "cupy", "standin")  # standin: see minigrad/standin.py
 
@@ -154,10 +157,48 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
             a.default = default
     dests = {a.dest for a, _ in saved}
     args.typed = {k for k in vars(typed_only) if k in dests}
+    values = vars(args)
+    chosen = _chosen_parser(parser, values)
+    check_flags({k: v for k, v in values.items() if k in dests}, chosen.prog)
+    args.specs = flag_specs(parser, chosen)
     return args
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, values: Mapping[str, Any]) -> argparse.ArgumentParser:
+    """The subcommand's parser when the command has subcommands, else the parser itself."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(values.get(action.dest), parser)
+    return parser
+
+
+def flag_specs(parser: argparse.ArgumentParser, chosen: argparse.ArgumentParser | None = None) -> dict[str, Spec]:
+    """What each flag's value may be, as files.schema specs (the numbers from common.numbers'
+    table): what run.json's `args` are checked against when a run is resumed."""
+    specs: dict[str, Spec] = {}
+    for a in parser._actions + (chosen._actions if chosen is not None and chosen is not parser else []):
+        if a.dest in ("help", argparse.SUPPRESS):
+            continue
+        if isinstance(a, argparse._SubParsersAction):
+            specs[a.dest] = Str(choices=tuple(a.choices))
+            continue
+        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            spec: Spec = Bool()
+        elif isinstance(a, argparse.BooleanOptionalAction):
+            spec = Maybe(Bool())
+        elif a.type in (int, float):
+            spec = spec_of(a.dest, (chosen or parser).prog) or (Int() if a.type is int else Num())
+        elif a.choices is not None:
+            spec = Str(choices=tuple(str(c) for c in a.choices))
+        else:
+            spec = Str()
+        if a.nargs in ("*", "+"):
+            spec = List(spec)
+        specs[a.dest] = Maybe(spec) if a.default is None and not isinstance(spec, Maybe) else spec
+    return specs
 
 
 def recorded_args(flags: Mapping[str, Any]) -> dict[str, Any]:
     """What run.json records of a command line (`vars(args)`): every flag's value, without the
-    bookkeeping `parse` and subcommands add (`typed`, `func`)."""
-    return {k: v for k, v in flags.items() if k not in ("func", "typed") and not callable(v)}
+    bookkeeping `parse` and subcommands add (`typed`, `specs`, `func`)."""
+    return {k: v for k, v in flags.items() if k not in ("func", "typed", "specs") and not callable(v)}

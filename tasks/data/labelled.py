@@ -202,11 +202,16 @@ def parse_labels(text: str | None) -> list[str] | None:
     return labels
 
 
-def load_splits(path: str | None, labels: Sequence[str] | None, *, strict: bool, balanced: bool,
+def labelled_source(path: str | None, progress: bool = True) -> Path:
+    """The labelled file --data names (default: the SMS Spam Collection, from the cache)."""
+    return Path(path) if path else ensure_dataset("sms-spam", progress=progress)
+
+
+def load_splits(path: str | Path | None, labels: Sequence[str] | None, *, strict: bool, balanced: bool,
                 split_seed: int, progress: bool = True) -> tuple[dict[str, list[Row]], list[str], int, int]:
     """The split rows of a labelled file (default: the SMS Spam Collection from the cache), the
     classes, and how many rows were valid / skipped."""
-    path = Path(path) if path else ensure_dataset("sms-spam", progress=progress)
+    path = labelled_source(path, progress)
     data = read_labelled_file(path, labels, strict=strict)
     if data.problems:
         print(f"warning: skipped {data.problem_summary()}", file=sys.stderr)

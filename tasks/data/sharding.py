@@ -8,6 +8,7 @@ shards and continues after them; index.json, written last, says the preparation 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -20,10 +21,10 @@ from files import hub
 from files.atomic import atomic_write_text
 
 from ..common.errors import UsageError
-from ..common.guard import pause_point
+from ..common.signals import pause_point
 from .documents import CorpusError, Source, read_pieces
 from .encoding import encoded, work_items
-from .shards import FORMAT, SHARD_RE, read_header, shard_name, write_shard
+from .shards import FORMAT, SHARD_RE, header, read_header, shard_name, write_shard
 
 STATE_FILE = ".prepare_state.json"  # what a rerun needs to continue; gone once index.json is written
 
@@ -86,8 +87,10 @@ class _ShardWriter:
     def flush(self, next_piece: int, next_offset: int, last: bool = False) -> None:
         fname = shard_name(self.name, self.index)
         write_shard(self.out / fname, self.buf[:self.fill])
-        self.done.append({"file": fname, "tokens": int(self.fill), "next_piece": int(next_piece),
-                          "next_offset": int(next_offset)})
+        digest = hashlib.sha256(header(self.fill).tobytes())  # what a run records of its data
+        digest.update(self.buf[:self.fill].tobytes())
+        self.done.append({"file": fname, "tokens": int(self.fill), "sha256": digest.hexdigest(),
+                          "next_piece": int(next_piece), "next_offset": int(next_offset)})
         if not last:  # (after the last one comes index.json; until then a rerun redoes it)
             atomic_write_text(self.out / STATE_FILE, json.dumps({"config": self.config, "shards": self.done},
                                                                 indent=1))
@@ -172,7 +175,7 @@ def _write_index(out: Path, config: dict, writer: _ShardWriter, documents: int, 
             "val_tokens": done[0]["tokens"], "train_tokens": tokens - done[0]["tokens"],
             "documents": documents,
             "sources": [{"path": str(s.path), "bytes": s.size, "sha256": s.sha256} for s in sources],
-            "shards": [{"file": s["file"], "tokens": s["tokens"]} for s in done]}
+            "shards": [{k: s[k] for k in ("file", "tokens", "sha256") if k in s} for s in done]}
     atomic_write_text(out / "index.json", json.dumps(info, indent=1))
     (out / STATE_FILE).unlink(missing_ok=True)
     return info

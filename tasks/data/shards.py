@@ -58,9 +58,16 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> Path:
     try:
         with open(tmp, "wb") as f:
             f.write(header(tokens.size).tobytes())
-            tokens.astype(TOKEN_DTYPE, copy=False).tofile(f)  # no copy when already uint16
+            # write(), not ndarray.tofile: a full disk is then ENOSPC naming the file, not
+            # NumPy's "N requested and M written"
+            f.write(memoryview(np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE)).cast("B"))
             f.flush()
             os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(tmp)) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

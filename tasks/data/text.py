@@ -66,7 +66,8 @@ def text_shards(text: str, tokenizer: Tokenizer, train_frac: float = 0.9) -> Pat
         for fname, part in parts.items():
             ids = np.asarray(tokenizer.encode(part), dtype=np.int64)
             write_shard(tmp / fname, ids)
-            shards.append({"file": fname, "tokens": int(ids.size), "characters": len(part)})
+            shards.append({"file": fname, "tokens": int(ids.size), "characters": len(part),
+                           "sha256": hub.sha256_of(tmp / fname)})
         atomic_write_text(tmp / "index.json", json.dumps(
             {"text_sha256": key, "train_frac": train_frac, "tokenizer": "gpt2 (encode)",
              "shards": shards}, indent=1))

@@ -168,6 +168,30 @@ class ModelSpec:
             raise UsageError(str(e)) from None
 
 
+def config_of(init: Init) -> GPT2Config | None:
+    """The config of the weights an --init names, read without loading them (a preset's, a run's
+    run.json, a Hugging Face folder's config.json): for a memory estimate before any weight is
+    allocated. None where only the weights would tell, or a run.json that load_run_model will
+    refuse with its own message."""
+    if init.kind == "preset":
+        return GPT2Config.preset(init.name)
+    if init.kind == "run":
+        try:
+            return GPT2Config.from_dict(run_json_of(init)["model_config"])
+        except (KeyError, TypeError, ValueError, FileNotFoundError, AttributeError):
+            return None
+    return None
+
+
+def expected_config(spec: ModelSpec) -> GPT2Config | None:
+    """The config of the model build_model(spec) will make, read without making it (config_of)."""
+    if spec.init == "random":
+        tie = spec.random.tie if spec.tie_embeddings is None else spec.tie_embeddings
+        return spec.config().replace(tie_word_embeddings=tie)
+    base = config_of(resolve_init(spec.init))
+    return None if base is None else base.replace(dropout=spec.dropout)
+
+
 def build_model(spec: ModelSpec) -> GPT2:
     """A GPT2 on the CPU as --init and the model flags say (moved to the device by the caller)."""
     if spec.init == "random":

@@ -13,6 +13,7 @@ import minigrad.functional as F
 
 from ..common.jsonfiles import read_jsonl
 from ..common.plots import plot_curves
+from ..common.signals import between_batches
 from .parallel import local_batch
 
 
@@ -39,13 +40,14 @@ def mean_loss(model, loader, loss_fn: Callable, max_batches: int) -> float:
         for i, batch in enumerate(loader.peek() if hasattr(loader, "peek") else loader):
             if i >= max_batches:
                 break
+            between_batches()
             part, rows = local_batch(batch)
             if rows is None:
                 total += float(loss_fn(model, part).item())
             elif len(part[0]):
                 total += float(loss_fn(model, part).item()) * len(part[0]) / rows
             n += 1
-    model.train(was_training)
+    model.train(was_training)  # (an EvaluationStopped leaves it in eval mode: the loop stops anyway)
     total = dist.all_reduce_sum([total])[0]
     return total / n if n else float("nan")
 

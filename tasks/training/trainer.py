@@ -28,16 +28,20 @@ import minigrad.distributed as dist
 from minigrad.amp import LossScaler, MixedPrecision
 from minigrad.optim import AdamW, CosineWithWarmup, clip_grad_norm_
 
-from ..common.errors import TaskError
-from ..common.guard import pause_point
-from ..common.jsonfiles import append_jsonl, rewrite_jsonl
+from ..common.errors import TaskError, UsageError
+from ..common.signals import pause_point
+from ..common.jsonfiles import append_jsonl
 from ..common.progress import progress_bar
-from ..runs.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, remove_stale_temporaries,
-                               save_checkpoint)
-from ..runs.folder import append_history
+from ..runs.checkpoint import latest_checkpoint, save_checkpoint
 from .config import BIG_MODEL, BIG_SAVE_EVERY, TrainConfig
-from .evaluation import Periodic, read_metrics
+from .resume import Resuming
+from ..common.signals import EvaluationStopped, interruptible
+from .evaluation import Periodic
 from .parallel import check_ranks_agree, local_batch
+
+
+class _StoppedMidStep(Exception):
+    """A stop asked for between two micro-batches of an update: the update is dropped."""
 
 
 class NonFiniteLoss(TaskError):
@@ -58,7 +62,7 @@ def adamw_for(model, config: TrainConfig) -> AdamW:
     return AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-class Trainer:
+class Trainer(Resuming):
     """Fits `model` with AdamW on `train_loader` (a tasks.data.loaders.EpochLoader: BatchLoader, ShardLoader, with
     len(), iteration, state_dict() and load_state_dict()).
 
@@ -87,6 +91,9 @@ class Trainer:
         if config.max_steps is not None:
             total = min(total, config.max_steps)
         self.total_steps = total
+        if config.warmup and config.warmup >= total:
+            raise UsageError(f"--warmup {config.warmup} must be below the run's {total} steps: it would end before "
+                             "its learning rate reached its peak")
         min_lr = config.lr if config.schedule == "constant" else config.min_lr
         self.scheduler = CosineWithWarmup(self.optimizer, config.warmup, total, min_lr=min_lr)
         self.step = self.start_step = 0
@@ -97,6 +104,7 @@ class Trainer:
         self.tokens_seen = 0
         self.stopped_by: int | None = None  # the signal that stopped fit(), if one did
         self._saved_on_signal = False
+        self._last_saved: int | None = None  # the step of this run's newest checkpoint
         self.exit_code = 0
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._bar = None
@@ -124,60 +132,24 @@ class Trainer:
         """Rank 0 writes the checkpoint (every rank holds the same weights); the others wait for
         it, so a job that ends right after has the checkpoint on disk."""
         path = self.run_dir / "checkpoints" / f"step_{self.step:08d}"
+        self._last_saved = self.step
         if self.main:
             path = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self._state(),
                                    keep=self.cfg.keep)
         dist.barrier()
         return path
 
-    def resume(self) -> bool:
-        """Continue from the newest checkpoint, if any; metrics after it are dropped (they will
-        be produced again)."""
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            return False
-        if self.cfg.weights_only and not (ckpt / "optimizer.safetensors").is_file():
-            state = load_checkpoint(ckpt, self.model)  # the weights, checked against the manifest
-            self._record_weights_only(ckpt)
-        else:
-            state = load_checkpoint(ckpt, self.model, self.optimizer)
-        try:
-            self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-            self.loader.load_state_dict(state["loader"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            mg.set_rng_state(state["rng"])
-            if self.amp is not None and "loss_scaler" in state:
-                self.amp.scaler.load_state_dict(state["loss_scaler"])
-        except (KeyError, TypeError) as e:
-            raise CheckpointError(f"{ckpt / 'state.json'} lacks {e} or holds it in another shape; "
-                                  "the checkpoint cannot be resumed") from None
-        if self.main and self.metrics_path.exists():  # a torn last line (killed mid-write) is dropped
-            rewrite_jsonl(self.metrics_path, [r for r in read_metrics(self.run_dir) if r["step"] <= self.step])
-        if self.main:
-            tqdm.write(f"resumed from {ckpt} (step {self.step})")
-        return True
-
-    def _record_weights_only(self, ckpt: Path) -> None:
-        """--resume --weights-only without optimizer state: said, and kept in run.json's history."""
-        if not self.main:
-            return
-        tqdm.write(f"note: {ckpt / 'optimizer.safetensors'} is missing: continuing from the weights alone "
-                   "(--weights-only); AdamW's moments start again from zero, so this is not an exact continuation")
-        if (self.run_dir / "run.json").is_file():
-            append_history(self.run_dir, {"weights_only": ckpt.name,
-                                          "why": "optimizer.safetensors missing; AdamW's moments restarted from zero"})
-
     def _log(self, record: dict[str, Any]) -> None:
         if self.main:  # rank 0 alone writes the run folder
             append_jsonl(self.metrics_path, record)
 
     # ------------------------------------------------------------ the loop
-    def run(self, resume: bool, summary: bool = True) -> dict[str, Any] | None:
-        """What a task's main does: fit(), from the newest checkpoint when `resume`. Returns the
-        last evaluation, or None when Ctrl-C or SIGTERM stopped the run (fit has saved it by then;
-        `exit_code` is then 130 or 143, what the task's main returns)."""
-        if resume and not self.resume() and self.main:
-            print(f"no checkpoint in {self.run_dir}: starting from the beginning")
+    def run(self, summary: bool = True) -> dict[str, Any] | None:
+        """What a task's main does once the run has begun (runs.folder.begin_run): begin() then
+        fit(), from where load() left it. Returns the last evaluation, or None when Ctrl-C or
+        SIGTERM stopped the run (fit has saved it by then; `exit_code` is then 130 or 143, what
+        the task's main returns)."""
+        self.begin()
         try:
             # NumPy's overflow warnings say nothing the non-finite checks (loss, checkpoint) do not
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -198,13 +170,11 @@ class Trainer:
         """Train until the epochs or max_steps are done. Returns the last evaluation."""
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in remove_stale_temporaries(self.run_dir):  # what a killed checkpoint write left
-                tqdm.write(f"removed {stale}, a checkpoint whose writing was cut short")
         self.start_step = self.step  # after any resume: what this session adds starts here
         self.stopped_by = None
         self._saved_on_signal = False
         last_eval: dict[str, Any] = {}
-        with self._stop_on_signals():
+        with self._stop_on_signals(), interruptible(self._stop_asked):
             self._bar = progress_bar(total=self.total_steps, initial=self.step, dynamic_ncols=True, desc="train",
                                      disable=not (self.cfg.progress and self.main))
             self.model.train()
@@ -242,12 +212,21 @@ class Trainer:
         evaluate, save = s % cfg.eval_every == 0 or done, s % self.save_every == 0 or done
         # the loss comes to the host only at log steps, and before any checkpoint, so that a
         # non-finite loss is caught before it could be saved
-        self._update(fetch_loss=s % cfg.log_every == 0 or evaluate or save)
+        try:
+            self._update(fetch_loss=s % cfg.log_every == 0 or evaluate or save)
+        except _StoppedMidStep:
+            self._stop_now(saved=self._saved_at(self.step))  # the steps before it are kept
         self._bar.update(1)
         for extra in self.periodic:  # rank 0 alone (e.g. HellaSwag); the others wait for it
             if self.main and (self.step % extra.every == 0 or done):
                 self._run_periodic(extra)
-        record = self._evaluate_now() if evaluate else None
+        try:
+            record = self._evaluate_now() if evaluate else None
+        except EvaluationStopped:
+            if self.main:
+                tqdm.write(f"note: the evaluation of step {self.step} was cut short by the stop asked for; "
+                           "it is left out of metrics.jsonl")
+            self._stop, record = True, None
         if save:
             self.save()
         if evaluate or save:  # the next tokens/s leaves evaluation and saving out
@@ -266,6 +245,17 @@ class Trainer:
                 f"{latest_checkpoint(self.run_dir) or '(none yet)'}; try a lower --lr or --grad-clip")
         return record
 
+    def _saved_at(self, step: int) -> bool:
+        """Whether this run has a checkpoint of `step` already (step 0: nothing worth saving)."""
+        return step == 0 or self._last_saved == step
+
+    def _stop_asked(self) -> bool:
+        """Whether to stop now, between two micro-batches or evaluation batches: a signal came
+        (on several ranks, if one rank got it: all of them agree in one small all-reduce)."""
+        if self.world == 1:
+            return self.stopped_by is not None
+        return dist.all_reduce_sum([float(self.stopped_by is not None)])[0] > 0
+
     def _stop_now(self, saved: bool) -> None:
         """Log the pending loss, save (unless this step just did), say how to resume, stop."""
         pending = self._fetch_loss(self.step)
@@ -275,7 +265,8 @@ class Trainer:
         self._saved_on_signal = True
         if self.main:
             why = signal.Signals(self.stopped_by).name if self.stopped_by else "another rank's signal"
-            tqdm.write(f"interrupted: saved {path} on {why}; continue with --out {self.run_dir} --resume")
+            kept = f"saved {path}" if path is not None else "no step was complete, nothing to save"
+            tqdm.write(f"interrupted: {kept} on {why}; continue with --out {self.run_dir} --resume")
         raise KeyboardInterrupt
 
     def _update(self, fetch_loss: bool = True) -> None:
@@ -285,8 +276,11 @@ class Trainer:
         On several ranks the loss is fetched every step, with the stop flag in one all-reduce."""
         if self.amp is not None:
             self.amp.half()
-        for _ in range(self.cfg.grad_accum):
+        before = (self.loader.state_dict(), self.tokens_seen, self._loss_sum, self._loss_count)
+        for i in range(self.cfg.grad_accum):
             self._micro_step()
+            if i + 1 < self.cfg.grad_accum and self._stop_asked():
+                self._abandon_update(before)  # a stop waits for one micro-batch, not a whole update
         # float16: the float32 weights back, the gradients unscaled and checked for overflow
         finite = self.amp is None or self.amp.restore()
         if self.world > 1:
@@ -303,6 +297,17 @@ class Trainer:
         self.scheduler.step()
         if loss is not None:
             self._log_step(loss)
+
+    def _abandon_update(self, before: tuple) -> None:
+        """Drop the update in progress (its gradients, the batches it read) so that the checkpoint
+        is the state after the last whole step, and resuming redoes this one from its start."""
+        if self.amp is not None:
+            self.amp.restore()  # the float32 weights back
+        self.optimizer.zero_grad()
+        loader_state, self.tokens_seen, self._loss_sum, self._loss_count = before
+        self.loader.load_state_dict(loader_state)
+        self._stop = True
+        raise _StoppedMidStep
 
     def _micro_step(self) -> None:
         """Forward and backward of one (global) micro-batch's rows of this rank."""
