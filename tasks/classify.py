@@ -42,6 +42,7 @@ from .common.progress import progress_bar
 from .data.labelled import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matrix, encode_texts, load_splits,
                             longest, pad_ids, parse_labels, per_class_scores, write_split_csvs)
 from .data.loaders import BatchLoader
+from .data.manifest import ensure_inputs
 from .runs.checkpoint import CheckpointError, run_dir_of
 from .runs.folder import record_run, start_run
 from .runs.models import ModelSpec, build_model, load_run_model, resolve_run_init, run_json_of
@@ -237,6 +238,7 @@ def train(args: argparse.Namespace) -> int:
     args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
     device = select_device(args.backend, args.dtype)
     out = Path(args.out)
+    ensure_inputs([None if args.data else "sms-spam"], args.init)  # every missing file in one message
     splits, classes, n_rows, n_skipped = load_splits(args.data, parse_labels(args.labels), strict=args.strict,
                                                      balanced=args.balance, split_seed=args.split_seed,
                                                      progress=not args.no_progress)

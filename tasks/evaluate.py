@@ -24,6 +24,7 @@ from .common.device import select_device
 from .common.errors import TaskError, UsageError
 from .common.guard import main_guard, pause_point
 from .common.jsonfiles import append_jsonl, read_json, read_jsonl, write_json
+from .data.manifest import ensure_inputs
 from .runs.folder import check_output_file
 from .runs.models import load_language_model, resolve_init
 from .evals.hellaswag import evaluate_hellaswag, load_hellaswag
@@ -126,6 +127,7 @@ def load_tokenizer():
 def run_mmlu(args: argparse.Namespace) -> int:
     if args.shots not in (0, 5):
         raise MMLUDataError(f"--shots must be 0 or 5, got {args.shots}")
+    ensure_inputs([None if args.data else "mmlu"], args.init)  # every missing file in one message
     questions = load_mmlu(args.data)  # before the model: a missing file fails fast
     try:
         select_subjects(group_by_subject(questions), args.subjects)
@@ -174,6 +176,7 @@ def run_mmlu(args: argparse.Namespace) -> int:
 
 
 def run_hellaswag(args: argparse.Namespace) -> int:
+    ensure_inputs([None if args.data else "hellaswag"], args.init)  # every missing file in one message
     items = load_hellaswag(args.data, args.limit)  # before the model: a missing file fails fast
     out = Path(args.out)
     config = {"init": args.init, "data": str(args.data) if args.data else "hellaswag"}

@@ -24,6 +24,7 @@ from .common.args import add_backend_arg, add_init_arg, parse
 from .common.device import select_device
 from .common.errors import TaskError, UsageError
 from .common.guard import main_guard
+from .data.manifest import ensure_inputs
 from .runs.models import load_language_model, resolve_init
 
 DEFAULT_PROMPT = "Every effort moves you"
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
 
     init = resolve_init(args.init, random_ok=False)  # cheap: before the tokenizer and the weights
+    ensure_inputs(init=args.init)  # the tokenizer and the official weights: every missing file at once
     try:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:

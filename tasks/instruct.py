@@ -44,7 +44,7 @@ from .common.jsonfiles import append_jsonl, read_jsonl, write_json
 from .common.progress import progress_bar
 from .data.alpaca import (DEFAULT_DATA, InstructionDataError, InstructionLoader, encode_record, format_prompt,
                           load_records, resolve_data, split_records)
-from .data.manifest import DATASETS
+from .data.manifest import DATASETS, ensure_inputs
 from .runs.checkpoint import run_dir_of
 from .runs.folder import check_output_file, record_run, start_run
 from .runs.models import ModelSpec, build_model, load_language_model, resolve_run_init, run_json_of
@@ -144,6 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = select_device(args.backend, args.dtype)
     from gpt2.tokenizer import get_tokenizer
 
+    ensure_inputs([args.data or DEFAULT_DATA], args.init)  # every missing file in one message
     path, records, (train_recs, val_recs, test_recs) = _split(args)
     tokenizer = get_tokenizer()
     model = build_model(ModelSpec.from_flags(run.args))

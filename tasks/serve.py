@@ -26,6 +26,7 @@ from .common.device import select_device
 from .common.errors import TaskError, UsageError
 from .common.guard import main_guard
 from .common.jsonfiles import read_json
+from .data.manifest import ensure_inputs
 from .runs.checkpoint import run_dir_of
 from .runs.models import ModelSpec, build_model
 from .serving.server import Server
@@ -83,6 +84,7 @@ def load_server(args: argparse.Namespace) -> Server:
     from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
 
     device = select_device(args.backend)
+    ensure_inputs(init=args.init)  # the tokenizer and the official weights: every missing file at once
     try:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:
