@@ -43,7 +43,8 @@ def test_loss_png_draws_every_step_under_the_evaluations(tmp_path, drawn):
     xs, ys = lines["train loss (each step)"]
     assert len(xs) == 100 and ys[0] == pytest.approx(10.76)          # the fall from the first step
     assert xs[0] == pytest.approx(1 / 300) and xs[-1] == pytest.approx(100 / 300)  # in epochs
-    assert lines["train loss"][0] == pytest.approx([50 / 300, 100 / 300])  # the two evaluations
+    assert lines["train loss (evaluations)"][0] == pytest.approx([50 / 300, 100 / 300])
+    assert lines["val loss (evaluations)"][1] == pytest.approx([9.5, 8.0])
 
 
 def test_step_epochs_come_from_an_evaluation():

@@ -47,7 +47,8 @@ def plot_curves(evals: Sequence[dict], keys: Sequence[str], path: str | os.PathL
     for k in keys:
         pts = [(e["epoch"], e[k]) for e in evals if k in e]
         if pts:
-            ax.plot(*zip(*pts), label=k.replace("_", " "), linestyle="-" if "train" in k else "-.",
+            label = k.replace("_", " ") + (" (evaluations)" if steps else "")
+            ax.plot(*zip(*pts), label=label, linestyle="-" if "train" in k else "-.",
                     marker="o" if len(pts) < 30 else None, markersize=3)  # a lone point stays visible
     ax.set_xlabel("epochs")
     ax.set_ylabel(ylabel)
