@@ -2,9 +2,12 @@
 
 minigrad: every Function subclass's forward and backward is wrapped with a timer for a few steps
 (nothing in minigrad changes; the wrappers are removed afterwards), and the rest of each phase is
-what the engine and the Python around the ops cost. PyTorch: torch.profiler's events, each op
-counted once at its outermost level. Both sides are mapped onto the same op names so that the two
-can be put side by side. cProfile's list sorted by own time is kept as the raw evidence.
+what the engine and the Python around the ops cost. On a GPU the timer is a pair of CUDA events
+around each call (no host sync in between), so an op's time is the GPU's. PyTorch: torch.profiler's
+events, each op counted once at its outermost level (on a GPU, the device time of the kernels
+under it). Both sides are mapped onto the same op names so that the two can be put side by side.
+cProfile's list sorted by own time is kept as the raw evidence; on a GPU, torch.profiler's CUPTI
+records list the kernels themselves, CuPy's as well as PyTorch's (kernel_table).
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ MG_OPS = {
     "AttentionFn": "attention (sdpa)", "CrossEntropyFn": "cross_entropy",
     "EmbeddingFn": "embedding", "AddFn": "add", "ReshapeFn": "views/copies", "PermuteFn": "views/copies",
     "GetItemFn": "views/copies", "ConcatFn": "views/copies",
+    "FusedLayerNorm": "layer_norm", "FusedGelu": "gelu", "FusedAttention": "attention (sdpa)",
+    "FusedSelfAttention": "attention (sdpa)", "FusedCrossEntropy": "cross_entropy", "FusedBiasResidual": "add",
 }
 # PyTorch forward ops (outermost aten call) -> op name
 TORCH_FWD = {
@@ -41,6 +46,7 @@ TORCH_BWD = [
     ("UnsafeViewBackward", "views/copies"), ("CloneBackward", "views/copies"), ("TBackward", "views/copies"),
     ("PermuteBackward", "views/copies"), ("AccumulateGrad", "autograd engine"),
 ]
+PROFILE_STEPS = 2                   # extra steps profiled after the timed ones
 ENGINE = "autograd engine"          # backward time outside the ops' own backward functions
 FWD_OTHER = "python around ops"     # forward time outside the ops (modules, graph recording)
 OPTIMIZER = "AdamW step"
@@ -57,18 +63,30 @@ def _function_classes(base) -> list[type]:
 
 
 @contextlib.contextmanager
-def minigrad_op_timers(sync: Callable[[], None] | None = None) -> Iterator[dict[tuple[str, str], float]]:
-    """Wrap forward/backward of every minigrad Function with a timer; yields {(op, phase): s}.
+def minigrad_op_timers(sync: Callable[[], None] | None = None,
+                       events: Callable[[], tuple] | None = None) -> Iterator[dict[tuple[str, str], float]]:
+    """Wrap forward/backward of every minigrad Function with a timer; yields {(op, phase): s},
+    filled when the block ends.
 
-    With `sync` (on the GPU) each op waits for its kernels, so its time is its own.
+    With `sync` each op waits for its kernels, so its host time is its own. With `events` (on the
+    GPU: common.gpu_event_timer("minigrad")) each call is timed by two CUDA events around it
+    instead: GPU time, with no host sync to change what is timed.
     """
     from minigrad.tensor import Function
 
     acc: dict[tuple[str, str], float] = defaultdict(float)
-    saved = []
+    saved, pending = [], []
 
     def timed(fn, key):
         def wrapper(*args, **kwargs):
+            if events:
+                start, stop, seconds = events()
+                start()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    stop()
+                    pending.append((key, seconds))
             if sync:
                 sync()
             t0 = time.perf_counter()
@@ -91,14 +109,18 @@ def minigrad_op_timers(sync: Callable[[], None] | None = None) -> Iterator[dict[
     finally:
         for cls, phase, orig in saved:
             setattr(cls, phase, orig)
+        for key, seconds in pending:
+            acc[key] += seconds()
 
 
 def minigrad_breakdown(step_parts: Callable[[], dict[str, float]], steps: int,
-                       sync: Callable[[], None] | None = None) -> dict[tuple[str, str], float]:
+                       sync: Callable[[], None] | None = None,
+                       events: Callable[[], tuple] | None = None) -> dict[tuple[str, str], float]:
     """Seconds per step by (op, phase) over `steps` calls of step_parts, which runs one training
-    step and returns its phases' wall times {"forward", "backward", "optimizer", "total"}."""
+    step and returns its phases' times {"forward", "backward", "optimizer", "total"} (GPU times
+    when `events` is given: see minigrad_op_timers)."""
     walls: dict[str, float] = defaultdict(float)
-    with minigrad_op_timers(sync) as acc:
+    with minigrad_op_timers(sync, events) as acc:
         for _ in range(steps):
             for k, v in step_parts().items():
                 walls[k] += v
@@ -164,15 +186,19 @@ def _torch_op(name: str) -> tuple[str, str] | None:
     return None
 
 
-def torch_breakdown(step_parts: Callable[[], dict[str, float]], steps: int) -> dict[tuple[str, str], float]:
+def torch_breakdown(step_parts: Callable[[], dict[str, float]], steps: int,
+                    gpu: bool = False) -> dict[tuple[str, str], float]:
     """Seconds per step by (op, phase) from torch.profiler over `steps` training steps.
 
     Each event is counted at its outermost recognised level (aten::linear, not the aten::addmm
-    inside it), so nothing is counted twice. Profiling slows PyTorch's ops a little, too."""
+    inside it), so nothing is counted twice. With `gpu`, an op's time is the device time of the
+    kernels it launched (CUPTI), and step_parts' phases are GPU times. Profiling slows PyTorch's
+    ops a little, too."""
     from torch.profiler import ProfilerActivity, profile
 
     walls: dict[str, float] = defaultdict(float)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=activities) as prof:
         for _ in range(steps):
             for k, v in step_parts().items():
                 walls[k] += v
@@ -188,9 +214,31 @@ def torch_breakdown(step_parts: Callable[[], dict[str, float]], steps: int) -> d
                 break
             parent = parent.cpu_parent
         if not nested:
-            acc[key] += ev.cpu_time_total * 1e-6
+            acc[key] += (ev.device_time_total if gpu else ev.cpu_time_total) * 1e-6
     ops = {k: v / steps for k, v in acc.items() if k[0] != OPTIMIZER}
     return _add_remainders(ops, {k: v / steps for k, v in walls.items()})
+
+
+def kernel_table(run: Callable[[], None], steps: int, n: int = 15) -> list[tuple[str, float, float]]:
+    """The GPU kernels of `steps` calls of run() as torch.profiler's CUPTI records see them, in
+    any framework of the process (CuPy's too): the n with most time, as (name, launches per step,
+    ms per step), and a last row for all of them. [] when the profiler saw no kernel."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            run()
+    acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for ev in prof.events():
+        if ev.device_type == DeviceType.CUDA:
+            acc[ev.name][0] += 1
+            acc[ev.name][1] += ev.time_range.elapsed_us()
+    rows = sorted(((name if len(name) <= 70 else name[:67] + "...", c / steps, us / steps / 1e3)
+                   for name, (c, us) in acc.items()), key=lambda r: -r[2])
+    if not rows:
+        return []
+    return rows[:n] + [("all kernels", sum(r[1] for r in rows), sum(r[2] for r in rows))]
 
 
 # ---------------------------------------------------------------- summaries

@@ -269,7 +269,7 @@ def machine_info(backend: str = "numpy", with_torch: bool = True) -> dict[str, s
         "cpu": f"{_cpu_model()}, {os.cpu_count()} logical CPUs",
         "load average (1 min) at start": f"{os.getloadavg()[0]:.2f}",
         "python": platform.python_version(),
-        "numpy": f"{np.__version__} (BLAS: {_numpy_blas()})",
+        "numpy": f"{np.__version__} (BLAS: {_numpy_blas()}; as loaded here: {blas_info()})",
     }
     if with_torch:
         try:
@@ -285,6 +285,47 @@ def machine_info(backend: str = "numpy", with_torch: bool = True) -> dict[str, s
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         info["gpu"] = f"{name}, CuPy {cp.__version__}, CUDA runtime {cp.cuda.runtime.runtimeGetVersion()}"
     return info
+
+
+def blas_info() -> str:
+    """What does this process's matrix products on the CPU: each BLAS library loaded, its version,
+    the kernel it chose for this CPU and its threads (threadpoolctl), and OPENBLAS_CORETYPE when
+    that forces OpenBLAS's kernel. Call it where the work runs, after importing the library."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+    libs = [f"{d.get('internal_api', '?')} {d.get('version') or ''} ({d.get('architecture') or '?'} kernel, "
+            f"{d.get('num_threads', '?')} threads)".replace("  ", " ")
+            for d in threadpool_info() if d.get("user_api") == "blas"]
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return "; ".join(libs or ["none found"]) + (f"; OPENBLAS_CORETYPE={forced} forces the kernel" if forced else "")
+
+
+def torch_blas_info(torch) -> str:
+    """PyTorch's CPU matrix library (linked into torch, out of threadpoolctl's sight), the kernels
+    ATen dispatches to on this CPU, and its threads."""
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
+    return f"{_torch_blas(torch)} ({capability} kernels, {torch.get_num_threads()} threads)"
+
+
+# Dense datasheet peaks in TFLOP/s for MFU (float32 on CUDA cores, TF32 and float16 on tensor
+# cores), by the device's name as CUDA gives it ("NVIDIA H100 80GB HBM3" is the SXM part).
+PEAK_TFLOPS = {
+    "H100 PCIe": {"float32": 51.2, "tf32": 378.0, "float16": 756.0},
+    "H100 NVL": {"float32": 60.0, "tf32": 417.5, "float16": 835.0},
+    "H200 NVL": {"float32": 60.0, "tf32": 417.5, "float16": 835.5},
+    "H100": {"float32": 66.9, "tf32": 494.7, "float16": 989.4},   # SXM5
+    "H200": {"float32": 66.9, "tf32": 494.7, "float16": 989.4},   # SXM: the H100's arithmetic
+}
+
+
+def peak_tflops(device_name: str, dtype: str) -> tuple[float, str] | None:
+    """(peak TFLOP/s, which datasheet entry) for a GPU's name and a precision; None if unknown."""
+    for key, peaks in PEAK_TFLOPS.items():  # the more specific names first
+        if key in device_name and dtype in peaks:
+            return peaks[dtype], key
+    return None
 
 
 def machine_info_markdown(info: dict[str, str]) -> str:

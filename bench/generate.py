@@ -138,7 +138,7 @@ def machine_info(device: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    mg.backend.tune_allocator()  # as tasks.generate does (tasks.cli.main_guard)
+    mg.backend.tune_allocator()  # as tasks.generate does (tasks.common.guard.main_guard)
     device = {"cupy": "cuda", "standin": "standin"}.get(args.backend, "cpu")
     try:
         mg.backend.xp_for(device)

@@ -1,101 +1,169 @@
 #!/usr/bin/env bash
-# The one script to run when a GPU is lent (about 8 minutes), or `--dry-run` on a CPU (CI).
+# The one script to run when a GPU is lent, or `--dry-run` on a CPU (CI).
 #
 #   bash bench/gpu_check.sh [--dry-run]
 #
-# On the device tool (repo root, $OUT comes back; data/ is git-ignored, so carry it):
+# On the device tool (repo root; $OUT comes back, at most 8 files: this script writes 8 at most;
+# data/ is git-ignored, so carry it):
 #   run(command="bash bench/gpu_check.sh", carry=["data"], timeout_s=600)
-# then copy $OUT/gpu_check.md to bench/results/gpu_<device>.md and commit it.
+# then copy $OUT/gpu_check.md to bench/results/gpu_<device>.md (the name is in its first lines).
 #
-# Steps, each under its own timeout, each recorded PASS/FAIL/SKIP in one report
-# ($OUT/gpu_check.md; every command's output in $OUT/gpu_check.log):
-#   1. versions: device, driver, CUDA, CuPy, PyTorch;
-#   2. python -m minigrad.kernels (NVRTC compiles every kernel);
-#   3. pytest --backend cupy on the backend tests, the kernels-vs-reference tests among them;
-#   4. bench.train: 124M at B=8 and 16, T=1024, in float32/tf32/float16 through bench.train's
-#      --dtype (float32 only, with a note, where bench.train has no --dtype), minigrad beside
-#      PyTorch eager in the same run, CUDA-event timing, tokens/s, MFU, peak memory;
-#   5. bench.resume_smoke: tasks.pretrain stopped by SIGTERM, resumed, losses bit-identical;
-#   6. bench.train 355M at B=8, T=1024 (float32).
-# Past GPU_CHECK_BUDGET seconds (default 560) the remaining steps are reported SKIP.
-# --dry-run: the same steps on the NumPy backend at tiny sizes, for CI; it must pass.
+# It ends within GPU_CHECK_BUDGET seconds (default 500). Each step runs under its own cap or the
+# time left, whichever is less; a step that would get less than MIN_STEP seconds is SKIP. The
+# steps, most needed first in case the run is cut short:
+#    1. versions: device, driver, CUDA, CuPy, PyTorch, and the MFU peaks for this device's name;
+#    2. python -m minigrad.kernels: every kernel in every form, as PTX and as CuPy's sm_90 cubin;
+#    3. the kernel tests on the GPU: each kernel's float32 and float16 forms against the composite ops;
+#    4. bench.train, 124M at B=16 T=1024, float16: minigrad beside PyTorch eager, CUDA events, the
+#       GPU time of every minigrad Function, torch.profiler's list of each side's kernels;
+#    5. the headline command: tasks.pretrain --backend cupy --dtype float16, B=16 T=1024, on
+#       tinyshakespeare, 12 steps; tokens/s from its metrics.jsonl (bench/headline.py);
+#    6. bench.train tf32, 7. float32, 8. float32 with MINIGRAD_FUSED=0 (what the kernels buy);
+#    9. bench.resume_smoke: tasks.pretrain stopped by SIGTERM, resumed, the losses bit-identical;
+#   10. the other GPU tests (every backend-parametrised test, on cupy).
+# $OUT/gpu_check.md is rewritten whole (write, then rename) after every step, so wherever the run
+# is cut it holds what was done (the step in flight marked "running"); each result file is in
+# $OUT the moment it exists (written atomically); every command's output is in $OUT/gpu_check.log.
+#
+# --dry-run: the same steps on the CPU at tiny sizes (minigrad on the stand-in device, so the
+# fused kernels' launchers run; tf32, a GPU mode, as float32), then the script twice more into
+# $OUT/cut/, cut short: by a budget too small for its steps, and by SIGKILL in the middle of a
+# step. Both must leave a readable report. CI runs it; it must pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-DRY=0
-case "${1:-}" in
-  --dry-run) DRY=1 ;;
-  "") ;;
-  *) echo "usage: bash bench/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
-esac
+DRY=0 NESTED=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=1 ;;
+    --nested) NESTED=1 ;;  # a cut run inside a dry run: no cut runs of its own
+    *) echo "usage: bash bench/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
+  esac
+done
 
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 REPORT=$OUT/gpu_check.md
 LOG=$OUT/gpu_check.log
-WORK=$(mktemp -d)
+WORK=$(mktemp -d)  # run folders and the report's pieces: nothing here comes back
+trap 'rm -rf "$WORK"' EXIT
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET:-560}   # seconds; later steps are skipped once it is spent
+BUDGET=${GPU_CHECK_BUDGET:-500}
+MIN_STEP=${GPU_CHECK_MIN_STEP:-15}
+RESERVE=3  # seconds kept for the last report
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 MINIGRAD_OFFLINE=1
 export TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-$PWD/data/tiktoken_cache}
 START=$(date +%s)
 FAILED=0
+ROWS=()   # the steps table, one markdown row each
+FILES=()  # result files, in the report's order
 : >"$LOG"
 
 if [ "$DRY" = 1 ]; then
-  BACKEND=numpy; PYTEST_BACKEND=numpy
-  SIZE_ARGS=(--size tiny --context 32 --steps 2 --no-profile); RUNS=(2:float32)  # with --dtype float32 where bench.train has the flag
-  BIG_ARGS=(--size small --batch-size 1 --context 32 --steps 2 --no-profile)
+  BACKEND=standin SIZE=tiny
+  TRAIN=(--backend standin --size tiny --vocab-size 1000 --batch-size 2 --context 32 --steps 2)
+  HEADLINE=(--backend standin --dataset tinyshakespeare --n-layer 2 --n-head 2 --n-embd 64 --batch-size 2
+            --context 32 --max-steps 6 --eval-every 3)
+  KERNELS=(minigrad/kernels/gelu.cu)
+  KERNEL_TESTS=(-k "bias_residual or embedding" tests/test_kernels.py)
+  OTHER_TESTS=(-k "standin and (layer_norm or gelu)" tests/test_gradcheck_ops.py)
+  TF32=float32 TF32_NAME="tf32 (run as float32: TF32 is a GPU mode)"
   SMOKE_STEPS=8
 else
-  BACKEND=cupy; PYTEST_BACKEND=cupy
-  SIZE_ARGS=(--size 124M --context 1024 --steps 5 --no-profile)
-  # batch:dtype, the headline first (fp16 at 16K tokens a step), in case the budget runs out
-  RUNS=(16:float16 8:float32 16:float32 8:float16 8:tf32 16:tf32)
-  BIG_ARGS=(--size 355M --batch-size 8 --context 1024 --steps 4 --no-profile)
+  BACKEND=cupy SIZE=124M
+  TRAIN=(--backend cupy --size 124M --batch-size 16 --context 1024 --steps 6)
+  HEADLINE=(--backend cupy --dataset tinyshakespeare --batch-size 16 --context 1024 --max-steps 12 --eval-every 4)
+  KERNELS=()
+  KERNEL_TESTS=(-k cuda tests/test_kernels.py)
+  OTHER_TESTS=(-k cuda tests/test_engine.py tests/test_gradcheck_ops.py tests/test_nn_optim.py tests/test_debug_mode.py
+               tests/test_generate.py tests/test_parity_torch.py tests/test_weights.py)
+  TF32=tf32 TF32_NAME=tf32
   SMOKE_STEPS=12
 fi
-# H200 datasheet peaks (dense), for MFU: FP32 67, TF32 tensor 494, FP16 tensor 989 TFLOP/s
-declare -A PEAK=([float32]=67 [tf32]=494 [float16]=989)
+# dropout 0: the fused attention takes no dropout yet (a dropout > 0 runs the composite attention)
+HEADLINE+=(--dtype float16 --dropout 0 --eval-batches 2 --sample-tokens 0 --no-progress)
 
-say() { echo "$*" | tee -a "$REPORT"; }
-step() {  # step NAME TIMEOUT CMD...: run, log, and record the outcome
-  local name=$1 limit=$2; shift 2
-  local now=$(( $(date +%s) - START ))
-  if [ "$now" -ge "$BUDGET" ]; then
-    say "| $name | SKIP | time budget of ${BUDGET} s spent |"; return 0
-  fi
-  echo "=== $name: $*" >>"$LOG"
-  local t0=$(date +%s) rc
-  timeout "$limit" "$@" >>"$LOG" 2>&1; rc=$?
-  local took=$(( $(date +%s) - t0 ))
-  if [ "$rc" = 0 ]; then say "| $name | PASS | ${took} s |"
-  elif [ "$rc" = 124 ]; then say "| $name | FAIL | timed out after ${limit} s |"; FAILED=1
-  else say "| $name | FAIL | exit $rc after ${took} s (see gpu_check.log) |"; FAILED=1
-  fi
+elapsed() { echo $(( $(date +%s) - START )); }
+
+write_report() {  # the whole report into a temporary file, then renamed over the old one
+  {
+    cat "$WORK/header.md"
+    echo "## Steps"
+    echo
+    echo "| step | result | |"
+    echo "|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "$(elapsed) s of the ${BUDGET} s budget used so far; results follow in the order of the steps."
+    for f in "${FILES[@]}"; do
+      [ -f "$f" ] || continue
+      echo
+      echo "---"
+      echo
+      sed 's/^# /## /' "$f"  # each result one heading level down
+    done
+  } >"$REPORT.tmp" && mv "$REPORT.tmp" "$REPORT"
 }
 
-{
-  echo "# GPU check ($([ "$DRY" = 1 ] && echo "dry run on the CPU, NumPy backend" || echo "$BACKEND"))"
+step() {  # step NAME CAP RESULT_FILE CMD...: run under min(CAP, time left), record, rewrite the report
+  local name=$1 cap=$2 result=$3; shift 3
+  local left=$(( BUDGET - RESERVE - $(elapsed) ))
+  if [ "$left" -lt "$MIN_STEP" ]; then
+    ROWS+=("| $name | SKIP | ${left} s of the ${BUDGET} s budget left: under ${MIN_STEP} s |")
+    write_report
+    return 0
+  fi
+  local limit=$(( cap < left ? cap : left ))
+  ROWS+=("| $name | running (cut here if the report ends so) | started at $(elapsed) s, limit ${limit} s |")
+  write_report
+  echo "=== $name (limit ${limit} s, at $(elapsed) s): $*" >>"$LOG"
+  local t0 rc took why
+  t0=$(date +%s)
+  timeout -k 5 "$limit" "$@" >>"$LOG" 2>&1
+  rc=$?
+  took=$(( $(date +%s) - t0 ))
+  unset 'ROWS[-1]'
+  if [ "$rc" = 0 ]; then
+    ROWS+=("| $name | PASS | ${took} s |")
+  elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    why=$([ "$limit" -lt "$cap" ] && echo "cut by the budget" || echo "timed out")
+    ROWS+=("| $name | FAIL | $why after ${limit} s |")
+    FAILED=1
+  else
+    ROWS+=("| $name | FAIL | exit $rc after ${took} s (see gpu_check.log) |")
+    FAILED=1
+  fi
+  [ -n "$result" ] && [ -f "$result" ] && FILES+=("$result")
+  write_report
+}
+
+versions() {  # the report's header: what ran, on what
+  echo "# GPU check ($([ "$DRY" = 1 ] && echo "dry run on the CPU: minigrad on the stand-in device" || echo "$BACKEND"))"
   echo
-  echo "\`bash bench/gpu_check.sh $*\` at $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')."
-  echo
-  echo "## Versions"
+  echo "\`bash bench/gpu_check.sh $*\` at $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), budget ${BUDGET} s."
   echo
   echo '```'
   if command -v nvidia-smi >/dev/null 2>&1; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 || true
   else
     echo "nvidia-smi: not found (no NVIDIA driver here)"
   fi
-  "$PY" - <<'PYEOF' 2>&1
+  timeout 60 "$PY" - <<'PYEOF' 2>&1
 import platform, numpy
 print("python", platform.python_version(), "| numpy", numpy.__version__)
+name = None
 try:
     import cupy
     print("cupy", cupy.__version__, end="")
     try:
-        print(" | CUDA runtime", cupy.cuda.runtime.runtimeGetVersion(), "| driver", cupy.cuda.runtime.driverGetVersion())
+        rt = cupy.cuda.runtime
+        props = rt.getDeviceProperties(0)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        print(" | CUDA runtime", rt.runtimeGetVersion(), "| driver", rt.driverGetVersion(), "|", name,
+              f"| compute capability {props['major']}.{props['minor']}, {props['multiProcessorCount']} SMs,",
+              f"{props['totalGlobalMem'] / 2**30:.0f} GiB")
+        from cupy.cuda import nccl
+        print("NCCL available to CuPy:", nccl.available)
     except Exception as e:
         print(" | no GPU:", type(e).__name__)
 except ImportError:
@@ -105,65 +173,83 @@ try:
     print("torch", torch.__version__, "| CUDA", torch.version.cuda, "| GPU", torch.cuda.is_available())
 except ImportError:
     print("torch: not installed")
+if name:
+    from bench.common import peak_tflops
+    peaks = {dt: peak_tflops(name, dt) for dt in ("float32", "tf32", "float16")}
+    if all(peaks.values()):
+        src = next(iter(peaks.values()))[1]
+        print(f"MFU peaks ({src} datasheet, dense): " + ", ".join(f"{dt} {p[0]:g}" for dt, p in peaks.items()) + " TFLOP/s")
+    else:
+        print(f"MFU peaks: none known for {name!r} (bench.train then reports no MFU)")
 PYEOF
   echo '```'
   echo
-  echo "## Steps"
-  echo
-  echo "| step | result | |"
-  echo "|---|---|---|"
-} >>"$REPORT"
-cat "$REPORT"
+}
 
-step "NVRTC compiles every kernel" 120 "$PY" -m minigrad.kernels
-if [ "$DRY" = 1 ]; then  # CI runs the whole suite anyway: here only what this script adds
-  TESTS=(tests/test_kernels.py tests/test_kernel_twins.py)
-else  # every test file with backend-parametrised tests, and the kernels against their references
-  TESTS=(tests/test_kernels.py tests/test_engine.py tests/test_gradcheck_ops.py tests/test_nn_optim.py
-         tests/test_generate.py tests/test_parity_torch.py tests/test_weights.py)
-fi
-step "pytest --backend $PYTEST_BACKEND (backend + kernel tests)" 200 "$PY" -m pytest -q -p no:cacheprovider \
-  --backend "$PYTEST_BACKEND" "${TESTS[@]}"
-
-DTYPE_NOTE=""
-if ! "$PY" -m bench.train --help 2>/dev/null | grep -q -- "--dtype"; then
-  DTYPE_NOTE="bench.train has no --dtype here: only float32 was measured (tf32 and float16 need it)."
-fi
-for run in "${RUNS[@]}"; do
-  B=${run%%:*} dt=${run#*:}
-  if [ -n "$DTYPE_NOTE" ] && [ "$dt" != float32 ]; then
-    say "| bench.train ${SIZE_ARGS[1]} B=$B $dt | SKIP | no --dtype in bench.train |"; continue
+check_cut() {  # a dry run's check: a run cut short still leaves a readable report in its $OUT
+  local dir=$OUT/cut how=$1 pid sid p
+  rm -rf "$dir"
+  if [ "$how" = budget ]; then  # its steps find the budget spent, or are cut by it
+    OUT=$dir GPU_CHECK_BUDGET=20 GPU_CHECK_MIN_STEP=5 bash bench/gpu_check.sh --dry-run --nested >/dev/null 2>&1
+  else  # killed outright in the middle of a step, as a lent machine whose time runs out is:
+    # every process of the run's session, by its id (the steps run in process groups of their own)
+    OUT=$dir setsid bash bench/gpu_check.sh --dry-run --nested >/dev/null 2>&1 &
+    pid=$!
+    sleep 25
+    sid=$(ps -o sid= -p "$pid" | tr -d ' ')
+    for p in $(ps -o pid= -s "${sid:-$pid}"); do kill -KILL "$p" 2>/dev/null; done
+    wait "$pid" 2>/dev/null
   fi
-  args=("${SIZE_ARGS[@]}" --backend "$BACKEND" --batch-size "$B" --out "$WORK/train_B${B}_${dt}.md")
-  [ -n "$DTYPE_NOTE" ] || args+=(--dtype "$dt")
-  [ "$DRY" = 1 ] || args+=(--peak-tflops "${PEAK[$dt]}")
-  step "bench.train ${SIZE_ARGS[1]} B=$B $dt" 120 "$PY" -m bench.train "${args[@]}"
-done
-if [ -f data/the-verdict.txt ] || [ -f "${MINIGRAD_DATA_DIR:-data}/the-verdict.txt" ]; then
-  step "tasks.pretrain SIGTERM + --resume" 240 "$PY" -m bench.resume_smoke --backend "$BACKEND" \
-    --steps "$SMOKE_STEPS" --out "$WORK/resume.md"
-else
-  say "| tasks.pretrain SIGTERM + --resume | SKIP | data/the-verdict.txt missing: carry data/ |"
-fi
-step "bench.train ${BIG_ARGS[1]} float32" 150 "$PY" -m bench.train "${BIG_ARGS[@]}" --backend "$BACKEND" \
-  --out "$WORK/train_big.md"
+  grep -q "^# GPU check" "$dir/gpu_check.md" && grep -q "^| step | result |" "$dir/gpu_check.md" \
+    && grep -q "^| versions" "$dir/gpu_check.md" || { echo "no readable report after a cut ($how)"; return 1; }
+  if [ "$how" = budget ]; then
+    grep -qE "^\| .* \| (SKIP|FAIL) \| .*(budget|cut)" "$dir/gpu_check.md" || { echo "the budget's cut is not reported"; return 1; }
+  else
+    grep -q "| running (cut here" "$dir/gpu_check.md" || { echo "the step in flight is not marked"; return 1; }
+  fi
+  echo "a run cut by its $how leaves a readable report:"
+  cat "$dir/gpu_check.md"
+}
 
-{
-  echo
-  [ -z "$DTYPE_NOTE" ] || { echo "$DTYPE_NOTE"; echo; }
-  echo "Total $(( $(date +%s) - START )) s. MFU uses datasheet peaks (FP32 67, TF32 494, FP16 989 TFLOP/s, dense)."
-  for f in "$WORK"/train_*.md "$WORK"/resume.md; do
-    [ -f "$f" ] || continue
-    echo
-    echo "---"
-    echo
-    sed 's/^# /## /' "$f"   # each result, one heading level down
-  done
-} >>"$REPORT"
-rm -rf "$WORK"
-echo "report: $REPORT (log: $LOG)"
-if [ "$DRY" = 0 ] && [ -d bench/results ]; then
-  name=$("$PY" -c "import cupy; p = cupy.cuda.runtime.getDeviceProperties(0); n = p['name']; n = n.decode() if isinstance(n, bytes) else n; print(n.replace('NVIDIA ', '').replace(' ', '_'))" 2>/dev/null || echo unknown)
-  cp "$REPORT" "bench/results/gpu_${name}.md" && echo "copied to bench/results/gpu_${name}.md"
+cut_step() {  # cut_step NAME HOW: a dry run's cut, recorded as a step
+  local t0 rc
+  t0=$(date +%s)
+  echo "=== $1" >>"$LOG"
+  check_cut "$2" >>"$LOG" 2>&1
+  rc=$?
+  if [ "$rc" = 0 ]; then ROWS+=("| $1 | PASS | $(( $(date +%s) - t0 )) s |"); else ROWS+=("| $1 | FAIL | see gpu_check.log |"); FAILED=1; fi
+  write_report
+}
+
+versions "$@" >"$WORK/header.md"
+ROWS+=("| versions | PASS | $(elapsed) s |")
+write_report
+cat "$WORK/header.md"
+
+step "NVRTC: every kernel, every form, PTX and CuPy's sm_90 cubin" 120 "" "$PY" -m minigrad.kernels "${KERNELS[@]}"
+step "kernel tests on $BACKEND (float32 and float16 forms)" 150 "" \
+  "$PY" -m pytest -q -p no:cacheprovider --backend "$BACKEND" "${KERNEL_TESTS[@]}"
+step "bench.train $SIZE float16" 150 "$OUT/train_float16.md" \
+  "$PY" -m bench.train "${TRAIN[@]}" --dtype float16 --out "$OUT/train_float16.md"
+step "headline: tasks.pretrain float16" 150 "$OUT/headline.md" \
+  "$PY" -m bench.headline --out "$OUT/headline.md" -- "${HEADLINE[@]}"
+step "bench.train $SIZE $TF32_NAME" 120 "$OUT/train_tf32.md" \
+  "$PY" -m bench.train "${TRAIN[@]}" --dtype "$TF32" --out "$OUT/train_tf32.md"
+step "bench.train $SIZE float32" 120 "$OUT/train_float32.md" \
+  "$PY" -m bench.train "${TRAIN[@]}" --dtype float32 --out "$OUT/train_float32.md"
+step "bench.train $SIZE float32, MINIGRAD_FUSED=0" 120 "$OUT/train_float32_unfused.md" \
+  env MINIGRAD_FUSED=0 "$PY" -m bench.train "${TRAIN[@]}" --dtype float32 --no-profile --out "$OUT/train_float32_unfused.md"
+if [ -f data/the-verdict.txt ]; then
+  step "tasks.pretrain SIGTERM + --resume" 120 "$OUT/resume.md" \
+    "$PY" -m bench.resume_smoke --backend "$BACKEND" --steps "$SMOKE_STEPS" --out "$OUT/resume.md"
+else
+  ROWS+=("| tasks.pretrain SIGTERM + --resume | SKIP | data/the-verdict.txt missing: carry data/ |")
 fi
+step "the other tests on $BACKEND" 200 "" "$PY" -m pytest -q -p no:cacheprovider --backend "$BACKEND" "${OTHER_TESTS[@]}"
+if [ "$DRY" = 1 ] && [ "$NESTED" = 0 ]; then
+  cut_step "simulated cut: a budget too small for the steps" budget
+  cut_step "simulated cut: SIGKILL in the middle of a step" kill
+fi
+write_report
+echo "report: $REPORT (log: $LOG)"
 exit "$FAILED"

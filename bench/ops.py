@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .common import (RESULTS_DIR, BenchError, ForeignLoad, check_backend, config_dict, device_syncs, fmt_ms,
-                     load_note, machine_info, machine_info_markdown, main_guard, markdown_table,
-                     set_torch_threads, size_choices, time_each, write_atomic)
+from .common import (RESULTS_DIR, BenchError, ForeignLoad, blas_info, check_backend, config_dict, device_syncs,
+                     fmt_ms, load_note, machine_info, machine_info_markdown, main_guard, markdown_table,
+                     set_torch_threads, size_choices, time_each, torch_blas_info, write_atomic)
 from tasks.common.args import add_backend_arg
 
 BLOCK_TARGET = 1.1  # the issue's goal: one block within 1.1x of PyTorch eager on the CPU
@@ -78,6 +78,7 @@ def torch_counterparts() -> dict[str, Callable[..., Any] | None]:
         "embedding": lambda w, idx: TF.embedding(idx, w),
         "layer_norm": lambda x, w, b: TF.layer_norm(x, (x.shape[-1],), w, b, 1e-5),
         "gelu": lambda x: TF.gelu(x, approximate="tanh"),
+        "gelu with bias": lambda x, b: TF.gelu(x + b, approximate="tanh"),
         "dropout": None,
         "softmax": lambda x: TF.softmax(x, -1), "log_softmax": lambda x: TF.log_softmax(x, -1),
         "cross_entropy": lambda x, targets: TF.cross_entropy(x.reshape(-1, x.shape[-1]), targets.reshape(-1)),
@@ -86,7 +87,15 @@ def torch_counterparts() -> dict[str, Callable[..., Any] | None]:
         "attention dropout": None,
         "attention qkv": lambda qkv: TF.scaled_dot_product_attention(*qkv.permute(2, 0, 3, 1, 4),
                                                                       is_causal=True).transpose(1, 2),
+        "causal_self_attention": lambda qkv, bias, n_head: _torch_self_attention(TF, qkv + bias, n_head),
     }
+
+
+def _torch_self_attention(TF, qkv, n_head: int):
+    """minigrad's causal_self_attention in PyTorch: split the packed projection, attend, merge."""
+    B, T, C3 = qkv.shape
+    q, k, v = qkv.reshape(B, T, 3, n_head, C3 // 3 // n_head).permute(2, 0, 3, 1, 4)
+    return TF.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C3 // 3)
 
 
 def build_cases(cfg: dict, B: int, T: int, device: str, only: set[str] | None) -> Iterator[Case]:
@@ -217,6 +226,8 @@ def render(rows: list[dict], args, cfg: dict, B: int, T: int, info: dict[str, st
              "recording) and the backward into every input and weight, for a fixed random upstream "
              "gradient. The diffs "
              "compare forward outputs and the gradient of the first input.", "",
+             f"Matrix products on the CPU (threadpoolctl and torch's build): minigrad's NumPy: {args.blas[0]}; "
+             f"PyTorch: {args.blas[1]}.", "",
              markdown_table(headers, table, "llrrrrrrrl"), "",
              f"agree: both diffs within {AGREE_RTOL:g} of the largest PyTorch value (output, gradient).", "",
              f"Sum of the rows' fwd+bwd: minigrad {fmt_ms(total_mg)} ms, torch {fmt_ms(total_th)} ms."]
@@ -296,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         raise BenchError(f"--only {' '.join(args.only)} matches no op")
     args.foreign_load = foreign.share()
+    import torch
+    args.blas = (blas_info(), torch_blas_info(torch))
     if args.foreign_load is not None:
         info["CPU time used by other processes during the run"] = f"{100 * args.foreign_load:.0f}%"
     text = render(rows, args, cfg, B, T, info)

@@ -76,7 +76,7 @@ def worker(job: dict) -> None:
         opt.flat.gather_grads()
         sync()
         t1 = time.perf_counter()
-        if world > 1:  # as tasks/train.py: one process neither reduces nor rescales
+        if world > 1:  # as tasks/training/trainer.py: one process neither reduces nor rescales
             dist.all_reduce_(opt.flat.grad)
             opt.flat.grad *= opt.flat.grad.dtype.type(1.0 / world)
         sync()

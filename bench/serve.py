@@ -1,15 +1,18 @@
-"""Load test of tasks.serve on 127.0.0.1: latency, time to first token and tokens/s with 1 and
-with N concurrent clients, which continuous batching should turn into more tokens per second.
+"""Load test of tasks.serve on 127.0.0.1, as guidellm sweeps it: 1, 2, 4, 8 and 16 concurrent
+streams, each level's generated tokens/s, time to first token, time between tokens and latency,
+which continuous batching should turn into more tokens per second as streams are added.
 
-    python -m bench.serve [--requests 200] [--clients 1,8] [--max-tokens 32]
+    python -m bench.serve [--requests 200] [--clients 1,2,4,8,16] [--max-tokens 32]
                           [--n-layer 4 --n-head 8 --n-embd 256 | --init 124M]
                           [--out bench/results/serve.md]
 
 The server runs in a subprocess (`python -m tasks.serve`, random weights by default, so no
 download is needed: speed does not depend on the values) and the clients are threads of this
 process, each sending streamed /v1/completions requests one after the other. Every request
-samples (temperature 1, its own seed) up to --max-tokens tokens. A request that fails, or
-returns anything but 200 and `data: [DONE]`, is counted as an error.
+samples (temperature 1, its own seed) exactly --max-tokens tokens (`ignore_eos`, as guidellm's
+synthetic requests do). A request that fails, or returns anything but 200 and `data: [DONE]`, is
+counted as an error. Each level also reports the machine's load average, the share of the CPUs
+other processes took, and where the server's scheduler spent its time (its /health counters).
 """
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import (RESULTS_DIR, BenchError, ForeignLoad, load_note, machine_info,
-                          machine_info_markdown, main_guard, markdown_table, write_atomic)
+from bench.common import (RESULTS_DIR, BenchError, machine_info, machine_info_markdown, main_guard,
+                          markdown_table, write_atomic)
 from tasks.common.args import add_backend_arg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,14 +41,14 @@ PROMPT = "Every effort moves you"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--requests", type=int, default=200, help="requests per scenario (default: %(default)s)")
-    p.add_argument("--clients", default="1,8", help="concurrent clients per scenario (default: %(default)s)")
+    p.add_argument("--requests", type=int, default=200, help="requests per level (default: %(default)s)")
+    p.add_argument("--clients", default="1,2,4,8,16", help="concurrent streams, one level each (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens per request (default: %(default)s)")
     p.add_argument("--init", default="random", help="the server's --init (default: %(default)s)")
     p.add_argument("--n-layer", type=int, default=4, help="for --init random (default: %(default)s)")
     p.add_argument("--n-head", type=int, default=8, help="for --init random (default: %(default)s)")
     p.add_argument("--n-embd", type=int, default=256, help="for --init random (default: %(default)s)")
-    p.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (default: %(default)s)")
     add_backend_arg(p)
     p.add_argument("--blas-threads", type=int, default=None,
                    help="OPENBLAS/OMP/MKL_NUM_THREADS for the server (default: the library's own)")
@@ -97,9 +100,10 @@ class Server:
 
 # ---------------------------------------------------------------- one request
 def one_request(host: str, port: int, body: dict, timeout: float) -> dict:
-    """Latency, time to first token and tokens of one streamed completion (or its error)."""
+    """Latency, time to first token, mean time between tokens and tokens of one streamed
+    completion (or its error)."""
     t0 = time.perf_counter()
-    first = None
+    first = last = None
     tokens, done = 0, False
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
@@ -117,8 +121,9 @@ def one_request(host: str, port: int, body: dict, timeout: float) -> dict:
             event = json.loads(line[6:])
             if "error" in event:
                 return {"error": event["error"]["message"]}
-            if first is None and event["choices"] and event["choices"][0]["text"]:
-                first = time.perf_counter() - t0
+            if event["choices"] and event["choices"][0]["text"]:
+                last = time.perf_counter() - t0
+                first = last if first is None else first
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
     except (OSError, http.client.HTTPException, ValueError) as e:
@@ -128,10 +133,41 @@ def one_request(host: str, port: int, body: dict, timeout: float) -> dict:
     if not done:
         return {"error": "the stream ended without [DONE]"}
     latency = time.perf_counter() - t0
-    return {"latency": latency, "ttft": latency if first is None else first, "tokens": tokens}
+    first = latency if first is None else first
+    itl = (last - first) / (tokens - 1) if tokens > 1 and last is not None else float("nan")
+    return {"latency": latency, "ttft": first, "itl": itl, "tokens": tokens}
 
 
-def scenario(server: Server, clients: int, requests: int, max_tokens: int, timeout: float) -> dict:
+def health(server: Server) -> dict:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:
+        conn.request("GET", "/health")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds a process (all its threads) used so far, from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def busy_cpu() -> float | None:
+    """CPU seconds all processes used so far (/proc/stat: everything but idle and iowait)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def level(server: Server, clients: int, requests: int, max_tokens: int, timeout: float) -> dict:
     """`requests` requests shared by `clients` threads, each sending one after the other."""
     results: list[dict] = []
     lock = threading.Lock()
@@ -144,77 +180,110 @@ def scenario(server: Server, clients: int, requests: int, max_tokens: int, timeo
             if i is None:
                 return
             body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 1.0, "seed": i,
-                    "stream": True, "stream_options": {"include_usage": True}}
+                    "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
             r = one_request(server.host, server.port, body, timeout)
             with lock:
                 results.append(r)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
+    before, load0 = health(server), os.getloadavg()[0]
+    cpu0 = (busy_cpu(), process_cpu(server.proc.pid), time.process_time())
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    cpu1 = (busy_cpu(), process_cpu(server.proc.pid), time.process_time())
+    after, load1 = health(server), os.getloadavg()[0]
     ok = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
 
-    def pct(values: list[float], q: float) -> float:
+    def pct(values: list[float], q: int) -> float:
+        values = [v for v in values if v == v] or [float("nan")]
         return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
-    lat = [r["latency"] for r in ok] or [float("nan")]
-    ttft = [r["ttft"] for r in ok] or [float("nan")]
+    foreign = None
+    if None not in cpu0 and None not in cpu1:
+        ours = (cpu1[1] - cpu0[1]) + (cpu1[2] - cpu0[2])
+        foreign = max(0.0, (cpu1[0] - cpu0[0]) - ours) / (wall * (os.cpu_count() or 1))
+    steps = after["steps"] - before["steps"]
+    spent = {k: after["seconds"][k] - before["seconds"][k] for k in after["seconds"]}
     tokens = sum(r["tokens"] for r in ok)
     return {"clients": clients, "requests": len(results), "errors": len(errors), "first_error": errors[:1],
             "wall_s": wall, "tokens": tokens, "tok_s": tokens / wall,
-            "lat_p50": pct(lat, 50), "lat_p95": pct(lat, 95), "ttft_p50": pct(ttft, 50), "ttft_p95": pct(ttft, 95)}
+            "lat_p50": pct([r["latency"] for r in ok], 50), "lat_p95": pct([r["latency"] for r in ok], 95),
+            "ttft_p50": pct([r["ttft"] for r in ok], 50), "ttft_p95": pct([r["ttft"] for r in ok], 95),
+            "itl_p50": pct([r["itl"] for r in ok], 50), "load": (load0, load1), "foreign": foreign,
+            "mean_batch": (after["tokens"] - before["tokens"]) / max(steps, 1),
+            "forward_ms": 1e3 * spent["forward"] / max(steps, 1), "sample_ms": 1e3 * spent["sample"] / max(steps, 1),
+            "busy": sum(spent.values()) / wall,
+            "server_cpu_ms": None if None in (cpu0[1], cpu1[1]) else 1e3 * (cpu1[1] - cpu0[1]) / max(tokens, 1),
+            "bench_cpu_ms": 1e3 * (cpu1[2] - cpu0[2]) / max(tokens, 1)}
 
 
 # ---------------------------------------------------------------- main
+CLIENT_SIDE = ["streams", "requests", "errors", "generated tok/s", "vs 1 stream", "p50 TTFT (s)", "p95 TTFT (s)",
+               "p50 time between tokens (ms)", "p50 latency (s)", "p95 latency (s)"]
+SERVER_SIDE = ["streams", "mean batch", "forward / step (ms)", "sampling / step (ms)", "scheduler busy",
+               "server CPU / token (ms)", "benchmark CPU / token (ms)", "load avg (1 min)", "other processes' CPU"]
+
+
+def client_row(r: dict, base: float) -> list:
+    return [r["clients"], r["requests"], r["errors"], f"{r['tok_s']:.1f}", f"{r['tok_s'] / base:.2f}x",
+            f"{r['ttft_p50']:.3f}", f"{r['ttft_p95']:.3f}", f"{1e3 * r['itl_p50']:.1f}", f"{r['lat_p50']:.3f}",
+            f"{r['lat_p95']:.3f}"]
+
+
+def server_row(r: dict) -> list:
+    def maybe(x, fmt):
+        return "?" if x is None else fmt.format(x)
+    return [r["clients"], f"{r['mean_batch']:.1f}", f"{r['forward_ms']:.1f}", f"{r['sample_ms']:.1f}",
+            f"{100 * r['busy']:.0f}%", maybe(r["server_cpu_ms"], "{:.2f}"), f"{r['bench_cpu_ms']:.2f}",
+            f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}", maybe(r["foreign"] and 100 * r["foreign"], "{:.0f}%")]
+
+
 @main_guard
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info = machine_info(args.backend, with_torch=False)
-    load = ForeignLoad()
     server = Server(args)
     try:
         print(server.banner, file=sys.stderr)
         one_request(server.host, server.port, {"prompt": PROMPT, "max_tokens": 4, "stream": True}, args.timeout)
         rows = []
         for c in args.clients:
-            print(f"{c} client(s), {args.requests} requests ...", file=sys.stderr, flush=True)
-            rows.append(scenario(server, c, args.requests, args.max_tokens, args.timeout))
+            print(f"{c} stream(s), {args.requests} requests ...", file=sys.stderr, flush=True)
+            rows.append(level(server, c, args.requests, args.max_tokens, args.timeout))
             r = rows[-1]
-            print(f"  {r['tok_s']:.1f} tok/s, p50 {r['lat_p50']:.3f} s, p95 {r['lat_p95']:.3f} s, "
-                  f"errors {r['errors']} {r['first_error']}", file=sys.stderr)
+            print(f"  {r['tok_s']:.1f} tok/s, p50 TTFT {r['ttft_p50']:.3f} s, p50 latency {r['lat_p50']:.3f} s, "
+                  f"load {r['load'][1]:.1f}, errors {r['errors']} {r['first_error']}", file=sys.stderr)
     finally:
         server.close()
-    share = load.share()   # the server has exited: its CPU time is ours, not foreign
 
-    base = rows[0]["tok_s"]
     model = (f"random weights, {args.n_layer} layers, {args.n_head} heads, {args.n_embd} wide"
              if args.init == "random" else f"--init {args.init}")
-    table = markdown_table(
-        ["clients", "requests", "errors", "p50 latency (s)", "p95 latency (s)", "p50 TTFT (s)",
-         "p95 TTFT (s)", "generated tok/s", "vs first row"],
-        [[r["clients"], r["requests"], r["errors"], f"{r['lat_p50']:.3f}", f"{r['lat_p95']:.3f}",
-          f"{r['ttft_p50']:.3f}", f"{r['ttft_p95']:.3f}", f"{r['tok_s']:.1f}", f"{r['tok_s'] / base:.2f}x"]
-         for r in rows])
-    note = load_note(share)
+    clients = markdown_table(CLIENT_SIDE, [client_row(r, rows[0]["tok_s"]) for r in rows])
+    servers = markdown_table(SERVER_SIDE, [server_row(r) for r in rows])
+    loads = [r["load"][0] for r in rows] + [r["load"][1] for r in rows]
     text = "\n".join([
         "# tasks.serve under load (bench/serve.py)", "",
         f"`python -m bench.serve {' '.join(argv if argv is not None else sys.argv[1:])}`".replace("  ", " "), "",
         f"Model: {model}, backend {args.backend}; server `--max-batch {args.max_batch}`, BLAS threads: "
-        f"{args.blas_threads or 'library default'}. Each request: "
-        f"streamed /v1/completions, prompt {PROMPT!r}, up to {args.max_tokens} sampled tokens "
-        "(temperature 1, its own seed). Clients are threads of the benchmark, each sending its "
-        "requests one after the other; latency is the whole request, TTFT the time to the first "
-        "streamed text, tok/s the generated tokens of all requests over the scenario's wall time.", "",
-        table, "",
-        "The machine is shared with other jobs (other helpers' tests and benchmarks ran on the same "
-        "cores), so absolute figures vary from run to run; the ratio between rows measured in one "
-        "run is the figure to read." + (f" {note}" if note else ""), "",
-        machine_info_markdown(info), "",
+        f"{args.blas_threads or 'library default'}. Each request: streamed /v1/completions, prompt "
+        f"{PROMPT!r}, exactly {args.max_tokens} sampled tokens (temperature 1, its own seed, ignore_eos). "
+        "Each level: its streams are threads of the benchmark, each sending its requests one after the "
+        "other; tok/s is the generated tokens of all requests over the level's wall time, TTFT the time to "
+        "the first streamed text, time between tokens the mean gap after it.", "",
+        clients, "",
+        "What each level cost: the mean batch, forward and sampling time per decode step and how busy the "
+        "scheduler's thread was (from the server's /health), the CPU time of the server process and of "
+        "the benchmark's own clients per generated token, the load average, and the share of all CPUs' "
+        "time other processes used during the level (above a few percent, the figures above are slower "
+        "than an idle machine's).", "",
+        servers, "",
+        f"Load average (1 min) over the run: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} CPUs.",
+        "", machine_info_markdown(info), "",
     ])
     out = write_atomic(args.out, text)
     print(text)

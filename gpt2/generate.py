@@ -22,6 +22,8 @@ import minigrad as mg
 from minigrad import backend
 from minigrad.tensor import Tensor
 
+from .sampling import SamplingParams, sample_next
+
 
 # ---------------------------------------------------------------- batches of prompts
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +61,7 @@ def position_ids_from_mask(mask: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- choosing the next token
+# (the transforms themselves, temperature, top-k, top-p and the draw, are in gpt2/sampling.py)
 def _make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
@@ -67,69 +70,11 @@ def _make_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def filter_logits(logits: np.ndarray, top_k: int | None = None, top_p: float | None = None) -> np.ndarray:
-    """Set to -inf every logit outside the top_k largest and outside the top_p nucleus, per row.
-
-    `logits` is (B, V), already divided by the temperature. The nucleus is the smallest set of
-    most likely tokens whose probability sum reaches top_p; the most likely token always stays.
-    Ties at the k-th value are all kept (the k-th value is the threshold).
-    """
-    out = np.array(logits, dtype=np.float64)
-    V = out.shape[-1]
-    if top_k is not None and top_k < V:
-        kth = np.partition(out, V - top_k, axis=-1)[:, V - top_k][:, None]
-        out[out < kth] = -np.inf
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-out, axis=-1, kind="stable")
-        sorted_logits = np.take_along_axis(out, order, axis=-1)
-        probs = _softmax(sorted_logits)
-        # a token stays when the tokens more likely than it sum to less than top_p
-        before = np.cumsum(probs, axis=-1) - probs
-        drop_sorted = before >= top_p
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=-1)
-        out[drop] = -np.inf
-    return out
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def sample_next(logits: np.ndarray, temperature: float = 0.0, top_k: int | None = None,
-                top_p: float | None = None,
-                rng: np.random.Generator | Sequence[np.random.Generator] | None = None) -> np.ndarray:
-    """The next token id per row of `logits` (B, V): argmax when temperature is 0, else a draw.
-
-    `rng` may be a list of B generators, one per row (a server's requests each have their own
-    seed): row b then draws exactly what it would draw alone."""
-    if temperature == 0.0:
-        return np.argmax(logits, axis=-1).astype(np.int64)
-    rng = rng if rng is not None else backend.rng("cpu")
-    # float64 here is cheap (B rows of V) and keeps the cumulative sums clean
-    probs = _softmax(filter_logits(np.asarray(logits, dtype=np.float64) / temperature, top_k, top_p))
-    cdf = np.cumsum(probs, axis=-1)
-    draws = np.array([g.random() for g in rng]) if isinstance(rng, (list, tuple)) else rng.random(len(probs))
-    u = draws[:, None] * cdf[:, -1:]
-    # inverse CDF: the first token whose cumulative probability passes u (a filtered token adds
-    # nothing to the sum, so it is never the first). Rounding can make u == cdf[-1]: then take
-    # the last token that has any probability.
-    ids = (cdf <= u).sum(axis=-1)
-    last_possible = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
-    return np.minimum(ids, last_possible).astype(np.int64)
-
-
 # ---------------------------------------------------------------- the decoding loop
 def _check_args(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not temperature >= 0.0 or not np.isfinite(temperature):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if top_k is not None and (int(top_k) != top_k or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    SamplingParams(temperature, top_k, top_p)   # raises a ValueError naming a setting out of range
 
 
 def _as_batch(idx: Any) -> np.ndarray:

@@ -103,21 +103,46 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
 
     def forward(self, x: Tensor, attn_mask=None, cache: KVCache | None = None, layer: int = 0,
-                need_weights: bool = False):
-        """(B, T, C) -> (B, T, C); with need_weights, (output, attention weights (B, H, T, S))."""
+                need_weights: bool = False, residual: Tensor | None = None):
+        """(B, T, C) -> (B, T, C), plus `residual` when given; with need_weights, (output,
+        attention weights (B, H, T, S))."""
         B, T, C = x.shape
         H, D = self.n_head, C // self.n_head
+        p = self.dropout if self.training else 0.0
+        if cache is None and attn_mask is None and not need_weights:
+            # training, and any plain forward: the bias add, the split into heads and their merge
+            # happen inside one op (on the GPU, one fused op from the packed projection)
+            qkv, bias = _unbiased(self.c_attn, x)                   # (B, T, 3C), bias to come
+            y = F.causal_self_attention(qkv, H, dropout_p=p, bias=bias)  # (B, T, C)
+            return _project(self.c_proj, y, p, self.training, residual)
         qkv = self.c_attn(x)                                        # (B, T, 3C)
         # (B, T, 3, H, D) -> (3, B, H, T, D): one permute gives q, k and v with heads split out
         qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]                            # (B, H, T, D) each
         if cache is not None:
             k, v = (Tensor._wrap(a) for a in cache.update(layer, k.data, v.data))  # (B, H, S, D)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, attn_mask=attn_mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)                      # heads side by side again
-        y = F.dropout(self.c_proj(y), self.dropout, self.training)
+        y = _project(self.c_proj, y, p, self.training, residual)
         return (y, _attention_weights(q.data, k.data, attn_mask)) if need_weights else y
+
+
+def _unbiased(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(x @ weight, bias) of a plain Linear layer, so that the op after it adds the bias in its
+    own pass; (layer(x), None) of any other (a LoRA adapter adds a path of its own)."""
+    if type(layer) is nn.Linear:
+        return F.linear(x, layer.weight), layer.bias
+    return layer(x), None
+
+
+def _project(proj: nn.Module, y: Tensor, p: float, training: bool, residual: Tensor | None) -> Tensor:
+    """dropout(proj(y)), plus `residual` when given. Without dropout, the projection's bias and
+    the residual add are one op (one kernel on the GPU: F.bias_residual)."""
+    if residual is None or (p > 0.0 and training):
+        out = F.dropout(proj(y), p, training)
+        return out if residual is None else residual + out
+    out, bias = _unbiased(proj, y)
+    return residual + out if bias is None else F.bias_residual(out, bias, residual)
 
 
 def _attention_weights(q, k, attn_mask):
@@ -137,8 +162,10 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = config.dropout
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.dropout(self.c_proj(F.gelu(self.c_fc(x))), self.dropout, self.training)
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """(B, T, C) -> (B, T, C), plus `residual` when given."""
+        h, bias = _unbiased(self.c_fc, x)                           # (B, T, 4C), bias to come
+        return _project(self.c_proj, F.gelu(h, bias=bias), self.dropout, self.training, residual)
 
 
 class Block(nn.Module):
@@ -152,10 +179,9 @@ class Block(nn.Module):
     def forward(self, x: Tensor, attn_mask=None, cache: KVCache | None = None, layer: int = 0,
                 need_weights: bool = False):
         """(B, T, C) -> (B, T, C); with need_weights, (output, this layer's attention weights)."""
-        a = self.attn(self.ln_1(x), attn_mask, cache, layer, need_weights)
-        a, weights = a if need_weights else (a, None)
-        x = x + a
-        x = x + self.mlp(self.ln_2(x))
+        x = self.attn(self.ln_1(x), attn_mask, cache, layer, need_weights, residual=x)   # x + attn(ln_1(x))
+        x, weights = x if need_weights else (x, None)
+        x = self.mlp(self.ln_2(x), residual=x)                                          # x + mlp(ln_2(x))
         return (x, weights) if need_weights else x
 
 
@@ -230,7 +256,9 @@ class GPT2(nn.Module):
         """The final LayerNorm's output (B, T, C): what the LM head (or a classifier) reads.
         With need_weights, (that output, every layer's attention weights (B, H, T, S))."""
         xp = backend.array_module(self.wte.weight.data)
-        idx = xp.asarray(idx.data if isinstance(idx, Tensor) else idx)
+        idx = idx.data if isinstance(idx, Tensor) else idx
+        host = backend.array_module(idx) is np  # ids from the host are checked there: no device read
+        idx = np.asarray(idx) if host else idx
         if idx.ndim == 1:
             idx = idx[None]
         B, T = idx.shape
@@ -254,8 +282,6 @@ class GPT2(nn.Module):
             position_ids = xp.asarray(position_ids.data if isinstance(position_ids, Tensor) else position_ids)
         elif ragged:
             position_ids = lengths[:, None] + xp.arange(T)             # (B, T)
-        else:
-            position_ids = xp.arange(start, end)
         mask = None
         if ragged:
             # row b's query at position p sees keys 0..p of its own row, nothing past its length
@@ -266,7 +292,10 @@ class GPT2(nn.Module):
                 raise ValueError(f"attn_mask must have shape (B, S) = {(B, end)}, got {m.shape}")
             mask = m[:, None, None, :]                                # (B, 1, 1, S)
 
-        x = self.wte(idx) + self.wpe(position_ids)                    # (B, T, C)
+        # positions start..end of every row are rows of the table: a slice, whose gradient is a
+        # copy (a lookup's would be a sort and a segment sum)
+        pos = self.wpe.weight[start:end] if position_ids is None else self.wpe(position_ids)
+        x = self.wte(idx) + pos                                       # (B, T, C)
         x = F.dropout(x, cfg.dropout, self.training)
         weights = []
         for i, block in enumerate(self.h):

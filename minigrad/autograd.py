@@ -36,6 +36,11 @@ class GradLedger:
     .grad yet gets its view of that buffer offered, once, to the first op that uses it
     (ctx.grad_out[i]), so that e.g. linear can write its weight gradient there (matmul out=)
     instead of into a fresh array the leaf would then copy. An op may ignore the offer.
+
+    Likewise an input whose gradient so far is memory the ledger may add into is offered that
+    sum (ctx.grad_sum[i]): an op that adds its own gradient into it in place returns that very
+    array, and the sum of the two branches costs no pass of its own (a fused LayerNorm's backward
+    adds into the residual stream's gradient). An op may ignore this offer too.
     """
 
     def __init__(self, root: Tensor, seed: Any):
@@ -43,22 +48,36 @@ class GradLedger:
         self.seen: Counter[int] = Counter({id(_owner(seed)): 1})  # pending gradients per owner
         self.never_write: set[int] = {id(_owner(seed))}
         self.offered: dict[int, Any] = {}  # leaf id -> its flat-buffer view, handed to an op
+        self.popped: int | None = None     # the owner of the gradient pop() handed out last
+        self.sums_offered: dict[int, Any] = {}  # parent id -> the pending sum offered to the op now running
 
     def pop(self, t: Tensor) -> Any:
         """The summed gradient of t, taken out of the ledger (None if nothing flowed to t)."""
         g = self.pending.pop(id(t), None)
         if g is not None:
             self.seen[id(_owner(g))] -= 1
+            self.popped = id(_owner(g))  # the op about to run reads it: never offered for adding into
         return g
 
     def offer(self, ctx: Context) -> list | None:
-        """ctx.grad_out for this op: flat-buffer views for inputs that have no gradient yet."""
-        dests = None
+        """ctx.grad_out for this op: flat-buffer views for inputs that have no gradient yet. Sets
+        ctx.grad_sum too: the pending sums this op may add into (see the class docstring)."""
+        dests = sums = None
         for i, p in enumerate(ctx.parents):
+            if not ctx.needs_input_grad[i]:
+                continue
             buf = getattr(p, "_grad_buf", None)
-            if buf is not None and p.grad is None and id(p) not in self.offered and ctx.needs_input_grad[i]:
+            if buf is not None and p.grad is None and id(p) not in self.offered:
                 dests = dests or [None] * len(ctx.parents)
                 dests[i] = self.offered[id(p)] = buf
+            acc = self.pending.get(id(p))
+            once = sum(q is p for q in ctx.parents) == 1
+            if acc is not None and once and id(_owner(acc)) != self.popped \
+                    and (acc is self.offered.get(id(p)) or self._owns(acc, acc)):
+                sums = sums or [None] * len(ctx.parents)
+                sums[i] = acc
+        ctx.grad_sum = sums
+        self.sums_offered = {id(p): a for p, a in zip(ctx.parents, sums or ()) if a is not None}
         return dests
 
     def add(self, fn: type, parent: Tensor, pg: Any) -> None:
@@ -68,6 +87,8 @@ class GradLedger:
                                f"for an input of shape {parent.data.shape}")
         key = id(parent)
         acc = self.pending.get(key)
+        if pg is acc and self.sums_offered.get(key) is pg:
+            return  # the op added its gradient into the sum it was offered (grad_sum)
         if acc is None:
             self.pending[key] = pg
             self.seen[id(_owner(pg))] += 1
@@ -99,6 +120,16 @@ class GradLedger:
         else:
             t.grad = g.copy() if id(_owner(g)) in self.never_write else g
         self.never_write.add(id(_owner(t.grad)))
+
+
+def offered(ctx: Context, i: int, shape: tuple, dtype, kind: str = "grad_out") -> Any:
+    """The array the ledger offered for input i's gradient (kind "grad_out": to write it into;
+    "grad_sum": to add it into), or None when it offered none or one a kernel cannot take (another
+    shape or dtype, or not contiguous)."""
+    offers = getattr(ctx, kind, None)
+    a = offers[i] if offers else None
+    ok = a is not None and tuple(a.shape) == tuple(shape) and a.dtype == dtype and a.flags.c_contiguous
+    return a if ok else None
 
 
 def cut_graph(order: list[Tensor]) -> None:

@@ -73,7 +73,8 @@ def cupy():
     except ImportError as e:
         raise BackendError(
             "device 'cuda' needs CuPy, which is not installed. Install it with "
-            "`pip install -e '.[cuda]'` (cupy-cuda12x) on a machine with an NVIDIA GPU."
+            "`pip install -e '.[cuda]'` (cupy-cuda12x, CUDA 12) or `'.[cuda13]'` (cupy-cuda13x, CUDA 13) on a "
+            "machine with an NVIDIA GPU."
         ) from e
     try:
         n = cp.cuda.runtime.getDeviceCount()

@@ -94,10 +94,22 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def check_nccl(nccl: Any = None) -> None:
+    """Several GPU ranks sum their gradients through NCCL (cupy.cuda.nccl, or the module given):
+    one clear line where CuPy cannot load it."""
+    if nccl is None:
+        from cupy.cuda import nccl  # a module CuPy imports only when asked (cupy.cuda.nccl fails before)
+    if not getattr(nccl, "available", False):
+        raise DistributedError("several GPU ranks need NCCL, which this CuPy cannot load (cupy.cuda.nccl.available "
+                               "is False): pip install nvidia-nccl-cu12 (CUDA 12) or nvidia-nccl-cu13 (CUDA 13)")
+
+
 def select_gpu() -> None:
-    """Make GPU `local_rank()` current for this process (one GPU per local rank)."""
+    """Make GPU `local_rank()` current for this process (one GPU per local rank), and check that
+    NCCL is there for the gradients' all-reduce."""
     if world_size() > 1:
         cp = backend.cupy()
+        check_nccl()
         n = cp.cuda.runtime.getDeviceCount()
         if local_rank() >= n:
             raise DistributedError(f"rank {rank()} is local rank {local_rank()} but this machine has "
@@ -110,6 +122,7 @@ def _nccl_comm():
     """The NCCL communicator over all ranks: rank 0 draws the unique id, MPI hands it round."""
     global _nccl
     if _nccl is None:
+        check_nccl()
         from cupy.cuda import nccl
         uid = nccl.get_unique_id() if rank() == 0 else None
         uid = _comm.bcast(uid, root=0)

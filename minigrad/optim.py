@@ -158,7 +158,8 @@ class AdamW(Optimizer):
         m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2
         p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
-    over the flat arrays, one pass per parameter group (see adamw_flat).
+    over the flat arrays, one pass per parameter group (see adamw_flat); on the GPU, one kernel
+    for all the groups that share lr, betas and eps (kernels/adamw.cu), `MINIGRAD_FUSED=0` aside.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -181,6 +182,10 @@ class AdamW(Optimizer):
         self.step_count += 1
         t = self.step_count
         m, v = self.flat_state("exp_avg"), self.flat_state("exp_avg_sq")
+        from . import kernels
+        if self.flat.data.dtype == np.float32 and kernels.use_fused(self.flat.data):  # the kernel's one form
+            self._fused_step(segments, m, v, t)
+            return
         if self._scratch is None:
             xp = backend.array_module(self.flat.data)
             # NumPy: a chunk that stays in L2 cache; CuPy: big chunks (bandwidth is plentiful)
@@ -189,6 +194,17 @@ class AdamW(Optimizer):
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             adamw_flat(self.flat.data[lo:hi], self.flat.grad[lo:hi], m[lo:hi], v[lo:hi], self._scratch,
                        lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, step=t)
+
+    def _fused_step(self, segments, m, v, t: int) -> None:
+        """The update on the GPU: one launch per set of groups sharing lr, betas and eps (one in
+        all for GPT-2's two groups), each range with its own weight decay."""
+        from .kernels import adamw_update_ranges
+        launches: dict[tuple, list] = {}
+        for group, lo, hi in segments:
+            key = (group["lr"], tuple(group["betas"]), group["eps"])
+            launches.setdefault(key, []).append((lo, hi, group["weight_decay"]))
+        for (lr, betas, eps), ranges in launches.items():
+            adamw_update_ranges(self.flat.data, self.flat.grad, m, v, ranges, lr, betas, eps, t)
 
 
 # A chunk of 64K floats and its scratch stay in the CPU's L2 cache, so the dozen passes of the

@@ -16,6 +16,11 @@ for code written against both libraries:
   including `random.default_rng` with CuPy's Generator methods.
 
 Code that runs here without TypeError does no hidden host/device traffic on CuPy either.
+
+Inside `launchcount.counting()` each operation also tallies what CuPy would launch for it
+(kernels, reductions, cuBLAS calls, memsets), every host read of device data (a sync) and every
+copy in from the host: minigrad/launchcount.py holds that model. As in CuPy, an operation given
+`out=` returns that very array.
 """
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ import weakref
 from typing import Any
 
 import numpy as np
+
+from . import launchcount as _lc
+from .launchcount import tally as _tally
 
 _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed (standin behaves as CuPy). "
              "Use .get() or asnumpy() to copy it to the host explicitly.")
@@ -61,7 +69,13 @@ class ndarray:  # noqa: N801 (CuPy's name)
         # are refused, as cupy.exp refuses them
         if method not in ("__call__", "reduce", "accumulate"):
             return NotImplemented
-        return _call(getattr(ufunc, method) if method != "__call__" else ufunc, inputs, kwargs)
+        if ufunc is np.matmul and method == "__call__":
+            _lc.matmul(*_unwrap(inputs[:2]), _unwrap(kwargs.get("out")))
+        else:
+            _tally("reduction" if method == "reduce" else "elementwise", f"{ufunc.__name__}")
+        if method == "__call__":
+            return _call(_np_matmul if ufunc is np.matmul else ufunc, inputs, kwargs)
+        return _call(getattr(ufunc, method), inputs, kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
         ours = globals().get(func.__name__)
@@ -71,31 +85,39 @@ class ndarray:  # noqa: N801 (CuPy's name)
 
     def get(self, stream=None, order="C", out=None) -> np.ndarray:
         """The explicit device-to-host copy."""
+        _tally("sync", "get")
         return np.array(self._a, order=order, copy=True)
 
     def set(self, arr: np.ndarray, stream=None) -> None:
         """The explicit host-to-device copy into this array."""
+        _tally("h2d", "set")
         self._a[...] = arr
 
     def item(self):
+        _tally("sync", "item")
         return self._a.item()
 
     def tolist(self):
+        _tally("sync", "tolist")
         return self._a.tolist()
 
     def __float__(self):
         self._scalar_only("float")
+        _tally("sync", "float")
         return float(self._a)
 
     def __int__(self):
         self._scalar_only("int")
+        _tally("sync", "int")
         return int(self._a)
 
     def __complex__(self):
         self._scalar_only("complex")
+        _tally("sync", "complex")
         return complex(self._a)
 
     def __bool__(self):
+        _tally("sync", "bool")
         return bool(self._a)
 
     def _scalar_only(self, what: str) -> None:
@@ -128,49 +150,64 @@ class ndarray:  # noqa: N801 (CuPy's name)
             yield self[i]
 
     def __repr__(self) -> str:
+        _tally("sync", "repr")
         return "standin." + repr(self._a)
 
     def __str__(self) -> str:
+        _tally("sync", "str")
         return str(self._a)
 
     def __format__(self, spec: str) -> str:
+        _tally("sync", "format")
         return format(self._a.item() if self._a.ndim == 0 else self._a, spec)
 
     # ------------------------------------------------------------ indexing
     def __getitem__(self, index):
+        _index_cost(index, "gather")
         return _wrap(self._a[_index(index)])
 
     def __setitem__(self, index, value) -> None:
         if isinstance(value, np.ndarray) and (index == slice(None) or index is Ellipsis):
+            _tally("h2d", "setitem")
             self._a[...] = value  # CuPy's one implicit copy in: `a[:] = host_array`
             return
+        if not _index_cost(index, "scatter"):
+            _tally("elementwise", "setitem")  # a copy or fill kernel over the selected part
         self._a[_index(index)] = _operand(value)
 
     # ------------------------------------------------------------ methods (NumPy's, wrapped)
     def reshape(self, *shape, order="C"):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return _wrap(self._a.reshape(shape, order=order))
+        out = self._a.reshape(shape, order=order)
+        _tally("elementwise", "reshape (copy)", _lc.copies(out, self._a))
+        return _wrap(out)
 
     def transpose(self, *axes):
         return _wrap(self._a.transpose(*axes))
 
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        _tally("elementwise", "astype", int(copy or self._a.dtype != np.dtype(dtype)))
         return _wrap(self._a.astype(dtype, order=order, copy=copy))
 
     def copy(self, order="C"):
+        _tally("elementwise", "copy")
         return _wrap(self._a.copy(order=order))
 
     def view(self, dtype=None):
         return _wrap(self._a.view() if dtype is None else self._a.view(dtype))
 
     def fill(self, value) -> None:
+        _tally("elementwise", "fill")
         self._a.fill(_operand(value))
 
     def ravel(self, order="C"):
-        return _wrap(self._a.ravel(order=order))
+        out = self._a.ravel(order=order)
+        _tally("elementwise", "ravel (copy)", _lc.copies(out, self._a))
+        return _wrap(out)
 
     def flatten(self, order="C"):
+        _tally("elementwise", "flatten")
         return _wrap(self._a.flatten(order=order))
 
     def squeeze(self, axis=None):
@@ -180,6 +217,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
         return _wrap(self._a.swapaxes(a, b))
 
     def nonzero(self):
+        _lc.nonzero()
         return _wrap(self._a.nonzero())
 
     def argsort(self, axis=-1, kind=None):
@@ -189,7 +227,11 @@ class ndarray:  # noqa: N801 (CuPy's name)
         # reductions and the other array methods: NumPy's, with stand-in arrays in and out
         if name in _METHODS:
             method = getattr(self._a, name)
-            return lambda *args, **kwargs: _call(method, args, kwargs)
+
+            def call(*args, **kwargs):
+                _lc.method_cost(name, self._a, _unwrap(args), _unwrap(kwargs))
+                return _call(method, args, kwargs)
+            return call
         raise AttributeError(f"standin.ndarray has no attribute {name!r}")
 
     def __copy__(self):
@@ -215,10 +257,16 @@ def _binary(ufunc, reflected: bool = False, inplace: bool = False):
                 return NotImplemented  # e.g. a Tensor: let its reflected operator answer
             raise TypeError(f"Unsupported type {type(other)}")
         other = _operand(other)
+        if ufunc is np.matmul:
+            a, b = (other, self._a) if reflected else (self._a, other)
+            _lc.matmul(a, b, self._a if inplace else None)
+        else:
+            _tally("elementwise", ufunc.__name__)
+        fn = _np_matmul if ufunc is np.matmul else ufunc
         if inplace:
-            ufunc(self._a, other, out=self._a)
+            fn(self._a, other, out=self._a)
             return self
-        return _wrap(ufunc(other, self._a) if reflected else ufunc(self._a, other))
+        return _wrap(fn(other, self._a) if reflected else fn(self._a, other))
     return op
 
 
@@ -232,10 +280,17 @@ for _name, _uf in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply), 
 for _name, _uf in [("eq", np.equal), ("ne", np.not_equal), ("lt", np.less), ("le", np.less_equal),
                    ("gt", np.greater), ("ge", np.greater_equal)]:
     setattr(ndarray, f"__{_name}__", _binary(_uf))
-ndarray.__neg__ = lambda self: _wrap(-self._a)
-ndarray.__pos__ = lambda self: _wrap(+self._a)
-ndarray.__abs__ = lambda self: _wrap(np.abs(self._a))
-ndarray.__invert__ = lambda self: _wrap(~self._a)
+def _unary(ufunc):
+    def op(self):
+        _tally("elementwise", ufunc.__name__)
+        return _wrap(ufunc(self._a))
+    return op
+
+
+ndarray.__neg__ = _unary(np.negative)
+ndarray.__pos__ = _unary(np.positive)
+ndarray.__abs__ = _unary(np.abs)
+ndarray.__invert__ = _unary(np.invert)
 
 
 # ---------------------------------------------------------------- wrapping and unwrapping
@@ -295,16 +350,33 @@ def _index(index: Any) -> Any:
 
 
 def _call(fn, args, kwargs):
-    args = _unwrap(args)
-    kwargs = {k: _unwrap(v) for k, v in kwargs.items()}
-    return _wrap(fn(*args, **kwargs))
+    out = kwargs.get("out")
+    result = _wrap(fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+    if isinstance(out, ndarray) or (isinstance(out, tuple) and out and builtins.all(isinstance(o, ndarray) for o in out)):
+        return out  # CuPy returns the `out` array itself, never a new one over the same memory
+    return result
+
+
+def _np_matmul(a, b, out=None, **kwargs):
+    """np.matmul, but float16 operands multiplied in float32 and rounded once at the
+    end, as cuBLAS's float16 GEMM accumulates (NumPy's own float16 matmul has no BLAS: slow)."""
+    if a.dtype == np.float16 and b.dtype == np.float16:
+        r = np.matmul(a.astype(np.float32), b.astype(np.float32), **kwargs).astype(np.float16)
+        if out is None:
+            return r
+        out[...] = r
+        return out
+    return np.matmul(a, b, out=out, **kwargs)
 
 
 def _function(name: str):
-    fn = getattr(np, name)
+    fn = _np_matmul if name == "matmul" else getattr(np, name)
 
     def wrapper(*args, **kwargs):
-        return _call(fn, args, kwargs)
+        result = _call(fn, args, kwargs)
+        if _lc.active is not None:
+            _lc.function_cost(name, _unwrap(args), _unwrap(kwargs), _unwrap(result))
+        return result
     wrapper.__name__ = wrapper.__qualname__ = name
     wrapper.__doc__ = f"standin.{name}: numpy.{name} on stand-in arrays (NumPy arrays refused)."
     return wrapper
@@ -318,13 +390,24 @@ class _Ufunc:
         self.__name__ = name
 
     def __call__(self, *args, **kwargs):
+        _tally("elementwise", self.__name__)
         return _call(self._uf, args, kwargs)
 
     def reduce(self, *args, **kwargs):
+        _tally("reduction", f"{self.__name__}.reduce")
         return _call(self._uf.reduce, args, kwargs)
 
     def accumulate(self, *args, **kwargs):
+        _tally("elementwise", f"{self.__name__}.accumulate")
         return _call(self._uf.accumulate, args, kwargs)
+
+
+def _index_cost(index, kind: str) -> bool:
+    """launchcount.index_cost of an index's arrays: (whether already on the device, dtype) each."""
+    items = index if isinstance(index, tuple) else (index,)
+    arrays = [(isinstance(i, ndarray), np.asarray(i._a if isinstance(i, ndarray) else i).dtype)
+              for i in items if isinstance(i, (ndarray, np.ndarray, list))]
+    return _lc.index_cost(arrays, kind)
 
 
 # ---------------------------------------------------------------- the namespace (CuPy's subset)
@@ -358,6 +441,8 @@ del _name, _uf
 class _Linalg:
     @staticmethod
     def norm(*args, **kwargs):
+        _tally("reduction", "norm")
+        _tally("elementwise", "norm")
         return _call(np.linalg.norm, args, kwargs)
 
 
@@ -368,13 +453,18 @@ def argsort(a, axis=-1, kind=None):
     """cupy.argsort: always stable, and no other `kind` accepted."""
     if kind is not None:
         raise NotImplementedError(f"argsort(kind={kind!r}): CuPy's argsort takes only kind=None (it is stable)")
+    _lc.sort(_operand(a), "argsort")
+    _tally("elementwise", "argsort")  # the index array sorted along with the keys
     return _call(np.argsort, (a,), {"axis": axis, "kind": "stable"})
 
 
 def array(obj, dtype=None, copy=True, order="K", ndmin=0):
     """A new stand-in array from a NumPy array, a list or a scalar (the explicit host-to-device copy)."""
     if isinstance(obj, ndarray):
+        _tally("elementwise", "array", int(copy or obj.dtype != np.dtype(dtype or obj.dtype)))
         obj = obj._a
+    else:
+        _tally("h2d", "array")
     return _wrap(np.array(obj, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
 
 
@@ -382,12 +472,16 @@ def asarray(obj, dtype=None, order=None):
     """obj itself when it is already a stand-in array of that dtype; else an explicit copy in."""
     if isinstance(obj, ndarray):
         return obj if dtype is None or obj.dtype == np.dtype(dtype) else obj.astype(dtype)
+    _tally("h2d", "asarray")
     return _wrap(np.array(obj, dtype=dtype, order=order))  # a copy: "device" memory is our own
 
 
 def ascontiguousarray(a, dtype=None):
     a = asarray(a, dtype)
-    return a if a._a.flags.c_contiguous else _wrap(np.ascontiguousarray(a._a))
+    if a._a.flags.c_contiguous:
+        return a
+    _tally("elementwise", "ascontiguousarray")
+    return _wrap(np.ascontiguousarray(a._a))
 
 
 def asnumpy(a, stream=None, order="C", out=None) -> np.ndarray:
@@ -401,6 +495,7 @@ def scatter_add(a: ndarray, slices, value) -> None:
     CuPy adds with atomics, so repeats are summed in whatever order the threads run and float
     results vary in their last bits from run to run. For an integer array over the first axis
     (the embedding's case) the stand-in adds in a fresh random order each call to show the same."""
+    _tally("elementwise", "scatter_add")
     slices, value = _index(slices), _operand(value)
     if isinstance(slices, np.ndarray) and slices.dtype.kind in "iu":
         value = np.broadcast_to(value, slices.shape + a._a.shape[1:])
@@ -424,15 +519,19 @@ class _Generator:
         self._g = np.random.default_rng(seed)
 
     def random(self, size=None, dtype=np.float64, out=None):
+        _tally("elementwise", "random")
         return _wrap(self._g.random(size, dtype=dtype))
 
     def standard_normal(self, size=None, dtype=np.float64, out=None):
+        _tally("elementwise", "standard_normal")
         return _wrap(self._g.standard_normal(size, dtype=dtype))
 
     def uniform(self, low=0.0, high=1.0, size=None, dtype=np.float64):
+        _tally("elementwise", "uniform")
         return _wrap(self._g.uniform(low, high, size).astype(dtype, copy=False))
 
     def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
+        _tally("elementwise", "integers")
         return _wrap(self._g.integers(low, high, size, dtype=dtype, endpoint=endpoint))
 
 

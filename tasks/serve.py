@@ -23,7 +23,7 @@ from gpt2.config import PRESETS
 
 from .common.args import add_model_args, parse
 from .common.device import select_device
-from .common.errors import TaskError, UsageError
+from .common.errors import TaskError, Terminated, UsageError
 from .common.guard import main_guard
 from .common.jsonfiles import read_json
 from .data.manifest import ensure_inputs
@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (default: %(default)s)")
     g.add_argument("--timeout", type=float, default=300.0,
                    help="seconds a request may wait and generate in all (default: %(default)s)")
+    g.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from this origin (scheme://host[:port]) call the API from a "
+                        "browser: CORS preflights answered for it alone; repeatable (default: none)")
     g.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                    help="uvicorn's log level (default: %(default)s)")
     args = parse(p, argv)
@@ -100,7 +103,7 @@ def load_server(args: argparse.Namespace) -> Server:
     return Server(model, tok, args.model_name or default_model_name(args.init),
                   instruct=run_task(args.init) == "instruct", api_key=api_key,
                   max_batch=args.max_batch, max_queue=args.max_queue, chat_max_tokens=args.max_tokens,
-                  max_body=args.max_body, timeout=args.timeout)
+                  max_body=args.max_body, timeout=args.timeout, cors_origins=tuple(args.cors_origin))
 
 
 @main_guard
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         import starlette  # noqa: F401
     except ImportError as e:
         raise TaskError(f"tasks.serve needs the [serve] extra ({e.name} is missing): "
-                            "pip install -e '.[serve]'") from None
+                        "pip install -e '.[serve]'") from None
     # bind before loading the model: a taken port is one message, before any work
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -128,9 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     kind = "instruct format" if server.instruct else "plain continuation"
     print(f"serving {server.name} ({kind} for chat) on http://{args.host}:{port}  "
           f"(chat page at /, API at /v1)", flush=True)
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return serve_until_stopped(server, uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5),
+                               sock)
+
+
+def serve_until_stopped(server: Server, config, sock: socket.socket) -> int:
+    """Serve until SIGTERM or Ctrl-C. uvicorn then lets open requests finish (up to 5 s) and gives
+    the signal back: a normal stop, said as one, with the exit status every command has for it."""
+    import uvicorn
     try:
         uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt as e:   # Terminated (SIGTERM) is one too
+        signame, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("Ctrl-C", 130)
+        reasons = server.scheduler.status()["finish_reasons"]
+        done = ", ".join(f"{n} {why}" for why, n in reasons.items() if n) or "none"
+        print(f"stopped ({signame}); choices answered: {done}", file=sys.stderr, flush=True)
+        return code
     finally:
         server.scheduler.stop()
     return 0

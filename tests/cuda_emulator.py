@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minigrad.kernels._loader import KERNEL_DIR, kernel_names
+from minigrad.kernels._loader import expand_includes, kernel_names, source_text
 
 PRELUDE = r"""
 #include <barrier>
@@ -198,6 +198,13 @@ static void emu_launch(unsigned gx, unsigned gy, unsigned bx, const std::functio
 }
 """
 
+# the counter of common.cuh's last_block (blocks run one after another here, so any order is one)
+PRELUDE_ATOMICS = r"""
+#include <atomic>
+static inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+"""
+
 _SIG = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)',
                   re.S)
 
@@ -229,8 +236,11 @@ class Module:
     """One .cu source compiled for the CPU; `module.kernel_name((gx, gy), bx, *args)` launches."""
 
     def __init__(self, file: str | Path, defines: dict[str, int] | None = None):
-        path = Path(file) if Path(file).is_absolute() else KERNEL_DIR / file  # a test's own source, or the package's
-        text, file = path.read_text(), path.name
+        if Path(file).is_absolute():  # a test's own source (tests/cuda/)
+            path = Path(file)
+            text, file = expand_includes(path.read_text()), path.name
+        else:  # the package's, with minigrad's own headers pasted in, as NVRTC gets it
+            text = source_text(file)
         launchers, self._sigs = [], {}
         for name, params in _SIG.findall(text):
             ps = _params(params)
@@ -241,7 +251,7 @@ class Module:
                              f'{{ emu_launch(gx, gy, bx, [=] {{ {name}({call}); }}); }}')
         assert list(self._sigs) == kernel_names(text)
         flags = [f"-D{k}={v}" for k, v in (defines or {}).items()]
-        src = PRELUDE + "\n#line 1 \"" + file + "\"\n" + text + "\n" + "\n".join(launchers) + "\n"
+        src = PRELUDE + PRELUDE_ATOMICS + "\n#line 1 \"" + file + "\"\n" + text + "\n" + "\n".join(launchers) + "\n"
         key = hashlib.sha256((src + " ".join(flags)).encode()).hexdigest()[:16]
         build = Path(tempfile.gettempdir()) / "minigrad-cuda-emulator"
         build.mkdir(exist_ok=True)

@@ -243,3 +243,11 @@ def test_blas_threads_per_rank_are_cores_over_local_ranks():
                                                    if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                                 "MKL_NUM_THREADS")})
     assert r.returncode == 0, r.stdout + r.stderr  # each rank exits 3 if its count is not `want`
+
+
+def test_gpu_ranks_without_nccl_are_told_in_one_line():
+    from types import SimpleNamespace as NS
+    from minigrad.distributed import DistributedError, check_nccl
+    with pytest.raises(DistributedError, match=r"need NCCL.*nccl.available is False\): pip install nvidia-nccl"):
+        check_nccl(NS(available=False))
+    check_nccl(NS(available=True))  # NCCL there: nothing to say

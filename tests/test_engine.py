@@ -79,6 +79,32 @@ def test_summing_gradients_in_place_never_writes_shared_memory(backend):
     np.testing.assert_array_equal(arr(g), [[1.0, 10.0], [100.0, 1000.0]])
 
 
+def test_gradients_added_into_the_sum_so_far_equal_separate_adds(backend):
+    """An op offered its input's gradient so far adds its own into it (autograd.GradLedger's
+    grad_sum): a slice's backward into the sum of the other branches, and on a device a fused
+    LayerNorm's into the residual stream's. The total equals the branches' gradients added apart."""
+    rng = np.random.default_rng(0)
+    xv, wv, bv = (rng.standard_normal(s).astype(np.float32) for s in ((3, 8), (8,), (8,)))
+    gv = rng.standard_normal((3, 8)).astype(np.float32)
+    # a branch with a fresh gradient (h * 1.5) gives the later ones a sum they may add into
+    branches = [lambda h, w, b: h * 1.5, lambda h, w, b: F.layer_norm(h, w, b), lambda h, w, b: h[:, ::-1] * 3.0,
+                lambda h, w, b: F.layer_norm(h[::-1], w, b), lambda h, w, b: h]
+
+    def grad(chosen):
+        x = mg.tensor(xv, requires_grad=True, device=backend)
+        w, b = (mg.tensor(a, device=backend) for a in (wv, bv))
+        h = x * 2.0  # a non-leaf: its gradient is a fresh array the engine may add into
+        out = chosen[0](h, w, b)
+        for branch in chosen[1:]:
+            out = out + branch(h, w, b)
+        (out * mg.tensor(gv, device=backend)).sum().backward()
+        return arr(x.grad)
+
+    apart = sum(grad([br]) for br in branches)
+    np.testing.assert_allclose(grad(branches), apart, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad(branches[::-1]), apart, rtol=1e-5, atol=1e-5)
+
+
 def test_caller_gradient_arriving_first_is_never_summed_into(backend):
     """A residual connection hands the caller's gradient straight to y; the branch's gradient
     arrives later and must be added into a new array, not into the caller's."""

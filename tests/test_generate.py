@@ -13,7 +13,8 @@ import pytest
 
 import minigrad as mg
 from gpt2 import GPT2, GPT2Config
-from gpt2.generate import filter_logits, generate, left_pad, position_ids_from_mask, stream
+from gpt2.generate import generate, left_pad, position_ids_from_mask, stream
+from gpt2.sampling import filter_logits
 from minigrad import nn
 from minigrad.tensor import Tensor
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from minigrad.kernels import flash_attention
-from minigrad.kernels.__main__ import nvrtc_available
+from minigrad.kernels.nvrtc import nvrtc_available
 from minigrad.kernels._loader import kernel_names, sources
 from minigrad.kernels.resources import Usage
 

@@ -80,9 +80,9 @@ def test_crossentropy_twin_equals_cross_entropy(N, V, n_ignored, reduction, spre
     assert np.all(twins.crossentropy_backward(x, t, lse, scale)[t == -100] == 0)
 
 
-def test_crossentropy_twin_rejects_bad_targets():
-    with pytest.raises(IndexError):
-        twins.crossentropy_forward(np.zeros((2, 5), np.float32), np.array([1, 5]))
+def test_crossentropy_twin_gives_nan_for_bad_targets():
+    losses, _ = twins.crossentropy_forward(np.zeros((2, 5), np.float32), np.array([1, 5]))
+    assert np.isfinite(losses[0]) and np.isnan(losses[1])
 
 
 @FAST

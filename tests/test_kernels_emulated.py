@@ -1,8 +1,9 @@
 """The CUDA kernels' own code, run on the CPU (tests/cuda_emulator.py: g++, a std::thread per CUDA
 thread, barriers for __syncthreads and the warp shuffles), through the real launchers in
 minigrad/kernels with NumPy standing in for CuPy. Small shapes that leave partial tiles; the
-results must equal the plain ops (float32, 1e-5), so indexing, tiling and barriers are checked
-without a GPU. Skips where there is no g++.
+results must equal the plain ops (float32: 1e-5), so indexing, tiling and barriers are checked
+without a GPU. Each kernel's float16 form (-DFP16=1) is checked against the plain float32 op on
+the same float16 values, to float16's rounding of the result. Skips where there is no g++.
 """
 import importlib
 
@@ -11,9 +12,10 @@ import pytest
 
 import minigrad as mg
 import minigrad.functional as F
-from minigrad import backend
+from minigrad import backend, kernels
 from minigrad.kernels import (adamw as adamw_launch, attention as attn_launch, crossentropy as ce_launch,
-                              embedding as emb_launch, gelu as gelu_launch, layernorm as ln_launch, twins)
+                              embedding as emb_launch, gelu as gelu_launch, layernorm as ln_launch, twins,
+                              unscale as unscale_launch)
 
 from cuda_emulator import Module, compiler
 
@@ -36,12 +38,27 @@ def _emu_kernel(file, name, **defines):
 def emulated(monkeypatch):
     """The launchers run the emulated kernels on NumPy arrays."""
     monkeypatch.setattr(backend, "cupy", lambda: np)
-    for mod in (adamw_launch, attn_launch, br_launch, ce_launch, emb_launch, gelu_launch, ln_launch):
+    for mod in (adamw_launch, attn_launch, br_launch, ce_launch, emb_launch, gelu_launch, ln_launch, unscale_launch):
         monkeypatch.setattr(mod, "kernel", _emu_kernel)
 
 
 def _randn(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+f32, f16 = np.float32, np.float16
+DTYPES = pytest.mark.parametrize("dt", [f32, f16], ids=["float32", "float16"])
+
+
+def _tol(dt, scale=1.0):
+    """float32: the plain op's 1e-5; float16: the result rounded to float16 (and, for sums of a few
+    dozen float16 products, a few of its units in the last place)."""
+    return TOL if dt == f32 else dict(rtol=4e-3, atol=4e-3 * scale)
+
+
+def _t(a, grad=True):
+    """A float32 tensor of a's values (float16 ones exactly): the reference's input."""
+    return mg.tensor(a.astype(f32), requires_grad=grad)
 
 
 def _sdpa_ref(q, k, v, g, causal):
@@ -67,54 +84,87 @@ def test_attention_kernels_emulated(emulated, BH, T, S, D, causal):
         np.testing.assert_allclose(got, want, **TOL)
 
 
+@DTYPES
 @pytest.mark.parametrize("N,V", [(5, 600), (3, 1), (2, 257)])
-def test_crossentropy_kernels_emulated(emulated, N, V):
+def test_crossentropy_kernels_emulated(emulated, dt, N, V):
     rng = np.random.default_rng(N + V)
-    x = _randn(rng, N, V, scale=5)
+    x = _randn(rng, N, V, scale=5).astype(dt)
     t = rng.integers(0, V, N)
     t[0] = -100
-    losses, lse, bad = ce_launch.forward(x, t.astype(np.int64), -100)
-    assert int(bad[0]) == 0
-    L = mg.tensor(x, requires_grad=True)
+    n_valid = int((t != -100).sum())
+    losses, lse, total = ce_launch.forward(x, t.astype(np.int64), -100, 1.0 / n_valid)
+    L = _t(x)
     ref = F.cross_entropy(L, t, reduction="none")
     ref.backward(mg.tensor(np.ones(N, np.float32)))
+    assert losses.dtype == lse.dtype == total.dtype == f32  # float32 math on float16 logits too
     np.testing.assert_allclose(losses, ref.data, **TOL)
-    d = ce_launch.backward(x, t.astype(np.int64), lse, np.ones(1, np.float32), -100)
-    np.testing.assert_allclose(d, L.grad, **TOL)
-    t[-1] = V  # out of range: flagged, never read
-    assert int(ce_launch.forward(x, t.astype(np.int64), -100)[2][0]) == 1
+    np.testing.assert_allclose(total[0], ref.data.sum() / n_valid, **TOL)
+    d = ce_launch.backward(x, t.astype(np.int64), lse, np.ones(1, np.float32), -100, mult=0.5)
+    assert d.dtype == dt
+    np.testing.assert_allclose(d, L.grad * 0.5, **_tol(dt))
+    t[-1] = V  # out of range: never read, and the loss says so (NaN), its row and the total
+    losses, _, total = ce_launch.forward(x, t.astype(np.int64), -100, 1.0)
+    assert np.isnan(losses[-1]) and np.isnan(total[0]) and np.isfinite(losses[:-1]).all()
 
 
-def test_layernorm_gelu_bias_residual_kernels_emulated(emulated):
+@DTYPES
+def test_layernorm_gelu_bias_residual_kernels_emulated(emulated, dt):
     rng = np.random.default_rng(0)
     N, C = 70, 45  # more than one row chunk of the dw/db sums, C not a multiple of 32
-    x, w, b, g = _randn(rng, N, C, scale=2), _randn(rng, C), _randn(rng, C), _randn(rng, N, C)
-    X, W, Bb = (mg.tensor(a, requires_grad=True) for a in (x, w, b))
+    x, w, b, g = (a.astype(dt) for a in (_randn(rng, N, C, scale=2), _randn(rng, C), _randn(rng, C),
+                                          _randn(rng, N, C)))
+    X, W, Bb = _t(x), _t(w), _t(b)
     out = F.layer_norm(X, W, Bb)
-    (out * mg.tensor(g)).sum().backward()
+    (out * _t(g, False)).sum().backward()
     y, mean, rstd = ln_launch.forward(x, w, b, 1e-5)
-    np.testing.assert_allclose(y, out.data, **TOL)
-    for got, want in zip(ln_launch.backward(g, x, w, mean, rstd), (X.grad, W.grad, Bb.grad)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+    assert y.dtype == dt and mean.dtype == rstd.dtype == f32
+    np.testing.assert_allclose(y, out.data, **_tol(dt, 4))
+    dx, dw, db = ln_launch.backward(g, x, w, mean, rstd)
+    for got, want, scale in ((dx, X.grad, 4), (dw, W.grad, 20), (db, Bb.grad, 20)):
+        assert got.dtype == dt
+        np.testing.assert_allclose(got, want, **(dict(rtol=1e-5, atol=2e-5) if dt == f32 else _tol(dt, scale)))
+    acc = _randn(rng, N, C).astype(dt)  # with dx given, the gradient is added into it
+    into = acc.copy()
+    assert ln_launch.backward(g, x, w, mean, rstd, need_dwdb=False, dx=into)[0] is into
+    np.testing.assert_allclose(into, acc.astype(f32) + X.grad, **_tol(dt, 4))
+    again = ln_launch.backward(g, x, w, mean, rstd)  # the column sums' counters were left at zero
+    np.testing.assert_array_equal(again[1], dw)
 
-    X = mg.tensor(x, requires_grad=True)
-    out = F.gelu(X)
-    (out * mg.tensor(g)).sum().backward()
-    np.testing.assert_allclose(gelu_launch.forward(x), out.data, **TOL)
-    np.testing.assert_allclose(gelu_launch.backward(x, g), X.grad, **TOL)
+    for bias in (None, b):
+        X, Bb = _t(x), _t(b)
+        out = F.gelu(X if bias is None else X + Bb)
+        (out * _t(g, False)).sum().backward()
+        np.testing.assert_allclose(gelu_launch.forward(x, bias), out.data, **_tol(dt, 4))
+        np.testing.assert_allclose(gelu_launch.backward(x, g, bias), X.grad, **_tol(dt, 4))
 
-    r = _randn(rng, N, C)
-    np.testing.assert_allclose(br_launch.forward(x, b, r), x + b + r, **TOL)
-    np.testing.assert_allclose(br_launch.bias_grad(g), g.sum(axis=0), **TOL)
+    r = _randn(rng, N, C).astype(dt)
+    np.testing.assert_allclose(br_launch.forward(x, b, r), x.astype(f32) + b.astype(f32) + r.astype(f32),
+                               **_tol(dt, 8))
+    np.testing.assert_allclose(br_launch.bias_grad(g), g.astype(f32).sum(axis=0), **_tol(dt, 20))
+    out = np.empty(C, dt)
+    assert br_launch.bias_grad(g, out=out) is out
 
 
-def test_embedding_backward_kernel_emulated(emulated):
+@DTYPES
+def test_embedding_backward_kernel_emulated(emulated, dt):
     rng = np.random.default_rng(1)
     ids = rng.integers(0, 7, 40)
-    rows = _randn(rng, 40, 9)
+    rows = _randn(rng, 40, 9).astype(dt)
     ref = np.zeros((10, 9), np.float32)
-    np.add.at(ref, ids, rows)
-    np.testing.assert_allclose(emb_launch.backward(ids, rows, 10), ref, **TOL)
+    np.add.at(ref, ids, rows.astype(f32))
+    np.testing.assert_allclose(emb_launch.backward(ids, rows, 10), ref, **_tol(dt, 4))
+    before = _randn(rng, 10, 9).astype(dt)  # with out given, added into what it holds
+    into = before.copy()
+    assert emb_launch.backward(ids, rows, 10, out=into) is into
+    np.testing.assert_allclose(into, before.astype(f32) + ref, **_tol(dt, 4))
+    # 64-bit keys (for tables and batches too big for 32): the same sums
+    keys = np.empty(40, np.int64)
+    _emu_kernel("embedding_backward.cu", "embedding_keys", KEY64=1)((1,), (64,), (ids.astype(np.int64), keys,
+                                                                                    np.int32(40)))
+    gw = np.zeros((10, 9), dt)
+    _emu_kernel("embedding_backward.cu", "embedding_backward", KEY64=1, **({"FP16": 1} if dt == f16 else {}))(
+        (40, 1), (64,), (rows, np.sort(keys), gw, np.int32(40), np.int32(9), np.int32(0)))
+    np.testing.assert_allclose(gw, ref, **_tol(dt, 4))
 
 
 def test_adamw_kernels_emulated(emulated):
@@ -122,36 +172,48 @@ def test_adamw_kernels_emulated(emulated):
     sizes = [(7, 5), (0,), (300,), (1,)]
     ps = [_randn(rng, *s) for s in sizes]
     ref = [mg.tensor(p.copy(), requires_grad=True) for p in ps]
-    opt = mg.optim.AdamW(ref, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    dev = [p.copy() for p in ps]
-    ms, vs = [np.zeros_like(p) for p in ps], [np.zeros_like(p) for p in ps]
-    flat = [ps[2].copy(), np.zeros_like(ps[2]), np.zeros_like(ps[2])]
-    multi = Module("adamw.cu").adamw_multi
+    opt = mg.optim.AdamW([{"params": ref[:2], "weight_decay": 0.1}, {"params": ref[2:], "weight_decay": 0.0}],
+                         lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    n = sum(p.size for p in ps)
+    flat = [np.concatenate([p.ravel() for p in ps]), np.zeros(n, np.float32), np.zeros(n, np.float32)]
+    single = [ps[2].copy(), np.zeros_like(ps[2]), np.zeros_like(ps[2])]
+    ranges = [(0, 35, 0.1), (35, n, 0.0)]  # the two groups, one launch
     for step in range(1, 4):
         gs = [_randn(rng, *s) for s in sizes]
         for t, g in zip(ref, gs):
             t.grad = g
         opt.step()
-        adamw_launch.adamw_update(flat[0], gs[2], flat[1], flat[2], 1e-3, (0.9, 0.95), 1e-8, 0.1, step)
-        # adamw_multi through its pointer tables (NumPy addresses instead of device pointers)
-        keep = [i for i, p in enumerate(dev) if p.size]
-        ptr = lambda arrs: np.array([arrs[i].ctypes.data for i in keep], np.uint64)  # noqa: E731
-        offsets = np.concatenate([[0], np.cumsum([dev[i].size for i in keep])]).astype(np.int64)
-        decays = np.full(len(keep), 1e-3 * 0.1, np.float32)
-        step_size, inv_sqrt_bc2 = adamw_launch._scalars(1e-3, (0.9, 0.95), step)
-        multi(4, 256, ptr(dev), ptr(gs), ptr(ms), ptr(vs), offsets, decays, np.int32(len(keep)), np.float32(0.9),
-              np.float32(0.95), np.float32(1e-8), np.float32(step_size), np.float32(inv_sqrt_bc2))
-    for t, p in zip(ref, dev):
-        np.testing.assert_allclose(p, t.data, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(flat[0], ref[2].data, rtol=1e-6, atol=1e-7)
+        g = np.concatenate([g.ravel() for g in gs])
+        adamw_launch.adamw_update_ranges(flat[0], g, flat[1], flat[2], ranges, 1e-3, (0.9, 0.95), 1e-8, step)
+        adamw_launch.adamw_update(single[0], gs[2], single[1], single[2], 1e-3, (0.9, 0.95), 1e-8, 0.0, step)
+    np.testing.assert_allclose(flat[0], np.concatenate([t.data.ravel() for t in ref]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(single[0], ref[2].data, rtol=1e-6, atol=1e-7)
+
+
+def test_unscale_kernel_emulated(emulated):
+    rng = np.random.default_rng(3)
+    g16 = (_randn(rng, 1000) * 300).astype(f16)
+    g32 = np.empty(1000, np.float32)
+    u = unscale_launch.Unscaler()
+    u.unscale(g16, g32, 1 / 256)
+    np.testing.assert_array_equal(g32, g16.astype(f32) / 256)  # exact: a power of two
+    assert u.finite()
+    for bad in (np.inf, -np.inf, np.nan):
+        g16[rng.integers(1000)] = bad
+        u.unscale(g16, g32, 1 / 256)
+        u.unscale(np.ones(3, f16), np.empty(3, np.float32), 1.0)  # one flag for every call since the last read
+        assert not u.finite()
+        g16 = np.nan_to_num(g16, posinf=0, neginf=0).astype(f16)
+        u.unscale(g16, g32, 1 / 256)
+        assert u.finite()  # a new stamp: the old overflow no longer counts
 
 
 @pytest.fixture
 def fused_on_numpy(emulated, monkeypatch):
-    """functional's dispatch takes the fused path for float32 NumPy arrays too (emulated kernels)."""
+    """The ops' dispatch takes the fused path for float32 and float16 NumPy arrays too (emulated kernels)."""
     import minigrad.kernels as K
-    monkeypatch.setattr(K, "use_fused", lambda *a: all(isinstance(x, np.ndarray) and x.dtype == np.float32
-                                                       and x.size > 0 for x in a))
+    monkeypatch.setattr(K, "use_fused", lambda *a: bool(a) and all(
+        isinstance(x, np.ndarray) and x.dtype == a[0].dtype and x.dtype in (f32, f16) and x.size > 0 for x in a))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -174,29 +236,54 @@ def test_fused_cross_entropy_function_emulated(fused_on_numpy, monkeypatch, redu
         np.testing.assert_allclose(a, b, **TOL)
 
 
-def test_gpt2_forward_backward_fused_emulated(fused_on_numpy, monkeypatch):
-    """A tiny GPT-2's loss and every gradient, all fused ops on the emulated kernels, equal the
-    composite ops' (dropout 0, as the fused attention requires)."""
+def _gpt2_step(dtype: str):
+    """A tiny GPT-2's loss, every gradient (float32) and the weights after one AdamW step, through
+    tasks.training's Trainer (float16: mixed precision)."""
     from gpt2 import GPT2, GPT2Config
+    from minigrad.amp import LossScaler, MixedPrecision
     rng = np.random.default_rng(4)
     x, y = rng.integers(0, 50, (2, 20)), rng.integers(0, 50, (2, 20))
     y[1, 3] = -100
+    mg.manual_seed(0)
+    model = GPT2(GPT2Config(vocab_size=50, n_ctx=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+    # eps well above float32's noise: the key bias's gradient is zero but for rounding, and with a
+    # tiny eps Adam would turn that noise into updates of +-lr (the kernel itself is checked exactly
+    # in test_adamw_kernels_emulated)
+    opt = mg.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-4)
+    amp = MixedPrecision(model.parameters(), LossScaler(256.0), flat=opt.flat) if dtype == "float16" else None
+    if amp:
+        amp.half()
+    _, loss = model(x, y)
+    (loss * (256.0 if amp else 1.0)).backward()
+    assert amp is None or amp.restore()
+    grads = [p.grad.copy() for _, p in sorted(model.named_parameters())]
+    opt.step()
+    return [loss.data] + grads + [p.data.copy() for _, p in sorted(model.named_parameters())]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_gpt2_step_fused_emulated(fused_on_numpy, monkeypatch, dtype):
+    """A tiny GPT-2's loss, every gradient and the AdamW update, all fused ops on the emulated
+    kernels, equal the composite ops' (dropout 0, as the fused attention requires); float16 mixed
+    precision to float16's rounding."""
     calls = []
-    for mod, name in ((attn_launch, "forward"), (attn_launch, "backward"), (ln_launch, "forward"),
-                      (gelu_launch, "backward"), (ce_launch, "backward"), (emb_launch, "backward")):
+    mods = ((attn_launch, "forward"), (attn_launch, "backward"), (ln_launch, "forward"), (ln_launch, "backward"),
+            (gelu_launch, "forward"), (gelu_launch, "backward"), (ce_launch, "forward"), (ce_launch, "backward"),
+            (emb_launch, "backward"), (br_launch, "forward"), (br_launch, "bias_grad"),
+            (kernels, "adamw_update_ranges")) + (((unscale_launch.Unscaler, "unscale"),) if dtype == "float16" else ())
+    for mod, name in mods:
         real = getattr(mod, name)
         monkeypatch.setattr(mod, name, lambda *a, _real=real, _n=f"{mod.__name__}.{name}", **k: (calls.append(_n),
                                                                                                  _real(*a, **k))[1])
-    results = []
-    for fused in (True, False):
-        if not fused:
-            assert len(set(calls)) == 6, calls  # every fused kernel ran
-            monkeypatch.undo()
-        mg.manual_seed(0)
-        model = GPT2(GPT2Config(vocab_size=50, n_ctx=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
-        _, loss = model(x, y)
-        loss.backward()
-        results.append([loss.data] + [p.grad for _, p in sorted(model.named_parameters())])
-    assert len(results[0]) > 10
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    fused = _gpt2_step(dtype)
+    assert len(set(calls)) == len(mods), sorted(set(calls))  # every fused kernel ran
+    monkeypatch.undo()
+    plain = _gpt2_step(dtype)
+    if dtype == "float16":
+        # the loss and the (unscaled, float32) gradients, to float16's rounding; not the weights
+        # after the step: Adam divides each gradient by its own size, so rounding noise on a
+        # gradient near zero can move its weight by up to lr either way
+        fused, plain = fused[:len(fused) // 2 + 1], plain[:len(plain) // 2 + 1]
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=2e-2, atol=2e-3)
+    for a, b in zip(fused, plain):
+        np.testing.assert_allclose(a, b, **tol)

@@ -1,4 +1,6 @@
-"""float16 mixed precision (minigrad/amp.py through tasks/training/trainer.py's Trainer), on NumPy.
+"""float16 mixed precision (minigrad/amp.py through tasks/training/trainer.py's Trainer), on NumPy and on
+the stand-in device (where the GPU's path runs: every float16 kernel, the flat float16 weights, the
+unscaling kernel and its overflow flag, with NumPy doing the kernels' work).
 
 A tiny GPT-2 trains with float16 forward/backward over float32 weights: the loss falls, an
 overflow step (forced by a huge initial loss scale) is skipped and counted, the scale backs off,
@@ -45,9 +47,12 @@ def lm_loss(model, batch):
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
 
 
-def _trainer(run_dir, dtype="float16", loss_scale=2.0 ** 24, window=4, **cfg):
+DEVICES = pytest.mark.parametrize("device", ["cpu", "standin"])
+
+
+def _trainer(run_dir, dtype="float16", loss_scale=2.0 ** 24, window=4, device="cpu", **cfg):
     mg.manual_seed(0)
-    model = GPT2(GPT2Config(vocab_size=V, n_ctx=T, n_embd=32, n_layer=2, n_head=2, dropout=0.1))
+    model = GPT2(GPT2Config(vocab_size=V, n_ctx=T, n_embd=32, n_layer=2, n_head=2, dropout=0.1)).to(device)
     config = TrainConfig(progress=False, lr=3e-3, epochs=100, dtype=dtype, loss_scale=loss_scale,
                          loss_scale_window=window, **cfg)
     return Trainer(model, BatchLoader(Windows(), 4, shuffle=True), lm_loss, lambda m: {}, run_dir, config)
@@ -58,8 +63,9 @@ def _steps(run_dir):
     return [r for r in recs if r["type"] == "step"]
 
 
-def test_float16_trains_skips_overflow_steps_and_backs_off(tmp_path):
-    trainer = _trainer(tmp_path / "run", max_steps=24, eval_every=24)
+@DEVICES
+def test_float16_trains_skips_overflow_steps_and_backs_off(tmp_path, device):
+    trainer = _trainer(tmp_path / "run", max_steps=24, eval_every=24, device=device)
     trainer.fit()
     steps = _steps(tmp_path / "run")
     skipped = [r["skipped_steps"] for r in steps]
@@ -75,15 +81,16 @@ def test_float16_trains_skips_overflow_steps_and_backs_off(tmp_path):
     assert max(scales) > scales[0]
 
 
-def test_float16_resume_is_exact(tmp_path):
-    ref = _trainer(tmp_path / "ref", max_steps=12, eval_every=4)
+@DEVICES
+def test_float16_resume_is_exact(tmp_path, device):
+    ref = _trainer(tmp_path / "ref", max_steps=12, eval_every=4, device=device)
     ref.fit()
     expected = [(r["step"], r["loss"], r["loss_scale"], r["skipped_steps"]) for r in _steps(tmp_path / "ref")]
 
-    first = _trainer(tmp_path / "run", max_steps=8, eval_every=4)
+    first = _trainer(tmp_path / "run", max_steps=8, eval_every=4, device=device)
     first.fit()
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000004", "step_00000008"]
-    again = _trainer(tmp_path / "run", max_steps=12, eval_every=4)
+    again = _trainer(tmp_path / "run", max_steps=12, eval_every=4, device=device)
     assert again.resume()
     assert again.amp.scaler.skipped == first.amp.scaler.skipped > 0
     again.fit()
@@ -91,24 +98,52 @@ def test_float16_resume_is_exact(tmp_path):
     assert got == expected
 
 
-def test_float16_matches_float32_closely_without_overflow():
-    """One forward/backward in mixed precision is float32's up to float16 rounding."""
+@DEVICES
+@pytest.mark.parametrize("flat", [False, True], ids=["per-tensor", "flat"])
+def test_float16_matches_float32_closely_without_overflow(device, flat):
+    """One forward/backward in mixed precision is float32's up to float16 rounding, with the
+    parameters cast one by one or (an optimizer's flat buffers given) as one flat float16 copy."""
     grads = {}
     for dtype in ("float32", "float16"):
         mg.manual_seed(0)
-        model = GPT2(GPT2Config(vocab_size=V, n_ctx=T, n_embd=32, n_layer=2, n_head=2))
+        model = GPT2(GPT2Config(vocab_size=V, n_ctx=T, n_embd=32, n_layer=2, n_head=2)).to(device)
+        opt = mg.optim.AdamW(model.parameters()) if flat else None
         x, y = Windows()[0]
-        mp = MixedPrecision(model.parameters(), LossScaler(1024.0)) if dtype == "float16" else None
+        mp = MixedPrecision(model.parameters(), LossScaler(1024.0), flat=opt and opt.flat) if dtype == "float16" else None
         if mp:
             mp.half()
+            assert all(p.dtype == np.float16 for p in model.parameters())
         loss = lm_loss(model, (x[None], y[None]))
         (loss * (mp.scaler.scale if mp else 1.0)).backward()
         assert mp is None or mp.restore()
-        grads[dtype] = {n: p.grad.copy() for n, p in model.named_parameters()}
+        grads[dtype] = {n: mg.backend.to_device(p.grad, "cpu").copy() for n, p in model.named_parameters()}
+        if flat:  # the gradients are the optimizer's float32 buffer, the weights its masters
+            opt.flat.check_intact()
+            assert all(p.grad.base is opt.flat.grad for p in model.parameters())
     for name, g32 in grads["float32"].items():
         g16 = grads["float16"][name]
         assert g16.dtype == np.float32
         np.testing.assert_allclose(g16, g32, rtol=0.05, atol=0.02 * np.abs(g32).max() + 1e-6)
+
+
+@DEVICES
+def test_flat_float16_overflow_drops_every_gradient(device):
+    """A float16 gradient that overflows (here: a loss scale float16 cannot hold the gradient
+    under) is caught in the flat unscaling pass: restore() says so, no parameter keeps a
+    gradient, the scale backs off, and the next half() lends fresh float16 weights."""
+    mg.manual_seed(0)
+    model = GPT2(GPT2Config(vocab_size=V, n_ctx=T, n_embd=32, n_layer=2, n_head=2)).to(device)
+    opt = mg.optim.AdamW(model.parameters())
+    mp = MixedPrecision(model.parameters(), LossScaler(2.0 ** 30), flat=opt.flat)
+    x, y = Windows()[0]
+    for scale, finite in ((2.0 ** 30, False), (1024.0, True)):
+        mp.scaler.scale = scale
+        mp.half()
+        (lm_loss(model, (x[None], y[None])) * scale).backward()
+        assert mp.restore() is finite
+        assert all((p.grad is not None) is finite for p in model.parameters())
+        model.zero_grad()
+    assert mp.scaler.skipped == 1
 
 
 def test_loss_scaler_rules():

@@ -1,5 +1,7 @@
-"""tasks.serve: the per-row KV cache under it, the scheduler, and the HTTP API end to end (plain
-HTTP and the `openai` client) against a subprocess serving a tiny random model on 127.0.0.1."""
+"""tasks.serve: the per-row KV cache under it, chat prompts, and the HTTP API end to end (plain
+HTTP and the `openai` client) against a subprocess serving a tiny random model on 127.0.0.1.
+The pieces on their own: tests/test_serving_{protocol,text,scheduler}.py; every request field
+through the `openai` client: tests/test_serving_api.py; browser rules: tests/test_serving_http.py."""
 from __future__ import annotations
 
 import http.client
@@ -16,8 +18,7 @@ import pytest
 import minigrad as mg
 from gpt2 import GPT2, GPT2Config
 from serve_helpers import Served, save_tiny_run
-from tasks.serving.protocol import ApiError, StopText, parse_sampling, render_chat
-from tasks.serving.scheduler import Job, QueueFull, Scheduler
+from tasks.serving.chat import render_chat
 
 
 # ---------------------------------------------------------------- the per-row KV cache
@@ -55,7 +56,7 @@ def test_per_row_cache_moves_a_row():
 
 
 def test_sample_next_with_a_generator_per_row_draws_what_each_row_draws_alone():
-    from gpt2.generate import sample_next
+    from gpt2.sampling import sample_next
     logits = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
     together = sample_next(logits, 0.9, 20, 0.95, [np.random.default_rng(s) for s in (1, 2, 3)])
     for row, seed in enumerate((1, 2, 3)):
@@ -66,26 +67,7 @@ def test_sample_next_with_a_generator_per_row_draws_what_each_row_draws_alone():
     assert len(set(map(tuple, draws.T.tolist()))) == 3            # the rows do differ
 
 
-# ---------------------------------------------------------------- request pieces
-class CharTokenizer:
-    """One character per token, enough to test stop strings."""
-    eot_id = 0
-
-    def decode_bytes(self, ids):
-        return "".join(chr(i) for i in ids).encode()
-
-
-def test_stop_text_cuts_before_a_stop_string_split_over_tokens():
-    s = StopText(CharTokenizer(), ["END", "xy"])
-    out = "".join(s.push(ord(c)) for c in "abcEN")
-    assert out == "abc" and not s.stopped           # "EN" is held back: it may start "END"
-    assert s.push(ord("D")) == "" and s.stopped
-    assert s.text[:s.sent] == "abc"
-    s = StopText(CharTokenizer(), ["END"])
-    out = "".join(s.push(ord(c)) for c in "abEN") + s.flush()
-    assert out == "abEN" and not s.stopped          # never completed: all of it comes out
-
-
+# ---------------------------------------------------------------- chat prompts
 def test_chat_rendering():
     from tasks.data.alpaca import format_prompt
     msgs = [("user", "Name a colour.")]
@@ -94,64 +76,6 @@ def test_chat_rendering():
     assert two.startswith("Be brief.\n\n### Instruction:\na\n\n### Response:\nb\n\n### Instruction:\nc")
     assert two.endswith("### Response:\n")
     assert render_chat([("user", "Once upon"), ("assistant", "a time")], instruct=False) == "Once upon\n\na time"
-
-
-@pytest.mark.parametrize("field,value", [("max_tokens", -1), ("max_tokens", 1.5), ("max_tokens", "9"),
-                                         ("temperature", "hot"), ("temperature", 3), ("top_p", 0),
-                                         ("top_k", -2), ("seed", "x"), ("stop", 5), ("stop", [""]),
-                                         ("stream", "yes"), ("n", 2)])
-def test_bad_sampling_fields(field, value):
-    with pytest.raises(ApiError) as e:
-        parse_sampling({field: value}, 16)
-    assert e.value.status == 400 and e.value.param == field
-
-
-# ---------------------------------------------------------------- the scheduler
-def test_scheduler_queue_is_bounded_and_jobs_match_alone():
-    mg.manual_seed(0)
-    model = GPT2(GPT2Config(n_ctx=64, n_embd=16, n_layer=2, n_head=2, vocab_size=40))
-    got: dict[int, list] = {}
-
-    def job(k, prompt, seed):
-        got[k] = []
-        return Job(prompt, 12, got[k].append, temperature=1.0, top_k=10, seed=seed)
-
-    def run(jobs):
-        sched = Scheduler(model, max_batch=4, max_queue=2, eos_id=None)
-        for j in jobs:
-            sched.submit(j)
-        for _ in range(100):                        # bounded: 12 tokens need 12 steps
-            sched.step()
-            if not sched.running and not sched.waiting:
-                return sched
-        raise AssertionError("jobs did not finish")
-
-    run([job(0, [1, 2, 3], 5)])
-    run([job(1, [4, 5], 6)])
-    alone = [got[0], got[1]]
-    sched = run([job(0, [1, 2, 3], 5), job(1, [4, 5], 6)])
-    assert [got[0], got[1]] == alone
-    assert sched.stats["steps_batched"] > 0
-    assert alone[0][-1] == ("finish", "length") and len(alone[0]) == 13
-
-    # a job past its deadline leaves with "timeout", whether it waits or runs
-    late = Scheduler(model, max_batch=1, max_queue=2)
-    jobs = [job(6, [1], 1), job(7, [1], 1)]
-    for j in jobs:
-        late.submit(j)
-    late.step()                                     # the first runs, the second waits
-    for j in jobs:
-        j.deadline = time.monotonic() - 1
-    late.step()
-    assert got[6][-1] == got[7][-1] == ("finish", "timeout") and not late.running and not late.waiting
-    assert late.stats["timeouts"] == 2
-
-    # not started, so nothing leaves the queue: one job for the free row, two may wait, no more
-    full = Scheduler(model, max_batch=1, max_queue=2)
-    for k in range(3):
-        full.submit(job(2 + k, [1], 1))
-    with pytest.raises(QueueFull):
-        full.submit(job(5, [1], 1))
 
 
 # ---------------------------------------------------------------- over HTTP
@@ -354,10 +278,10 @@ def test_a_client_that_disconnects_frees_its_slot(server, stream):
     conn.close()
     for _ in range(200):                                   # bounded wait: 20 s at most
         _, now = get(server.url + "/health")
-        if now["running"] == 0 and now["cancelled"] > before["cancelled"]:
+        if now["running"] == 0 and now["finish_reasons"]["cancelled"] > before["finish_reasons"]["cancelled"]:
             break
         time.sleep(0.1)
-    assert now["running"] == 0 and now["cancelled"] == before["cancelled"] + 1
+    assert now["running"] == 0 and now["finish_reasons"]["cancelled"] == before["finish_reasons"]["cancelled"] + 1
     assert now["tokens"] - before["tokens"] < LONG["max_tokens"]   # it did not run to the end
 
 
@@ -430,3 +354,25 @@ def test_judge_scores_through_our_server(tmp_path, needs_tokenizer):
         assert r.returncode == (0 if any(g["score"] is not None for g in scores) else 1), r.stderr
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("signame,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_the_server_logs_each_request_and_a_stop_is_said_as_one(tmp_path, needs_tokenizer, signame, code):
+    """One line per answered request (method, path, status, seconds), and SIGTERM or Ctrl-C is a
+    normal stop: said as one, not as an interruption or an error, with 143 or 130."""
+    import re
+    import signal
+    s = Served("--init", str(save_tiny_run(tmp_path / "run")))
+    try:
+        post(s.url + "/v1/completions", {"prompt": "x", "max_tokens": 2})
+        get(s.url + "/v1/nothing")
+        s.proc.send_signal(getattr(signal, signame))
+        assert s.proc.wait(timeout=60) == code
+        err = s.stderr()
+    finally:
+        s.close()
+    assert re.search(r"^\d\d:\d\d:\d\d POST /v1/completions 200 \d+\.\d{3} s$", err, re.M), err
+    assert re.search(r"^\d\d:\d\d:\d\d GET /v1/nothing 404 ", err, re.M), err
+    name = "SIGTERM" if signame == "SIGTERM" else "Ctrl-C"
+    assert f"stopped ({name}); choices answered: 1 length" in err
+    assert "error" not in err and "interrupted" not in err and "Traceback" not in err

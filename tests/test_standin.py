@@ -162,3 +162,48 @@ def test_pretrain_runs_on_the_standin(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "on standin" in r.stdout and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- counting what CuPy would launch
+def test_out_arrays_come_back_as_themselves():
+    a, b = standin.ones((4, 3), dtype=np.float32), standin.ones((3, 5), dtype=np.float32)
+    buf = standin.zeros((8, 5), dtype=np.float32)[2:6]  # a view, as the flat gradient buffer's are
+    assert standin.matmul(a, b, out=buf) is buf and float(buf.sum()) == 60.0
+    assert standin.exp(a, out=a) is a
+    assert a.sum(axis=0, out=standin.empty(3, dtype=np.float32)).shape == (3,)
+
+
+def test_counts_follow_cupy():
+    from minigrad import launchcount
+    host = np.arange(12, dtype=np.float32).reshape(4, 3)
+    with launchcount.counting() as c:
+        a = standin.asarray(host)                 # a copy in
+        b = a + 1                                 # one elementwise kernel
+        b *= a                                    # one, in place
+        s = b.sum(axis=0)                         # one reduction
+        t = a.T.reshape(12)                       # a transpose is a view; this reshape must copy
+        _ = a @ b.T                               # one cuBLAS call (a transposed operand is fine)
+        _ = standin.matmul(a[:, :2], b[:2])       # a column slice is not: a copy first
+        z = standin.zeros((3,), dtype=np.float32)  # a memset
+        picked = a[np.array([0, 2])]              # a NumPy index array copied in, then a gather
+        total = float(s.sum())                    # a reduction, then the host reads it: a sync
+        _ = a[1:3]                                # a view: nothing
+    assert (c.by_kind["elementwise"], c.by_kind["reduction"], c.by_kind["blas"], c.by_kind["memset"]) == (5, 2, 2, 1)
+    assert (c.launches, c.syncs, c.h2d) == (10, 1, 2)
+    assert total == float(((host + 1) * host).sum()) and picked.shape == (2, 3) and t.shape == (12,)
+    with launchcount.counting() as nothing:
+        pass
+    assert nothing.launches == 0 and z.shape == (3,)
+
+
+def test_kernels_run_and_count_on_the_standin():
+    """The fused kernels take stand-in arrays: NumPy does the work, and each launch counts."""
+    from minigrad import kernels, launchcount
+    x = standin.asarray(np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32))
+    with launchcount.counting() as c:
+        y = kernels.fused.gelu.forward(x)
+    assert c.by_name["gelu_forward"] == 1 and c.launches == 1 and c.syncs == 0
+    assert isinstance(y, standin.ndarray) and y.dtype == np.float32
+    with pytest.raises(ValueError, match="not contiguous"):
+        kernels.fused.gelu.forward(x.T)
+

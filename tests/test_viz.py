@@ -26,10 +26,22 @@ needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
                                reason="Graphviz's `dot` is not on PATH (apt-get install graphviz)")
 
 MLP_OPS = Counter({"LinearFn": 2, "ReluFn": 1, "CrossEntropyFn": 1})
-# LayerNorm, the qkv projection split (reshape, permute, three indexings), attention, heads back
-# together (transpose = permute, reshape), the output projection, the residual; LayerNorm, MLP, residual
+# On NumPy (the composite ops): LayerNorm, the qkv projection and its bias, the split (reshape,
+# permute, three indexings), attention, heads back together (transpose = permute, reshape), the
+# output projection with its bias and the residual (bias_residual: two adds); LayerNorm, the MLP
+# (c_fc, its bias, GELU; c_proj, its bias and the residual)
 BLOCK_OPS = Counter({"LayerNormFn": 2, "LinearFn": 4, "ReshapeFn": 2, "PermuteFn": 2, "GetItemFn": 3,
-                     "AttentionFn": 1, "AddFn": 2, "GeluFn": 1})
+                     "AttentionFn": 1, "AddFn": 6, "GeluFn": 1})
+# Where the fused kernels run (the GPU, the stand-in), each family above is one node
+FUSED_BLOCK_OPS = Counter({"FusedLayerNorm": 2, "LinearFn": 4, "FusedSelfAttention": 1,
+                           "FusedBiasResidual": 2, "FusedGelu": 1})
+FUSED_MLP_OPS = Counter({"LinearFn": 2, "ReluFn": 1, "FusedCrossEntropy": 1})
+
+
+@pytest.fixture
+def composite(monkeypatch):
+    """The pictures teach the composite graph, so the graph tests draw it on every backend."""
+    monkeypatch.setenv("MINIGRAD_FUSED", "0")
 
 
 def mlp_loss(device: str = "cpu"):
@@ -66,7 +78,7 @@ def svg_ops(svg: str) -> Counter:
     return ops
 
 
-def test_mlp_loss_graph(backend):
+def test_mlp_loss_graph(backend, composite):
     loss, names = mlp_loss(backend)
     text = viz.to_dot(loss, names=names)
     assert text.startswith("digraph minigrad {") and text.rstrip().endswith("}")
@@ -82,7 +94,7 @@ def test_mlp_loss_graph(backend):
     assert viz.to_dot(again, names=again_names) == text  # the same text for the same graph
 
 
-def test_gpt2_block_graph(backend):
+def test_gpt2_block_graph(backend, composite):
     out, names = block_out(backend)
     text = viz.to_dot(out, names=names)
     assert dot_ops(text) == BLOCK_OPS
@@ -91,6 +103,16 @@ def test_gpt2_block_graph(backend):
     assert "attn.c_attn.weight\\n(8, 24) float32\\nrequires grad" in boxes
     assert "mlp.c_fc.weight\\n(8, 32) float32\\nrequires grad" in boxes
     assert "(3, 1, 2, 4, 4) float32" in boxes                         # q, k, v stacked after the permute
+
+
+def test_fused_path_draws_one_node_per_kernel(backend):
+    """With the fused kernels on, a backend that runs them draws each fused family as one node."""
+    from minigrad.kernels import use_fused
+    probe = mg.randn(2, 2, device=backend)
+    if not use_fused(probe.data):
+        pytest.skip(f"the {backend} backend runs the composite ops")
+    assert dot_ops(viz.to_dot(*mlp_loss(backend)[:1])) == FUSED_MLP_OPS
+    assert dot_ops(viz.to_dot(block_out(backend)[0])) == FUSED_BLOCK_OPS
 
 
 @needs_dot

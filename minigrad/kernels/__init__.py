@@ -2,27 +2,34 @@
 
 One `.cu` file per layer (llm.c's layout), compiled by CuPy on first use (`_loader.py`), with a
 small launcher module each (layernorm.py, gelu.py, bias_residual.py, attention.py,
-crossentropy.py, embedding.py, adamw.py) and autograd Functions over them (fused.py).
-The ops themselves dispatch, each in its public function in minigrad/ops/ (minigrad.functional
-only re-exports those): layers.layer_norm and layers.gelu, attention.scaled_dot_product_attention
-(where `attention_fits`), softmax_family.cross_entropy and EmbeddingFn.backward ask `use_fused`
-and, on CuPy float32 arrays, apply the Fused Functions of fused.py instead of their own;
-`MINIGRAD_FUSED=0` keeps the composite array code everywhere.
-NumPy never comes here. `twins.py` runs the same algorithms (tiles, online softmax, FA2's
-backward) in NumPy, so the tests check the math on a CPU; `python -m minigrad.kernels`
-compiles every source with NVRTC without a GPU.
+crossentropy.py, embedding.py, adamw.py, unscale.py) and autograd Functions over them (fused.py).
+The ops send LayerNorm, GELU, attention, cross-entropy and the embedding backward here on device
+arrays, float32 or float16 (the kernels' two forms, common.cuh), each from its public function in
+minigrad/ops/ (minigrad.functional only re-exports those); the optimizer and mixed precision call
+adamw.py and unscale.py; `MINIGRAD_FUSED=0` keeps the composite array code everywhere.
+flash_attention.cu is the tensor-core attention (mma.sync through inline PTX; README.md explains
+it), reached through qkv_attention.py. NumPy never comes here; the stand-in device does
+(on_standin.py: NumPy does each kernel's work, and the launch is counted). `twins.py` and
+`twins_flash.py` run the same algorithms (tiles, online softmax, FA2's backward) in NumPy, so the
+tests check the math on a CPU; `python -m minigrad.kernels` compiles every source with NVRTC
+without a GPU.
 """
 from __future__ import annotations
 
 import os
 
-from .. import backend
-from .adamw import adamw_update, adamw_update_multi
-from .fused import (FusedAttention, FusedCrossEntropy, FusedGelu, FusedLayerNorm, bias_residual,
-                    embedding_backward)
+import numpy as np
 
-__all__ = ["enabled", "use_fused", "FusedLayerNorm", "FusedGelu", "FusedAttention", "FusedCrossEntropy",
-           "embedding_backward", "bias_residual", "adamw_update", "adamw_update_multi", "attention_fits"]
+from .. import backend, standin
+
+from .adamw import adamw_update, adamw_update_ranges
+from .fused import (FusedAttention, FusedCrossEntropy, FusedGelu, FusedLayerNorm, FusedSelfAttention, bias_residual,
+                    embedding_backward)
+from .unscale import Unscaler
+
+__all__ = ["enabled", "use_fused", "on_device", "FusedLayerNorm", "FusedGelu", "FusedAttention", "FusedSelfAttention",
+           "FusedCrossEntropy", "embedding_backward", "bias_residual", "adamw_update", "adamw_update_ranges",
+           "Unscaler", "attention_fits", "self_attention_fits"]
 
 
 def enabled() -> bool:
@@ -30,12 +37,22 @@ def enabled() -> bool:
     return os.environ.get("MINIGRAD_FUSED", "1") != "0"
 
 
-def use_fused(*arrays) -> bool:
-    """True when every array is a non-empty float32 CuPy array and the kernels are enabled."""
+def on_device(a) -> bool:
+    """Whether `a` is a CuPy array, or the stand-in's (whose kernels NumPy runs: on_standin.py)."""
+    if isinstance(a, standin.ndarray):
+        return True
     cp = backend._cupy  # None until something asked for "cuda": then nothing here is CuPy
-    if cp is None or not enabled():
+    return cp is not None and isinstance(a, cp.ndarray)
+
+
+def use_fused(*arrays) -> bool:
+    """True when the kernels are enabled and every array is a non-empty device array, all of them
+    float32 or all float16 (the kernels' two forms)."""
+    if not enabled() or not arrays:
         return False
-    return all(isinstance(a, cp.ndarray) and a.dtype == "float32" and a.size > 0 for a in arrays)
+    dtype = arrays[0].dtype
+    return dtype in (np.float32, np.float16) and all(on_device(a) and a.dtype == dtype and a.size > 0
+                                                      for a in arrays)
 
 
 def attention_fits(q, k, v, is_causal: bool, attn_mask, dropout_p: float) -> bool:
@@ -48,3 +65,13 @@ def attention_fits(q, k, v, is_causal: bool, attn_mask, dropout_p: float) -> boo
     return (q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and k.shape[-1] == D and v.shape[-1] == D
             and v.shape[-2] == S and D <= MAX_HEAD_DIM and (S >= T or not is_causal) and T > 0 and S > 0
             and (q.size // (T * D)) < 65536 and use_fused(q, k, v))
+
+
+def self_attention_fits(qkv, n_head: int, dropout_p: float) -> bool:
+    """Whether FusedSelfAttention covers causal self-attention from a packed qkv (B, T, 3C): no
+    dropout, heads of at most 64."""
+    from .attention import MAX_HEAD_DIM
+    if dropout_p > 0.0 or qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
+        return False
+    B, T, C3 = qkv.shape
+    return C3 // 3 // n_head <= MAX_HEAD_DIM and B * n_head < 65536 and T > 0 and use_fused(qkv)

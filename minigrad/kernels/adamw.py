@@ -1,6 +1,6 @@
-"""AdamW over flat float32 CuPy arrays (adamw.cu): the update minigrad.optim.AdamW makes, in one
-launch. `adamw_update` takes one flat buffer; `adamw_update_multi` takes lists of tensors' arrays
-(per-tensor weight decay) and updates them all in one launch through tables of pointers."""
+"""AdamW over flat float32 device arrays (adamw.cu): the update minigrad.optim.AdamW makes, in one
+launch. `adamw_update` takes one flat array; `adamw_update_ranges` takes ranges of the optimizer's
+flat arrays, each with its own weight decay (its parameter groups), all in one launch."""
 from __future__ import annotations
 
 import math
@@ -22,46 +22,56 @@ def _scalars(lr: float, betas: tuple[float, float], step: int) -> tuple[float, f
     return lr / (1 - b1 ** step), 1.0 / math.sqrt(1 - b2 ** step)
 
 
+def _grid(n: int) -> int:
+    return max(1, min((n + _THREADS - 1) // _THREADS, _MAX_BLOCKS))
+
+
+def _check(arrays, n: int, what: str) -> None:
+    for a in arrays:
+        if a.dtype != np.float32 or not a.flags.c_contiguous or a.size != n:
+            raise ValueError(f"{what} needs contiguous float32 arrays of one size")
+
+
 def adamw_update(param, grad, exp_avg, exp_avg_sq, lr: float, betas: tuple[float, float], eps: float,
                  weight_decay: float, step: int) -> None:
     """One AdamW step in place on contiguous float32 arrays of one size (step counts from 1)."""
-    for a in (param, grad, exp_avg, exp_avg_sq):
-        if a.dtype != np.float32 or not a.flags.c_contiguous or a.size != param.size:
-            raise ValueError("adamw_update needs contiguous float32 arrays of one size")
+    _check((param, grad, exp_avg, exp_avg_sq), param.size, "adamw_update")
     step_size, inv_sqrt_bc2 = _scalars(lr, betas, step)
     n = param.size
-    grid = max(1, min((n + _THREADS - 1) // _THREADS, _MAX_BLOCKS))
-    kernel("adamw.cu", "adamw_flat")((grid,), (_THREADS,), (
+    kernel("adamw.cu", "adamw_flat")((_grid(n),), (_THREADS,), (
         param, grad, exp_avg, exp_avg_sq, np.int64(n), np.float32(lr * weight_decay), np.float32(betas[0]),
         np.float32(betas[1]), np.float32(eps), np.float32(step_size), np.float32(inv_sqrt_bc2)))
 
 
-def adamw_update_multi(params: Sequence, grads: Sequence, exp_avgs: Sequence, exp_avg_sqs: Sequence,
-                       lr: float, betas: tuple[float, float], eps: float,
-                       weight_decays: Sequence[float] | float, step: int) -> None:
-    """adamw_update over many tensors in one launch; weight_decays is one value or one per tensor."""
-    cp = backend.cupy()
-    if isinstance(weight_decays, (int, float)):
-        weight_decays = [weight_decays] * len(params)
-    if not len(params) == len(grads) == len(exp_avgs) == len(exp_avg_sqs) == len(weight_decays):
-        raise ValueError("adamw_update_multi: lists of different lengths")
-    keep = [i for i, p in enumerate(params) if p.size]
-    if not keep:
+_tables: dict[tuple, tuple] = {}
+
+
+def _table(like, ranges: tuple[tuple[int, int, float], ...]):
+    """The ranges as device arrays (offsets then starts; weight decays), copied in once and kept:
+    a step whose ranges did not change copies nothing in."""
+    xp = backend.array_module(like)
+    key = (xp.__name__, str(getattr(like, "device", "")), ranges)
+    if key not in _tables:
+        if len(_tables) > 16:
+            _tables.clear()
+        lengths = [hi - lo for lo, hi, _ in ranges]
+        table = np.concatenate([[0], np.cumsum(lengths), [lo for lo, _, _ in ranges]]).astype(np.int64)
+        _tables[key] = (xp.asarray(table), xp.asarray(np.array([wd for _, _, wd in ranges], dtype=np.float32)))
+    return _tables[key]
+
+
+def adamw_update_ranges(param, grad, exp_avg, exp_avg_sq, ranges: Sequence[tuple[int, int, float]], lr: float,
+                        betas: tuple[float, float], eps: float, step: int) -> None:
+    """AdamW in place on the ranges [lo, hi) of flat float32 arrays, range by range with its
+    weight decay wd ((lo, hi, wd) each), in one launch."""
+    _check((param, grad, exp_avg, exp_avg_sq), param.size, "adamw_update_ranges")
+    ranges = tuple((int(lo), int(hi), float(wd)) for lo, hi, wd in ranges if hi > lo)
+    if not ranges:
         return
-    for arrs in (params, grads, exp_avgs, exp_avg_sqs):
-        for i in keep:
-            a = arrs[i]
-            if a.dtype != np.float32 or not a.flags.c_contiguous or a.size != params[i].size:
-                raise ValueError("adamw_update_multi needs contiguous float32 arrays, matching in size")
+    if any(lo < 0 or hi > param.size for lo, hi, _ in ranges):
+        raise ValueError(f"adamw_update_ranges: a range outside the {param.size} elements")
     step_size, inv_sqrt_bc2 = _scalars(lr, betas, step)
-
-    def ptrs(arrs):
-        return cp.asarray(np.array([arrs[i].data.ptr for i in keep], dtype=np.uint64))
-
-    offsets = cp.asarray(np.concatenate([[0], np.cumsum([params[i].size for i in keep])]).astype(np.int64))
-    decays = cp.asarray(np.array([lr * weight_decays[i] for i in keep], dtype=np.float32))
-    total = int(sum(params[i].size for i in keep))
-    grid = max(1, min((total + _THREADS - 1) // _THREADS, _MAX_BLOCKS))
-    kernel("adamw.cu", "adamw_multi")((grid,), (_THREADS,), (
-        ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs), offsets, decays, np.int32(len(keep)),
-        np.float32(betas[0]), np.float32(betas[1]), np.float32(eps), np.float32(step_size), np.float32(inv_sqrt_bc2)))
+    table, wds = _table(param, ranges)
+    kernel("adamw.cu", "adamw_multi")((_grid(sum(hi - lo for lo, hi, _ in ranges)),), (_THREADS,), (
+        param, grad, exp_avg, exp_avg_sq, table, wds, np.int32(len(ranges)), np.float32(lr), np.float32(betas[0]),
+        np.float32(betas[1]), np.float32(eps), np.float32(step_size), np.float32(inv_sqrt_bc2)))

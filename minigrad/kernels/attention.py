@@ -24,28 +24,29 @@ def _k(name: str, D: int):
 
 def forward(q, k, v, scale: float, causal: bool):
     """(o (BH, T, D), lse (BH, T)); with causal, query i sees keys j <= i + S - T (needs S >= T)."""
-    cp = backend.cupy()
+    xp = backend.array_module(q)
     BH, T, D = q.shape
     S = k.shape[1]
     t = tiles()
-    o = cp.empty_like(q)
-    lse = cp.empty((BH, T), dtype=np.float32)
+    o = xp.empty_like(q)
+    lse = xp.empty((BH, T), dtype=np.float32)
     _k("attention_forward", D)(((T + t["BQ"] - 1) // t["BQ"], BH), (t["BQ"],),
                                (q, k, v, o, lse, np.int32(T), np.int32(S), np.float32(scale), np.int32(causal)))
     return o, lse
 
 
-def backward(q, k, v, o, lse, dout, scale: float, causal: bool):
-    """(dq, dk, dv), each the shape of its input."""
-    cp = backend.cupy()
+def backward(q, k, v, o, lse, dout, scale: float, causal: bool, out=None):
+    """(dq, dk, dv), each the shape of its input; written into `out` (three contiguous float32
+    arrays of those shapes) when given."""
+    xp = backend.array_module(q)
     BH, T, D = q.shape
     S = k.shape[1]
     t = tiles()
-    delta = cp.empty((BH, T), dtype=np.float32)
+    delta = xp.empty((BH, T), dtype=np.float32)
     rows_per_block = 8
     _k("attention_backward_preprocess", D)(((BH * T + rows_per_block - 1) // rows_per_block,), (32 * rows_per_block,),
                                            (o, dout, delta, np.int64(BH * T)))
-    dq, dk, dv = cp.empty_like(q), cp.empty_like(k), cp.empty_like(v)
+    dq, dk, dv = out if out is not None else (xp.empty_like(q), xp.empty_like(k), xp.empty_like(v))
     args = (np.int32(T), np.int32(S), np.float32(scale), np.int32(causal))
     _k("attention_backward_dkdv", D)(((S + t["BKB"] - 1) // t["BKB"], BH), (t["BKB"],),
                                      (q, k, v, dout, lse, delta, dk, dv) + args)

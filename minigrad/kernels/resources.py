@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import flash_attention
-from ._loader import NVRTC_OPTIONS, define
+from ._loader import NVRTC_OPTIONS, define, expand_includes, forms
+from .nvrtc import cupy_options
+from .nvrtc import load as load_nvrtc
 
 ARCH = "sm_90"
 SM90 = dict(regs=65536, reg_unit=256, smem=228 * 1024, smem_reserved=1024, smem_unit=128, threads=2048, blocks=32)
@@ -53,23 +55,23 @@ def variants(path: Path) -> list[tuple[dict, list[str] | None]]:
     """(defines, kernels to report or None for all) for each build of a source the launchers use."""
     if path.name == flash_attention.FILE:
         return flash_attention.variants()
-    return [(d, None) for d in VARIANTS.get(path.name, [{}])]
+    return [({**d, **form}, None) for d in VARIANTS.get(path.name, [{}]) for form in forms(path.read_text())]
 
 
 def _options(defines: dict) -> list[str]:
+    """CuPy's run-time options for this build (nvrtc.cupy_options, as `python -m minigrad.kernels`
+    builds its cubins), a cubin for sm_90, and ptxas's report."""
     base = tuple(NVRTC_OPTIONS) + tuple(f"-D{k}={v}" for k, v in defines.items())
     try:
-        from cupy._core.core import assemble_cupy_compiler_options  # what RawModule adds: CuPy's include folders
-        base = tuple(assemble_cupy_compiler_options(base))
-    except Exception:  # noqa: BLE001  CuPy absent: NVRTC alone still compiles these sources
-        pass
-    return [*base, "-ftz=true", f"-arch={ARCH}", "-Xptxas", "-v"]
+        options = cupy_options(base)
+    except RuntimeError:  # CuPy cannot say (absent): NVRTC alone still compiles these sources
+        options = base + ("-ftz=true",)
+    return [*options, f"-arch={ARCH}", "-Xptxas", "-v"]
 
 
 def ptxas_report(text: str, name: str, defines: dict) -> str:
     """ptxas's -v report for one build of a source; RuntimeError with NVRTC's log on an error."""
-    from .__main__ import _nvrtc
-    nvrtc = _nvrtc()
+    nvrtc = load_nvrtc()
     prog = nvrtc.createProgram(text, name, [], [])
     try:
         try:
@@ -101,7 +103,7 @@ def parse(report: str) -> dict[str, dict[str, int]]:
 
 def measure(path: Path) -> list[Usage]:
     """Every reported kernel of every build of one source."""
-    text = path.read_text()
+    text = expand_includes(path.read_text())  # with minigrad's own headers, as NVRTC gets it
     bounds = {name: int(t) if t.isdigit() else define(text, t) for t, name in _BOUNDS.findall(text)}
     rows = []
     for defines, wanted in variants(path):

@@ -64,12 +64,17 @@ def attention_forward(q, k, v, scale: float, causal: bool):
 
 def attention_backward(q, k, v, o, lse, dout, scale: float, causal: bool):
     """attention_backward_{preprocess, dkdv, dq}: (dq, dk, dv) with the scores recomputed per tile."""
+    delta = (dout * o).sum(axis=-1)                  # (BH, T): rowsum(dO * O)
+    return attention_backward_with_delta(q, k, v, dout, lse, delta, scale, causal)
+
+
+def attention_backward_with_delta(q, k, v, dout, lse, delta, scale: float, causal: bool):
+    """attention_backward_{dkdv, dq}, given attention_backward_preprocess's delta."""
     t = tiles()
     BH, T, D = q.shape
     S = k.shape[1]
     off = S - T
     sc = f32(scale)
-    delta = (dout * o).sum(axis=-1)                  # (BH, T): rowsum(dO * O)
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     # dk, dv: a block per BKB keys, queries in tiles of BQB
     for k0 in range(0, S, t["BKB"]):
@@ -140,10 +145,9 @@ def crossentropy_forward(logits, targets, ignore_index: int = -100):
     lse = rm + np.log(rs)
     t = np.asarray(targets).reshape(-1)
     valid = t != ignore_index
-    if np.any(valid & ((t < 0) | (t >= V))):
-        raise IndexError(f"cross_entropy targets must be in [0, {V}) or equal ignore_index={ignore_index}")
-    picked = logits[np.arange(N), np.where(valid, t, 0)]
-    losses = np.where(valid, lse - picked, f32(0)).astype(f32)
+    bad = valid & ((t < 0) | (t >= V))               # never read: the row's loss is NaN instead
+    picked = logits[np.arange(N), np.where(valid & ~bad, t, 0)]
+    losses = np.where(valid, np.where(bad, f32(np.nan), lse - picked), f32(0)).astype(f32)
     return losses, lse.astype(f32)
 
 
@@ -168,7 +172,7 @@ def layernorm_forward(x, w, b, eps: float):
 
 
 def layernorm_backward(dout, x, w, mean, rstd):
-    """layernorm_backward_{dx, dwdb, sum_partials}: dw, db summed in chunks of rows, then in order."""
+    """layernorm_backward_{dx, dwdb}: dw, db summed in chunks of rows, then the chunks in order."""
     N, C = x.shape
     xhat = (x - mean[:, None]) * rstd[:, None]
     g = dout * w

@@ -8,14 +8,14 @@ then the public function that calls it. Read them in this order:
     products.py        matmul, linear
     layers.py          embedding layer_norm gelu dropout
     softmax_family.py  softmax log_softmax cross_entropy (the softmax arithmetic, once)
-    attention.py       scaled_dot_product_attention
+    attention.py       scaled_dot_product_attention, causal_self_attention
     table.py           every op with its gradcheck and benchmark inputs (tests and bench read it)
 
 Tensor's operators and methods (tensor.py) and minigrad.functional (the `F` namespace) call the
 functions here. A Function's name ends in Fn (LinearFn), so it is never confused with the
 function (F.linear) or the nn module (nn.Linear).
 """
-from .attention import AttentionFn, keep_mask, scaled_dot_product_attention
+from .attention import AttentionFn, causal_self_attention, keep_mask, scaled_dot_product_attention
 from .common import lift, on_device_of, raw, scatter_add, segment_sum, unbroadcast
 from .elementwise import (AddFn, CastFn, DivFn, ExpFn, LogFn, MulFn, NegFn, PowFn, ReluFn, SqrtFn, SubFn,
                           TanhFn, WhereFn, add, cast, div, masked_fill, mul, power, relu, sub, where)
@@ -35,6 +35,6 @@ __all__ = [
     "add", "sub", "mul", "div", "power", "relu", "cast", "where", "masked_fill", "sum_", "mean", "max_",
     "matmul", "linear", "reshape", "permute", "transpose", "getitem", "unsqueeze", "squeeze", "cat", "stack",
     "split", "chunk", "embedding", "layer_norm", "gelu", "dropout", "softmax", "log_softmax",
-    "cross_entropy", "scaled_dot_product_attention", "keep_mask", "softmax_into", "softmax_backward",
+    "cross_entropy", "scaled_dot_product_attention", "causal_self_attention", "keep_mask", "softmax_into", "softmax_backward",
     "logsumexp", "unbroadcast", "scatter_add", "segment_sum", "lift", "raw", "on_device_of",
 ]

@@ -1,13 +1,16 @@
 """The transformer's per-layer ops with hand-derived backward: embedding, layer_norm, gelu,
 dropout. Each forward works in few passes over memory (in-place updates, no float64 temporaries)
-and keeps only what its backward needs. On CuPy with float32, layer_norm and gelu (and the
-embedding's backward) run fused kernels from minigrad/kernels instead."""
+and keeps only what its backward needs. On the GPU (float32 or float16), layer_norm and gelu
+(and the embedding's backward) run fused kernels from minigrad/kernels instead."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import numpy as np
+
 from .. import backend, checks, kernels
+from ..autograd import offered
 from ..backend import array_module
 from ..tensor import Function, Tensor
 from .common import raw, segment_sum
@@ -24,7 +27,14 @@ class EmbeddingFn(Function):
     def backward(ctx, g):
         (idx,) = ctx.saved
         if kernels.use_fused(g):  # CUDA: sorted segment sums, deterministic (minigrad/kernels)
-            return kernels.embedding_backward(idx, g, ctx.w_shape)
+            # added into the table's gradient so far (a tied head's) or written into its slot of
+            # the optimizer's flat buffer, when the engine offers either
+            into = offered(ctx, 0, ctx.w_shape, g.dtype, "grad_sum")
+            if into is None:
+                into = offered(ctx, 0, ctx.w_shape, g.dtype)
+                if into is not None:
+                    into.fill(0)
+            return kernels.embedding_backward(idx, g, ctx.w_shape, into=into)
         xp = array_module(g)
         gw = xp.zeros(ctx.w_shape, dtype=g.dtype)
         flat = idx.reshape(-1)
@@ -38,15 +48,19 @@ class EmbeddingFn(Function):
 
 
 def embedding(idx: Any, w: Tensor) -> Tensor:
-    """Rows of `w` picked by integer ids `idx` (any shape): output idx.shape + (dim,)."""
+    """Rows of `w` picked by integer ids `idx` (any shape): output idx.shape + (dim,).
+
+    Ids on the host are checked there, before they are copied to the device; ids already on the
+    device are checked there, which reads the result back (a host sync)."""
     idx = raw(idx)
     xp = array_module(w.data)
-    idx = xp.asarray(idx)
+    host = array_module(idx) is np
+    idx = np.asarray(idx) if host else idx
     checks.int_dtype("embedding", "idx", idx)
     n = w.shape[0]
     if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
         raise IndexError(f"embedding ids must be in [0, {n}), got values in [{int(idx.min())}, {int(idx.max())}]")
-    return EmbeddingFn.apply(w, idx=idx)
+    return EmbeddingFn.apply(w, idx=xp.asarray(idx) if host else idx)
 
 
 class LayerNormFn(Function):
@@ -135,10 +149,14 @@ class GeluFn(Function):
         return inner
 
 
-def gelu(x: Tensor) -> Tensor:
-    if kernels.use_fused(x.data):
-        return kernels.FusedGelu.apply(x)
-    return GeluFn.apply(x)
+def gelu(x: Tensor, bias: Tensor | None = None) -> Tensor:
+    """GELU (tanh form) of x, or of x + bias (bias over the last axis): a linear layer's bias
+    given here is added in the same pass on the GPU."""
+    if bias is None:
+        return kernels.FusedGelu.apply(x) if kernels.use_fused(x.data) else GeluFn.apply(x)
+    if kernels.use_fused(x.data, bias.data) and bias.shape == x.shape[-1:]:
+        return kernels.FusedGelu.apply(x, bias)
+    return GeluFn.apply(x + bias)
 
 
 class DropoutFn(Function):

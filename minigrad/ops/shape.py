@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import checks
+from ..autograd import offered
 from ..backend import array_module
 from ..tensor import Function, Tensor
 from .common import scatter_add
@@ -91,8 +92,20 @@ class GetItemFn(Function):
     @staticmethod
     def backward(ctx, g):
         xp = array_module(g)
-        out = xp.zeros(ctx.shape, dtype=g.dtype)
-        if _is_basic_index(ctx.index):
+        basic = _is_basic_index(ctx.index)
+        out = offered(ctx, 0, ctx.shape, g.dtype, "grad_sum")  # the input's gradient so far: add into it
+        if out is not None:
+            if basic:
+                out[ctx.index] += g
+            else:
+                scatter_add(xp, out, ctx.index, g)
+            return out
+        out = offered(ctx, 0, ctx.shape, g.dtype)  # a parameter's slot in the optimizer's flat buffer
+        if out is not None:
+            out.fill(0)
+        else:
+            out = xp.zeros(ctx.shape, dtype=g.dtype)
+        if basic:
             out[ctx.index] = g
         else:
             scatter_add(xp, out, ctx.index, g)

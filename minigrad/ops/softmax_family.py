@@ -104,20 +104,23 @@ def logsumexp_rows(x2):
 
 class CrossEntropyFn(Function):
     @staticmethod
-    def forward(ctx, logits, targets, ignore_index=-100, reduction="mean"):
+    def forward(ctx, logits, targets, ignore_index=-100, reduction="mean", n_valid=None):
+        """n_valid: the rows not ignored, when the caller counted them (and checked the targets)
+        on the host; else both are done here, reading the device (host syncs)."""
         xp = array_module(logits)
         V = logits.shape[-1]
         x2 = logits.reshape(-1, V)
         t = targets.reshape(-1)
         valid = t != ignore_index
         t_safe = xp.where(valid, t, 0)
-        if t.size and (int(t_safe.min()) < 0 or int(t_safe.max()) >= V):
-            raise IndexError(f"cross_entropy targets must be in [0, {V}) or equal ignore_index={ignore_index}")
+        if n_valid is None:
+            if t.size and (int(t_safe.min()) < 0 or int(t_safe.max()) >= V):
+                raise IndexError(_bad_targets(V, ignore_index))
+            n_valid = int(valid.sum())
         rows = xp.arange(x2.shape[0])
         lse = logsumexp_rows(x2)
         losses = lse - x2[rows, t_safe]
         losses *= valid
-        n_valid = int(valid.sum())
         ctx.save_for_backward(x2, lse, t_safe, valid)
         ctx.reduction, ctx.n_valid, ctx.shape = reduction, n_valid, logits.shape
         if reduction == "mean":
@@ -144,25 +147,44 @@ class CrossEntropyFn(Function):
         return grad.reshape(ctx.shape)
 
 
+def _bad_targets(V: int, ignore_index: int) -> str:
+    return f"cross_entropy targets must be in [0, {V}) or equal ignore_index={ignore_index}"
+
+
 def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     """Cross-entropy over the last axis of `logits` with integer class `targets`.
 
     Rows whose target is `ignore_index` add nothing, and the mean is over the other rows, as in
     PyTorch. The log-softmax is computed once and no probability tensor is kept: backward
-    recomputes softmax - onehot directly into the gradient.
+    recomputes softmax - onehot directly into the gradient. float16 logits: the log-sum-exp and
+    the loss in float32 (as autocast does), the loss float32.
+
+    Targets on the host are checked there (IndexError), and counted, before they are copied to
+    the device. Targets already on the device are not read back on the GPU (that would be a host
+    sync every step): there a target out of range makes its row's loss NaN instead, which a
+    training loop's check of the loss reports.
     """
-    targets = array_module(logits.data).asarray(raw(targets))
+    targets = raw(targets)
+    host = array_module(targets) is np
+    targets = np.asarray(targets) if host else targets
     checks.int_dtype("cross_entropy", "targets", targets)
     ignore_index = checks.integer("cross_entropy", "ignore_index", ignore_index)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
-    if logits.dtype == np.float16:
-        # float16 mixed precision: the log-sum-exp over the vocabulary and the loss in float32
-        # (as autocast does); the gradient goes back to float16 through the cast
-        logits = logits.astype(np.float32)
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: targets of shape {tuple(targets.shape)} do not match "
                          f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
+    V, n_valid = logits.shape[-1], None
+    if host:  # check and count here: no device read needed
+        valid = targets != ignore_index
+        if targets.size and np.any(valid & ((targets < 0) | (targets >= V))):
+            raise IndexError(_bad_targets(V, ignore_index))
+        n_valid = int(valid.sum())
+    targets = array_module(logits.data).asarray(targets)
     if kernels.use_fused(logits.data) and reduction in ("mean", "sum", "none"):
-        return kernels.FusedCrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction)
-    return CrossEntropyFn.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction)
+        return kernels.FusedCrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction,
+                                               n_valid=n_valid)
+    if logits.dtype == np.float16:  # the gradient goes back to float16 through the cast
+        logits = logits.astype(np.float32)
+    return CrossEntropyFn.apply(logits, targets=targets, ignore_index=ignore_index, reduction=reduction,
+                                n_valid=n_valid)

@@ -92,8 +92,8 @@ def _qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
     return [_normal(rng, dt, s.B, s.H, s.T, s.C // s.H) for _ in range(3)], {}
 
 
-def _packed_qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
-    return [_normal(rng, dt, s.B, s.T, 3, s.H, s.C // s.H)], {}  # a fused QKV projection's output
+def _qkv_heads(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
+    return [_normal(rng, dt, s.B, s.T, 3, s.H, s.C // s.H)], {}  # a fused QKV projection's output, by head
 
 
 def _padded_qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
@@ -101,6 +101,10 @@ def _padded_qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
     mask = np.ones((s.B, 1, 1, s.T), dtype=bool)
     mask[0, ..., 0] = False  # the first sequence is left-padded by one token
     return arrays, {"attn_mask": mask}
+
+
+def _packed_qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
+    return [_normal(rng, dt, s.B, s.T, 3 * s.C), _normal(rng, dt, 3 * s.C)], {"n_head": s.H}
 
 
 def _linear(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
@@ -182,6 +186,7 @@ OPS: tuple[OpEntry, ...] = (
     OpEntry("embedding", lambda w, idx: layers.embedding(idx, w), (layers.EmbeddingFn,), _table),
     OpEntry("layer_norm", layers.layer_norm, (layers.LayerNormFn, kernels.FusedLayerNorm), _ln),
     OpEntry("gelu", layers.gelu, (layers.GeluFn, kernels.FusedGelu), _x()),
+    OpEntry("gelu with bias", layers.gelu, (layers.GeluFn, ew.AddFn, kernels.FusedGelu), _x_and_row()),
     OpEntry("dropout", _fixed_seed_dropout, (layers.DropoutFn,), _x()),
     # softmax_family.py
     OpEntry("softmax", sf.softmax, (sf.SoftmaxFn,), _x()),
@@ -193,7 +198,9 @@ OPS: tuple[OpEntry, ...] = (
     OpEntry("attention padded", attention.scaled_dot_product_attention, (attention.AttentionFn,), _padded_qkv),
     OpEntry("attention dropout", _fixed_seed_attention_dropout, (attention.AttentionFn,), _qkv),
     OpEntry("attention qkv", qkv_attention.attention_qkv,
-            (shape.PermuteFn, shape.GetItemFn, attention.AttentionFn, qkv_attention.FlashAttentionQKV), _packed_qkv),
+            (shape.PermuteFn, shape.GetItemFn, attention.AttentionFn, qkv_attention.FlashAttentionQKV), _qkv_heads),
+    OpEntry("causal_self_attention", lambda qkv, bias, n_head: attention.causal_self_attention(qkv, n_head, bias=bias),
+            (attention.AttentionFn, ew.AddFn, kernels.FusedSelfAttention), _packed_qkv),
 )
 
 

@@ -1,22 +1,23 @@
-"""The OpenAI-style schema of tasks.serve: checking a request body, rendering chat messages into
-a prompt, turning generated tokens into text that stops at stop strings, and the shapes of the
-responses (a whole body, or server-sent events as the tokens come).
+"""The request and response schema of tasks.serve: OpenAI's completions and chat completions,
+and vLLM's tokenizer endpoints, each request checked field by field into a typed value.
 
-Nothing here touches HTTP or the model, so each piece is tested on its own.
+Every field of OpenAI's API is either supported (its type and range checked), or refused with
+400 `unsupported_parameter` naming it (null, or a value that asks for what we do anyway, such as
+`response_format: {"type": "text"}`, is accepted); any other field is 400 `unknown_parameter`, as
+OpenAI answers. FIELDS is that table; tasks/serving/README.md shows it, and a test keeps the two
+the same. Nothing here touches HTTP or the model.
 """
 from __future__ import annotations
 
-import json
-import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from gpt2.tokenizer import TextStream
+from gpt2.sampling import SamplingError, SamplingParams
 
-from ..data.alpaca import HEADER as ALPACA_HEADER
-from ..data.alpaca import RESPONSE_HEADER
+from .text import TokenOut
 
-MAX_STOPS = 4   # as OpenAI: at most four stop strings
+MAX_STOPS = 16        # stop strings per request (OpenAI allows 4; lm-eval sends a task's and one more)
+MAX_LOGPROBS = 20     # alternatives per token (OpenAI's limit for top_logprobs)
+MAX_N = 16            # choices per prompt
 
 
 class ApiError(Exception):
@@ -31,20 +32,85 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-@dataclass
-class Sampling:
-    """What a request asks of the generator, checked."""
-    max_tokens: int | None          # None: as much as the context and --max-tokens allow
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-    seed: int | None
-    stop: list[str]
-    stream: bool
-    include_usage: bool
+def bad(param: str, message: str) -> ApiError:
+    return ApiError(400, message, param=param, code="invalid_value")
 
 
-# ------------------------------------------------------------------ checking fields
+# ------------------------------------------------------------------ the field table
+@dataclass(frozen=True)
+class Field:
+    name: str
+    where: tuple[str, ...]            # "completions", "chat"
+    supported: bool
+    what: str                         # one line for the README
+    neutral: tuple = ()               # unsupported: values accepted besides null (they ask for nothing)
+
+
+BOTH = ("completions", "chat")
+FIELDS = [
+    Field("model", BOTH, True, "must be this server's model id (GET /v1/models); may be left out"),
+    Field("prompt", ("completions",), True, "a string, a list of strings, a list of token ids or a list of them"),
+    Field("messages", ("chat",), True, "roles system/developer, user, assistant; content a string or text parts"),
+    Field("max_tokens", BOTH, True, "completions: default 16, 0 with echo scores the prompt only; chat: default --max-tokens"),
+    Field("max_completion_tokens", ("chat",), True, "the same as max_tokens"),
+    Field("temperature", BOTH, True, "0..2, default 1; 0 is greedy"),
+    Field("top_p", BOTH, True, "(0, 1]: sample from the smallest set of tokens reaching this probability"),
+    Field("n", BOTH, True, f"1..{MAX_N} choices per prompt; sampled ones draw distinct streams from seed"),
+    Field("seed", BOTH, True, "an integer: the same request gives the same tokens, alone or batched"),
+    Field("stop", BOTH, True, f"a string or up to {MAX_STOPS}; the text ends before the first one"),
+    Field("stream", BOTH, True, "server-sent events ending in data: [DONE]"),
+    Field("stream_options", BOTH, True, "{include_usage: bool}, with stream only"),
+    Field("presence_penalty", BOTH, True, "-2..2: logit - presence * (count > 0), counting generated tokens"),
+    Field("frequency_penalty", BOTH, True, "-2..2: logit - frequency * count, counting generated tokens"),
+    Field("logit_bias", BOTH, True, "token id -> -100..100, added to its logit (+100 forces it, -100 bans it)"),
+    Field("logprobs", ("completions",), True, f"0..{MAX_LOGPROBS}: each token's log-probability and the most likely alternatives"),
+    Field("logprobs", ("chat",), True, "true: each token's log-probability (logprobs.content)"),
+    Field("top_logprobs", ("chat",), True, f"0..{MAX_LOGPROBS} alternatives per token, with logprobs: true"),
+    Field("echo", ("completions",), True, "the prompt before the completion, in text and in logprobs"),
+    Field("best_of", ("completions",), True, "only equal to n (no reranking): more is 400 unsupported_parameter"),
+    Field("suffix", ("completions",), False, "no insertion: only empty", neutral=("",)),
+    Field("user", BOTH, True, "an end-user id: accepted, not stored, no effect on the output"),
+    Field("safety_identifier", ("chat",), True, "as user: accepted, not stored, no effect"),
+    Field("top_k", BOTH, True, "vLLM's: sample from the k most likely tokens (0 or -1: all)"),
+    Field("min_tokens", BOTH, True, "vLLM's: no end-of-text and no stop string before this many tokens"),
+    Field("ignore_eos", BOTH, True, "vLLM's: keep generating past end-of-text (up to max_tokens)"),
+    Field("response_format", ("chat",), False, "no JSON mode: only {type: text}", neutral=({"type": "text"},)),
+    Field("tools", ("chat",), False, "no tool calls: only an empty list", neutral=([],)),
+    Field("tool_choice", ("chat",), False, "only none", neutral=("none",)),
+    Field("parallel_tool_calls", ("chat",), False, "no tool calls"),
+    Field("functions", ("chat",), False, "no function calls: only an empty list", neutral=([],)),
+    Field("function_call", ("chat",), False, "only none", neutral=("none",)),
+    Field("audio", ("chat",), False, "text only"),
+    Field("modalities", ("chat",), False, "only [text]", neutral=(["text"],)),
+    Field("prediction", ("chat",), False, "no predicted outputs"),
+    Field("reasoning_effort", ("chat",), False, "not a reasoning model"),
+    Field("verbosity", ("chat",), False, "no such control"),
+    Field("web_search_options", ("chat",), False, "no web search"),
+    Field("store", ("chat",), False, "nothing is stored: only false", neutral=(False,)),
+    Field("metadata", ("chat",), False, "nothing is stored"),
+    Field("service_tier", ("chat",), False, "one tier: only auto or default", neutral=("auto", "default")),
+    Field("prompt_cache_key", ("chat",), False, "no prompt cache"),
+]
+FIELDS_OF = {endpoint: {f.name: f for f in FIELDS if endpoint in f.where} for endpoint in BOTH}
+
+
+def check_fields(body: dict, endpoint: str) -> None:
+    """400 for a field we do not know or do not implement (unless it is null or neutral)."""
+    known = FIELDS_OF[endpoint]
+    for name, value in body.items():
+        f = known.get(name)
+        if f is None:
+            raise ApiError(400, f"unrecognized request argument: {name!r} (see the supported fields "
+                                "in tasks/serving/README.md)", param=name, code="unknown_parameter")
+        if f.supported or value is None:
+            continue
+        if value in f.neutral:
+            continue
+        raise ApiError(400, f"{name} is not supported by this server ({f.what})", param=name,
+                       code="unsupported_parameter")
+
+
+# ------------------------------------------------------------------ typed values
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -53,201 +119,272 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _bad(param: str, message: str) -> ApiError:
-    return ApiError(400, message, param=param, code="invalid_value")
+def get_int(body: dict, name: str, default, lo: int, hi: int | None = None):
+    value = body.get(name)
+    if value is None:
+        return default
+    if not _is_int(value) or value < lo or (hi is not None and value > hi):
+        span = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise bad(name, f"{name} must be an integer {span}, got {value!r}")
+    return value
 
 
-def parse_sampling(body: dict, default_max_tokens: int | None) -> Sampling:
-    """The sampling fields of a completions or chat request, each checked for type and range."""
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+def get_number(body: dict, name: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not _is_number(value) or not lo <= value <= hi:
+        raise bad(name, f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
+
+
+def get_bool(body: dict, name: str, default: bool = False) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise bad(name, f"{name} must be true or false, got {value!r}")
+    return value
+
+
+@dataclass
+class GenerationRequest:
+    """A checked completions or chat request: each prompt x n becomes one choice."""
+    prompts: list            # completions: str or token-id list each; chat: [] (messages instead)
+    messages: list[tuple[str, str]]
+    max_tokens: int | None   # None: as much as --max-tokens and the context allow
+    n: int
+    params: SamplingParams
+    seed: int | None
+    stops: list[str]
+    stream: bool
+    include_usage: bool
+    ignore_eos: bool
+    logprobs: int | None     # alternatives per token; None: no log-probabilities at all
+    echo: bool = False
+    chat: bool = False
+    extra_stops: list[str] = field(default_factory=list)   # the server's own (instruct format)
+
+
+def _common(body: dict, default_max_tokens: int | None) -> dict:
+    """The fields both endpoints share, checked."""
+    max_tokens = get_int(body, "max_tokens", None, 0)
     if max_tokens is None:
-        max_tokens = default_max_tokens
-    elif not _is_int(max_tokens) or max_tokens < 1:
-        raise _bad("max_tokens", f"max_tokens must be a positive integer, got {max_tokens!r}")
-    temperature = body.get("temperature", 1.0)
-    if temperature is None:
-        temperature = 1.0
-    if not _is_number(temperature) or not 0.0 <= temperature <= 2.0:
-        raise _bad("temperature", f"temperature must be a number in [0, 2], got {temperature!r}")
+        max_tokens = get_int(body, "max_completion_tokens", default_max_tokens, 0)
+    stream = get_bool(body, "stream")
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise bad("stream_options", "stream_options is only allowed with stream: true")
+        if not isinstance(options, dict) or set(options) - {"include_usage"}:
+            raise bad("stream_options", "stream_options may hold include_usage only")
+    for name in ("user", "safety_identifier"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise bad(name, f"{name} must be a string")
+    return dict(max_tokens=max_tokens, n=get_int(body, "n", 1, 1, MAX_N), params=sampling_params(body),
+                seed=get_int(body, "seed", None, 0, 2 ** 63 - 1), stops=stop_strings(body), stream=stream,
+                include_usage=get_bool(options or {}, "include_usage"),
+                ignore_eos=get_bool(body, "ignore_eos"))
+
+
+def sampling_params(body: dict) -> SamplingParams:
+    top_k = get_int(body, "top_k", None, -1)
+    bias = body.get("logit_bias") or {}
+    if not isinstance(bias, dict) or not all(_token_key(k) and _is_number(v) for k, v in bias.items()):
+        raise bad("logit_bias", "logit_bias must map token ids (as strings) to numbers")
+    try:
+        return SamplingParams(
+            temperature=get_number(body, "temperature", 1.0, 0.0, 2.0), top_k=top_k if top_k and top_k > 0 else None,
+            top_p=_top_p(body), presence_penalty=get_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+            frequency_penalty=get_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+            logit_bias={int(k): float(v) for k, v in bias.items()}, min_tokens=get_int(body, "min_tokens", 0, 0))
+    except SamplingError as e:
+        raise bad(e.field, str(e)) from None
+
+
+def _token_key(k) -> bool:
+    return isinstance(k, str) and k.isascii() and k.isdigit() or _is_int(k)
+
+
+def _top_p(body: dict) -> float | None:
     top_p = body.get("top_p")
     if top_p is not None and (not _is_number(top_p) or not 0.0 < top_p <= 1.0):
-        raise _bad("top_p", f"top_p must be a number in (0, 1], got {top_p!r}")
-    top_k = body.get("top_k")
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
-        raise _bad("top_k", f"top_k must be a non-negative integer (0 = off), got {top_k!r}")
-    seed = body.get("seed")
-    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2 ** 63):
-        raise _bad("seed", f"seed must be an integer in [0, 2^63), got {seed!r}")
+        raise bad("top_p", f"top_p must be a number in (0, 1], got {top_p!r}")
+    return None if top_p is None else float(top_p)
+
+
+def stop_strings(body: dict) -> list[str]:
     stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > MAX_STOPS:
-        raise _bad("stop", f"stop must be a non-empty string or a list of up to {MAX_STOPS} of them")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise _bad("stream", f"stream must be true or false, got {stream!r}")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise _bad("stream_options", "stream_options must be an object")
-    n = body.get("n", 1)
-    if n != 1:
-        raise _bad("n", "only n = 1 is supported")
-    return Sampling(max_tokens, float(temperature), top_k or None,
-                    None if top_p is None else float(top_p), seed, stop, stream,
-                    bool(options.get("include_usage", False)))
+    stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise bad("stop", "stop must be a non-empty string or a list of them")
+    if len(stops) > MAX_STOPS:
+        raise bad("stop", f"stop holds {len(stops)} strings; this server takes at most {MAX_STOPS}")
+    return stops
 
 
-def completion_prompt(body: dict) -> str | list[int]:
-    """The prompt of a /v1/completions request: a string, a list holding one string, or token ids."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
+def parse_completion(body: dict) -> GenerationRequest:
+    """A /v1/completions body, every field checked."""
+    check_fields(body, "completions")
+    common = _common(body, 16)
+    echo = get_bool(body, "echo")
+    if common["max_tokens"] == 0 and not echo:
+        raise bad("max_tokens", "max_tokens: 0 generates nothing; it is allowed with echo: true (to score a text)")
+    best_of = get_int(body, "best_of", common["n"], 1)
+    if best_of < common["n"]:
+        raise bad("best_of", f"best_of ({best_of}) must be at least n ({common['n']})")
+    if best_of > common["n"]:
+        raise ApiError(400, "best_of > n is not supported by this server (no reranking)", param="best_of",
+                       code="unsupported_parameter")
+    return GenerationRequest(prompts=completion_prompts(body.get("prompt")), messages=[],
+                             logprobs=get_int(body, "logprobs", None, 0, MAX_LOGPROBS), echo=echo, **common)
+
+
+def completion_prompts(prompt) -> list:
+    """A string, a list of strings, token ids or lists of token ids -> a list of prompts."""
     if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
-        return prompt
-    raise ApiError(400, "prompt must be a string or a list of token ids (one prompt per request)",
-                   param="prompt", code="invalid_value")
+        return [prompt]
+    if isinstance(prompt, list) and prompt:
+        if all(_is_int(t) for t in prompt):
+            return [prompt]
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
+            return list(prompt)
+    raise bad("prompt", "prompt must be a string, a list of strings, a list of token ids or a list of "
+                        "non-empty token-id lists")
 
 
-def chat_messages(body: dict) -> list[tuple[str, str]]:
-    """(role, text) pairs of a chat request; content may be a string or a list of text parts."""
-    messages = body.get("messages")
+def parse_chat(body: dict) -> GenerationRequest:
+    """A /v1/chat/completions body, every field checked."""
+    check_fields(body, "chat")
+    common = _common(body, None)
+    if common["max_tokens"] == 0:
+        raise bad("max_tokens", "max_tokens must be >= 1 for a chat completion")
+    want = get_bool(body, "logprobs")
+    top = get_int(body, "top_logprobs", None, 0, MAX_LOGPROBS)
+    if top is not None and not want:
+        raise bad("top_logprobs", "top_logprobs needs logprobs: true")
+    return GenerationRequest(prompts=[], messages=chat_messages(body.get("messages")), chat=True,
+                             logprobs=(top or 0) if want else None, **common)
+
+
+MESSAGE_KEYS = {"role", "content"}
+
+
+def chat_messages(messages) -> list[tuple[str, str]]:
+    """(role, text) pairs; content a string or a list of text parts (other parts: 400)."""
     if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "messages must be a non-empty list", param="messages", code="invalid_value")
+        raise bad("messages", "messages must be a non-empty list")
     out = []
     for i, m in enumerate(messages):
+        where = f"messages[{i}]"
         if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant"):
-            raise ApiError(400, f"messages[{i}] must be an object with a role of system, user or assistant",
-                           param=f"messages[{i}]", code="invalid_value")
-        content = m.get("content")
-        if isinstance(content, list):   # [{"type": "text", "text": ...}, ...]
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise ApiError(400, f"messages[{i}].content: only text parts are supported",
-                               param=f"messages[{i}].content", code="invalid_value")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}].content must be a string",
-                           param=f"messages[{i}].content", code="invalid_value")
-        out.append(("system" if m["role"] == "developer" else m["role"], content))
+            raise bad(where, f"{where} must be an object with a role of system, developer, user or assistant")
+        for key in set(m) - MESSAGE_KEYS:
+            if m[key] is not None:
+                raise ApiError(400, f"{where}.{key} is not supported by this server", param=f"{where}.{key}",
+                               code="unsupported_parameter")
+        out.append(("system" if m["role"] == "developer" else m["role"], _content(m.get("content"), where)))
     return out
 
 
-# ------------------------------------------------------------------ prompts
-INSTRUCT_STOPS = ["\n\n### Instruction:", "\n\n### Response:"]
+def _content(content, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):                   # [{"type": "text", "text": ...}, ...]
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ApiError(400, f"{where}.content[{j}]: only text parts are supported, not {kind!r}",
+                               param=f"{where}.content[{j}]", code="unsupported_parameter")
+        return "".join(p["text"] for p in content)
+    raise bad(f"{where}.content", f"{where}.content must be a string or a list of text parts")
 
 
-def render_chat(messages: list[tuple[str, str]], instruct: bool) -> str:
-    """The text the model continues for a conversation.
-
-    Instruction-tuned runs (tasks.instruct) see the Alpaca format they were trained on: the
-    header (or the system message), then each user turn as "### Instruction:" and each answer as
-    "### Response:", ending with an open "### Response:". One user message gives exactly
-    tasks.instruct's prompt. A plain language model just continues the turns' text, one
-    paragraph each.
-    """
-    if not instruct:
-        return "\n\n".join(text for _, text in messages)
-    system = [text for role, text in messages if role == "system"]
-    parts = ["\n\n".join(system) if system else ALPACA_HEADER]
-    for role, text in messages:
-        if role == "user":
-            parts.append(f"### Instruction:\n{text}")
-        elif role == "assistant":
-            parts.append(f"### Response:\n{text}")
-    return "\n\n".join(parts) + RESPONSE_HEADER
+# ------------------------------------------------------------------ vLLM's tokenizer endpoints
+def parse_tokenize(body: dict) -> str:
+    """POST /tokenize {"prompt": str, "add_special_tokens": bool, "model"}: the text.
+    GPT-2's tokenizer has no special tokens to add, so add_special_tokens changes nothing."""
+    _only(body, {"prompt", "add_special_tokens", "model"})
+    get_bool(body, "add_special_tokens", True)
+    if not isinstance(body.get("prompt"), str):
+        raise bad("prompt", "prompt must be a string")
+    return body["prompt"]
 
 
-# ------------------------------------------------------------------ text out
-class StopText:
-    """Generated tokens -> text, cut before the first stop string.
+def parse_detokenize(body: dict) -> list[int]:
+    """POST /detokenize {"tokens": [int], "model"}: the ids."""
+    _only(body, {"tokens", "model"})
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(_is_int(t) for t in tokens):
+        raise bad("tokens", "tokens must be a list of token ids")
+    return tokens
 
-    Text that could be the start of a stop string is held back until it is clear, so a stream
-    never shows part of a stop string.
-    """
 
-    def __init__(self, tokenizer, stops: list[str]):
-        self.utf8 = TextStream(tokenizer)
-        self.stops = stops
-        self.hold = max((len(s) for s in stops), default=1) - 1
-        self.text = ""
-        self.sent = 0
-        self.stopped = False
-        self.tokens = 0       # tokens received, counted by the caller (usage)
-
-    def push(self, token: int) -> str:
-        """New text to show after this token ('' if none yet); sets `stopped` at a stop string."""
-        self.text += self.utf8.push(token)
-        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            return self._send(min(hits))
-        return self._send(len(self.text) - self.hold)
-
-    def flush(self) -> str:
-        """The rest of the text once generation ended without a stop string."""
-        if self.stopped:
-            return ""
-        self.text += self.utf8.flush()
-        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
-        self.stopped = bool(hits)
-        return self._send(min(hits) if hits else len(self.text))
-
-    def _send(self, upto: int) -> str:
-        if upto <= self.sent:
-            return ""
-        out, self.sent = self.text[self.sent:upto], upto
-        return out
+def _only(body: dict, allowed: set[str]) -> None:
+    for name in body:
+        if name not in allowed:
+            raise ApiError(400, f"unrecognized request argument: {name!r}", param=name, code="unknown_parameter")
 
 
 # ------------------------------------------------------------------ responses
-@dataclass
-class Reply:
-    """What every response to one request shares (its id, kind, model, creation time, prompt
-    length), and the shapes of its bodies: a whole one, or the events of a stream."""
-    chat: bool
-    model: str
-    prompt_tokens: int
-    id: str
-    created: int
+def token_text(tok, token_id: int) -> str:
+    """A token as OpenAI shows it: its text, or 'bytes:\\xe2\\x80' when its bytes are not whole
+    UTF-8 characters (part of an emoji, say)."""
+    raw = tok.decode_bytes([token_id])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
-    @classmethod
-    def new(cls, chat: bool, model: str, prompt_tokens: int) -> Reply:
-        return cls(chat, model, prompt_tokens, ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
-                   int(time.time()))
 
-    def usage(self, completion_tokens: int) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": self.prompt_tokens + completion_tokens}
-
-    def choice(self, piece: str, finish: str | None, stream: bool) -> dict:
-        if not self.chat:
-            return {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}
-        if stream:
-            return {"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": finish}
-        return {"index": 0, "message": {"role": "assistant", "content": piece},
-                "logprobs": None, "finish_reason": finish}
-
-    def body(self, text: str, finish: str, completion_tokens: int) -> dict:
-        """The whole response of a request that did not ask to stream."""
-        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "choices": [self.choice(text, finish, False)],
-                "usage": self.usage(completion_tokens)}
-
-    def event(self, choices: list, **extra) -> str:
-        """One server-sent event of a stream."""
-        data = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "choices": choices, **extra}
-        return f"data: {json.dumps(data)}\n\n"
-
-    def first_event(self) -> str | None:
-        """A chat stream opens with the assistant's role and no text (none for completions)."""
-        if not self.chat:
+def legacy_logprobs(tokens: list[TokenOut], tok, k: int) -> dict:
+    """/v1/completions' logprobs object. top_logprobs holds the k most likely tokens and the
+    chosen one (as OpenAI: up to k + 1); a prompt's first token has null in both lists."""
+    def top(t: TokenOut) -> dict | None:
+        if t.top is None:
             return None
-        return self.event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        alternatives = {token_text(tok, i): lp for i, lp in t.top[:k]}
+        alternatives.setdefault(token_text(tok, t.id), t.logprob)
+        return alternatives
+    return {"tokens": [token_text(tok, t.id) for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [top(t) for t in tokens], "text_offset": [t.offset for t in tokens]}
 
+
+def chat_logprobs(tokens: list[TokenOut], tok, k: int) -> dict:
+    """/v1/chat/completions' logprobs object: content[] = {token, logprob, bytes, top_logprobs}."""
+    def entry(i: int, lp: float) -> dict:
+        return {"token": token_text(tok, i), "logprob": lp, "bytes": list(tok.decode_bytes([i]))}
+    return {"content": [{**entry(t.id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in (t.top or [])[:k]]}
+                        for t in tokens], "refusal": None}
+
+
+def choice_body(req: GenerationRequest, index: int, text: str, tokens: list[TokenOut] | None, tok,
+                finish: str | None, stream: bool) -> dict:
+    """One choice of a response (stream: of a chunk), with its log-probabilities if asked for."""
+    logprobs = None
+    if req.logprobs is not None and tokens is not None:
+        logprobs = (chat_logprobs if req.chat else legacy_logprobs)(tokens, tok, req.logprobs)
+    if not req.chat:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+    if stream:
+        delta = {"content": text} if text else {}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+            "finish_reason": finish}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def fields_table() -> str:
+    """FIELDS as the markdown table of tasks/serving/README.md (a test keeps the two the same)."""
+    rows = ["| field | endpoint | supported | what it does |", "|---|---|---|---|"]
+    for f in FIELDS:
+        where = "both" if len(f.where) == 2 else f.where[0]
+        rows.append(f"| `{f.name}` | {where} | {'yes' if f.supported else 'no: 400 `unsupported_parameter`'} "
+                    f"| {f.what} |")
+    return "\n".join(rows)

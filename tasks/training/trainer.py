@@ -108,7 +108,8 @@ class Trainer:
         self.amp = None
         if config.dtype == "float16":  # float16 forward/backward over the float32 parameters
             self.amp = MixedPrecision(model.parameters(),
-                                      LossScaler(config.loss_scale, growth_interval=config.loss_scale_window))
+                                      LossScaler(config.loss_scale, growth_interval=config.loss_scale_window),
+                                      flat=self.optimizer.flat)
 
     # ------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
