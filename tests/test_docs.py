@@ -234,6 +234,103 @@ def test_ci_blocks_are_ci_steps():
             assert code in ci, f"{b.name}: {code!r} is marked as a CI step but .ci/run does not run it"
 
 
+# ---------------------------------------------------------------- every command's module and flags
+PROJECT = ("tasks", "bench", "minigrad", "gpt2", "files")
+REDIRECT = re.compile(r"\s(?:\d?>>?|&>|<)\s*(?:&\d|[^\s&|;]+)")  # `2> time.txt`, `> out`, `2>&1`
+PARSE_ONLY = r"""
+import argparse, io, json, runpy, sys
+class Parsed(BaseException):
+    pass
+plain = argparse.ArgumentParser.parse_args
+def parse_args(self, *a, **k):
+    plain(self, *a, **k)
+    raise Parsed  # the flags are accepted: stop before the command does any work
+argparse.ArgumentParser.parse_args = parse_args
+results = []
+for module, argv in json.load(sys.stdin):
+    sys.argv, err, sys.stderr = [module, *argv], sys.stderr, io.StringIO()
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        verdict = "it never called parse_args"
+    except Parsed:
+        verdict = None
+    except SystemExit as e:  # --help exits 0 after printing; a refused flag exits 2
+        verdict = None if e.code in (0, None) else f"exit {e.code}: {sys.stderr.getvalue().strip()[-500:]}"
+    except BaseException as e:
+        verdict = f"{type(e).__name__}: {e}"
+    sys.stderr = err
+    results.append(verdict)
+print(json.dumps(results))
+"""
+
+
+def python_invocations(command: str) -> list[tuple[str, list[str]]]:
+    """Each `python -m MODULE ARGS` of a shell command line (after pipes, `&&`, env assignments,
+    `mpiexec -n N`, `/usr/bin/time -v`), its redirections dropped: (MODULE, ARGS)."""
+    code, _ = split_comment(command)
+    code = REDIRECT.sub(" ", code)
+    lexer = shlex.shlex(code, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    parts, words = [], []
+    for token in lexer:
+        if token in ("|", "||", "&&", ";", "&"):
+            parts.append(words)
+            words = []
+        else:
+            words.append(token)
+    found = []
+    for words in [*parts, words]:
+        for i in range(len(words) - 2):
+            if words[i] == "python" and words[i + 1] == "-m":
+                found.append((words[i + 2], words[i + 3:]))
+                break
+    return found
+
+
+def shrunk(block: Block, command: str) -> str | None:
+    code, _ = split_comment(command)
+    for prefix, flags in plan_of(block).shrink:
+        if re.sub(r"^(\w+=\S+ )*", "", code).startswith(prefix):
+            return f"{code} {flags}"
+    return None
+
+
+def test_every_command_parses():
+    """Every `python -m` of the docs, skipped blocks and `instead` commands included (a GPU run, a
+    download): its module exists and its parser accepts the flags as written, and with the flags a
+    `shrink` marker adds. The parser alone runs (it is stopped as it returns), so nothing is
+    trained or downloaded; a run of the blocks themselves is test_block's."""
+    from importlib.util import find_spec
+    cases, names, bad = [], [], []
+    for b in BLOCKS:
+        if b.lang not in SHELL:
+            continue
+        lines = commands(b.code) + ([plan_of(b).instead] if plan_of(b).instead else [])
+        for cmd in lines:
+            for variant in filter(None, (cmd, shrunk(b, cmd))):
+                for module, argv in python_invocations(variant):
+                    if module.split(".")[0] not in PROJECT:
+                        if find_spec(module.split(".")[0]) is None and module != "venv":
+                            bad.append(f"{b.name}: `{variant}`: no module {module}")
+                        continue
+                    if find_spec(module) is None:
+                        bad.append(f"{b.name}: `{variant}`: no module {module}")
+                        continue
+                    cases.append((module, argv))
+                    names.append(f"{b.name}: `{variant}`")
+            for path in re.findall(r"\bbash (\S+\.sh)\b", cmd):
+                if not (ROOT / path).is_file():
+                    bad.append(f"{b.name}: `{cmd}`: no file {path}")
+    assert cases, "the docs name no command"
+    r = subprocess.run([sys.executable, "-c", PARSE_ONLY], input=json.dumps(cases), cwd=ROOT,
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "MINIGRAD_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    verdicts = json.loads(r.stdout.strip().splitlines()[-1])
+    bad += [f"{name}: {v}" for name, v in zip(names, verdicts) if v]
+    assert not bad, "commands of the docs that would not start:\n" + "\n".join(bad)
+
+
 # ---------------------------------------------------------------- the reader's folder
 class Reader:
     """The one folder every block runs in, its environment, and the servers it started."""
