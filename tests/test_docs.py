@@ -29,6 +29,7 @@ many blocks ran and how many were skipped, with the reasons (conftest's terminal
 from __future__ import annotations
 
 import configparser
+import functools
 import json
 import os
 import re
@@ -243,23 +244,25 @@ class Parsed(BaseException):
     pass
 plain = argparse.ArgumentParser.parse_args
 def parse_args(self, *a, **k):
-    plain(self, *a, **k)
-    raise Parsed  # the flags are accepted: stop before the command does any work
+    raise Parsed(plain(self, *a, **k))  # the flags are accepted: stop before the command does any work
 argparse.ArgumentParser.parse_args = parse_args
 results = []
 for module, argv in json.load(sys.stdin):
     sys.argv, err, sys.stderr = [module, *argv], sys.stderr, io.StringIO()
+    run = None
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         verdict = "it never called parse_args"
-    except Parsed:
-        verdict = None
+    except Parsed as p:
+        verdict, ns = None, vars(p.args[0])
+        if isinstance(ns.get("out"), str) and ns.get("command", "train") == "train":
+            run = [ns["out"], bool(ns.get("resume"))]  # a training run's folder
     except SystemExit as e:  # --help exits 0 after printing; a refused flag exits 2
         verdict = None if e.code in (0, None) else f"exit {e.code}: {sys.stderr.getvalue().strip()[-500:]}"
     except BaseException as e:
         verdict = f"{type(e).__name__}: {e}"
     sys.stderr = err
-    results.append(verdict)
+    results.append([verdict, run])
 print(json.dumps(results))
 """
 
@@ -295,40 +298,73 @@ def shrunk(block: Block, command: str) -> str | None:
     return None
 
 
-def test_every_command_parses():
+@dataclass
+class Invocation:
+    name: str                     # the block and the command as the docs write it
+    shrunk: bool                  # not as a reader runs it: with a `shrink` marker's flags, or `instead`
+    verdict: str | None           # why it would not start; None: it would
+    run: tuple[str, bool] | None  # a training command's (--out, --resume)
+
+
+@functools.lru_cache(maxsize=1)
+def parsed_invocations() -> tuple[list[Invocation], list[str]]:
     """Every `python -m` of the docs, skipped blocks and `instead` commands included (a GPU run, a
-    download): its module exists and its parser accepts the flags as written, and with the flags a
-    `shrink` marker adds. The parser alone runs (it is stopped as it returns), so nothing is
-    trained or downloaded; a run of the blocks themselves is test_block's."""
+    download), through its own parser in one child interpreter; and the commands naming a module
+    or script that does not exist."""
     from importlib.util import find_spec
-    cases, names, bad = [], [], []
+    cases, found, bad = [], [], []
     for b in BLOCKS:
         if b.lang not in SHELL:
             continue
-        lines = commands(b.code) + ([plan_of(b).instead] if plan_of(b).instead else [])
-        for cmd in lines:
-            for variant in filter(None, (cmd, shrunk(b, cmd))):
-                for module, argv in python_invocations(variant):
-                    if module.split(".")[0] not in PROJECT:
-                        if find_spec(module.split(".")[0]) is None and module != "venv":
-                            bad.append(f"{b.name}: `{variant}`: no module {module}")
-                        continue
-                    if find_spec(module) is None:
-                        bad.append(f"{b.name}: `{variant}`: no module {module}")
-                        continue
-                    cases.append((module, argv))
-                    names.append(f"{b.name}: `{variant}`")
+        instead = [plan_of(b).instead] if plan_of(b).instead else []
+        for cmd in commands(b.code) + instead:
+            for variant, is_shrunk in ((cmd, cmd in instead), (shrunk(b, cmd), True)):
+                for module, argv in python_invocations(variant or ""):
+                    name = f"{b.name}: `{split_comment(variant)[0]}`"
+                    top = module.split(".")[0]
+                    if find_spec(top if top not in PROJECT else module) is None:
+                        bad.append(f"{name}: no module {module}")
+                    elif top in PROJECT:
+                        cases.append((module, argv))
+                        found.append(Invocation(name, is_shrunk, None, None))
             for path in re.findall(r"\bbash (\S+\.sh)\b", cmd):
                 if not (ROOT / path).is_file():
                     bad.append(f"{b.name}: `{cmd}`: no file {path}")
-    assert cases, "the docs name no command"
     r = subprocess.run([sys.executable, "-c", PARSE_ONLY], input=json.dumps(cases), cwd=ROOT,
                        capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(ROOT), "MINIGRAD_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    verdicts = json.loads(r.stdout.strip().splitlines()[-1])
-    bad += [f"{name}: {v}" for name, v in zip(names, verdicts) if v]
+    for inv, (verdict, run) in zip(found, json.loads(r.stdout.strip().splitlines()[-1])):
+        inv.verdict, inv.run = verdict, tuple(run) if run else None
+    return found, bad
+
+
+def test_every_command_parses():
+    """Each command's module exists and its parser accepts the flags as written, and with the flags
+    a `shrink` marker adds. The parser alone runs (it is stopped as it returns), so nothing is
+    trained or downloaded; a run of the blocks themselves is test_block's."""
+    found, bad = parsed_invocations()
+    assert len(found) > 20, f"the docs name {len(found)} commands of the project: fewer than they do"
+    bad = bad + [f"{inv.name}: {inv.verdict}" for inv in found if inv.verdict]
     assert not bad, "commands of the docs that would not start:\n" + "\n".join(bad)
+
+
+def test_no_two_runs_share_a_folder():
+    """Two training commands of the docs without --resume into one --out (the default's included):
+    a reader running both gets "already holds a run" at the second. test_block catches that among
+    the blocks it runs; this catches it among all, GPU and download blocks too."""
+    found, _ = parsed_invocations()
+    seen: dict[str, str] = {}
+    clashes = []
+    for inv in found:
+        if inv.shrunk or not inv.run or inv.run[1]:
+            continue
+        out = os.path.normpath(inv.run[0])
+        if out in seen:
+            clashes.append(f"{inv.name} writes {out}, as {seen[out]} does")
+        seen.setdefault(out, inv.name)
+    assert not clashes, "; ".join(clashes)
+    assert "runs/pretrain" in seen, "the main job's run folder is not among them: the check sees nothing"
 
 
 # ---------------------------------------------------------------- the reader's folder
