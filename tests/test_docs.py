@@ -255,8 +255,9 @@ for module, argv in json.load(sys.stdin):
         verdict = "it never called parse_args"
     except Parsed as p:
         verdict, ns = None, vars(p.args[0])
+        run = {"init": ns.get("init") if isinstance(ns.get("init"), str) else None}
         if isinstance(ns.get("out"), str) and ns.get("command", "train") == "train":
-            run = [ns["out"], bool(ns.get("resume"))]  # a training run's folder
+            run.update(out=ns["out"], resume=bool(ns.get("resume")))  # a training run's folder
     except SystemExit as e:  # --help exits 0 after printing; a refused flag exits 2
         verdict = None if e.code in (0, None) else f"exit {e.code}: {sys.stderr.getvalue().strip()[-500:]}"
     except BaseException as e:
@@ -302,8 +303,10 @@ def shrunk(block: Block, command: str) -> str | None:
 class Invocation:
     name: str                     # the block and the command as the docs write it
     shrunk: bool                  # not as a reader runs it: with a `shrink` marker's flags, or `instead`
+    offline: bool                 # it runs offline without a GPU (test_block runs it): not in a skipped block
     verdict: str | None           # why it would not start; None: it would
-    run: tuple[str, bool] | None  # a training command's (--out, --resume)
+    init: str | None = None       # its --init
+    run: tuple[str, bool] | None = None  # a training command's (--out, --resume)
 
 
 @functools.lru_cache(maxsize=1)
@@ -326,7 +329,8 @@ def parsed_invocations() -> tuple[list[Invocation], list[str]]:
                         bad.append(f"{name}: no module {module}")
                     elif top in PROJECT:
                         cases.append((module, argv))
-                        found.append(Invocation(name, is_shrunk, None, None))
+                        offline = plan_of(b).skip is None or cmd in instead
+                        found.append(Invocation(name, is_shrunk, offline, None))
             for path in re.findall(r"\bbash (\S+\.sh)\b", cmd):
                 if not (ROOT / path).is_file():
                     bad.append(f"{b.name}: `{cmd}`: no file {path}")
@@ -334,8 +338,11 @@ def parsed_invocations() -> tuple[list[Invocation], list[str]]:
                        capture_output=True, text=True, timeout=600,
                        env={**os.environ, "PYTHONPATH": str(ROOT), "MINIGRAD_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    for inv, (verdict, run) in zip(found, json.loads(r.stdout.strip().splitlines()[-1])):
-        inv.verdict, inv.run = verdict, tuple(run) if run else None
+    for inv, (verdict, parsed) in zip(found, json.loads(r.stdout.strip().splitlines()[-1])):
+        inv.verdict = verdict
+        if parsed:
+            inv.init = parsed["init"]
+            inv.run = (parsed["out"], parsed["resume"]) if "out" in parsed else None
     return found, bad
 
 
@@ -365,6 +372,27 @@ def test_no_two_runs_share_a_folder():
         seen.setdefault(out, inv.name)
     assert not clashes, "; ".join(clashes)
     assert "runs/pretrain" in seen, "the main job's run folder is not among them: the check sees nothing"
+
+
+def test_every_init_names_a_run_the_docs_made():
+    """`--init runs/X` names a run folder that an earlier training command of the docs (in the
+    reader's order) writes, and one a reader offline and without a GPU ran, if this command is one
+    such a reader runs: the new user's `classify predict --init runs/classify` followed a training
+    command that wrote runs/spam-small (runs/classify is what the official weights' block makes)."""
+    found, _ = parsed_invocations()
+    made, made_offline, wrong, checked = set(), set(), [], 0
+    for inv in found:
+        if inv.init and inv.init.startswith("runs/") and not (inv.shrunk and not inv.offline):
+            checked += 1
+            init = os.path.normpath(inv.init)
+            if init not in (made_offline if inv.offline else made):
+                wrong.append(f"{inv.name}: no command {'run offline ' if inv.offline else ''}before it writes {init}")
+        if inv.run and not (inv.shrunk and not inv.offline):
+            made.add(os.path.normpath(inv.run[0]))
+            if inv.offline:
+                made_offline.add(os.path.normpath(inv.run[0]))
+    assert checked, "no command of the docs reads a run folder: the check sees nothing"
+    assert not wrong, "; ".join(wrong)
 
 
 # ---------------------------------------------------------------- the reader's folder
