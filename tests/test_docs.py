@@ -395,6 +395,16 @@ def test_every_init_names_a_run_the_docs_made():
     assert not wrong, "; ".join(wrong)
 
 
+def test_clients_ask_the_server_for_its_model():
+    """A model id written into a client snippet 404s against a server of another model (the new
+    user's `model="gpt2-124M"` against a run folder's server): the snippets ask /v1/models."""
+    clients = [b for b in BLOCKS if b.lang in PYTHON and "OpenAI(" in b.code]
+    assert clients, "no snippet of the docs uses the openai client: the check sees nothing"
+    for b in clients:
+        assert not re.search(r"model\s*=\s*['\"]", b.code), f"{b.name}: a model id written in"
+        assert "models.list()" in b.code, f"{b.name}: the model id should come from client.models.list()"
+
+
 # ---------------------------------------------------------------- the reader's folder
 class Reader:
     """The one folder every block runs in, its environment, and the servers it started."""
