@@ -190,6 +190,22 @@ def test_readme_is_a_front_door():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 200
 
 
+def test_quick_start_says_time_memory_and_disk():
+    """The main job's cost where a CPU user looks first, each figure one that docs/benchmarks.md
+    gives with what measured it (rounded at most 5%)."""
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    for word in ("minutes", "of memory", "of disk", "--resume"):
+        assert word in quick, f"README's quick start does not say {word!r}"
+    bench = (ROOT / "docs" / "benchmarks.md").read_text().split("## The main job", 1)[1].split("\n## ", 1)[0]
+    measured = [float(x.replace(",", "")) for x in re.findall(r"([\d,.]+) GB", bench)]
+    figures = [float(x) for x in re.findall(r"(\d+(?:\.\d+)?) GB", quick)]
+    assert len(figures) >= 3, f"README's quick start gives {figures} GB: memory, on --resume, disk"
+    for x in figures:
+        assert any(abs(x - y) <= 0.05 * y for y in measured), (
+            f"README's quick start says {x} GB, which docs/benchmarks.md's main job ({measured}) does not")
+
+
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
