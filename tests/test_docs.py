@@ -238,6 +238,15 @@ def test_pip_installs_name_real_extras():
             assert not unknown, f"{b.name}: pip install names extras setup.cfg lacks: {sorted(unknown)}"
 
 
+def test_the_test_extra_runs_the_serve_tests():
+    """The quick start's `pip install -e '.[test]'` is enough for the serve tests and the docs' serve
+    commands (a new user's first run skipped them for want of Starlette and uvicorn)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    extras = {k: set(v.split()) for k, v in cfg["options.extras_require"].items()}
+    assert extras["serve"] <= extras["test"], f"the test extra lacks {sorted(extras['serve'] - extras['test'])}"
+
+
 def test_ci_blocks_are_ci_steps():
     """A block marked `ci` says CI runs it: each command but the installs must be in .ci/run."""
     ci = (ROOT / ".ci" / "run").read_text()
