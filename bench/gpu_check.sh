@@ -13,14 +13,19 @@
 # steps, most needed first in case the run is cut short:
 #    1. versions: device, driver, CUDA, CuPy, PyTorch, and the MFU peaks for this device's name;
 #    2. python -m minigrad.kernels: every kernel in every form, as PTX and as CuPy's sm_90 cubin;
-#    3. the kernel tests on the GPU: each kernel's float32 and float16 forms against the composite ops;
+#    3. the kernel tests on the GPU: each kernel's float32 and float16 forms against the composite ops,
+#       the tensor-core attention (tests/test_flash_attention_gpu.py) against its twin and the
+#       composite op, and F.causal_self_attention in float16, TF32 and float32 with dropout;
 #    4. bench.train, 124M at B=16 T=1024, float16: minigrad beside PyTorch eager, CUDA events, the
 #       GPU time of every minigrad Function, torch.profiler's list of each side's kernels;
 #    5. the headline command: tasks.pretrain --backend cupy --dtype float16, B=16 T=1024, on
-#       tinyshakespeare, 12 steps; tokens/s from its metrics.jsonl (bench/headline.py);
+#       tinyshakespeare, 12 steps, its default --dropout 0.1 (drawn inside the fused kernels);
+#       tokens/s from its metrics.jsonl (bench/headline.py);
 #    6. bench.train tf32, 7. float32, 8. float32 with MINIGRAD_FUSED=0 (what the kernels buy);
 #    9. bench.resume_smoke: tasks.pretrain stopped by SIGTERM, resumed, the losses bit-identical;
-#   10. the other GPU tests (every backend-parametrised test, on cupy).
+#   10. bench.resources: every kernel's registers, spills, shared memory and occupancy on sm_90
+#       (NVRTC, the same on any machine: last among the steps that matter, as it needs no GPU);
+#   11. the other GPU tests (every backend-parametrised test, on cupy).
 # $OUT/gpu_check.md is rewritten whole (write, then rename) after every step, so wherever the run
 # is cut it holds what was done (the step in flight marked "running"); each result file is in
 # $OUT the moment it exists (written atomically); every command's output is in $OUT/gpu_check.log.
@@ -65,7 +70,9 @@ if [ "$DRY" = 1 ]; then
   HEADLINE=(--backend standin --dataset tinyshakespeare --n-layer 2 --n-head 2 --n-embd 64 --batch-size 2
             --context 32 --max-steps 6 --eval-every 3)
   KERNELS=(minigrad/kernels/gelu.cu)
-  KERNEL_TESTS=(-k "bias_residual or embedding" tests/test_kernels.py)
+  RESOURCES=(minigrad/kernels/gelu.cu minigrad/kernels/bias_residual.cu)
+  KERNEL_TESTS=(-k "bias_residual or embedding or causal_self_attention" tests/test_kernels.py
+                tests/test_flash_attention_gpu.py)
   OTHER_TESTS=(-k "standin and (layer_norm or gelu)" tests/test_gradcheck_ops.py)
   TF32=float32 TF32_NAME="tf32 (run as float32: TF32 is a GPU mode)"
   SMOKE_STEPS=8
@@ -74,14 +81,15 @@ else
   TRAIN=(--backend cupy --size 124M --batch-size 16 --context 1024 --steps 6)
   HEADLINE=(--backend cupy --dataset tinyshakespeare --batch-size 16 --context 1024 --max-steps 12 --eval-every 4)
   KERNELS=()
-  KERNEL_TESTS=(-k cuda tests/test_kernels.py)
+  RESOURCES=()
+  KERNEL_TESTS=(-k cuda tests/test_kernels.py tests/test_flash_attention_gpu.py)
   OTHER_TESTS=(-k cuda tests/test_engine.py tests/test_gradcheck_ops.py tests/test_nn_optim.py tests/test_debug_mode.py
                tests/test_generate.py tests/test_parity_torch.py tests/test_weights.py)
   TF32=tf32 TF32_NAME=tf32
   SMOKE_STEPS=12
 fi
-# dropout 0: the fused attention takes no dropout yet (a dropout > 0 runs the composite attention)
-HEADLINE+=(--dtype float16 --dropout 0 --eval-batches 2 --sample-tokens 0 --no-progress)
+# tasks.pretrain's default --dropout 0.1, as users run it: every mask is drawn inside a fused kernel
+HEADLINE+=(--dtype float16 --eval-batches 2 --sample-tokens 0 --no-progress)
 
 elapsed() { echo $(( $(date +%s) - START )); }
 
@@ -227,7 +235,7 @@ write_report
 cat "$WORK/header.md"
 
 step "NVRTC: every kernel, every form, PTX and CuPy's sm_90 cubin" 120 "" "$PY" -m minigrad.kernels "${KERNELS[@]}"
-step "kernel tests on $BACKEND (float32 and float16 forms)" 150 "" \
+step "kernel tests on $BACKEND (float32 and float16 forms, the tensor-core attention)" 150 "" \
   "$PY" -m pytest -q -p no:cacheprovider --backend "$BACKEND" "${KERNEL_TESTS[@]}"
 step "bench.train $SIZE float16" 150 "$OUT/train_float16.md" \
   "$PY" -m bench.train "${TRAIN[@]}" --dtype float16 --out "$OUT/train_float16.md"
@@ -245,6 +253,9 @@ if [ -f data/the-verdict.txt ]; then
 else
   ROWS+=("| tasks.pretrain SIGTERM + --resume | SKIP | data/the-verdict.txt missing: carry data/ |")
 fi
+# its table goes into the report alone ($OUT brings back 8 files at most, and this needs no GPU to redo)
+step "kernel resources on sm_90 (bench.resources)" 120 "$WORK/resources.md" \
+  "$PY" -m bench.resources --out "$WORK/resources.md" "${RESOURCES[@]}"
 step "the other tests on $BACKEND" 200 "" "$PY" -m pytest -q -p no:cacheprovider --backend "$BACKEND" "${OTHER_TESTS[@]}"
 if [ "$DRY" = 1 ] && [ "$NESTED" = 0 ]; then
   cut_step "simulated cut: a budget too small for the steps" budget

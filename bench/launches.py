@@ -1,13 +1,18 @@
 """Kernel launches and host syncs of one GPT-2 training step on CuPy, counted without a GPU.
 
     python -m bench.launches [--size 124M] [--batch-size 16] [--context 1024]
-                             [--count-batch 1] [--count-context 64] [--out FILE]
+                             [--count-batch 1] [--count-context 64] [--dtype D ...]
+                             [--dropout P ...] [--out FILE]
 
 One optimizer step of tasks.training's Trainer (forward, backward, float16's unscaling, AdamW, and
 the loss brought to the host as at every log step) runs on the stand-in device
 (minigrad/standin.py), which tallies what CuPy would launch for each operation and every read of
 device data by the host (minigrad/launchcount.py has the model). A first step runs untimed and
-uncounted (one-time work: the float16 weight copy, the optimizer's tables).
+uncounted (one-time work: the float16 weight copy, the optimizer's tables). Each precision is
+counted without dropout and with --dropout's values (default 0 and 0.1, pretraining's default):
+the fused kernels draw their masks inside, so dropout should add nothing. tf32 is float32 with
+TF32 switched on (backend.set_tf32 on the stand-in): cuBLAS's math mode, and the attention on the
+tensor-core kernels, cast in and out.
 
 The count depends on the sequence of operations, not on the arrays' sizes, so the step is taken
 at --count-batch x --count-context tokens (the same model: its layers, widths and vocabulary) and
@@ -46,7 +51,7 @@ class _Pairs:
         return self.rows[i]
 
 
-def count_step(cfg: dict, dtype: str, B: int, T: int, fused: bool = True):
+def count_step(cfg: dict, dtype: str, B: int, T: int, fused: bool = True, dropout: float = 0.0):
     """The LaunchCount of one Trainer step (after one warm-up step) on the stand-in."""
     import minigrad as mg
     from gpt2 import GPT2, GPT2Config
@@ -58,9 +63,10 @@ def count_step(cfg: dict, dtype: str, B: int, T: int, fused: bool = True):
 
     old = os.environ.get("MINIGRAD_FUSED")
     os.environ["MINIGRAD_FUSED"] = "1" if fused else "0"
+    mg.backend.set_tf32(dtype == "tf32", "standin")
     try:
         mg.manual_seed(0)
-        model = GPT2(GPT2Config(**cfg)).to("standin")
+        model = GPT2(GPT2Config(**{**cfg, "dropout": dropout})).to("standin")
         loader = BatchLoader(_Pairs(4 * B, T, cfg["vocab_size"]), B, shuffle=False)
         config = TrainConfig(progress=False, max_steps=100, dtype="float32" if dtype == "tf32" else dtype)
         with tempfile.TemporaryDirectory() as run_dir:
@@ -71,6 +77,7 @@ def count_step(cfg: dict, dtype: str, B: int, T: int, fused: bool = True):
                     trainer._update(fetch_loss=True)
         return count
     finally:
+        mg.backend.set_tf32(False, "standin")
         if old is None:
             os.environ.pop("MINIGRAD_FUSED", None)
         else:
@@ -78,27 +85,33 @@ def count_step(cfg: dict, dtype: str, B: int, T: int, fused: bool = True):
 
 
 def render(args, cfg: dict, counts: dict, check: dict) -> str:
-    rows = [[dt, c.launches, c.syncs, c.h2d, c.by_kind["kernel"], c.by_kind["blas"],
+    """counts, check: {(dtype, dropout): LaunchCount}, check at twice the batch and sequence length."""
+    rows = [[dt, f"{p:g}", c.launches, c.syncs, c.h2d, c.by_kind["kernel"], c.by_kind["blas"],
              c.by_kind["elementwise"], c.by_kind["reduction"], c.by_kind["memset"] + c.by_kind["sort"]]
-            for dt, c in counts.items()]
-    agree = all(check[dt].by_kind == counts[dt].by_kind for dt in check)
+            for (dt, p), c in counts.items()]
+    agree = all(check[key].by_kind == counts[key].by_kind for key in check)
+    least = {dt: min(q for d, q in counts if d == dt) for dt, _ in counts}  # each precision's first row
+    same = all(c.by_kind == counts[dt, least[dt]].by_kind for (dt, _), c in counts.items())
     lines = [f"# Launches and host syncs per training step ({args.size}, B={args.batch_size}, T={args.context})", "",
              f"`{shlex.join(['python', '-m', 'bench.launches', *args.argv])}`", "",
              f"Model: {cfg['n_layer']} layers, {cfg['n_head']} heads, width {cfg['n_embd']}, vocabulary "
-             f"{cfg['vocab_size']}, dropout 0. One step of tasks.training's Trainer (forward, backward, AdamW, "
+             f"{cfg['vocab_size']}. One step of tasks.training's Trainer (forward, backward, AdamW, "
              "the loss read by the host as at every log step; float16: the loss scaled, the gradients "
              "unscaled and checked) on the stand-in device, which counts what CuPy would launch "
-             "(minigrad/launchcount.py). tf32 is float32 with cuBLAS's TensorFloat-32 math mode: the "
-             "same launches.", "",
-             markdown_table(["precision", "launches", "host syncs", "copies in (H2D)", "our kernels", "cuBLAS",
-                             "elementwise", "reductions", "memset + sort"], rows), "",
+             "(minigrad/launchcount.py). tf32 is float32 with TF32 switched on: cuBLAS's TensorFloat-32 "
+             "math mode, and the attention on the float16 tensor-core kernels (q, k, v cast in, the "
+             "output and the gradient cast out). Dropout (embeddings, attention, residuals) is drawn "
+             "inside the fused kernels: "
+             f"{'the same launches as without' if same else 'launches DIFFERENT from those without'}.", "",
+             markdown_table(["precision", "dropout", "launches", "host syncs", "copies in (H2D)", "our kernels",
+                             "cuBLAS", "elementwise", "reductions", "memset + sort"], rows), "",
              f"Counted at B={args.count_batch}, T={args.count_context}: launches do not depend on the "
              f"batch or sequence length (every kernel loops over any size), which a second count at "
              f"B={2 * args.count_batch}, T={2 * args.count_context} confirms: "
              f"**{'identical' if agree else 'DIFFERENT'}**.", ""]
-    for dt, c in counts.items():
-        if dt == "tf32":
-            continue
+    for (dt, p), c in counts.items():
+        if p != least[dt]:
+            continue  # the same list with dropout (the table above shows the totals agree)
         top = [[name, n] for name, n in c.by_name.most_common(TOP)]
         lines += [f"## {dt}: the most frequent launches", "", markdown_table(["operation", "launches"], top), ""]
     return "\n".join(lines)
@@ -113,6 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--count-batch", type=int, default=1, help="the batch counted (default: %(default)s)")
     p.add_argument("--count-context", type=int, default=64, help="the sequence length counted (default: %(default)s)")
     p.add_argument("--dtype", action="append", choices=DTYPES, help="precisions to count (default: all)")
+    p.add_argument("--dropout", action="append", type=float,
+                   help="dropout probabilities to count each precision with (default: 0 and 0.1)")
     p.add_argument("--out", help="markdown file (default: bench/results/launches.md)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -127,18 +142,21 @@ def main(argv: list[str] | None = None) -> int:
         raise BenchError("batch sizes and contexts must be positive")
     if 2 * args.count_context > cfg["n_ctx"]:
         raise BenchError(f"--count-context {args.count_context}: twice it must fit the context of {cfg['n_ctx']}")
+    dropouts = args.dropout or [0.0, 0.1]
+    if not all(0.0 <= p < 1.0 for p in dropouts):
+        raise BenchError("--dropout values must be in [0, 1)")
     counts, check = {}, {}
     for dt in args.dtype or DTYPES:
-        print(f"counting {dt} ...", file=sys.stderr)
-        counts[dt] = count_step(cfg, dt, args.count_batch, args.count_context)
-        check[dt] = counts["float32"] if dt == "tf32" and "float32" in counts else \
-            count_step(cfg, dt, 2 * args.count_batch, 2 * args.count_context)
+        for p in dropouts:
+            print(f"counting {dt}, dropout {p:g} ...", file=sys.stderr)
+            counts[dt, p] = count_step(cfg, dt, args.count_batch, args.count_context, dropout=p)
+            check[dt, p] = count_step(cfg, dt, 2 * args.count_batch, 2 * args.count_context, dropout=p)
     text = render(args, cfg, counts, check)
     out = Path(args.out) if args.out else RESULTS_DIR / "launches.md"
     write_atomic(out, text)
     print(text)
     print(f"written to {out}", file=sys.stderr)
-    return 0 if all(check[dt].by_kind == counts[dt].by_kind for dt in check) else 1
+    return 0 if all(check[key].by_kind == counts[key].by_kind for key in check) else 1
 
 
 if __name__ == "__main__":

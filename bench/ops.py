@@ -72,6 +72,8 @@ def torch_counterparts() -> dict[str, Callable[..., Any] | None]:
         "getitem slice": lambda x: x[:, 1:, ::2], "getitem rows": lambda x, index: x[:, index],
         "cat": lambda a, b, c: torch.cat([a, b, c], -1),
         "bias_residual": lambda x, b, r: x + b + r,
+        "bias_residual dropout": None,
+        "bias_residual embeddings": None,
         "matmul": torch.matmul,
         "linear": lambda x, w, b: TF.linear(x, w.T, b),  # minigrad's w is (in, out), PyTorch's (out, in)
         "linear tied head": TF.linear,
@@ -85,9 +87,8 @@ def torch_counterparts() -> dict[str, Callable[..., Any] | None]:
         "attention": lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True),
         "attention padded": None,
         "attention dropout": None,
-        "attention qkv": lambda qkv: TF.scaled_dot_product_attention(*qkv.permute(2, 0, 3, 1, 4),
-                                                                      is_causal=True).transpose(1, 2),
         "causal_self_attention": lambda qkv, bias, n_head: _torch_self_attention(TF, qkv + bias, n_head),
+        "causal_self_attention dropout": None,
     }
 
 

@@ -110,11 +110,11 @@ class CausalSelfAttention(nn.Module):
         H, D = self.n_head, C // self.n_head
         p = self.dropout if self.training else 0.0
         if cache is None and attn_mask is None and not need_weights:
-            # training, and any plain forward: the bias add, the split into heads and their merge
-            # happen inside one op (on the GPU, one fused op from the packed projection)
+            # training, and any plain forward: the bias add, the split into heads, the dropout and
+            # the merge happen inside one op (on the GPU, kernels that read q, k, v in place)
             qkv, bias = _unbiased(self.c_attn, x)                   # (B, T, 3C), bias to come
             y = F.causal_self_attention(qkv, H, dropout_p=p, bias=bias)  # (B, T, C)
-            return _project(self.c_proj, y, p, self.training, residual)
+            return _project(self.c_proj, y, p, residual)
         qkv = self.c_attn(x)                                        # (B, T, 3C)
         # (B, T, 3, H, D) -> (3, B, H, T, D): one permute gives q, k and v with heads split out
         qkv = qkv.reshape(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
@@ -123,7 +123,7 @@ class CausalSelfAttention(nn.Module):
             k, v = (Tensor._wrap(a) for a in cache.update(layer, k.data, v.data))  # (B, H, S, D)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, attn_mask=attn_mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)                      # heads side by side again
-        y = _project(self.c_proj, y, p, self.training, residual)
+        y = _project(self.c_proj, y, p, residual)
         return (y, _attention_weights(q.data, k.data, attn_mask)) if need_weights else y
 
 
@@ -135,14 +135,14 @@ def _unbiased(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:
     return layer(x), None
 
 
-def _project(proj: nn.Module, y: Tensor, p: float, training: bool, residual: Tensor | None) -> Tensor:
-    """dropout(proj(y)), plus `residual` when given. Without dropout, the projection's bias and
-    the residual add are one op (one kernel on the GPU: F.bias_residual)."""
-    if residual is None or (p > 0.0 and training):
-        out = F.dropout(proj(y), p, training)
-        return out if residual is None else residual + out
+def _project(proj: nn.Module, y: Tensor, p: float, residual: Tensor | None) -> Tensor:
+    """dropout(proj(y), p), plus `residual` when given (p: 0 outside training). The projection's
+    bias, the dropout and the residual add are one op (one kernel on the GPU: F.bias_residual)."""
     out, bias = _unbiased(proj, y)
-    return residual + out if bias is None else F.bias_residual(out, bias, residual)
+    if bias is None:
+        out = F.dropout(out, p)
+        return out if residual is None else residual + out
+    return F.bias_residual(out, bias, residual, dropout_p=p)
 
 
 def _attention_weights(q, k, attn_mask):
@@ -165,7 +165,8 @@ class MLP(nn.Module):
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """(B, T, C) -> (B, T, C), plus `residual` when given."""
         h, bias = _unbiased(self.c_fc, x)                           # (B, T, 4C), bias to come
-        return _project(self.c_proj, F.gelu(h, bias=bias), self.dropout, self.training, residual)
+        p = self.dropout if self.training else 0.0
+        return _project(self.c_proj, F.gelu(h, bias=bias), p, residual)
 
 
 class Block(nn.Module):
@@ -294,9 +295,9 @@ class GPT2(nn.Module):
 
         # positions start..end of every row are rows of the table: a slice, whose gradient is a
         # copy (a lookup's would be a sort and a segment sum)
-        pos = self.wpe.weight[start:end] if position_ids is None else self.wpe(position_ids)
-        x = self.wte(idx) + pos                                       # (B, T, C)
-        x = F.dropout(x, cfg.dropout, self.training)
+        pos = self.wpe.weight[start:end] if position_ids is None else self.wpe(position_ids)  # (T, C) or (B, T, C)
+        p = cfg.dropout if self.training else 0.0
+        x = F.bias_residual(self.wte(idx), pos, dropout_p=p)         # dropout(tokens + positions) (B, T, C)
         weights = []
         for i, block in enumerate(self.h):
             x = block(x, mask, cache, i, need_weights)

@@ -133,12 +133,32 @@ def to_device(a: Any, device: str):
     return xp_for(device).asarray(a)
 
 
-def set_tf32(enabled: bool) -> None:
+_tf32 = False  # see set_tf32
+
+
+def set_tf32(enabled: bool, device: str = "cuda") -> None:
     """CuPy's float32 matmuls on TensorFloat-32 tensor cores (10-bit mantissa inputs, float32
-    accumulation), as CUPY_TF32=1 or torch's allow_tf32; or back to exact float32."""
-    from cupy._core import _routines_linalg as linalg  # where CuPy keeps the cuBLAS compute type
-    cupy()
-    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+    accumulation), as CUPY_TF32=1 or torch's allow_tf32; or back to exact float32.
+
+    The fused self-attention follows the same switch (tf32_enabled): under it, float32 attention
+    runs on the float16 tensor-core kernels, its inputs cast in and its results cast out
+    (kernels.FusedSelfAttention). device "standin" sets that switch alone (the stand-in counts
+    what CuPy would run; its matmuls stay NumPy's)."""
+    global _tf32
+    device = normalize_device(device)
+    if device == "cuda":
+        from cupy._core import _routines_linalg as linalg  # where CuPy keeps the cuBLAS compute type
+        cupy()
+        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+    elif device != "standin":
+        raise BackendError(f"TF32 is a mode of NVIDIA GPUs (device 'cuda', or 'standin' to count what it runs); "
+                           f"device {device!r} computes float32 in float32")
+    _tf32 = bool(enabled)
+
+
+def tf32_enabled() -> bool:
+    """Whether set_tf32(True) is in force (float32 matmuls and the fused attention on tensor cores)."""
+    return _tf32
 
 
 def gpu_available() -> bool:

@@ -50,6 +50,13 @@ class _Flags:
         self.owndata = a.base is None
 
 
+class _Pointer:
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+
 class ndarray:  # noqa: N801 (CuPy's name)
     """An array on the stand-in "device": NumPy memory that refuses to be used as NumPy."""
 
@@ -137,6 +144,7 @@ class ndarray:  # noqa: N801 (CuPy's name)
     base = property(lambda self: self._base)
     T = property(lambda self: _wrap(self._a.T))
     device = property(lambda self: "standin")
+    data = property(lambda self: _Pointer(self._a.ctypes.data))  # CuPy's MemoryPointer: .ptr, the address
 
     @shape.setter
     def shape(self, value) -> None:

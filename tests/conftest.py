@@ -8,9 +8,17 @@ import os
 from collections import Counter
 
 import pytest
+from hypothesis import settings
 
 import minigrad as mg
 from minigrad.tensor import set_debug
+
+# CI (HYPOTHESIS_PROFILE=ci in .ci/run) draws the same examples on every run, so a red CI can be
+# rerun and read; a developer's run explores new examples each time, and a failure it finds is kept
+# as an @example.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 # the engine's debug mode checks every op's backward (shapes, dtypes, no array the graph keeps):
 # on for every test in this process. Switched on here rather than by MINIGRAD_DEBUG=1 in the

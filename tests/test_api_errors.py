@@ -420,6 +420,8 @@ CASES: list[Case] = [
             0.25, 0, 1, hi_open=True),
     _number(A + "causal_self_attention", "dropout_p", "causal_self_attention",
             lambda v: F.causal_self_attention(mg.randn(2, 3, 12), 2, dropout_p=v), 0.25, 0, 1, hi_open=True),
+    _number(L + "bias_residual", "dropout_p", "bias_residual",
+            lambda v: F.bias_residual(x234(), mg.randn(4), x234(), dropout_p=v), 0.1, 0, 1, hi_open=True),
     _number(A + "scaled_dot_product_attention", "scale", "scaled_dot_product_attention",
             lambda v: F.scaled_dot_product_attention(x234()[None], x234()[None], x234()[None], scale=v), -0.5,
             none_ok=True),  # None: 1/sqrt(D)

@@ -1,13 +1,15 @@
-"""The tensor-core attention on a GPU (`pytest --backend cupy`; skips elsewhere): the compiled
-kernels against their NumPy twin and the composite op, and the autograd Function over a
-(B, T, 3, H, D) CuPy tensor. The CPU runs the same source in test_flash_attention_emulated.py."""
+"""The tensor-core attention on a GPU (`pytest --backend cupy`): the compiled kernels against their
+NumPy twin and the composite op, and F.causal_self_attention from a (B, T, 3C) device projection in
+each precision (float16, TF32, float32), which also runs on the stand-in (`--backend standin`: the
+launchers and the op's wiring, NumPy doing the kernels' work). The CPU runs the CUDA sources
+themselves in test_flash_attention_emulated.py and test_kernels_emulated.py."""
 import numpy as np
 import pytest
 
 import minigrad as mg
-from minigrad import backend as mg_backend
+import minigrad.functional as F
+from minigrad import backend as mg_backend, kernels
 from minigrad.kernels import flash_attention as fa, twins_flash
-from minigrad.kernels.qkv_attention import FlashAttentionQKV, attention_qkv, flash_attention_qkv, flash_fits
 
 from test_flash_attention_emulated import ULP16, _close, _composite, _inputs
 
@@ -17,6 +19,14 @@ def cuda(backend):
     if backend != "cuda":
         pytest.skip("the CUDA kernels run on the cuda backend only")
     return mg_backend.cupy()
+
+
+@pytest.fixture
+def dev(backend):
+    """cuda, or the stand-in (NumPy doing the kernels' work: the launchers and the op's wiring run)."""
+    if backend == "cpu":
+        pytest.skip("NumPy never takes the fused path")
+    return backend
 
 
 @pytest.mark.parametrize("B,T,H,D,causal,p", [(2, 200, 3, 64, True, 0.1), (1, 77, 2, 64, False, 0.0),
@@ -40,23 +50,43 @@ def test_flash_kernels_on_the_gpu(cuda, B, T, H, D, causal, p):
         _close(dqkv[:, :, i], want_d[:, :, i], 4 * ULP16)
 
 
-def test_flash_attention_qkv_function_on_the_gpu(cuda):
-    qkv, dout = _inputs(1, 2, 100, 2, 64)
+@pytest.mark.parametrize("form", ["float16", "tf32", "float32"])
+def test_causal_self_attention_on_the_gpu(dev, monkeypatch, form):
+    """The op GPT-2 trains with, from a (B, T, 3C) CuPy projection and its bias, dropout 0.1:
+    float16 and TF32 on the tensor-core kernels, float32 on attention.cu, against the composite op
+    on NumPy in float32 (the same values, the same dropout mask)."""
+    B, T, H, D = 2, 100, 2, 64
+    qkv, dout = _inputs(1, B, T, H, D)
+    qkv, dout = qkv.reshape(B, T, 3 * H * D), dout.reshape(B, T, H * D)
+    bias = np.random.default_rng(2).standard_normal(3 * H * D).astype(np.float16)
+    dtype = np.float16 if form == "float16" else np.float32
+    monkeypatch.setattr(mg_backend, "_tf32", False)
+    mg_backend.set_tf32(form == "tf32", dev)
+    try:
+        got = _run(qkv, bias, dout, H, dtype, dev)
+    finally:
+        mg_backend.set_tf32(False, dev)
+    want = _run(qkv, bias, dout, H, np.float32, "cpu")
+    tol = 1e-4 if form == "float32" else 8 * ULP16
+    for g, w in zip(got[:2], want[:2]):
+        _close(g, w, tol)
+    _close(got[2], want[2], 4 * tol)
+
+
+def _run(qkv, bias, dout, H, dtype, device):
     mg.manual_seed(5)
-    X = mg.tensor(qkv, requires_grad=True, device="cuda")
-    y = flash_attention_qkv(X, is_causal=True, dropout_p=0.1)
-    (y * mg.tensor(dout, device="cuda")).sum().backward()
-    want_o, want_d = _composite(qkv, dout, True, 0.1, np.float16)
-    _close(cuda.asnumpy(y.data), want_o, 8 * ULP16)
-    for i in range(3):
-        _close(cuda.asnumpy(X.grad)[:, :, i], want_d[:, :, i], 8 * ULP16)
+    X, Bb = (mg.tensor(a, requires_grad=True, device=device, dtype=dtype) for a in (qkv, bias))
+    y = F.causal_self_attention(X, H, dropout_p=0.1, bias=Bb)
+    assert (y._ctx.fn is kernels.FusedSelfAttention) == (device != "cpu")
+    (y * mg.tensor(dout, device=device, dtype=dtype)).sum().backward()
+    return [mg_backend.to_device(a, "cpu").astype(np.float32) for a in (y.data, X.grad, Bb.grad)]
 
 
-def test_attention_qkv_dispatch_on_the_gpu(cuda, monkeypatch):
-    for shape, dtype, fits in (((2, 8, 3, 2, 64), np.float16, True), ((2, 8, 3, 2, 64), np.float32, True),
-                               ((2, 8, 3, 2, 64), np.float64, False), ((2, 8, 3, 2, 24), np.float16, False)):
-        X = mg.tensor(np.zeros(shape, dtype), requires_grad=True, device="cuda")
-        assert flash_fits(X.data) == fits
-        assert (attention_qkv(X)._ctx.fn is FlashAttentionQKV) == fits
+def test_which_kernels_take_causal_self_attention(dev, monkeypatch):
+    for shape, dtype, fits in (((2, 8, 3 * 2 * 64), np.float16, True), ((2, 8, 3 * 2 * 64), np.float32, True),
+                               ((2, 8, 3 * 2 * 64), np.float64, False), ((2, 8, 3 * 2 * 24), np.float16, False)):
+        X = mg.tensor(np.zeros(shape, dtype), requires_grad=True, device=dev)
+        assert kernels.self_attention_fits(X.data, 2) == fits
+        assert (F.causal_self_attention(X, 2)._ctx.fn is kernels.FusedSelfAttention) == fits
     monkeypatch.setenv("MINIGRAD_FUSED", "0")
-    assert not flash_fits(mg.tensor(np.zeros((2, 8, 3, 2, 64), np.float16), device="cuda").data)
+    assert not kernels.self_attention_fits(mg_backend.xp_for(dev).zeros((2, 8, 3 * 2 * 64), np.float16), 2)

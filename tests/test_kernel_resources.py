@@ -52,3 +52,19 @@ def test_occupancy_arithmetic_of_sm90():
     assert Usage("x", {}, "k", regs=32, spill=0, smem=0, threads=1024).occupancy() == (1.0, "threads")
     assert Usage("x", {}, "k", regs=32, spill=0, smem=0, threads=32).occupancy() == (0.5, "blocks")
     assert Usage("x", {}, "k", regs=168, spill=0, smem=0, threads=None).occupancy() == (12 / 64, "regs")
+
+
+def test_bench_resources_verdict_names_spills_and_slow_tensor_core_kernels():
+    """bench.resources' one line for gpu_check.sh's report, read from --resources' table."""
+    from bench.resources import verdict
+    head = "source defines kernel threads regs spill smem occupancy limiter\n"
+    good = head + ("flash_attention.cu HEAD_DIM=64 flash_forward 128 128 0 27648 25% (regs)\n"
+                   "attention.cu HEAD_DIM=64 attention_forward 64 168 0 24832 19% (regs)\n"
+                   "gelu.cu - gelu_forward - 20 0 0 <=100% (regs)\n")
+    line, ok = verdict(good)
+    assert ok and "3 kernel builds" in line and "spills: none" in line, line
+    line, ok = verdict(good.replace("gelu_forward - 20 0", "gelu_forward - 20 8"))
+    assert not ok and "spills: gelu_forward (-)" in line, line
+    line, ok = verdict(good.replace("128 128 0 27648 25%", "128 136 0 27648 18%"))
+    assert not ok and "occupancy: flash_forward (HEAD_DIM=64)" in line, line
+    assert verdict("error: nothing compiled") == ("no table in the output", False)

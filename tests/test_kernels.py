@@ -141,26 +141,72 @@ def test_attention_kernels(dev, monkeypatch, B, H, T, S, D, causal):
     xp = mg.backend.xp_for(dev)
     q, k, v = (rng.standard_normal((B, H, n, D)).astype(np.float32) for n in (T, S, S))
     g = rng.standard_normal((B, H, T, D)).astype(np.float32)
-    assert kernels.attention_fits(xp.asarray(q), xp.asarray(k), xp.asarray(v), causal, None, 0.0)
+    assert kernels.attention_fits(xp.asarray(q), xp.asarray(k), xp.asarray(v), causal, None)
     fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
     fused, plain = _fused_and_plain(monkeypatch, lambda: _grads(fn, (q, k, v), g, dev))
     _close(fused, plain)
+    if T * S <= 100 * 100:  # with dropout: the mask drawn inside the kernels is the composite op's
+        drop = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=0.3)  # noqa: E731
+        _close(*_fused_and_plain(monkeypatch, lambda: _seeded(7, lambda: _grads(drop, (q, k, v), g, dev))))
     # and the kernel follows its NumPy twin (same tiles)
     o, _ = twins.attention_forward(q.reshape(-1, T, D), k.reshape(-1, S, D), v.reshape(-1, S, D), D ** -0.5, causal)
     np.testing.assert_allclose(fused[0], o.reshape(q.shape), **GPU_TOL)
     _fp16_vs_fp32(fn, (q, k, v), g, dev)  # float16: cast around the float32 kernels
 
 
-@pytest.mark.parametrize("B,T,H,D", [(2, 70, 3, 64), (1, 1, 2, 16), (2, 129, 12, 64)])
-def test_self_attention_from_the_packed_projection(dev, monkeypatch, B, T, H, D):
+def _seeded(seed, fn):
+    """fn() after manual_seed(seed): the same dropout masks on every call."""
+    mg.manual_seed(seed)
+    return fn()
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2])
+@pytest.mark.parametrize("B,T,H,D", [(2, 70, 3, 64), (1, 1, 2, 16), (2, 129, 12, 64), (1, 40, 2, 48)])
+def test_self_attention_from_the_packed_projection(dev, monkeypatch, B, T, H, D, p):
+    """float32 on the CUDA-core kernels, float16 on the tensor cores (head size 48: the CUDA-core
+    kernels' float16 has no form, so the composite op), each against the composite op in float32
+    on the same values, with the same dropout mask; the kernels read qkv in place."""
     rng = np.random.default_rng(7)
     qkv = rng.standard_normal((B, T, 3 * H * D)).astype(np.float32)
     bias = rng.standard_normal(3 * H * D).astype(np.float32)
     g = rng.standard_normal((B, T, H * D)).astype(np.float32)
-    fn = lambda qkv, bias: F.causal_self_attention(qkv, H, bias=bias)  # noqa: E731
-    fused, plain = _fused_and_plain(monkeypatch, lambda: _grads(fn, (qkv, bias), g, dev))
+    fn = lambda qkv, bias: F.causal_self_attention(qkv, H, dropout_p=p, bias=bias)  # noqa: E731
+    xp = mg.backend.xp_for(dev)
+    for dtype, fused_fits in ((np.float32, True), (np.float16, D in (16, 32, 64, 128))):
+        assert kernels.self_attention_fits(xp.asarray(qkv, dtype=dtype), H, xp.asarray(bias, dtype=dtype)) == fused_fits
+    fused, plain = _fused_and_plain(monkeypatch, lambda: _seeded(3, lambda: _grads(fn, (qkv, bias), g, dev)))
     _close(fused, plain, dict(rtol=1e-4, atol=1e-4))  # the bias's gradient sums B * T rows
-    _fp16_vs_fp32(fn, (qkv, bias), g, dev, scale=B * T / 8)
+    qkv, bias = _half(qkv, bias)
+    half = _seeded(3, lambda: _grads(fn, (qkv, bias), g, dev, np.float16))
+    full = _seeded(3, lambda: _grads(fn, (qkv, bias), g, dev))
+    _close(half, full, dict(rtol=2e-2, atol=2e-2 * max(1.0, B * T / 8)))
+
+
+def test_self_attention_under_tf32_runs_the_tensor_core_kernels(dev, monkeypatch):
+    """float32 under TF32: the float16 kernels, qkv + bias cast in one pass, the results cast back."""
+    rng = np.random.default_rng(8)
+    B, T, H, D = 2, 50, 2, 64
+    qkv = rng.standard_normal((B, T, 3 * H * D)).astype(np.float32)
+    bias = rng.standard_normal(3 * H * D).astype(np.float32)
+    g = rng.standard_normal((B, T, H * D)).astype(np.float32)
+
+    def run():
+        X, Bb = (mg.tensor(a, requires_grad=True, device=dev) for a in (qkv, bias))
+        mg.manual_seed(3)
+        y = F.causal_self_attention(X, H, dropout_p=0.1, bias=Bb)
+        assert y._ctx.fn is kernels.FusedSelfAttention
+        flash = y._ctx.flash  # which kernels ran (the graph is cut after the backward)
+        (y * mg.tensor(g, device=dev)).sum().backward()
+        assert y.dtype == X.grad.dtype == Bb.grad.dtype == np.float32
+        return flash, [mg.backend.to_device(a, "cpu") for a in (y.data, X.grad, Bb.grad)]
+    monkeypatch.setattr(mg.backend, "_tf32", False)  # restored after the test, whatever happens
+    mg.backend.set_tf32(True, dev)
+    flash, tf32 = run()
+    assert flash
+    mg.backend.set_tf32(False, dev)
+    flash, full = run()
+    assert not flash
+    _close(tf32, full, dict(rtol=2e-2, atol=2e-2 * B * T / 8))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -232,25 +278,36 @@ def test_adamw_kernels_equal_the_optimizer(dev, monkeypatch):
     np.testing.assert_allclose(mg.backend.to_device(flat_p, "cpu"), ref[1].data, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("p", [0.0, 0.1])
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("bias_shape", [(100,), (9, 100)])  # a Linear's bias; positions (T, C)
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_bias_residual_kernel(dev, dtype):
+def test_bias_residual_kernel(dev, monkeypatch, dtype, bias_shape, residual, p):
+    """residual + dropout(x + bias) in one kernel each way, against the composite ops (F.dropout's
+    mask: the same bits) on the same values."""
     rng = np.random.default_rng(5)
-    x, r = (rng.standard_normal((4, 9, 100)).astype(dtype) for _ in range(2))
-    b = rng.standard_normal(100).astype(dtype)
-    g = rng.standard_normal((4, 9, 100)).astype(dtype)
-    X, Bb, R = (mg.tensor(a, requires_grad=True, device=dev) for a in (x, b, r))
-    out = F.bias_residual(X, Bb, R)
-    assert out._ctx.fn is kernels.fused.FusedBiasResidual
-    (out * mg.tensor(g, device=dev)).sum().backward()
+    x, r, g = (rng.standard_normal((4, 9, 100)).astype(dtype) for _ in range(3))
+    b = rng.standard_normal(bias_shape).astype(dtype)
+
+    def run():
+        X, Bb, R = (mg.tensor(a, requires_grad=True, device=dev) for a in (x, b, r))
+        mg.manual_seed(2)
+        out = F.bias_residual(X, Bb, R if residual else None, dropout_p=p)
+        assert (out._ctx.fn is kernels.FusedBiasResidual) == kernels.enabled()
+        assert mg.get_rng_state()["dropout_calls"] == (p > 0)
+        (out * mg.tensor(g, device=dev)).sum().backward()
+        return [mg.backend.to_device(a, "cpu").astype(np.float32) for a in
+                (out.data, X.grad, Bb.grad) + ((R.grad,) if residual else ())]
+    fused, plain = _fused_and_plain(monkeypatch, run)
     tol = GPU_TOL if dtype == np.float32 else dict(rtol=1e-2, atol=0.05)
-    x, b, r, g = (a.astype(np.float32) for a in (x, b, r, g))
-    cpu = lambda a: mg.backend.to_device(a, "cpu").astype(np.float32)  # noqa: E731
-    np.testing.assert_allclose(cpu(out.data), x + b + r, **tol)
-    np.testing.assert_allclose(cpu(Bb.grad), g.sum(axis=(0, 1)), **tol)
-    np.testing.assert_allclose(cpu(X.grad), g, **tol)
+    _close(fused, plain, tol)
+    if p:  # the dropped elements: exactly zero in both, and where F.dropout drops them
+        mg.manual_seed(2)
+        keep = mg.backend.dropout_keep(np, x.shape, p)
+        assert ((fused[1] == 0) == ~keep).all() and ((plain[1] == 0) == ~keep).all()
 
 
-def _gpt2_step(dev, dtype="float32"):
+def _gpt2_step(dev, dtype="float32", dropout=0.0):
     """A small GPT-2's loss, its gradients (float32) and its weights after one step of tasks.training's
     Trainer on `dev` (float16: mixed precision, the loss scale 1024)."""
     from gpt2 import GPT2, GPT2Config
@@ -259,7 +316,7 @@ def _gpt2_step(dev, dtype="float32"):
     x, y = rng.integers(0, 300, (2, 70)), rng.integers(0, 300, (2, 70))
     y[0, 5] = -100
     mg.manual_seed(0)
-    model = GPT2(GPT2Config(vocab_size=300, n_ctx=128, n_layer=2, n_head=2, n_embd=128, dropout=0.0)).to(dev)
+    model = GPT2(GPT2Config(vocab_size=300, n_ctx=128, n_layer=2, n_head=2, n_embd=128, dropout=dropout)).to(dev)
     opt = mg.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-4)
     amp = MixedPrecision(model.parameters(), LossScaler(1024.0), flat=opt.flat) if dtype == "float16" else None
     if amp:
@@ -272,14 +329,18 @@ def _gpt2_step(dev, dtype="float32"):
     return [loss.data] + grads + [p.data for _, p in sorted(model.named_parameters())]
 
 
-def test_gpt2_step_fused_equals_composite(dev, monkeypatch):
-    _close(*_fused_and_plain(monkeypatch, lambda: _gpt2_step(dev)), tol=dict(rtol=1e-3, atol=1e-5))
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_gpt2_step_fused_equals_composite(dev, monkeypatch, dropout):
+    """With dropout too: every mask drawn inside a kernel is the composite op's."""
+    _close(*_fused_and_plain(monkeypatch, lambda: _gpt2_step(dev, dropout=dropout)), tol=dict(rtol=1e-3, atol=1e-5))
 
 
-def test_gpt2_float16_step_follows_float32(dev):
-    """Mixed precision through every float16 kernel, the flat float16 weights and the unscaling
-    kernel: the loss and the gradients are float32's to float16's rounding."""
-    half, full = _gpt2_step(dev, "float16"), _gpt2_step(dev)
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_gpt2_float16_step_follows_float32(dev, dropout):
+    """Mixed precision through every float16 kernel (attention on the tensor-core kernels), the
+    flat float16 weights and the unscaling kernel: the loss and the gradients are float32's to
+    float16's rounding, with the same dropout masks."""
+    half, full = _gpt2_step(dev, "float16", dropout), _gpt2_step(dev, dropout=dropout)
     n = (len(full) - 1) // 2 + 1  # the loss and the gradients; not the weights after Adam's step
     for a, b in zip(half[:n], full[:n]):
         a, b = mg.backend.to_device(a, "cpu"), mg.backend.to_device(b, "cpu")

@@ -5,41 +5,33 @@ results must equal the plain ops (float32: 1e-5), so indexing, tiling and barrie
 without a GPU. Each kernel's float16 form (-DFP16=1) is checked against the plain float32 op on
 the same float16 values, to float16's rounding of the result. Skips where there is no g++.
 """
-import importlib
-
 import numpy as np
 import pytest
 
 import minigrad as mg
 import minigrad.functional as F
 from minigrad import backend, kernels
-from minigrad.kernels import (adamw as adamw_launch, attention as attn_launch, crossentropy as ce_launch,
-                              embedding as emb_launch, gelu as gelu_launch, layernorm as ln_launch, twins,
+from minigrad.kernels import (adamw as adamw_launch, attention as attn_launch, bias_residual as br_launch,
+                              crossentropy as ce_launch, embedding as emb_launch, flash_attention as fa_launch,
+                              gelu as gelu_launch, layernorm as ln_launch, self_attention, twins,
                               unscale as unscale_launch)
+from minigrad.kernels.dropout import Dropout
 
-from cuda_emulator import Module, compiler
+import cuda_emulator
+from cuda_emulator import compiler
 
-# the package exports a function of the same name, so take the launcher module itself
-br_launch = importlib.import_module("minigrad.kernels.bias_residual")
 pytestmark = pytest.mark.skipif(compiler() is None, reason="no g++ to build the CPU emulation of the kernels")
 TOL = dict(rtol=1e-5, atol=1e-5)
-_modules: dict = {}
-
-
-def _emu_kernel(file, name, **defines):
-    key = (file, tuple(sorted(defines.items())))
-    if key not in _modules:
-        _modules[key] = Module(file, defines)
-    fn = getattr(_modules[key], name)
-    return lambda grid, block, args: fn(grid, block[0], *args)
+LAUNCHERS = (adamw_launch, attn_launch, br_launch, ce_launch, emb_launch, fa_launch, gelu_launch, ln_launch,
+             unscale_launch)
 
 
 @pytest.fixture
 def emulated(monkeypatch):
     """The launchers run the emulated kernels on NumPy arrays."""
     monkeypatch.setattr(backend, "cupy", lambda: np)
-    for mod in (adamw_launch, attn_launch, br_launch, ce_launch, emb_launch, gelu_launch, ln_launch, unscale_launch):
-        monkeypatch.setattr(mod, "kernel", _emu_kernel)
+    for mod in LAUNCHERS:
+        monkeypatch.setattr(mod, "kernel", cuda_emulator.kernel)
 
 
 def _randn(rng, *shape, scale=1.0):
@@ -61,27 +53,65 @@ def _t(a, grad=True):
     return mg.tensor(a.astype(f32), requires_grad=grad)
 
 
-def _sdpa_ref(q, k, v, g, causal):
+def _sdpa_ref(q, k, v, g, causal, p=0.0):
+    """The composite op's output and gradients; with dropout, the mask of counter step 0 of seed 5."""
     Q, K, V = (mg.tensor(a, requires_grad=True) for a in (q, k, v))
-    out = F.scaled_dot_product_attention(Q, K, V, is_causal=causal)
+    mg.manual_seed(5)
+    out = F.scaled_dot_product_attention(Q, K, V, is_causal=causal, dropout_p=p)
     (out * mg.tensor(g)).sum().backward()
     return out.data, Q.grad, K.grad, V.grad
 
 
+def _drop(p):
+    """The Dropout of counter step 0 of seed 5 (what _sdpa_ref's op draws), or None."""
+    mg.manual_seed(5)
+    return Dropout.draw(p)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
 @pytest.mark.parametrize("BH,T,S,D,causal", [(2, 70, 70, 16, True), (1, 37, 90, 16, True), (2, 45, 20, 16, False),
                                              (1, 1, 1, 64, True), (1, 65, 65, 64, True)])
-def test_attention_kernels_emulated(emulated, BH, T, S, D, causal):
+def test_attention_kernels_emulated(emulated, BH, T, S, D, causal, p):
     rng = np.random.default_rng(BH * T + S + D)
     q, k, v = _randn(rng, BH, T, D), _randn(rng, BH, S, D), _randn(rng, BH, S, D)
     g = _randn(rng, BH, T, D)
     scale = float(D) ** -0.5
-    o, lse = attn_launch.forward(q, k, v, scale, causal)
-    ref = _sdpa_ref(q, k, v, g, causal)
+    drop = _drop(p)
+    o, lse = attn_launch.forward(q, k, v, scale, causal, drop)
+    ref = _sdpa_ref(q, k, v, g, causal, p)
     np.testing.assert_allclose(o, ref[0], **TOL)
-    _, lse_twin = twins.attention_forward(q, k, v, scale, causal)
+    keep = None
+    if p:  # the composite op's mask, which the kernels drew inside
+        mg.manual_seed(5)
+        keep = backend.dropout_keep(np, (BH, T, S), p)
+    o_twin, lse_twin = twins.attention_forward(q, k, v, scale, causal, keep, 1 / (1 - p))
+    np.testing.assert_allclose(o, o_twin, **TOL)
     np.testing.assert_allclose(lse, lse_twin, **TOL)
-    for got, want in zip(attn_launch.backward(q, k, v, o, lse, g, scale, causal), ref[1:]):
+    for got, want in zip(attn_launch.backward(q, k, v, o, lse, g, scale, causal, drop), ref[1:]):
         np.testing.assert_allclose(got, want, **TOL)
+
+
+@pytest.mark.parametrize("B,T,H,D,p,bias", [(2, 70, 2, 16, 0.0, True), (1, 37, 3, 16, 0.3, True),
+                                             (2, 65, 1, 64, 0.1, False), (1, 1, 2, 32, 0.5, True)])
+def test_attention_kernels_read_the_packed_projection_emulated(emulated, B, T, H, D, p, bias):
+    """attention.cu with `packed`: q, k, v read in place from qkv (B, T, 3, H, D), the bias added as
+    they are read, dropout inside, o (B, T, H, D) and dqkv written in place; against the composite
+    causal_self_attention (bias add, split, attention with F.dropout's mask, merge)."""
+    rng = np.random.default_rng(B * T + H + D)
+    C = H * D
+    qkv, g, b = _randn(rng, B, T, 3 * C), _randn(rng, B, T, C), _randn(rng, 3 * C) if bias else None
+    X = mg.tensor(qkv, requires_grad=True)
+    Bb = None if b is None else mg.tensor(b, requires_grad=True)
+    mg.manual_seed(5)
+    ref = F.causal_self_attention(X, H, dropout_p=p, bias=Bb)  # NumPy: the composite op
+    (ref * mg.tensor(g)).sum().backward()
+    x5 = qkv.reshape(B, T, 3, H, D)
+    b3 = None if b is None else b.reshape(3, H, D)
+    drop = _drop(p)
+    o, lse = attn_launch.forward_qkv(x5, b3, D ** -0.5, drop)
+    np.testing.assert_allclose(o.reshape(B, T, C), ref.data, **TOL)
+    dqkv = attn_launch.backward_qkv(x5, b3, o, lse, g.reshape(B, T, H, D), D ** -0.5, drop)
+    np.testing.assert_allclose(dqkv.reshape(B, T, 3 * C), X.grad, **TOL)
 
 
 @DTYPES
@@ -146,6 +176,36 @@ def test_layernorm_gelu_bias_residual_kernels_emulated(emulated, dt):
 
 
 @DTYPES
+@pytest.mark.parametrize("residual", [True, False])
+def test_bias_residual_dropout_kernels_emulated(emulated, dt, residual):
+    """residual + dropout(x + bias) in one kernel; dx through the dropout and the bias's sums in one:
+    the mask is F.dropout's, bit for bit (dropped elements are exactly the residual, and exactly 0
+    in dx), and the numbers the composite op's (float16: to its rounding)."""
+    rng = np.random.default_rng(4)
+    N, P, p = 70, 45, 0.25
+    x, r, g = (_randn(rng, N, P).astype(dt) for _ in range(3))
+    b = _randn(rng, P).astype(dt)
+    drop = _drop(p)
+    out = br_launch.forward(x, b, r if residual else None, drop)
+    X, Bb = _t(x), _t(b)
+    mg.manual_seed(5)
+    ref = F.bias_residual(X, Bb, _t(r, False) if residual else None, dropout_p=p)  # NumPy: the composite ops
+    (ref * _t(g, False)).sum().backward()
+    mg.manual_seed(5)
+    keep = backend.dropout_keep(np, (N, P), p)
+    assert out.dtype == dt
+    np.testing.assert_array_equal(out[~keep], r[~keep] if residual else 0)
+    np.testing.assert_allclose(out, ref.data, **_tol(dt, 4))
+    dx, db = br_launch.dropout_bias_grad(g, drop)
+    assert dx.dtype == db.dtype == dt
+    np.testing.assert_array_equal(dx == 0, ~keep)  # g has no zeros
+    np.testing.assert_allclose(dx, X.grad, **_tol(dt, 4))
+    np.testing.assert_allclose(db, Bb.grad, **_tol(dt, 20))
+    into = np.empty(P, dt)
+    assert br_launch.dropout_bias_grad(g, drop, out=into)[1] is into
+
+
+@DTYPES
 def test_embedding_backward_kernel_emulated(emulated, dt):
     rng = np.random.default_rng(1)
     ids = rng.integers(0, 7, 40)
@@ -159,10 +219,10 @@ def test_embedding_backward_kernel_emulated(emulated, dt):
     np.testing.assert_allclose(into, before.astype(f32) + ref, **_tol(dt, 4))
     # 64-bit keys (for tables and batches too big for 32): the same sums
     keys = np.empty(40, np.int64)
-    _emu_kernel("embedding_backward.cu", "embedding_keys", KEY64=1)((1,), (64,), (ids.astype(np.int64), keys,
+    cuda_emulator.kernel("embedding_backward.cu", "embedding_keys", KEY64=1)((1,), (64,), (ids.astype(np.int64), keys,
                                                                                     np.int32(40)))
     gw = np.zeros((10, 9), dt)
-    _emu_kernel("embedding_backward.cu", "embedding_backward", KEY64=1, **({"FP16": 1} if dt == f16 else {}))(
+    cuda_emulator.kernel("embedding_backward.cu", "embedding_backward", KEY64=1, **({"FP16": 1} if dt == f16 else {}))(
         (40, 1), (64,), (rows, np.sort(keys), gw, np.int32(40), np.int32(9), np.int32(0)))
     np.testing.assert_allclose(gw, ref, **_tol(dt, 4))
 
@@ -211,9 +271,10 @@ def test_unscale_kernel_emulated(emulated):
 @pytest.fixture
 def fused_on_numpy(emulated, monkeypatch):
     """The ops' dispatch takes the fused path for float32 and float16 NumPy arrays too (emulated kernels)."""
-    import minigrad.kernels as K
-    monkeypatch.setattr(K, "use_fused", lambda *a: bool(a) and all(
-        isinstance(x, np.ndarray) and x.dtype == a[0].dtype and x.dtype in (f32, f16) and x.size > 0 for x in a))
+    on_numpy = lambda *a: kernels.enabled() and bool(a) and all(  # noqa: E731
+        isinstance(x, np.ndarray) and x.dtype == a[0].dtype and x.dtype in (f32, f16) and x.size > 0 for x in a)
+    for mod in (kernels, self_attention):
+        monkeypatch.setattr(mod, "use_fused", on_numpy)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -236,16 +297,16 @@ def test_fused_cross_entropy_function_emulated(fused_on_numpy, monkeypatch, redu
         np.testing.assert_allclose(a, b, **TOL)
 
 
-def _gpt2_step(dtype: str):
-    """A tiny GPT-2's loss, every gradient (float32) and the weights after one AdamW step, through
-    tasks.training's Trainer (float16: mixed precision)."""
+def _gpt2_step(dtype: str, dropout: float):
+    """A tiny GPT-2's loss, every gradient (float32) and the weights after one AdamW step (float16:
+    mixed precision), with dropout `dropout` everywhere GPT-2 has it."""
     from gpt2 import GPT2, GPT2Config
     from minigrad.amp import LossScaler, MixedPrecision
     rng = np.random.default_rng(4)
     x, y = rng.integers(0, 50, (2, 20)), rng.integers(0, 50, (2, 20))
     y[1, 3] = -100
     mg.manual_seed(0)
-    model = GPT2(GPT2Config(vocab_size=50, n_ctx=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+    model = GPT2(GPT2Config(vocab_size=50, n_ctx=32, n_layer=2, n_head=2, n_embd=32, dropout=dropout))
     # eps well above float32's noise: the key bias's gradient is zero but for rounding, and with a
     # tiny eps Adam would turn that noise into updates of +-lr (the kernel itself is checked exactly
     # in test_adamw_kernels_emulated)
@@ -261,24 +322,31 @@ def _gpt2_step(dtype: str):
     return [loss.data] + grads + [p.data.copy() for _, p in sorted(model.named_parameters())]
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_gpt2_step_fused_emulated(fused_on_numpy, monkeypatch, dtype):
+def test_gpt2_step_fused_emulated(fused_on_numpy, monkeypatch, dtype, dropout):
     """A tiny GPT-2's loss, every gradient and the AdamW update, all fused ops on the emulated
-    kernels, equal the composite ops' (dropout 0, as the fused attention requires); float16 mixed
-    precision to float16's rounding."""
+    kernels (attention: float32 on attention.cu, float16 on the tensor-core kernels, both reading
+    the QKV projection in place; dropout drawn inside them and inside bias_residual), equal the
+    composite ops' with the same dropout masks; float16 mixed precision to float16's rounding."""
     calls = []
-    mods = ((attn_launch, "forward"), (attn_launch, "backward"), (ln_launch, "forward"), (ln_launch, "backward"),
-            (gelu_launch, "forward"), (gelu_launch, "backward"), (ce_launch, "forward"), (ce_launch, "backward"),
-            (emb_launch, "backward"), (br_launch, "forward"), (br_launch, "bias_grad"),
-            (kernels, "adamw_update_ranges")) + (((unscale_launch.Unscaler, "unscale"),) if dtype == "float16" else ())
+    attention = ((fa_launch, "forward"), (fa_launch, "backward")) if dtype == "float16" else \
+        ((attn_launch, "forward_qkv"), (attn_launch, "backward_qkv"))
+    mods = attention + ((ln_launch, "forward"), (ln_launch, "backward"), (gelu_launch, "forward"),
+                        (gelu_launch, "backward"), (ce_launch, "forward"), (ce_launch, "backward"),
+                        (emb_launch, "backward"), (br_launch, "forward"), (br_launch, "bias_grad"),
+                        (kernels, "adamw_update_ranges"))
+    mods += ((unscale_launch.Unscaler, "unscale"),) if dtype == "float16" else ()
+    mods += ((br_launch, "dropout_bias_grad"),) if dropout else ()
     for mod, name in mods:
         real = getattr(mod, name)
         monkeypatch.setattr(mod, name, lambda *a, _real=real, _n=f"{mod.__name__}.{name}", **k: (calls.append(_n),
                                                                                                  _real(*a, **k))[1])
-    fused = _gpt2_step(dtype)
+    fused = _gpt2_step(dtype, dropout)
     assert len(set(calls)) == len(mods), sorted(set(calls))  # every fused kernel ran
+    assert mg.get_rng_state()["dropout_calls"] == (1 + 3 * 2 if dropout else 0)  # embeddings, then 3 a layer
     monkeypatch.undo()
-    plain = _gpt2_step(dtype)
+    plain = _gpt2_step(dtype, dropout)
     if dtype == "float16":
         # the loss and the (unscaled, float32) gradients, to float16's rounding; not the weights
         # after the step: Adam divides each gradient by its own size, so rounding noise on a

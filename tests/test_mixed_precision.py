@@ -165,3 +165,31 @@ def test_log_every_fetches_the_loss_only_at_intervals(tmp_path):
     trainer.fit()
     # every 3rd step, and the evaluation/checkpoint steps 5 and 10 (a checkpoint always checks first)
     assert [r["step"] for r in _steps(tmp_path / "run")] == [3, 5, 6, 9, 10]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_dropout_run_resumes_exactly_on_the_fused_path(tmp_path, monkeypatch, dtype):
+    """Dropout 0.1 on the stand-in, where the fused kernels' launchers run and NumPy does their
+    work: every mask is drawn inside a kernel (attention: attention.cu's float32, the tensor-core
+    kernels' float16; the embedding and residual dropouts: bias_residual), no composite dropout
+    runs; a run stopped at a checkpoint and resumed gives every loss of the run that did not stop,
+    bit for bit; and those are the composite path's losses (MINIGRAD_FUSED=0) to rounding."""
+    from minigrad import launchcount
+    args = dict(loss_scale=1024.0, device="standin", eval_every=4)
+    with launchcount.counting() as count:
+        _trainer(tmp_path / "ref", dtype, max_steps=8, **args).fit()
+    expected = [(r["step"], r["loss"]) for r in _steps(tmp_path / "ref")]
+    attention = "flash_forward" if dtype == "float16" else "attention_forward"
+    assert count.by_name[attention] and count.by_name["dropout_bias_grad"] and count.by_name["bias_residual_forward"]
+    assert not count.by_name["right_shift"]  # the composite masks' hash (backend.hash_stream) never ran
+
+    _trainer(tmp_path / "run", dtype, max_steps=4, **args).fit()
+    again = _trainer(tmp_path / "run", dtype, max_steps=8, **args)
+    assert again.resume()
+    again.fit()
+    assert [(r["step"], r["loss"]) for r in _steps(tmp_path / "run")] == expected
+
+    monkeypatch.setenv("MINIGRAD_FUSED", "0")
+    _trainer(tmp_path / "composite", dtype, max_steps=8, **args).fit()
+    composite = [(r["step"], r["loss"]) for r in _steps(tmp_path / "composite")]
+    np.testing.assert_allclose(np.array(composite), np.array(expected), rtol=1e-4 if dtype == "float32" else 2e-2)

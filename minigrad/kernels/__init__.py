@@ -2,13 +2,15 @@
 
 One `.cu` file per layer (llm.c's layout), compiled by CuPy on first use (`_loader.py`), with a
 small launcher module each (layernorm.py, gelu.py, bias_residual.py, attention.py,
-crossentropy.py, embedding.py, adamw.py, unscale.py) and autograd Functions over them (fused.py).
+crossentropy.py, embedding.py, adamw.py, unscale.py) and autograd Functions over them (fused.py;
+self_attention.py for attention straight from the QKV projection).
 The ops send LayerNorm, GELU, attention, cross-entropy and the embedding backward here on device
 arrays, float32 or float16 (the kernels' two forms, common.cuh), each from its public function in
 minigrad/ops/ (minigrad.functional only re-exports those); the optimizer and mixed precision call
 adamw.py and unscale.py; `MINIGRAD_FUSED=0` keeps the composite array code everywhere.
 flash_attention.cu is the tensor-core attention (mma.sync through inline PTX; README.md explains
-it), reached through qkv_attention.py. NumPy never comes here; the stand-in device does
+it), reached through self_attention.py. Dropout masks are drawn inside the kernels that need them
+(dropout.cuh, dropout.py: the bits of backend.dropout_keep), so dropout keeps the fused path. NumPy never comes here; the stand-in device does
 (on_standin.py: NumPy does each kernel's work, and the launch is counted). `twins.py` and
 `twins_flash.py` run the same algorithms (tiles, online softmax, FA2's backward) in NumPy, so the
 tests check the math on a CPU; `python -m minigrad.kernels` compiles every source with NVRTC
@@ -23,12 +25,11 @@ import numpy as np
 from .. import backend, standin
 
 from .adamw import adamw_update, adamw_update_ranges
-from .fused import (FusedAttention, FusedCrossEntropy, FusedGelu, FusedLayerNorm, FusedSelfAttention, bias_residual,
-                    embedding_backward)
+from .fused import FusedAttention, FusedBiasResidual, FusedCrossEntropy, FusedGelu, FusedLayerNorm, embedding_backward
 from .unscale import Unscaler
 
 __all__ = ["enabled", "use_fused", "on_device", "FusedLayerNorm", "FusedGelu", "FusedAttention", "FusedSelfAttention",
-           "FusedCrossEntropy", "embedding_backward", "bias_residual", "adamw_update", "adamw_update_ranges",
+           "FusedBiasResidual", "FusedCrossEntropy", "embedding_backward", "adamw_update", "adamw_update_ranges",
            "Unscaler", "attention_fits", "self_attention_fits"]
 
 
@@ -55,11 +56,11 @@ def use_fused(*arrays) -> bool:
                                                       for a in arrays)
 
 
-def attention_fits(q, k, v, is_causal: bool, attn_mask, dropout_p: float) -> bool:
-    """Whether the attention kernels cover this call: no mask array, no dropout, equal leading axes,
-    head size <= 64, and with causal at least as many keys as queries."""
+def attention_fits(q, k, v, is_causal: bool, attn_mask) -> bool:
+    """Whether the attention kernels cover this call: no mask array, equal leading axes, head
+    size <= 64, and with causal at least as many keys as queries (dropout is drawn inside)."""
     from .attention import MAX_HEAD_DIM
-    if attn_mask is not None or dropout_p > 0.0 or q.ndim < 3:
+    if attn_mask is not None or q.ndim < 3:
         return False
     T, S, D = q.shape[-2], k.shape[-2], q.shape[-1]
     return (q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and k.shape[-1] == D and v.shape[-1] == D
@@ -67,11 +68,5 @@ def attention_fits(q, k, v, is_causal: bool, attn_mask, dropout_p: float) -> boo
             and (q.size // (T * D)) < 65536 and use_fused(q, k, v))
 
 
-def self_attention_fits(qkv, n_head: int, dropout_p: float) -> bool:
-    """Whether FusedSelfAttention covers causal self-attention from a packed qkv (B, T, 3C): no
-    dropout, heads of at most 64."""
-    from .attention import MAX_HEAD_DIM
-    if dropout_p > 0.0 or qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head):
-        return False
-    B, T, C3 = qkv.shape
-    return C3 // 3 // n_head <= MAX_HEAD_DIM and B * n_head < 65536 and T > 0 and use_fused(qkv)
+# after use_fused, which it imports
+from .self_attention import FusedSelfAttention, fits as self_attention_fits  # noqa: E402

@@ -2,9 +2,19 @@
 // recurrences, float32 on CUDA cores. No (T, S) tensor is ever stored: the forward keeps one
 // float per query row, lse = log(sum_j exp(s_ij)), and the backward recomputes the scores.
 //
-// Layout: q, o, dq: (BH, T, D); k, v, dk, dv: (BH, S, D); lse, delta: (BH, T); contiguous.
+// Layout, float32, by `packed` (see head_of below):
+//   0  q, o, dq: (BH, T, D); k, v, dk, dv: (BH, S, D); contiguous (scaled_dot_product_attention).
+//   1  the QKV projection's output as it is, S = T: q, k and v are all qkv (B, T, 3, H, D), the
+//      kernels reading slices 0, 1, 2 of it through strides (no split copies), plus its bias
+//      (3, H, D) when given (else null), added as the rows are read; o and dout (B, T, H, D), ready
+//      for the output projection; dq, dk and dv are all dqkv (B, T, 3, H, D), each kernel writing
+//      its slices (every element once: no zero fill).
+//   lse, delta: (BH, T) in both, bh = b H + h.
 // Scores s_ij = (scale * q_i) . k_j. With causal, query i sees keys j <= i + (S - T) (the last T
 // of S positions, as with a KV cache); the host only sends S >= T, so every row sees key 0.
+// Dropout (drop_threshold > 0): p_ij is kept when dropout.cuh's hash of element (bh T + i) S + j
+// (the composite op's (B, H, T, S) mask, bit for bit) passes, and kept ones weigh drop_scale =
+// 1 / (1 - p): o_i = sum_j p_ij keep_ij v_j drop_scale; backward dp_ij = dO_i . v_j keep_ij drop_scale.
 //
 // Forward (grid: ceil(T / BQ) x BH, BQ threads): thread = query row, its scaled q in registers.
 // Keys arrive in shared tiles of BK; per tile the row's running max m, sum l and output accumulator acc follow
@@ -38,20 +48,47 @@
 #define BQD 64  // backward dq: queries per block (one thread each)
 #define BKD 16  // backward dq: keys per shared tile
 
-extern "C" __global__ void attention_forward(const float* __restrict__ q, const float* __restrict__ k,
-                                             const float* __restrict__ v, float* __restrict__ o,
-                                             float* __restrict__ lse, int T, int S, float scale, int causal) {
+#include "dropout.cuh"
+
+// where head bh's rows of each tensor start (element offsets) and how far apart they lie
+struct Head {
+    long long q, k, v, o;  // q, k, v: offsets into the q, k, v arguments (dq, dk, dv the same); o: into o, dout
+    long long qs, ks, os;  // row strides: q (and dq), k and v (dk, dv), o (dout)
+};
+
+__device__ __forceinline__ Head head_of(int bh, int T, int S, int H, int packed) {
+    if (!packed) return {(long long)bh * T * D, (long long)bh * S * D, (long long)bh * S * D, (long long)bh * T * D, D, D, D};
+    long long q = (long long)(bh / H) * T * 3 * H * D + (bh % H) * D;
+    return {q, q + H * D, q + 2 * H * D, (long long)(bh / H) * T * H * D + (bh % H) * D, 3LL * H * D, 3LL * H * D,
+            (long long)H * D};
+}
+
+// this head's bias over q's columns (k's and v's follow at + H D, + 2 H D); null without a bias
+__device__ __forceinline__ const float* head_bias(const float* bias, int bh, int H) {
+    return bias ? bias + (bh % H) * D : nullptr;
+}
+__device__ __forceinline__ float biased(const float* row, const float* bias, int c) {
+    return bias ? row[c] + bias[c] : row[c];
+}
+
+// 6 blocks an SM at most 170 registers a thread: without the bound ptxas takes 224 for the strided
+// loads and the dropout test and the kernel runs at 14% occupancy, with it 168 and 19%, no spills
+extern "C" __global__ void __launch_bounds__(BQ, 6) attention_forward(const float* __restrict__ q, const float* __restrict__ k,
+                                             const float* __restrict__ v, const float* __restrict__ bias,
+                                             float* __restrict__ o, float* __restrict__ lse, int T, int S, int H,
+                                             int packed, float scale, int causal, unsigned long long drop_key,
+                                             unsigned drop_threshold, float drop_scale) {
     __shared__ float ks[BK * D];
     __shared__ float vs[BK * D];
     __shared__ float ss[BQ * (BK + 1)];  // this tile's scores, a padded row per thread
     float* s = ss + threadIdx.x * (BK + 1);
     int bh = blockIdx.y, q0 = blockIdx.x * BQ, tid = threadIdx.x, i = q0 + tid;
-    const float* qb = q + (size_t)bh * T * D;
-    const float* kb = k + (size_t)bh * S * D;
-    const float* vb = v + (size_t)bh * S * D;
+    const Head hd = head_of(bh, T, S, H, packed);
+    const float *qb = q + hd.q, *kb = k + hd.k, *vb = v + hd.v;
+    const float *bq = head_bias(bias, bh, H), *bk = bq ? bq + H * D : nullptr, *bv = bq ? bq + 2 * H * D : nullptr;
     float qr[D];  // this row of q, scaled, in registers: the score loop then reads one shared operand
 #pragma unroll
-    for (int d = 0; d < D; ++d) qr[d] = (i < T) ? qb[(size_t)i * D + d] * scale : 0.0f;
+    for (int d = 0; d < D; ++d) qr[d] = (i < T) ? biased(qb + i * hd.qs, bq, d) * scale : 0.0f;
     int off = S - T;
     int key_end = causal ? min(S, q0 + BQ + off) : S;  // keys any row of this block sees
     int last = causal ? i + off : S - 1;               // the last key this row sees
@@ -64,8 +101,8 @@ extern "C" __global__ void attention_forward(const float* __restrict__ q, const 
         for (int idx = tid; idx < BK * D; idx += BQ) {
             int r = idx / D, c = idx % D;
             bool in = k0 + r < S;
-            ks[idx] = in ? kb[(size_t)(k0 + r) * D + c] : 0.0f;
-            vs[idx] = in ? vb[(size_t)(k0 + r) * D + c] : 0.0f;
+            ks[idx] = in ? biased(kb + (k0 + r) * hd.ks, bk, c) : 0.0f;
+            vs[idx] = in ? biased(vb + (k0 + r) * hd.ks, bv, c) : 0.0f;
         }
         __syncthreads();
         float mt = -INFINITY;
@@ -87,7 +124,10 @@ extern "C" __global__ void attention_forward(const float* __restrict__ q, const 
 #pragma unroll 1
             for (int j = 0; j < BK; ++j) {
                 float p = expf(s[j] - m_new);  // 0 for masked keys
-                l += p;
+                l += p;                        // the softmax sums every probability, kept or dropped
+                if (drop_threshold && p != 0.0f && !dropout_keep(drop_key, drop_threshold,
+                                                                  ((unsigned long long)bh * T + i) * S + k0 + j))
+                    p = 0.0f;
 #pragma unroll
                 for (int d = 0; d < D; ++d) acc[d] += p * vs[j * D + d];
             }
@@ -95,32 +135,39 @@ extern "C" __global__ void attention_forward(const float* __restrict__ q, const 
         }
     }
     if (i < T) {
-        float inv = 1.0f / l;
-        float* ob = o + ((size_t)bh * T + i) * D;
+        float inv = drop_scale / l;
+        float* ob = o + hd.o + i * hd.os;
 #pragma unroll
         for (int d = 0; d < D; ++d) ob[d] = acc[d] * inv;
         lse[(size_t)bh * T + i] = m + logf(l);
     }
 }
 
-// one warp per row: delta = sum_d dO * O; grid: ceil(rows / (blockDim.x / 32))
+// one warp per row: delta = sum_d dO * O; grid: ceil(BH T / (blockDim.x / 32)). Rows in lse's order
+// (bh, t); o and dout in `packed`'s layout
 extern "C" __global__ void attention_backward_preprocess(const float* __restrict__ o, const float* __restrict__ dout,
-                                                         float* __restrict__ delta, long long rows) {
+                                                         float* __restrict__ delta, int T, int H, int packed,
+                                                         long long rows) {
     long long row = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= rows) return;
+    int bh = (int)(row / T), t = (int)(row % T);
+    const Head hd = head_of(bh, T, T, H, packed);
+    long long at = hd.o + t * hd.os;
     float s = 0.0f;
-    for (int d = lane; d < D; d += 32) s += dout[row * D + d] * o[row * D + d];
+    for (int d = lane; d < D; d += 32) s += dout[at + d] * o[at + d];
     for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
     if (lane == 0) delta[row] = s;
 }
 
 // grid: ceil(S / BKB) x BH, BKB threads
 extern "C" __global__ void attention_backward_dkdv(const float* __restrict__ q, const float* __restrict__ k,
-                                                   const float* __restrict__ v, const float* __restrict__ dout,
-                                                   const float* __restrict__ lse, const float* __restrict__ delta,
-                                                   float* __restrict__ dk, float* __restrict__ dv,
-                                                   int T, int S, float scale, int causal) {
+                                                   const float* __restrict__ v, const float* __restrict__ bias,
+                                                   const float* __restrict__ dout, const float* __restrict__ lse,
+                                                   const float* __restrict__ delta, float* __restrict__ dk,
+                                                   float* __restrict__ dv, int T, int S, int H, int packed,
+                                                   float scale, int causal, unsigned long long drop_key,
+                                                   unsigned drop_threshold, float drop_scale) {
     __shared__ float ksh[BKB * DP];
     __shared__ float vsh[BKB * DP];
     __shared__ float qt[BQB * D];
@@ -128,15 +175,14 @@ extern "C" __global__ void attention_backward_dkdv(const float* __restrict__ q, 
     __shared__ float lt[BQB];
     __shared__ float dt[BQB];
     int bh = blockIdx.y, k0 = blockIdx.x * BKB, tid = threadIdx.x, j = k0 + tid;
-    const float* qb = q + (size_t)bh * T * D;
-    const float* dob = dout + (size_t)bh * T * D;
-    const float* kb = k + (size_t)bh * S * D;
-    const float* vb = v + (size_t)bh * S * D;
+    const Head hd = head_of(bh, T, S, H, packed);
+    const float *qb = q + hd.q, *kb = k + hd.k, *vb = v + hd.v, *dob = dout + hd.o;
+    const float *bq = head_bias(bias, bh, H), *bk = bq ? bq + H * D : nullptr, *bv = bq ? bq + 2 * H * D : nullptr;
     for (int idx = tid; idx < BKB * D; idx += BKB) {
         int r = idx / D, c = idx % D;
         bool in = k0 + r < S;
-        ksh[r * DP + c] = in ? kb[(size_t)(k0 + r) * D + c] : 0.0f;
-        vsh[r * DP + c] = in ? vb[(size_t)(k0 + r) * D + c] : 0.0f;
+        ksh[r * DP + c] = in ? biased(kb + (k0 + r) * hd.ks, bk, c) : 0.0f;
+        vsh[r * DP + c] = in ? biased(vb + (k0 + r) * hd.ks, bv, c) : 0.0f;
     }
     int off = S - T;
     int i_begin = causal ? max(0, k0 - off) : 0;  // queries before this see no key of the block
@@ -151,8 +197,8 @@ extern "C" __global__ void attention_backward_dkdv(const float* __restrict__ q, 
         for (int idx = tid; idx < BQB * D; idx += BKB) {
             int r = idx / D, c = idx % D;
             bool in = i0 + r < T;
-            qt[idx] = in ? qb[(size_t)(i0 + r) * D + c] * scale : 0.0f;
-            dot_[idx] = in ? dob[(size_t)(i0 + r) * D + c] : 0.0f;
+            qt[idx] = in ? biased(qb + (i0 + r) * hd.qs, bq, c) * scale : 0.0f;
+            dot_[idx] = in ? dob[(i0 + r) * hd.os + c] : 0.0f;
         }
         if (tid < BQB) {
             bool in = i0 + tid < T;
@@ -168,20 +214,21 @@ extern "C" __global__ void attention_backward_dkdv(const float* __restrict__ q, 
 #pragma unroll
             for (int d = 0; d < D; ++d) s += qt[r * D + d] * ksh[tid * DP + d];
             float p = expf(s - lt[r]);
-            float dp = 0.0f;
+            float w = dropout_weight(drop_key, drop_threshold, drop_scale, ((unsigned long long)bh * T + ii) * S + j);
+            float pw = p * w, dp = 0.0f;
 #pragma unroll
             for (int d = 0; d < D; ++d) {
-                dva[d] += p * dot_[r * D + d];
+                dva[d] += pw * dot_[r * D + d];
                 dp += dot_[r * D + d] * vsh[tid * DP + d];
             }
-            float ds = p * (dp - dt[r]);
+            float ds = p * (dp * w - dt[r]);
 #pragma unroll
             for (int d = 0; d < D; ++d) dka[d] += ds * qt[r * D + d];
         }
     }
     if (j < S) {
-        float* dkb = dk + ((size_t)bh * S + j) * D;
-        float* dvb = dv + ((size_t)bh * S + j) * D;
+        float* dkb = dk + hd.k + j * hd.ks;
+        float* dvb = dv + hd.v + j * hd.ks;
 #pragma unroll
         for (int d = 0; d < D; ++d) {
             dkb[d] = dka[d];
@@ -192,23 +239,25 @@ extern "C" __global__ void attention_backward_dkdv(const float* __restrict__ q, 
 
 // grid: ceil(T / BQD) x BH, BQD threads
 extern "C" __global__ void attention_backward_dq(const float* __restrict__ q, const float* __restrict__ k,
-                                                 const float* __restrict__ v, const float* __restrict__ dout,
-                                                 const float* __restrict__ lse, const float* __restrict__ delta,
-                                                 float* __restrict__ dq, int T, int S, float scale, int causal) {
+                                                 const float* __restrict__ v, const float* __restrict__ bias,
+                                                 const float* __restrict__ dout, const float* __restrict__ lse,
+                                                 const float* __restrict__ delta, float* __restrict__ dq, int T, int S,
+                                                 int H, int packed, float scale, int causal,
+                                                 unsigned long long drop_key, unsigned drop_threshold,
+                                                 float drop_scale) {
     __shared__ float qsh[BQD * DP];
     __shared__ float dosh[BQD * DP];
     __shared__ float kt[BKD * D];
     __shared__ float vt[BKD * D];
     int bh = blockIdx.y, q0 = blockIdx.x * BQD, tid = threadIdx.x, i = q0 + tid;
-    const float* qb = q + (size_t)bh * T * D;
-    const float* dob = dout + (size_t)bh * T * D;
-    const float* kb = k + (size_t)bh * S * D;
-    const float* vb = v + (size_t)bh * S * D;
+    const Head hd = head_of(bh, T, S, H, packed);
+    const float *qb = q + hd.q, *kb = k + hd.k, *vb = v + hd.v, *dob = dout + hd.o;
+    const float *bq = head_bias(bias, bh, H), *bk = bq ? bq + H * D : nullptr, *bv = bq ? bq + 2 * H * D : nullptr;
     for (int idx = tid; idx < BQD * D; idx += BQD) {
         int r = idx / D, c = idx % D;
         bool in = q0 + r < T;
-        qsh[r * DP + c] = in ? qb[(size_t)(q0 + r) * D + c] * scale : 0.0f;
-        dosh[r * DP + c] = in ? dob[(size_t)(q0 + r) * D + c] : 0.0f;
+        qsh[r * DP + c] = in ? biased(qb + (q0 + r) * hd.qs, bq, c) * scale : 0.0f;
+        dosh[r * DP + c] = in ? dob[(q0 + r) * hd.os + c] : 0.0f;
     }
     int off = S - T;
     float li = (i < T) ? lse[(size_t)bh * T + i] : 0.0f;
@@ -222,8 +271,8 @@ extern "C" __global__ void attention_backward_dq(const float* __restrict__ q, co
         for (int idx = tid; idx < BKD * D; idx += BQD) {
             int r = idx / D, c = idx % D;
             bool in = k0 + r < S;
-            kt[idx] = in ? kb[(size_t)(k0 + r) * D + c] : 0.0f;
-            vt[idx] = in ? vb[(size_t)(k0 + r) * D + c] : 0.0f;
+            kt[idx] = in ? biased(kb + (k0 + r) * hd.ks, bk, c) : 0.0f;
+            vt[idx] = in ? biased(vb + (k0 + r) * hd.ks, bv, c) : 0.0f;
         }
         __syncthreads();
 #pragma unroll 1
@@ -236,13 +285,14 @@ extern "C" __global__ void attention_backward_dq(const float* __restrict__ q, co
                 s += qsh[tid * DP + d] * kt[c * D + d];
                 dp += dosh[tid * DP + d] * vt[c * D + d];
             }
-            float ds = expf(s - li) * (dp - di);
+            float w = dropout_weight(drop_key, drop_threshold, drop_scale, ((unsigned long long)bh * T + i) * S + jj);
+            float ds = expf(s - li) * (dp * w - di);
 #pragma unroll
             for (int d = 0; d < D; ++d) dqa[d] += ds * kt[c * D + d];
         }
     }
     if (i < T) {
-        float* dqb = dq + ((size_t)bh * T + i) * D;
+        float* dqb = dq + hd.q + i * hd.qs;
 #pragma unroll
         for (int d = 0; d < D; ++d) dqb[d] = dqa[d] * scale;
     }

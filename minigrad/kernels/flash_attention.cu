@@ -4,7 +4,9 @@
 // twins_flash.py (tests run this file on the CPU through tests/cuda_emulator.py).
 //
 // Layout (float16 as its bits, `half_t`): qkv (B, T, 3, H, D), the QKV projection's output as it
-// is, read through strides (no split copies); o and dout (B, T, H, D), ready for the output
+// is, read through strides (no split copies), plus its bias (3, H, D) when one is given (added to
+// each row as the kernels read it, so the projection needs no bias pass of its own); o and dout
+// (B, T, H, D), ready for the output
 // projection; lse and delta (B, H, T) float32; dqkv (B, T, 3, H, D), every element written once
 // (dq by flash_backward_dq, dk and dv by flash_backward_dkdv): no zero fill, no atomics, so the
 // gradients are the same bits on every run.
@@ -106,29 +108,7 @@ __device__ __forceinline__ float half_to_float(half_t h) {
 #endif
 
 // ---------------------------------------------------------------- dropout: minigrad's hash
-__device__ __forceinline__ unsigned fmix32(unsigned x) {  // murmur3's finaliser
-    x ^= x >> 16;
-    x *= 0x85EBCA6Bu;
-    x ^= x >> 13;
-    x *= 0xC2B2AE35u;
-    x ^= x >> 16;
-    return x;
-}
-
-__device__ __forceinline__ unsigned long long splitmix64(unsigned long long z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-// uint32 number `idx` of the stream `key` (backend.hash_uniform_bits: indices past 2^32 rekey)
-__device__ __forceinline__ unsigned dropout_bits(unsigned long long key, unsigned long long idx) {
-    unsigned long long hi = idx >> 32;
-    if (hi) key = splitmix64(key ^ hi);
-    unsigned x = fmix32((unsigned)idx * 0x9E3779B9u + (unsigned)key);
-    return fmix32(x ^ (unsigned)(key >> 32));
-}
+#include "dropout.cuh"
 
 // the hash alone, for the tests: out[i] = dropout_bits(key, start + i)
 extern "C" __global__ void flash_dropout_bits(unsigned* __restrict__ out, unsigned long long key,
@@ -138,15 +118,31 @@ extern "C" __global__ void flash_dropout_bits(unsigned* __restrict__ out, unsign
 }
 
 // ---------------------------------------------------------------- tiles and the two products
+// 8 halves of a row plus the 8 bias values over their columns, each sum rounded to float16: the
+// bits of `qkv + bias` in float16 (NumPy and CuPy add two halves in float32 and round the sum)
+__device__ __forceinline__ uint4 add_bias8(uint4 v, const half_t* bias) {
+    unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+        w[k] = pack_half2(half_to_float((half_t)(w[k] & 0xffffu)) + half_to_float(bias[2 * k]),
+                          half_to_float((half_t)(w[k] >> 16)) + half_to_float(bias[2 * k + 1]));
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 // rows [r0, r0 + ROWS) of a (T, D) matrix whose rows lie `stride` halves apart, into shared rows
-// of LD halves, 16 bytes a thread at a time; rows past T are zeros
+// of LD halves, 16 bytes a thread at a time; rows past T are zeros. `bias` (D halves, or null):
+// added to every row as it is read (c_attn's bias: no pass of its own over qkv)
 template <int ROWS>
-__device__ __forceinline__ void load_rows(half_t* dst, const half_t* src, long long stride, int r0, int T) {
+__device__ __forceinline__ void load_rows(half_t* dst, const half_t* src, long long stride, int r0, int T,
+                                          const half_t* bias = nullptr) {
     constexpr int CHUNKS = D / 8;
     for (int idx = threadIdx.x; idx < ROWS * CHUNKS; idx += THREADS) {
         int r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
         uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (r0 + r < T) v = *reinterpret_cast<const uint4*>(src + (r0 + r) * stride + c);
+        if (r0 + r < T) {
+            v = *reinterpret_cast<const uint4*>(src + (r0 + r) * stride + c);
+            if (bias) v = add_bias8(v, bias + c);
+        }
         *reinterpret_cast<uint4*>(dst + r * LD + c) = v;
     }
 }
@@ -240,6 +236,12 @@ __device__ __forceinline__ P head_rows(P base, int T, int H, int W) {
     return base + (long long)(blockIdx.y / H) * T * W * H * D + (blockIdx.y % H) * D;
 }
 
+// this block's head's bias for q (k's and v's follow at + H D, + 2 H D), from bias (3, H, D); null without one
+__device__ __forceinline__ const half_t* head_bias(const half_t* bias, int H) {
+    return bias ? bias + (blockIdx.y % H) * D : nullptr;
+}
+__device__ __forceinline__ const half_t* offset(const half_t* bias, long long n) { return bias ? bias + n : nullptr; }
+
 // lse (base 2) and delta of rows [r0, r0 + ROWS) of this head into shared memory; 0 past T
 template <int ROWS>
 __device__ __forceinline__ void load_stats(float* lse2_s, float* delta_s, const float* lse, const float* delta, int r0,
@@ -254,15 +256,17 @@ __device__ __forceinline__ void load_stats(float* lse2_s, float* delta_s, const 
 // ---------------------------------------------------------------- forward
 // grid: (ceil(T / BM), B H), THREADS threads. o (B, T, H, D), lse (B, H, T).
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
-flash_forward(const half_t* __restrict__ qkv, half_t* __restrict__ o, float* __restrict__ lse, int T, int H,
-              float scale, int causal, unsigned long long drop_key, unsigned drop_threshold, float drop_scale) {
+flash_forward(const half_t* __restrict__ qkv, const half_t* __restrict__ bias, half_t* __restrict__ o,
+              float* __restrict__ lse, int T, int H, float scale, int causal, unsigned long long drop_key,
+              unsigned drop_threshold, float drop_scale) {
     __shared__ __align__(16) half_t qs[BM * LD];
     __shared__ __align__(16) half_t ks[BN * LD];
     __shared__ __align__(16) half_t vs[BN * LD];
     const int bh = blockIdx.y, q0 = blockIdx.x * BM, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long stride = 3LL * H * D;  // qkv: from (b, t) to (b, t + 1)
     const half_t* qb = head_rows(qkv, T, H, 3);
-    load_rows<BM>(qs, qb, stride, q0, T);
+    const half_t* bq = head_bias(bias, H);
+    load_rows<BM>(qs, qb, stride, q0, T, bq);
     const int row[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};  // this lane's rows
     const float sl2 = scale * LOG2E;
     float acc[D / 8][4] = {};
@@ -270,8 +274,8 @@ flash_forward(const half_t* __restrict__ qkv, half_t* __restrict__ o, float* __r
     const int kend = causal ? min(T, q0 + BM) : T;
     for (int k0 = 0; k0 < kend; k0 += BN) {
         __syncthreads();  // the last tile has been used by every warp
-        load_rows<BN>(ks, qb + H * D, stride, k0, T);
-        load_rows<BN>(vs, qb + 2 * H * D, stride, k0, T);
+        load_rows<BN>(ks, qb + H * D, stride, k0, T, offset(bq, H * D));
+        load_rows<BN>(vs, qb + 2 * H * D, stride, k0, T, offset(bq, 2 * H * D));
         __syncthreads();
         // the dropout bits first, while only acc is live (fewer registers than amid the scores)
         const unsigned keep = drop_threshold ? keep_bits<BN / 8>(drop_key, drop_threshold, bh, T, row[0], k0, 0, lane)
@@ -354,7 +358,8 @@ flash_backward_preprocess(const half_t* __restrict__ o, const half_t* __restrict
 // dk, dv for BKV keys a block (16 a warp), queries in tiles of BQB; grid: (ceil(T / BKV), B H).
 // PART 1 / 2: dk alone / dv alone (the other is not written).
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
-flash_backward_dkdv(const half_t* __restrict__ qkv, const half_t* __restrict__ dout, const float* __restrict__ lse,
+flash_backward_dkdv(const half_t* __restrict__ qkv, const half_t* __restrict__ bias, const half_t* __restrict__ dout,
+                    const float* __restrict__ lse,
                     const float* __restrict__ delta, half_t* __restrict__ dqkv, int T, int H, float scale, int causal,
                     unsigned long long drop_key, unsigned drop_threshold, float drop_scale) {
     constexpr bool DO_DK = PART != 2, DO_DV = PART != 1;
@@ -365,15 +370,15 @@ flash_backward_dkdv(const half_t* __restrict__ qkv, const half_t* __restrict__ d
     __shared__ float lse2_s[BQB], delta_s[BQB];
     const int bh = blockIdx.y, k0 = blockIdx.x * BKV, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long stride = 3LL * H * D;
-    const half_t *qb = head_rows(qkv, T, H, 3), *dob = head_rows(dout, T, H, 1);
-    load_rows<BKV>(ks, qb + H * D, stride, k0, T);
-    if (DO_DK) load_rows<BKV>(vs, qb + 2 * H * D, stride, k0, T);
+    const half_t *qb = head_rows(qkv, T, H, 3), *dob = head_rows(dout, T, H, 1), *bq = head_bias(bias, H);
+    load_rows<BKV>(ks, qb + H * D, stride, k0, T, offset(bq, H * D));
+    if (DO_DK) load_rows<BKV>(vs, qb + 2 * H * D, stride, k0, T, offset(bq, 2 * H * D));
     const int key[2] = {k0 + warp * 16 + lane / 4, k0 + warp * 16 + lane / 4 + 8};  // this lane's rows: keys
     const float sl2 = scale * LOG2E;
     float dk[DO_DK ? D / 8 : 1][4] = {}, dv[DO_DV ? D / 8 : 1][4] = {};
     for (int i0 = causal ? k0 : 0; i0 < T; i0 += BQB) {  // with causal, queries before k0 see none of these keys
         __syncthreads();
-        load_rows<BQB>(qs, qb, stride, i0, T);
+        load_rows<BQB>(qs, qb, stride, i0, T, bq);
         load_rows<BQB>(dos, dob, (long long)H * D, i0, T);
         load_stats<BQB>(lse2_s, delta_s, lse, delta, i0, T);
         __syncthreads();
@@ -411,7 +416,8 @@ flash_backward_dkdv(const half_t* __restrict__ qkv, const half_t* __restrict__ d
 // dq for BM queries a block (16 a warp), keys in tiles of BKQ; grid: (ceil(T / BM), B H).
 // PART 1 / 2: dq's first / second D / 2 columns (the scores and dP are recomputed for each).
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
-flash_backward_dq(const half_t* __restrict__ qkv, const half_t* __restrict__ dout, const float* __restrict__ lse,
+flash_backward_dq(const half_t* __restrict__ qkv, const half_t* __restrict__ bias, const half_t* __restrict__ dout,
+                  const float* __restrict__ lse,
                   const float* __restrict__ delta, half_t* __restrict__ dqkv, int T, int H, float scale, int causal,
                   unsigned long long drop_key, unsigned drop_threshold, float drop_scale) {
     __shared__ __align__(16) half_t qs[BM * LD];
@@ -421,8 +427,8 @@ flash_backward_dq(const half_t* __restrict__ qkv, const half_t* __restrict__ dou
     __shared__ float lse2_s[BM], delta_s[BM];
     const int bh = blockIdx.y, q0 = blockIdx.x * BM, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long stride = 3LL * H * D;
-    const half_t* qb = head_rows(qkv, T, H, 3);
-    load_rows<BM>(qs, qb, stride, q0, T);
+    const half_t *qb = head_rows(qkv, T, H, 3), *bq = head_bias(bias, H);
+    load_rows<BM>(qs, qb, stride, q0, T, bq);
     load_rows<BM>(dos, head_rows(dout, T, H, 1), (long long)H * D, q0, T);
     load_stats<BM>(lse2_s, delta_s, lse, delta, q0, T);  // in shared memory: 4 registers fewer than per lane
     const int row[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};
@@ -432,8 +438,8 @@ flash_backward_dq(const half_t* __restrict__ qkv, const half_t* __restrict__ dou
     const int kend = causal ? min(T, q0 + BM) : T;
     for (int k0 = 0; k0 < kend; k0 += BKQ) {
         __syncthreads();
-        load_rows<BKQ>(ks, qb + H * D, stride, k0, T);
-        load_rows<BKQ>(vs, qb + 2 * H * D, stride, k0, T);
+        load_rows<BKQ>(ks, qb + H * D, stride, k0, T, offset(bq, H * D));
+        load_rows<BKQ>(vs, qb + 2 * H * D, stride, k0, T, offset(bq, 2 * H * D));
         __syncthreads();
         const unsigned keep = drop_threshold ? keep_bits<BKQ / 8>(drop_key, drop_threshold, bh, T, row[0], k0, 0, lane)
                                              : FULL_MASK;

@@ -1,32 +1,26 @@
 """Launchers for flash_attention.cu, the tensor-core attention over the QKV projection's output.
 
-qkv (B, T, 3, H, D) and dout (B, T, H, D): contiguous float16 CuPy arrays; the output o is
-(B, T, H, D) float16, lse (B, H, T) float32, the gradient dqkv (B, T, 3, H, D) float16. Head sizes
-16, 32, 64 (GPT-2's) and 128; above 64 the backward kernels run in two parts
-(flash_attention.cu's PART). Dropout on the attention probabilities is a `Dropout` (key,
-threshold) from backend.next_dropout_key, or None.
+qkv (B, T, 3, H, D) and dout (B, T, H, D): contiguous float16 CuPy arrays, and the projection's
+bias (3, H, D) float16 or None (added as the kernels read q, k, v); the output o is (B, T, H, D)
+float16, lse (B, H, T) float32, the gradient dqkv (B, T, 3, H, D) float16 (that of qkv, and of the
+bias: its column sums). Head sizes 16, 32, 64 (GPT-2's) and 128; above 64 the backward kernels run
+in two parts (flash_attention.cu's PART). Dropout on the attention probabilities is a
+dropout.Dropout (key, threshold) from backend.next_dropout_key, or None.
 """
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import numpy as np
 
 from .. import backend
 from ._loader import define, kernel, source_text
+from .dropout import Dropout, kernel_args
 
 FILE = "flash_attention.cu"
 HEAD_DIMS = (16, 32, 64, 128)  # each is its own build; tests/test_kernel_resources.py checks them all
-
-
-class Dropout(NamedTuple):
-    """Attention dropout drawn inside the kernels: element i of the (B, H, T, T) probabilities
-    is kept when element i of the hash stream `key` is >= threshold; kept ones are scaled by
-    1 / (1 - p)."""
-    key: int
-    threshold: int
-    p: float
+__all__ = ["Dropout", "FILE", "HEAD_DIMS", "tiles", "parts", "variants", "check_shape", "forward", "backward",
+           "dropout_bits"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,26 +67,25 @@ def _k(name: str, D: int, part: int = 0):
 
 
 def _scalars(scale: float, causal: bool, drop: Dropout | None) -> tuple:
-    key, threshold, keep_scale = (drop.key, drop.threshold, 1.0 / (1.0 - drop.p)) if drop else (0, 0, 1.0)
-    return (np.float32(scale), np.int32(causal), np.uint64(key), np.uint32(threshold), np.float32(keep_scale))
+    return (np.float32(scale), np.int32(causal)) + kernel_args(drop)
 
 
-def forward(qkv, scale: float, causal: bool, drop: Dropout | None = None):
-    """(o (B, T, H, D) float16, lse (B, H, T) float32) of attention over qkv (B, T, 3, H, D)."""
-    cp = backend.cupy()
+def forward(qkv, scale: float, causal: bool, drop: Dropout | None = None, bias=None):
+    """(o (B, T, H, D) float16, lse (B, H, T) float32) of attention over qkv (B, T, 3, H, D) (+ bias)."""
+    cp = backend.array_module(qkv)
     check_shape(qkv.shape)
     B, T, _, H, D = qkv.shape
     t = tiles(D)
     o = cp.empty((B, T, H, D), dtype=np.float16)
     lse = cp.empty((B, H, T), dtype=np.float32)
     _k("flash_forward", D)(((T + t["BM"] - 1) // t["BM"], B * H), (t["THREADS"],),
-                           (qkv, o, lse, np.int32(T), np.int32(H)) + _scalars(scale, causal, drop))
+                           (qkv, bias, o, lse, np.int32(T), np.int32(H)) + _scalars(scale, causal, drop))
     return o, lse
 
 
-def backward(qkv, o, lse, dout, scale: float, causal: bool, drop: Dropout | None = None):
-    """dqkv (B, T, 3, H, D) float16 from the forward's qkv, o, lse and dout = d loss / d o."""
-    cp = backend.cupy()
+def backward(qkv, o, lse, dout, scale: float, causal: bool, drop: Dropout | None = None, bias=None):
+    """dqkv (B, T, 3, H, D) float16 from the forward's qkv (and bias), o, lse and dout = d loss / d o."""
+    cp = backend.array_module(qkv)
     B, T, _, H, D = qkv.shape
     t = tiles(D)
     rows = B * T * H
@@ -101,7 +94,7 @@ def backward(qkv, o, lse, dout, scale: float, causal: bool, drop: Dropout | None
     _k("flash_backward_preprocess", D)(((rows + warps - 1) // warps,), (t["THREADS"],),
                                        (o, dout, delta, np.int32(T), np.int32(H), np.int32(rows)))
     dqkv = cp.empty_like(qkv)  # every element is written below: dq by the dq kernel, dk and dv by dkdv
-    args = (qkv, dout, lse, delta, dqkv, np.int32(T), np.int32(H)) + _scalars(scale, causal, drop)
+    args = (qkv, bias, dout, lse, delta, dqkv, np.int32(T), np.int32(H)) + _scalars(scale, causal, drop)
     for part in parts(D):
         _k("flash_backward_dkdv", D, part)(((T + t["BKV"] - 1) // t["BKV"], B * H), (t["THREADS"],), args)
         _k("flash_backward_dq", D, part)(((T + t["BM"] - 1) // t["BM"], B * H), (t["THREADS"],), args)

@@ -1,8 +1,8 @@
 """The fused ops as autograd Functions over the CUDA kernels (float32 or float16 device arrays).
 
-The public functions of minigrad/ops/ (layer_norm, gelu, scaled_dot_product_attention,
-causal_self_attention, cross_entropy; EmbeddingFn.backward) send a call here when `use_fused`
-says so; each Function keeps what its
+The public functions of minigrad/ops/ (layer_norm, gelu, bias_residual, scaled_dot_product_attention,
+cross_entropy; EmbeddingFn.backward) send a call here when `use_fused` says so (causal_self_attention
+goes to self_attention.py); each Function keeps what its
 kernels' backward needs (LayerNorm: x, mean, rstd; attention: q, k, v, o and one lse per row)
 rather than what the composite ops keep. Where the engine offers one (autograd.GradLedger), a
 backward writes a parameter's gradient straight into its slot of the optimizer's flat buffer
@@ -14,8 +14,9 @@ import numpy as np
 
 from .. import backend
 from ..autograd import offered
-from ..tensor import Function, Tensor
+from ..tensor import Function
 from . import attention, bias_residual as _bias_residual, crossentropy, embedding, gelu, layernorm
+from .dropout import Dropout
 
 
 def _c(a):
@@ -61,40 +62,62 @@ class FusedGelu(Function):
         dx = gelu.backward(x, _c(g), bias)
         if bias is None:
             return dx
-        return dx, _bias_grad(ctx, 1, dx)
+        return dx, bias_grad_of(ctx, 1, dx)
 
 
-def _bias_grad(ctx, i: int, d):
-    """The gradient of input i, a bias over the last axis of the gradient d: d's column sums
-    (into the parameter's slot of the optimizer's flat buffer when offered); None if not needed."""
-    if not ctx.needs_input_grad[i]:
+def bias_grad_of(ctx, i: int, d, shape: tuple[int, ...] | None = None, drop: Dropout | None = None):
+    """The gradient of input i, a bias of `shape` (default: d's last axis) added to every row of d's
+    trailing elements: d's sums over those rows (into the parameter's slot of the optimizer's flat
+    buffer when offered); None if not needed. With `drop`, (dx, that sum): dx = d through the
+    dropout, summed in the same launch."""
+    shape = tuple(d.shape[-1:] if shape is None else shape)
+    P, need = int(np.prod(shape)), ctx.needs_input_grad[i]
+    into = offered(ctx, i, shape, d.dtype) if need else None
+    out = None if into is None else into.reshape(P)
+    if drop is not None:
+        dx, db = _bias_residual.dropout_bias_grad(_c(d).reshape(-1, P), drop, out=out)
+    elif need:
+        dx, db = None, _bias_residual.bias_grad(_c(d).reshape(-1, P), out=out)
+    else:
         return None
-    C = d.shape[-1]
-    return _bias_residual.bias_grad(_c(d).reshape(-1, C), out=offered(ctx, i, (C,), d.dtype))
+    # the offered array itself: a reshaped view of it would be copied into it again
+    db = (into if into is not None else db.reshape(shape)) if need else None
+    return db if drop is None else (dx.reshape(d.shape), db)
 
 
 class FusedBiasResidual(Function):
+    """residual + dropout(x + bias), the bias added to every row of x's trailing bias.size
+    elements; without a residual, dropout(x + bias). One kernel each way, the mask drawn inside."""
+
     @staticmethod
-    def forward(ctx, x, bias, residual):
-        C = x.shape[-1]
-        ctx.C = C
-        out = _bias_residual.forward(_c(x).reshape(-1, C), _c(bias), _c(residual).reshape(-1, C))
+    def forward(ctx, x, bias, residual=None, dropout_p=0.0):
+        P = bias.size
+        ctx.drop = Dropout.draw(dropout_p)  # the composite F.dropout's mask: the next key
+        r = None if residual is None else _c(residual).reshape(-1, P)
+        out = _bias_residual.forward(_c(x).reshape(-1, P), _c(bias).reshape(P), r, ctx.drop)
+        ctx.bias_shape, ctx.has_residual = bias.shape, residual is not None
         return out.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, g):
         need = ctx.needs_input_grad
-        return (g if need[0] else None, _bias_grad(ctx, 1, g), g if need[2] else None)
+        dr = (g if need[2] else None,) if ctx.has_residual else ()
+        if ctx.drop is None:  # dx = g: only the bias's sums run
+            return (g if need[0] else None, bias_grad_of(ctx, 1, g, ctx.bias_shape)) + dr
+        dx, db = bias_grad_of(ctx, 1, g, ctx.bias_shape, ctx.drop)  # one launch: dx and the bias's sums
+        return (dx if need[0] else None, db) + dr
 
 
 class FusedAttention(Function):
-    """scaled_dot_product_attention on the float32 kernels; float16 q, k, v are cast around them."""
+    """scaled_dot_product_attention on the float32 kernels, dropout drawn inside; float16 q, k, v
+    are cast around them."""
 
     @staticmethod
-    def forward(ctx, q, k, v, is_causal=True, scale=1.0):
+    def forward(ctx, q, k, v, is_causal=True, scale=1.0, dropout_p=0.0):
         T, S, D = q.shape[-2], k.shape[-2], q.shape[-1]
         q3, k3, v3 = (_f32(a).reshape(-1, n, D) for a, n in ((q, T), (k, S), (v, S)))
-        o, lse = attention.forward(q3, k3, v3, scale, is_causal)    # (BH, T, D), (BH, T)
+        ctx.drop = Dropout.draw(dropout_p)  # the composite op's (.., T, S) mask: the next key
+        o, lse = attention.forward(q3, k3, v3, scale, is_causal, ctx.drop)    # (BH, T, D), (BH, T)
         ctx.save_for_backward(q3, k3, v3, o, lse)
         ctx.shapes, ctx.scale, ctx.causal, ctx.dtype = (q.shape, k.shape, v.shape), scale, is_causal, q.dtype
         return o.reshape(q.shape).astype(q.dtype, copy=False)
@@ -102,7 +125,7 @@ class FusedAttention(Function):
     @staticmethod
     def backward(ctx, g):
         q3, k3, v3, o, lse = ctx.saved
-        dq, dk, dv = attention.backward(q3, k3, v3, o, lse, _f32(g).reshape(o.shape), ctx.scale, ctx.causal)
+        dq, dk, dv = attention.backward(q3, k3, v3, o, lse, _f32(g).reshape(o.shape), ctx.scale, ctx.causal, ctx.drop)
         return tuple(d.reshape(s).astype(ctx.dtype, copy=False) for d, s in zip((dq, dk, dv), ctx.shapes))
 
 
@@ -110,50 +133,6 @@ def _f32(a):
     """a as a contiguous float32 array (one copy at most: the cast and the layout in one pass)."""
     xp = backend.array_module(a)
     return xp.ascontiguousarray(a) if a.dtype == np.float32 else a.astype(np.float32, order="C")
-
-
-class FusedSelfAttention(Function):
-    """Causal self-attention from GPT-2's packed projection qkv (B, T, 3C) (plus its bias, when
-    given) to (B, T, C): one pass adds the bias and puts q, k and v in the kernels' layout
-    (3, B * H, T, D), float32; the attention kernels run on it; one copy puts the output back
-    with the heads side by side, in qkv's dtype. Backward likewise: one copy of the gradient in,
-    the kernels, one copy out (and the bias's gradient, its column sums)."""
-
-    @staticmethod
-    def forward(ctx, qkv, bias=None, n_head=1, scale=1.0):
-        xp = backend.array_module(qkv)
-        B, T, C3 = qkv.shape
-        H, D = n_head, C3 // 3 // n_head
-        heads = xp.empty((3, B, H, T, D), dtype=np.float32)
-        split = qkv.reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)
-        if bias is None:
-            heads[...] = split
-        else:
-            xp.add(split, bias.reshape(3, 1, H, 1, D), out=heads, dtype=np.float32)
-        ctx.has_bias = bias is not None
-        q, k, v = heads.reshape(3, B * H, T, D)
-        o, lse = attention.forward(q, k, v, scale, True)             # (BH, T, D), (BH, T)
-        y = xp.empty((B, T, H, D), dtype=qkv.dtype)
-        y[...] = o.reshape(B, H, T, D).transpose(0, 2, 1, 3)
-        ctx.save_for_backward(heads, o, lse)
-        ctx.scale = scale
-        return y.reshape(B, T, H * D)
-
-    @staticmethod
-    def backward(ctx, g):
-        heads, o, lse = ctx.saved
-        xp = backend.array_module(g)
-        _, B, H, T, D = heads.shape
-        go = xp.empty((B, H, T, D), dtype=np.float32)
-        go[...] = g.reshape(B, T, H, D).transpose(0, 2, 1, 3)
-        q, k, v = heads.reshape(3, B * H, T, D)
-        dheads = xp.empty_like(heads)
-        d = dheads.reshape(3, B * H, T, D)
-        attention.backward(q, k, v, o, lse, go.reshape(B * H, T, D), ctx.scale, True, out=(d[0], d[1], d[2]))
-        dqkv = xp.empty((B, T, 3, H, D), dtype=g.dtype)
-        dqkv[...] = dheads.transpose(1, 3, 0, 2, 4)
-        dqkv = dqkv.reshape(B, T, 3 * H * D)
-        return (dqkv, _bias_grad(ctx, 1, dqkv)) if ctx.has_bias else dqkv
 
 
 class FusedCrossEntropy(Function):
@@ -199,11 +178,3 @@ def embedding_backward(idx, g, w_shape: tuple[int, int], into=None):
     """The (n, C) gradient of an embedding table from the output gradient g (idx.shape + (C,)),
     added into `into` when given (a contiguous (n, C) array of g's dtype)."""
     return embedding.backward(idx.reshape(-1), _c(g).reshape(-1, w_shape[1]), w_shape[0], out=into)
-
-
-def bias_residual(x: Tensor, bias: Tensor, residual: Tensor) -> Tensor:
-    """x + bias + residual (bias over the last axis): one kernel on the GPU, the composite elsewhere."""
-    from . import use_fused
-    if use_fused(x.data, bias.data, residual.data) and x.shape == residual.shape and bias.shape == x.shape[-1:]:
-        return FusedBiasResidual.apply(x, bias, residual)
-    return x + bias + residual

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import launchcount, standin
-from . import twins
+from . import dropout, twins, twins_flash
+from .dropout import Dropout
 
 f32 = np.float32
 
@@ -86,34 +87,129 @@ def _gelu_backward(x, bias, C, dout, dx, n):
     _put(dx, twins.gelu_backward(_gelu_input(x, bias, C), dout.astype(f32)))
 
 
-def _bias_residual_forward(x, bias, residual, out, n, C):
-    _put(out, x.astype(f32).reshape(-1, C) + bias.astype(f32) + residual.astype(f32).reshape(-1, C))
+def _weights(drop, n: int):
+    """The kernels' dropout weights of n elements: keep_scale where kept, 0 where dropped (1 without dropout)."""
+    if drop is None:
+        return f32(1)
+    return np.where(dropout.keep_mask(drop, n), f32(1.0 / (1.0 - drop.p)), f32(0))
+
+
+def _bias_residual_forward(x, bias, residual, out, n, P, key, threshold, keep_scale):
+    y = (_rows(x, -1, P) + bias.astype(f32)).reshape(-1) * _weights(_drop(key, threshold, keep_scale), x.size)
+    _put(out, y if residual is None else y + residual.astype(f32).reshape(-1))
 
 
 def _bias_grad(dout, part, db, done, N, C, rows_per_chunk):
     _put(db, _chunked_column_sums(_rows(dout, N, C), rows_per_chunk))
 
 
+def _dropout_bias_grad(dout, dx, part, db, done, N, C, rows_per_chunk, key, threshold, keep_scale):
+    d = (_rows(dout, N, C).reshape(-1) * _weights(_drop(key, threshold, keep_scale), N * C)).reshape(N, C)
+    _put(dx, d)
+    _put(db, _chunked_column_sums(d, rows_per_chunk))
+
+
+def _drop(key, threshold, keep_scale):
+    """The Dropout a launch's (key, threshold, keep scale) stand for, or None for (0, 0, 1)."""
+    if int(threshold) == 0 and float(keep_scale) == 1.0:
+        return None
+    return Dropout(int(key), int(threshold), 1.0 - 1.0 / float(keep_scale))  # 1 / (1 - p) is keep_scale again
+
+
 # ---------------------------------------------------------------- attention.cu (float32)
-def _attention_forward(q, k, v, o, lse, T, S, scale, causal):
-    out, l = twins.attention_forward(q, k, v, float(scale), bool(causal))
+def _heads(q, k, v, bias, T, S, H, packed):
+    """q (BH, T, D), k, v (BH, S, D) float32 as the kernels see them (packed: the slices of qkv
+    plus the bias)."""
+    if not packed:
+        return q, k, v
+    D = q.shape[-1]
+    x = q.reshape(-1, T, 3, H, D) + (0 if bias is None else bias.reshape(3, H, D))
+    return tuple(np.ascontiguousarray(x[:, :, i].transpose(0, 2, 1, 3)).reshape(-1, T, D) for i in range(3))
+
+
+def _rows_bhtd(a, T, H, packed):
+    """o or dout as (BH, T, D) (packed: from (B, T, H, D))."""
+    return a.reshape(-1, T, H, a.shape[-1]).transpose(0, 2, 1, 3).reshape(-1, T, a.shape[-1]) if packed else a
+
+
+def _put_rows(out, value, T, H, packed, which=None):
+    """(BH, T, D) into a kernel output: plain, or packed (B, T, H, D), or slice `which` of (B, T, 3, H, D)."""
+    if not packed:
+        _put(out, value)
+        return
+    D = value.shape[-1]
+    heads = value.reshape(-1, H, T, D).transpose(0, 2, 1, 3)
+    if which is None:
+        _put(out, heads)
+    else:
+        out.reshape(-1, T, 3, H, D)[:, :, which] = heads.astype(out.dtype)
+
+
+def _attention_keep(drop, BH, T, S):
+    return None if drop is None else dropout.keep_mask(drop, BH * T * S).reshape(BH, T, S)
+
+
+def _attention_forward(q, k, v, bias, o, lse, T, S, H, packed, scale, causal, key, threshold, keep_scale):
+    q3, k3, v3 = _heads(q, k, v, bias, T, S, H, packed)
+    drop = _drop(key, threshold, keep_scale)
+    out, l = twins.attention_forward(q3, k3, v3, float(scale), bool(causal), _attention_keep(drop, len(q3), T, S),
+                                     float(keep_scale))
+    _put_rows(o, out, T, H, packed)
+    _put(lse, l)
+
+
+def _attention_backward_preprocess(o, dout, delta, T, H, packed, rows):
+    _put(delta, (_rows_bhtd(o, T, H, packed) * _rows_bhtd(dout, T, H, packed)).sum(axis=-1))
+
+
+def _attention_grads(q, k, v, bias, dout, lse, delta, T, S, H, packed, scale, causal, key, threshold, keep_scale):
+    q3, k3, v3 = _heads(q, k, v, bias, T, S, H, packed)
+    drop = _drop(key, threshold, keep_scale)
+    return twins.attention_backward_with_delta(q3, k3, v3, _rows_bhtd(dout, T, H, packed), lse, delta, float(scale),
+                                               bool(causal), _attention_keep(drop, len(q3), T, S), float(keep_scale))
+
+
+def _attention_backward_dkdv(q, k, v, bias, dout, lse, delta, dk, dv, T, S, H, packed, *rest):
+    _, gk, gv = _attention_grads(q, k, v, bias, dout, lse, delta, T, S, H, packed, *rest)
+    _put_rows(dk, gk, T, H, packed, 1 if packed else None)
+    _put_rows(dv, gv, T, H, packed, 2 if packed else None)
+
+
+def _attention_backward_dq(q, k, v, bias, dout, lse, delta, dq, T, S, H, packed, *rest):
+    gq, _, _ = _attention_grads(q, k, v, bias, dout, lse, delta, T, S, H, packed, *rest)
+    _put_rows(dq, gq, T, H, packed, 0 if packed else None)
+
+
+# ---------------------------------------------------------------- flash_attention.cu (float16, tensor cores)
+def _flash_input(qkv, bias):
+    """qkv (B, T, 3, H, D) float16 as the kernels read it: plus the bias, each sum rounded to float16."""
+    if bias is None:
+        return qkv
+    return (qkv.astype(f32) + bias.astype(f32).reshape(3, -1, qkv.shape[-1])).astype(np.float16)
+
+
+def _flash_forward(qkv, bias, o, lse, T, H, scale, causal, key, threshold, keep_scale):
+    out, l = twins_flash.forward(_flash_input(qkv, bias), float(scale), bool(causal), _drop(key, threshold, keep_scale))
     _put(o, out)
     _put(lse, l)
 
 
-def _attention_backward_preprocess(o, dout, delta, rows):
-    _put(delta, (o * dout).sum(axis=-1))
+def _flash_backward_preprocess(o, dout, delta, T, H, rows):
+    _put(delta, (o.astype(f32) * dout.astype(f32)).sum(axis=-1).reshape(-1, T, H).transpose(0, 2, 1))
 
 
-def _attention_backward_dkdv(q, k, v, dout, lse, delta, dk, dv, T, S, scale, causal):
-    _, gk, gv = twins.attention_backward_with_delta(q, k, v, dout, lse, delta, float(scale), bool(causal))
-    _put(dk, gk)
-    _put(dv, gv)
+def _flash_grads(qkv, bias, dout, lse, delta, scale, causal, key, threshold, keep_scale):
+    """dqkv (B, T, 3, H, D) float16 from the twin, given the preprocess's delta."""
+    return twins_flash.backward(_flash_input(qkv, bias), None, lse, dout, float(scale), bool(causal),
+                                _drop(key, threshold, keep_scale), delta=delta)
 
 
-def _attention_backward_dq(q, k, v, dout, lse, delta, dq, T, S, scale, causal):
-    gq, _, _ = twins.attention_backward_with_delta(q, k, v, dout, lse, delta, float(scale), bool(causal))
-    _put(dq, gq)
+def _flash_backward_dkdv(qkv, bias, dout, lse, delta, dqkv, T, H, *rest):
+    dqkv[:, :, 1:] = _flash_grads(qkv, bias, dout, lse, delta, *rest)[:, :, 1:]
+
+
+def _flash_backward_dq(qkv, bias, dout, lse, delta, dqkv, T, H, *rest):
+    dqkv[:, :, 0] = _flash_grads(qkv, bias, dout, lse, delta, *rest)[:, :, 0]
 
 
 # ---------------------------------------------------------------- crossentropy.cu
@@ -181,9 +277,11 @@ _IMPL = {
     "layernorm_forward": _layernorm_forward, "layernorm_backward_dx": _layernorm_backward_dx,
     "layernorm_backward_dwdb": _layernorm_backward_dwdb,
     "gelu_forward": _gelu_forward, "gelu_backward": _gelu_backward,
-    "bias_residual_forward": _bias_residual_forward, "bias_grad": _bias_grad,
+    "bias_residual_forward": _bias_residual_forward, "bias_grad": _bias_grad, "dropout_bias_grad": _dropout_bias_grad,
     "attention_forward": _attention_forward, "attention_backward_preprocess": _attention_backward_preprocess,
     "attention_backward_dkdv": _attention_backward_dkdv, "attention_backward_dq": _attention_backward_dq,
+    "flash_forward": _flash_forward, "flash_backward_preprocess": _flash_backward_preprocess,
+    "flash_backward_dkdv": _flash_backward_dkdv, "flash_backward_dq": _flash_backward_dq,
     "crossentropy_forward": _crossentropy_forward, "crossentropy_backward": _crossentropy_backward,
     "embedding_keys": _embedding_keys, "embedding_backward": _embedding_backward,
     "adamw_flat": _adamw_flat, "adamw_multi": _adamw_multi, "unscale_grads": _unscale_grads,

@@ -29,8 +29,9 @@ def _visible(rows: np.ndarray, keys: np.ndarray, off: int, causal: bool) -> np.n
     return keys[None, :] <= rows[:, None] + off
 
 
-def attention_forward(q, k, v, scale: float, causal: bool):
-    """attention_forward: q (BH, T, D), k, v (BH, S, D) -> (o (BH, T, D), lse (BH, T))."""
+def attention_forward(q, k, v, scale: float, causal: bool, keep=None, keep_scale: float = 1.0):
+    """attention_forward: q (BH, T, D), k, v (BH, S, D) -> (o (BH, T, D), lse (BH, T)); with
+    dropout, `keep` (BH, T, S) bool is the mask and kept probabilities weigh keep_scale."""
     t = tiles()
     BQ, BK = t["BQ"], t["BK"]
     BH, T, D = q.shape
@@ -54,28 +55,33 @@ def attention_forward(q, k, v, scale: float, causal: bool):
             with np.errstate(invalid="ignore"):      # rows that saw no key yet: -inf - -inf
                 corr = np.where(m_new == NEG_INF, f32(0), np.exp(m - m_new))
                 p = np.where(m_new[..., None] == NEG_INF, f32(0), np.exp(s - m_new[..., None]))
-            l = l * corr + p.sum(axis=-1)
+            l = l * corr + p.sum(axis=-1)                # every probability, kept or dropped
+            if keep is not None:
+                p = np.where(keep[:, q0:q1, k0:k1], p, f32(0))
             acc = acc * corr[..., None] + p @ v[:, k0:k1]
             m = np.where(m_new == NEG_INF, m, m_new)
-        o[:, q0:q1] = acc / l[..., None]
+        o[:, q0:q1] = acc * (f32(keep_scale) / l)[..., None]
         lse[:, q0:q1] = m + np.log(l)
     return o, lse
 
 
-def attention_backward(q, k, v, o, lse, dout, scale: float, causal: bool):
+def attention_backward(q, k, v, o, lse, dout, scale: float, causal: bool, keep=None, keep_scale: float = 1.0):
     """attention_backward_{preprocess, dkdv, dq}: (dq, dk, dv) with the scores recomputed per tile."""
     delta = (dout * o).sum(axis=-1)                  # (BH, T): rowsum(dO * O)
-    return attention_backward_with_delta(q, k, v, dout, lse, delta, scale, causal)
+    return attention_backward_with_delta(q, k, v, dout, lse, delta, scale, causal, keep, keep_scale)
 
 
-def attention_backward_with_delta(q, k, v, dout, lse, delta, scale: float, causal: bool):
-    """attention_backward_{dkdv, dq}, given attention_backward_preprocess's delta."""
+def attention_backward_with_delta(q, k, v, dout, lse, delta, scale: float, causal: bool, keep=None,
+                                  keep_scale: float = 1.0):
+    """attention_backward_{dkdv, dq}, given attention_backward_preprocess's delta; with dropout,
+    w = keep * keep_scale weighs dP and (in dV) P."""
     t = tiles()
     BH, T, D = q.shape
     S = k.shape[1]
     off = S - T
     sc = f32(scale)
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    w = np.full((1, 1, 1), f32(1)) if keep is None else np.where(keep, f32(keep_scale), f32(0))  # (BH, T, S)
     # dk, dv: a block per BKB keys, queries in tiles of BQB
     for k0 in range(0, S, t["BKB"]):
         k1 = min(S, k0 + t["BKB"])
@@ -88,8 +94,9 @@ def attention_backward_with_delta(q, k, v, dout, lse, delta, scale: float, causa
             qt, dot = q[:, i0:i1] * sc, dout[:, i0:i1]
             s = qt @ kb.transpose(0, 2, 1)                                   # (BH, nq, nk)
             p = np.where(_visible(np.arange(i0, i1), keys, off, causal), np.exp(s - lse[:, i0:i1, None]), f32(0))
-            dva += p.transpose(0, 2, 1) @ dot
-            ds = p * (dot @ vb.transpose(0, 2, 1) - delta[:, i0:i1, None])
+            wt = w[:, i0:i1, k0:k1] if keep is not None else w
+            dva += (p * wt).transpose(0, 2, 1) @ dot
+            ds = p * ((dot @ vb.transpose(0, 2, 1)) * wt - delta[:, i0:i1, None])
             dka += ds.transpose(0, 2, 1) @ qt
         dk[:, k0:k1], dv[:, k0:k1] = dka, dva
     # dq: a block per BQD queries, keys in tiles of BKD
@@ -103,7 +110,8 @@ def attention_backward_with_delta(q, k, v, dout, lse, delta, scale: float, causa
             kt, vt = k[:, k0:k1], v[:, k0:k1]
             s = qs @ kt.transpose(0, 2, 1)
             p = np.where(_visible(rows, np.arange(k0, k1), off, causal), np.exp(s - lse[:, q0:q1, None]), f32(0))
-            ds = p * (do @ vt.transpose(0, 2, 1) - delta[:, q0:q1, None])
+            wt = w[:, q0:q1, k0:k1] if keep is not None else w
+            ds = p * ((do @ vt.transpose(0, 2, 1)) * wt - delta[:, q0:q1, None])
             dqa += ds @ kt
         dq[:, q0:q1] = dqa * sc
     return dq, dk, dv

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
-from .flash_attention import Dropout, tiles
+from . import dropout
+from .dropout import Dropout
+from .flash_attention import tiles
 
 f32 = np.float32
 LOG2E = f32(1.4426950408889634)
@@ -37,9 +38,7 @@ def _heads(x: np.ndarray) -> np.ndarray:
 
 def keep_mask(drop: Dropout | None, B: int, H: int, T: int) -> np.ndarray:
     """(B, H, T, T) bool: the dropout mask the kernels draw (all True without dropout)."""
-    if drop is None:
-        return np.ones((B, H, T, T), dtype=bool)
-    return (backend.hash_stream(np, B * H * T * T, drop.key) >= np.uint32(drop.threshold)).reshape(B, H, T, T)
+    return dropout.keep_mask(drop, B * H * T * T).reshape(B, H, T, T)
 
 
 def _visible(rows: np.ndarray, cols: np.ndarray, T: int, causal: bool) -> np.ndarray:
@@ -79,13 +78,15 @@ def forward(qkv: np.ndarray, scale: float, causal: bool, drop: Dropout | None = 
     return o.transpose(0, 2, 1, 3).astype(np.float16), lse
 
 
-def backward(qkv: np.ndarray, o: np.ndarray, lse: np.ndarray, dout: np.ndarray, scale: float, causal: bool,
-             drop: Dropout | None = None) -> np.ndarray:
-    """flash_backward_{preprocess, dkdv, dq}: dqkv (B, T, 3, H, D) float16."""
+def backward(qkv: np.ndarray, o: np.ndarray | None, lse: np.ndarray, dout: np.ndarray, scale: float, causal: bool,
+             drop: Dropout | None = None, delta: np.ndarray | None = None) -> np.ndarray:
+    """flash_backward_{preprocess, dkdv, dq}: dqkv (B, T, 3, H, D) float16 (given the preprocess's
+    delta (B, H, T), o is not read)."""
     B, T, _, H, D = qkv.shape
     q, k, v = (_heads(qkv[:, :, i]) for i in range(3))
     do = _heads(dout)
-    delta = (do * _heads(o)).sum(axis=-1)               # rowsum(dO * O)
+    if delta is None:
+        delta = (do * _heads(o)).sum(axis=-1)           # rowsum(dO * O)
     keep = keep_mask(drop, B, H, T)
     keep_scale = f32(1.0 / (1.0 - drop.p)) if drop else f32(1.0)
     args = (q, k, v, do, lse * LOG2E, delta, keep, f32(scale) * LOG2E, keep_scale, causal)

@@ -6,7 +6,7 @@ then the public function that calls it. Read them in this order:
     reduce.py          sum mean max
     shape.py           reshape permute transpose getitem cat stack split chunk
     products.py        matmul, linear
-    layers.py          embedding layer_norm gelu dropout
+    layers.py          embedding layer_norm gelu dropout bias_residual
     softmax_family.py  softmax log_softmax cross_entropy (the softmax arithmetic, once)
     attention.py       scaled_dot_product_attention, causal_self_attention
     table.py           every op with its gradcheck and benchmark inputs (tests and bench read it)
@@ -19,7 +19,7 @@ from .attention import AttentionFn, causal_self_attention, keep_mask, scaled_dot
 from .common import lift, on_device_of, raw, scatter_add, segment_sum, unbroadcast
 from .elementwise import (AddFn, CastFn, DivFn, ExpFn, LogFn, MulFn, NegFn, PowFn, ReluFn, SqrtFn, SubFn,
                           TanhFn, WhereFn, add, cast, div, masked_fill, mul, power, relu, sub, where)
-from .layers import DropoutFn, EmbeddingFn, GeluFn, LayerNormFn, dropout, embedding, gelu, layer_norm
+from .layers import DropoutFn, EmbeddingFn, GeluFn, LayerNormFn, bias_residual, dropout, embedding, gelu, layer_norm
 from .products import LinearFn, MatMulFn, linear, matmul
 from .reduce import MaxFn, MeanFn, SumFn, max_, mean, sum_
 from .shape import (ConcatFn, GetItemFn, PermuteFn, ReshapeFn, cat, chunk, getitem, permute, reshape, split,
@@ -34,7 +34,7 @@ __all__ = [
     "LogSoftmaxFn", "CrossEntropyFn", "AttentionFn",
     "add", "sub", "mul", "div", "power", "relu", "cast", "where", "masked_fill", "sum_", "mean", "max_",
     "matmul", "linear", "reshape", "permute", "transpose", "getitem", "unsqueeze", "squeeze", "cat", "stack",
-    "split", "chunk", "embedding", "layer_norm", "gelu", "dropout", "softmax", "log_softmax",
+    "split", "chunk", "embedding", "layer_norm", "gelu", "dropout", "bias_residual", "softmax", "log_softmax",
     "cross_entropy", "scaled_dot_product_attention", "causal_self_attention", "keep_mask", "softmax_into", "softmax_backward",
     "logsumexp", "unbroadcast", "scatter_add", "segment_sum", "lift", "raw", "on_device_of",
 ]

@@ -1,6 +1,8 @@
 """Scaled dot-product attention, softmax(q k^T / sqrt(D) + mask) v, as one op: the (B, H, T, S)
 score matrix is built, masked and normalised in place (softmax_family.softmax_into), and its backward
-goes through softmax_family.softmax_backward. On CuPy, maskless float32 calls run the fused kernels."""
+goes through softmax_family.softmax_backward. On a GPU, maskless calls run the fused kernels
+(dropout drawn inside them), and causal_self_attention reads q, k, v straight out of the QKV
+projection (kernels/self_attention.py)."""
 from __future__ import annotations
 
 import math
@@ -103,9 +105,9 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: boo
     dropout_p = checks.number("scaled_dot_product_attention", "dropout_p", dropout_p, 0.0, 1.0, hi_open=True)
     if scale is not None:
         scale = checks.number("scaled_dot_product_attention", "scale", scale)
-    if kernels.attention_fits(q.data, k.data, v.data, is_causal, mask, dropout_p):
+    if kernels.attention_fits(q.data, k.data, v.data, is_causal, mask):
         s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        return kernels.FusedAttention.apply(q, k, v, is_causal=is_causal, scale=s)
+        return kernels.FusedAttention.apply(q, k, v, is_causal=is_causal, scale=s, dropout_p=float(dropout_p))
     return AttentionFn.apply(q, k, v, is_causal=is_causal, attn_mask=mask,
                              dropout_p=float(dropout_p), scale=scale)
 
@@ -113,22 +115,26 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: boo
 def causal_self_attention(qkv: Tensor, n_head: int, dropout_p: float = 0.0, bias: Tensor | None = None) -> Tensor:
     """Causal multi-head self-attention from a packed projection: qkv (B, T, 3C) holds q, k and v
     side by side (GPT-2's c_attn), each split into n_head heads, and `bias` (3C,), when given, is
-    the projection's bias; returns (B, T, C), the heads side by side again. The same as adding the
-    bias, splitting the heads, scaled_dot_product_attention(q, k, v, is_causal=True) and merging
-    them, which is what it does on the CPU; on the GPU one fused op does all of it
-    (kernels.FusedSelfAttention: the bias is added as the heads are split)."""
+    the projection's bias; returns (B, T, C), the heads side by side again, with dropout p on the
+    attention probabilities.
+
+    It is adding the bias, splitting the heads, scaled_dot_product_attention(q, k, v,
+    is_causal=True, dropout_p) and merging them, which is what it does on the CPU (and with
+    MINIGRAD_FUSED=0). On a GPU one op does all of it (kernels.FusedSelfAttention): the kernels
+    read q, k and v in place, add the bias as they read, draw the dropout mask inside (the same
+    bits) and write the output with the heads side by side; float16 (and float32 under TF32) on
+    the tensor cores, float32 on the CUDA-core kernels."""
     dropout_p = checks.number("causal_self_attention", "dropout_p", dropout_p, 0.0, 1.0, hi_open=True)
     B, T, C3 = qkv.shape
     if C3 % (3 * n_head) or (bias is not None and bias.shape != (C3,)):
         raise ValueError(f"causal_self_attention: a last axis of {C3} is not 3 x {n_head} heads, "
                          f"or a bias of shape {None if bias is None else bias.shape} does not fit it")
-    D = C3 // 3 // n_head
-    fits = kernels.self_attention_fits(qkv.data, n_head, float(dropout_p))
-    if fits and (bias is None or kernels.use_fused(qkv.data, bias.data)):
+    if kernels.self_attention_fits(qkv.data, n_head, None if bias is None else bias.data):
         args = (qkv,) if bias is None else (qkv, bias)
-        return kernels.FusedSelfAttention.apply(*args, n_head=n_head, scale=1.0 / math.sqrt(D))
+        return kernels.FusedSelfAttention.apply(*args, n_head=n_head, dropout_p=float(dropout_p))
     if bias is not None:
         qkv = qkv + bias
+    D = C3 // 3 // n_head
     heads = qkv.reshape(B, T, 3, n_head, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
     y = scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=True, dropout_p=dropout_p)
     return y.transpose(1, 2).reshape(B, T, C3 // 3)                 # (B, T, H, D) -> (B, T, C)

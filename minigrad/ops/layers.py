@@ -184,3 +184,21 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     if not training or p == 0.0:
         return x
     return DropoutFn.apply(x, p=p)
+
+
+def bias_residual(x: Tensor, bias: Tensor, residual: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
+    """residual + dropout(x + bias), how a transformer sub-block ends (its output projection's
+    bias, dropout, the residual stream); without a residual, dropout(x + bias) (GPT-2's token
+    plus position embeddings). `bias` broadcasts over x's leading axes: a Linear's bias (C,), or
+    positions (T, C). dropout_p applies as given (0 outside training).
+
+    On a GPU one kernel each way (kernels.FusedBiasResidual), the dropout mask drawn inside: the
+    bits F.dropout would draw, and the same step of the dropout counter; the composite ops elsewhere."""
+    p = checks.number("bias_residual", "dropout_p", dropout_p, 0.0, 1.0, hi_open=True)
+    fits = bias.ndim <= x.ndim and x.shape[x.ndim - bias.ndim:] == bias.shape and \
+        (residual is None or residual.shape == x.shape)
+    tensors = (x, bias) if residual is None else (x, bias, residual)
+    if fits and kernels.use_fused(*(t.data for t in tensors)):
+        return kernels.FusedBiasResidual.apply(*tensors, dropout_p=p)
+    out = dropout(x + bias, p)
+    return out if residual is None else residual + out

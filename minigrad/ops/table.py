@@ -15,7 +15,6 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .. import backend, kernels
-from ..kernels import qkv_attention
 from ..tensor import Function, Tensor
 from . import attention, elementwise as ew, layers, products, reduce, shape, softmax_family as sf
 
@@ -88,12 +87,23 @@ def _fixed_seed_attention_dropout(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return attention.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.2)
 
 
+def _fixed_seed_self_attention_dropout(qkv: Tensor, bias: Tensor, n_head: int) -> Tensor:
+    backend.manual_seed(0)
+    return attention.causal_self_attention(qkv, n_head, dropout_p=0.2, bias=bias)
+
+
+def _fixed_seed_bias_residual_dropout(x: Tensor, bias: Tensor, residual: Tensor) -> Tensor:
+    backend.manual_seed(0)
+    return layers.bias_residual(x, bias, residual, dropout_p=0.3)
+
+
+def _embeddings_dropout(tokens: Tensor, positions: Tensor) -> Tensor:
+    backend.manual_seed(0)
+    return layers.bias_residual(tokens, positions, dropout_p=0.3)  # dropout(tokens + positions), GPT-2's
+
+
 def _qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
     return [_normal(rng, dt, s.B, s.H, s.T, s.C // s.H) for _ in range(3)], {}
-
-
-def _qkv_heads(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
-    return [_normal(rng, dt, s.B, s.T, 3, s.H, s.C // s.H)], {}  # a fused QKV projection's output, by head
 
 
 def _padded_qkv(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
@@ -146,6 +156,10 @@ def _bias_residual(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
     return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.C), _normal(rng, dt, s.B, s.T, s.C)], {}
 
 
+def _tokens_positions(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
+    return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.T, s.C)], {}
+
+
 def _square(rng: np.random.Generator, s: Sizes, dt: Any) -> Made:
     return [_normal(rng, dt, s.B, s.T, s.C), _normal(rng, dt, s.C, s.C, scale=s.C ** -0.5)], {}
 
@@ -177,7 +191,6 @@ OPS: tuple[OpEntry, ...] = (
     OpEntry("getitem slice", lambda x: x[:, 1:, ::2], (shape.GetItemFn,), _x()),
     OpEntry("getitem rows", lambda x, index: x[:, index], (shape.GetItemFn,), _rows),
     OpEntry("cat", lambda a, b, c: shape.cat([a, b, c], axis=-1), (shape.ConcatFn,), _three),
-    OpEntry("bias_residual", kernels.bias_residual, (ew.AddFn, kernels.fused.FusedBiasResidual), _bias_residual),
     # products.py
     OpEntry("matmul", products.matmul, (products.MatMulFn,), _square),
     OpEntry("linear", products.linear, (products.LinearFn,), _linear),
@@ -188,6 +201,11 @@ OPS: tuple[OpEntry, ...] = (
     OpEntry("gelu", layers.gelu, (layers.GeluFn, kernels.FusedGelu), _x()),
     OpEntry("gelu with bias", layers.gelu, (layers.GeluFn, ew.AddFn, kernels.FusedGelu), _x_and_row()),
     OpEntry("dropout", _fixed_seed_dropout, (layers.DropoutFn,), _x()),
+    OpEntry("bias_residual", layers.bias_residual, (ew.AddFn, kernels.FusedBiasResidual), _bias_residual),
+    OpEntry("bias_residual dropout", _fixed_seed_bias_residual_dropout,
+            (ew.AddFn, layers.DropoutFn, kernels.FusedBiasResidual), _bias_residual),
+    OpEntry("bias_residual embeddings", _embeddings_dropout, (ew.AddFn, layers.DropoutFn, kernels.FusedBiasResidual),
+            _tokens_positions),
     # softmax_family.py
     OpEntry("softmax", sf.softmax, (sf.SoftmaxFn,), _x()),
     OpEntry("log_softmax", sf.log_softmax, (sf.LogSoftmaxFn,), _x()),
@@ -197,10 +215,12 @@ OPS: tuple[OpEntry, ...] = (
             (attention.AttentionFn, kernels.FusedAttention), _qkv),
     OpEntry("attention padded", attention.scaled_dot_product_attention, (attention.AttentionFn,), _padded_qkv),
     OpEntry("attention dropout", _fixed_seed_attention_dropout, (attention.AttentionFn,), _qkv),
-    OpEntry("attention qkv", qkv_attention.attention_qkv,
-            (shape.PermuteFn, shape.GetItemFn, attention.AttentionFn, qkv_attention.FlashAttentionQKV), _qkv_heads),
     OpEntry("causal_self_attention", lambda qkv, bias, n_head: attention.causal_self_attention(qkv, n_head, bias=bias),
-            (attention.AttentionFn, ew.AddFn, kernels.FusedSelfAttention), _packed_qkv),
+            (ew.AddFn, shape.ReshapeFn, shape.PermuteFn, shape.GetItemFn, attention.AttentionFn,
+             kernels.FusedSelfAttention), _packed_qkv),
+    OpEntry("causal_self_attention dropout", _fixed_seed_self_attention_dropout,
+            (ew.AddFn, shape.ReshapeFn, shape.PermuteFn, shape.GetItemFn, attention.AttentionFn,
+             kernels.FusedSelfAttention), _packed_qkv),
 )
 
 
