@@ -47,6 +47,7 @@ from .data.labelled import (PAD_ID, SPLIT_NAMES, LabelledTokens, confusion_matri
                             load_splits, longest, pad_ids, parse_labels, per_class_scores, write_split_csvs)
 from .data.loaders import BatchLoader
 from .evals.classifier import results_table, saved_before, score, scores_dict
+from .data.manifest import ensure_inputs
 from .runs.checkpoint import CheckpointError, run_dir_of
 from .runs.folder import begin_run, check_model_config, start_run
 from .runs.models import (ModelSpec, build_model, config_of, expected_config, load_run_model, resolve_run_init,
@@ -217,6 +218,7 @@ def train(args: argparse.Namespace) -> int:
     args = argparse.Namespace(**run.args)  # on --resume: the run's own arguments
     device = select_device(args.backend, args.dtype)
     out = Path(args.out)
+    ensure_inputs([None if args.data else "sms-spam"], args.init)  # every missing file in one message
     splits, classes, n_rows, n_skipped, identity = _data(args, run)
     spec = ModelSpec.from_flags(run.args)
     with run.recorded("init", "size", "n_layer", "n_head", "n_embd", "context"):

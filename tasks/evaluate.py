@@ -31,6 +31,7 @@ from .common.signals import pause_point
 from .common.jsonfiles import append_jsonl, read_json, read_jsonl, write_json
 from .common.memory import check_inference_memory
 from .common.paths import check_out, check_output_file, make_parent
+from .data.manifest import ensure_inputs
 from .runs.models import config_of, load_language_model, resolve_init
 from .evals.hellaswag import evaluate_hellaswag, load_hellaswag
 from .evals.judge import (APIS, JUDGE_PROMPT, JudgeClient, JudgeInputError, JudgeUnreachableError,
@@ -132,6 +133,7 @@ def load_tokenizer():
 
 
 def run_mmlu(args: argparse.Namespace) -> int:
+    ensure_inputs([None if args.data else "mmlu"], args.init)  # every missing file in one message
     questions = load_mmlu(args.data)  # before the model: a missing file fails fast
     try:
         select_subjects(group_by_subject(questions), args.subjects)
@@ -184,6 +186,7 @@ def run_mmlu(args: argparse.Namespace) -> int:
 def run_hellaswag(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out(out, resume=True)  # a folder of results, continued by a rerun
+    ensure_inputs([None if args.data else "hellaswag"], args.init)  # every missing file in one message
     items = load_hellaswag(args.data, args.limit)  # before the model: a missing file fails fast
     config = {"init": args.init, "data": str(args.data) if args.data else "hellaswag"}
     config_path = out / "hellaswag_config.json"

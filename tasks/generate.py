@@ -31,9 +31,15 @@ from .common.guard import main_guard
 from .common.signals import pause_point
 from .common.memory import check_inference_memory
 from .common.paths import check_output_file
+from .data.manifest import ensure_inputs
 from .runs.models import config_of, load_language_model, resolve_init
 
 DEFAULT_PROMPT = "Every effort moves you"
+# what the pictures' token labels mean (token_labels), said on the pictures themselves
+LABEL_NOTE = ("Token labels: \u00b7 is a space (most GPT-2 tokens start with one: '\u00b7the' is ' the'), "
+              "\\n a newline, \\xNN a byte of a character split across tokens.")
+TEMPERATURE_NOTE = ("Each panel: softmax(logits / T) of the same most likely tokens, on its own scale; "
+                    "a higher T flattens the distribution.")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -127,16 +133,16 @@ def temperature_probabilities(logits: np.ndarray, temperatures: list[float], top
 
 def save_temperature_plot(model, tok, prompt_ids: list[int], temperatures: list[float], top: int,
                           path: str | Path, title: str) -> tuple[np.ndarray, np.ndarray]:
-    """Draw the next token's top probabilities at each temperature as grouped bars; returns
-    what temperature_probabilities gave."""
-    from .common.plots import plot_grouped_bars
+    """Draw the next token's top probabilities at each temperature, one panel per T on its own
+    scale (so that T = 5's near-uniform bars show); returns what temperature_probabilities gave."""
+    from .common.plots import plot_bar_panels
 
     ids, probs = temperature_probabilities(next_token_logits(model, prompt_ids), temperatures, top)
     labels = [repr(label) for label in token_labels(tok, ids)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing")  # emoji, CJK tokens
-        plot_grouped_bars(labels, {f"T = {t:g}": row for t, row in zip(temperatures, probs)},
-                          path, "probability of the next token", title)
+        plot_bar_panels(labels, {f"T = {t:g}": row for t, row in zip(temperatures, probs)},
+                        path, "probability", title, note=TEMPERATURE_NOTE + " " + LABEL_NOTE)
     return ids, probs
 
 
@@ -174,7 +180,7 @@ def save_attention_map(weights: np.ndarray, labels: list[str], path: str | Path,
     fontsize = 8 if T <= 40 else 6
     ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=fontsize)
     ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=fontsize)
-    ax.set_xlabel("key (attended to)")
+    ax.set_xlabel("key (attended to); \u00b7 is a space, \\n a newline")
     ax.set_ylabel("query")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -200,7 +206,7 @@ def print_temperature_table(model, tok, prompt_ids: list[int], args: argparse.Na
     print(f"{'token':<{width}}  " + "  ".join(f"{f'T={t:g}':>8}" for t in args.temperatures))
     for j, label in enumerate(labels):
         print(f"{repr(label):<{width}}  " + "  ".join(f"{p:8.4f}" for p in probs[:, j]))
-    print(f"temperature plot: {args.temperature_plot}", file=sys.stderr)
+    print(f"temperature plot: {args.temperature_plot}\n{LABEL_NOTE}", file=sys.stderr)
 
 
 def write_continuation(model, tok, prompt_ids: list[int], args: argparse.Namespace) -> list[int]:
@@ -245,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, path in (("--attention-map", args.attention_map), ("--temperature-plot", args.temperature_plot)):
         if path is not None:
             check_output_file(Path(path), flag)  # before the model runs: its folder is made when written
+    ensure_inputs(init=args.init)  # the tokenizer and the official weights: every missing file at once
     try:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:

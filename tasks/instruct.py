@@ -51,7 +51,7 @@ from .common.paths import check_output_file, make_parent
 from .common.progress import progress_bar
 from .data.alpaca import (DEFAULT_DATA, InstructionDataError, InstructionLoader, encode_record, format_prompt,
                           load_records, resolve_data, split_records)
-from .data.manifest import DATASETS
+from .data.manifest import DATASETS, ensure_inputs
 from .data.identity import check_same_data, file_identity
 from .runs.checkpoint import run_dir_of
 from .runs.folder import begin_run, check_model_config, start_run
@@ -161,6 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = select_device(args.backend, args.dtype)
     from gpt2.tokenizer import get_tokenizer
 
+    ensure_inputs([args.data or DEFAULT_DATA], args.init)  # every missing file in one message
     with run.recorded("data", "split_seed"):
         path, records, (train_recs, val_recs, test_recs) = _split(args)
     data = {"source": args.data if args.data in DATASETS else str(path.resolve()),  # respond recomputes the split

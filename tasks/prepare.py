@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from files import hub
+from files.hub import MissingFileError
 
 from .common.args import parse
 from .common.errors import Terminated, UsageError, note_output
@@ -37,6 +38,7 @@ from .common.guard import main_guard
 from .common.memory import check_buffer_memory
 from .data.corpora import CORPORA, ensure_corpus, link_pretokenized
 from .data.documents import Source, expand_inputs
+from .data.manifest import ensure_inputs
 from .data.shards import SHARD_RE, shard_name
 from .data.sharding import prepare
 
@@ -85,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or args.corpus
         out = Path(args.out) if args.out else hub.cache_dir() / "shards" / args.corpus
         corpus = CORPORA[args.corpus]
-        paths = ensure_corpus(args.corpus, shards=args.shards, progress=not args.no_progress)
+        try:
+            paths, missing = ensure_corpus(args.corpus, shards=args.shards, progress=not args.no_progress), []
+        except MissingFileError as err:
+            paths, missing = [], [err]
+        # the corpus's missing files and the tokenizer's in one message
+        ensure_inputs(tokenizer=corpus.kind != "shards", found=missing)
         if corpus.kind == "shards":  # already in our format: checked and put in place, not re-tokenized
             info = link_pretokenized(args.corpus, paths, out)
             print(f"{out}: {len(info['shards'])} shards, {info['tokens']:,} tokens")

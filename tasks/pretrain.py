@@ -35,7 +35,7 @@ from .common.guard import main_guard
 from .common.signals import pause_point
 from .common.plots import plot_loss_and_accuracy
 from .data.identity import check_same_data, shard_identity
-from .data.manifest import DATASETS, read_text
+from .data.manifest import DATASETS, ensure_inputs, read_text
 from .data.shards import ShardLoader, find_shards
 from .data.text import text_shards
 from .runs.folder import begin_run, check_model_config, start_run
@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     pause_point("startup")
     from gpt2.tokenizer import get_tokenizer
 
+    # every missing file in one message: tokenizer, text, HellaSwag, official weights
+    ensure_inputs([args.dataset, "hellaswag" if args.hellaswag_every else None], args.init)
     tokenizer = get_tokenizer()
     world = dist.world_size()
     if world > 1:

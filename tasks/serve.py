@@ -31,6 +31,7 @@ from .common.errors import TaskError, Terminated, UsageError
 from .common.guard import main_guard
 from .common.jsonfiles import read_json
 from .common.memory import check_inference_memory
+from .data.manifest import ensure_inputs
 from .runs.checkpoint import run_dir_of
 from .runs.models import ModelSpec, build_model, expected_config
 from .serving.server import Server
@@ -86,6 +87,7 @@ def load_server(args: argparse.Namespace) -> Server:
     from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
 
     device = select_device(args.backend)
+    ensure_inputs(init=args.init)  # the tokenizer and the official weights: every missing file at once
     try:
         tok = get_tokenizer()
     except TokenizerUnavailableError as e:

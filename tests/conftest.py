@@ -6,6 +6,7 @@ task tests' subprocesses with `--backend standin`: what CI does to check the CuP
 """
 import json
 import os
+from collections import Counter
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -146,6 +147,39 @@ def sharp_tiny_gpt2(folder, n_ctx: int):
 @pytest.fixture(autouse=True)
 def _seed():
     mg.manual_seed(0)
+
+
+# lines for the end of the run: tests/test_docs.py says there how many blocks of the docs ran
+DOCS_SUMMARY = pytest.StashKey[list]()
+
+# what a skip's reason says it lacks, tried in this order
+SKIP_KINDS = (("CI's own steps", ("ci runs it",)),
+              ("a GPU", ("gpu", "cupy", "cuda")),
+              ("a package or program that is not installed",
+               ("not installed", "no module named", "could not import", "install", "chromium", "playwright",
+                "graphviz", "mpiexec", "mpi4py", "torch", "transformers", "lm_eval", "lm-eval")),
+              ("a file the data cache does not hold (offline: nothing is downloaded)",
+               ("cache", "missing", "download", "weights", "offline", "not available", "no such file")))
+
+
+def skip_kind(reason: str) -> str:
+    low = reason.lower()
+    return next((kind for kind, words in SKIP_KINDS if any(w in low for w in words)), "other reasons")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say once, at the end, what the skips mean: a first `pytest -q` offline skips many tests,
+    each for a missing file, GPU or package, and that is normal."""
+    for line in config.stash.get(DOCS_SUMMARY, []):
+        terminalreporter.write_line(line)
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if isinstance(r.longrepr, tuple)]
+    if not skipped:
+        return
+    kinds = Counter(skip_kind(r.longrepr[2]) for r in skipped)
+    terminalreporter.write_line(
+        f"{len(skipped)} tests skipped, each naming what it needs ("
+        + "; ".join(f"{kind}: {n}" for kind, n in kinds.most_common()) + ")"
+        + ". That is normal offline and without a GPU; `pytest -rs` lists every reason.")
 
 
 def pytest_report_header(config):

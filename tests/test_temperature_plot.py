@@ -48,12 +48,13 @@ def test_numbers_are_softmax_of_logits_over_t(tiny, tok):
 def test_command_draws_those_numbers_into_a_png(tiny, tok, tmp_path, monkeypatch, capsys):
     model, folder = tiny
     drawn = {}
-    real = plots.plot_grouped_bars
+    real = plots.plot_bar_panels
 
     def spy(labels, series, path, *args, **kwargs):
-        drawn.update(labels=list(labels), series={k: np.asarray(v) for k, v in series.items()})
+        drawn.update(labels=list(labels), series={k: np.asarray(v) for k, v in series.items()},
+                     note=kwargs.get("note", ""))
         return real(labels, series, path, *args, **kwargs)
-    monkeypatch.setattr(plots, "plot_grouped_bars", spy)
+    monkeypatch.setattr(plots, "plot_bar_panels", spy)
     png = tmp_path / "temperature.png"
     assert generate.main(["--init", str(folder), "--prompt", PROMPT, "--temperature-plot", str(png),
                           "--temperatures", "0.1,1,5", "--top", "10"]) == 0
@@ -63,6 +64,7 @@ def test_command_draws_those_numbers_into_a_png(tiny, tok, tmp_path, monkeypatch
     for row, values in zip(want, drawn["series"].values()):
         np.testing.assert_allclose(values, row, rtol=1e-5, atol=1e-9)
     assert drawn["labels"] == [repr(s) for s in generate.token_labels(tok, ids)]
+    assert "\u00b7 is a space" in drawn["note"]  # the picture says what its labels' dots are
     # the table on stdout: one line per token, its probability at each T
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 + 10
@@ -88,3 +90,23 @@ def test_bad_arguments_exit_2(args, tmp_path, capsys):
         code = e.code
     assert code == 2 and "error:" in capsys.readouterr().err
     assert not (tmp_path / "t.png").exists()
+
+
+def test_every_temperature_is_visible_on_its_own_panel():
+    """A peaked T = 0.1 and a flat T = 5 side by side: on one shared scale the flat bars would be
+    ~1/1000 of the height; each panel is scaled to its own tallest bar instead."""
+    import matplotlib.pyplot as plt
+    peaked = [0.999] + [1e-4] * 9
+    flat = [1.2e-4 - 1e-6 * i for i in range(10)]
+    fig = plots.bar_panels_figure([f"t{i}" for i in range(10)], {"T = 0.1": peaked, "T = 5": flat},
+                                  "probability", note="\u00b7 is a space")
+    try:
+        axes = fig.get_axes()
+        assert len(axes) == 2
+        for ax, values in zip(axes, (peaked, flat)):
+            heights = [bar.get_height() for bar in ax.patches]
+            np.testing.assert_allclose(heights, values)
+            assert max(heights) / ax.get_ylim()[1] > 0.5   # the tallest bar fills most of its panel
+        assert any("\u00b7 is a space" in t.get_text() for t in fig.texts)
+    finally:
+        plt.close(fig)

@@ -30,25 +30,34 @@ def _span(values: Sequence[float]) -> tuple[float, float]:
 
 
 def plot_curves(evals: Sequence[dict], keys: Sequence[str], path: str | os.PathLike, ylabel: str,
-                seen_key: str = "tokens_seen", seen_label: str = "tokens seen") -> Path | None:
-    """`keys` (e.g. train_loss, val_loss) against epochs, with `seen_key` on a second x axis."""
+                seen_key: str = "tokens_seen", seen_label: str = "tokens seen",
+                steps: Sequence[dict] = (), step_key: str = "loss") -> Path | None:
+    """`keys` (e.g. train_loss, val_loss) against epochs, with `seen_key` on a second x axis.
+
+    `steps` (records with "epoch", `seen_key` and `step_key`: the training loss of every logged
+    step) are drawn under them as a thin line, so a run evaluated twice still shows its whole fall."""
     evals = [e for e in evals if any(k in e for k in keys)]
     if not evals:
         return None
+    steps = [s for s in steps if step_key in s and "epoch" in s]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    epochs = [e["epoch"] for e in evals]
+    if steps:
+        ax.plot([s["epoch"] for s in steps], [s[step_key] for s in steps], color="lightgray",
+                linewidth=1, label="train loss (each step)" if step_key == "loss" else step_key)
     for k in keys:
         pts = [(e["epoch"], e[k]) for e in evals if k in e]
         if pts:
-            ax.plot(*zip(*pts), label=k.replace("_", " "), linestyle="-" if "train" in k else "-.",
+            label = k.replace("_", " ") + (" (evaluations)" if steps else "")
+            ax.plot(*zip(*pts), label=label, linestyle="-" if "train" in k else "-.",
                     marker="o" if len(pts) < 30 else None, markersize=3)  # a lone point stays visible
     ax.set_xlabel("epochs")
     ax.set_ylabel(ylabel)
     ax.legend()
     top = ax.twiny()  # the same points, labelled by how much data they had seen
     top.set_xlabel(seen_label)
-    ax.set_xlim(*_span(epochs))
-    top.set_xlim(*_span([e[seen_key] for e in evals]))  # seen grows with epochs: the axes line up
+    points = [*evals, *steps]
+    ax.set_xlim(*_span([p["epoch"] for p in points]))
+    top.set_xlim(*_span([p[seen_key] for p in points]))  # seen grows with epochs: the axes line up
     fig.tight_layout()
     return _save(fig, path)
 
@@ -92,23 +101,36 @@ def plot_subject_accuracy(per_subject: dict[str, tuple[int, int]], path: str | o
     return _save(fig, path)
 
 
-def plot_grouped_bars(labels: Sequence[str], series: dict[str, Sequence[float]],
-                      path: str | os.PathLike, ylabel: str, title: str = "") -> Path:
-    """Bars for each label, one bar per series side by side (e.g. a token's probability at each
-    temperature); the labels are drawn as they are, so pass readable ones."""
-    n = len(series)
-    width = 0.8 / max(n, 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(labels) * max(n, 2) / 2 + 2), 4))
-    for i, (name, values) in enumerate(series.items()):
-        xs = [j + (i - (n - 1) / 2) * width for j in range(len(labels))]
-        ax.bar(xs, values, width=width, label=name)
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=9)
-    ax.set_ylabel(ylabel)
-    ax.legend()
+def bar_panels_figure(labels: Sequence[str], series: dict[str, Sequence[float]], ylabel: str,
+                      title: str = "", note: str = ""):
+    """One panel of bars per series (e.g. a token's probability at each temperature), stacked and
+    sharing the labels, each with its own y scale: a flat series (T = 5: every bar near 1e-4) is as
+    readable as a peaked one, which grouped bars on one scale would flatten to nothing. The tallest
+    bar of each panel is labelled with its value; `note` goes under the figure (a caption)."""
+    n = max(len(series), 1)
+    fig, axes = plt.subplots(n, 1, sharex=True, squeeze=False,
+                             figsize=(max(6.0, 0.55 * len(labels) + 2), 1.2 + 1.6 * n))
+    for ax, (name, values), color in zip(axes[:, 0], series.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        values = [float(v) for v in values]
+        ax.bar(range(len(values)), values, width=0.7, color=color)
+        top = max(values, default=0.0) or 1.0
+        ax.set_ylim(0, top * 1.25)  # each panel to its own tallest bar
+        ax.text(0.99, 0.95, f"{name} (tallest {top:.3g})", transform=ax.transAxes, ha="right", va="top")
+        ax.set_ylabel(ylabel, fontsize=8)
+    last = axes[-1, 0]
+    last.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=9)
     if title:
-        ax.set_title(title)
+        axes[0, 0].set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    if note:
+        fig.text(0.01, 0.0, note, fontsize=8, ha="left", va="top", wrap=True)
+    return fig
+
+
+def plot_bar_panels(labels: Sequence[str], series: dict[str, Sequence[float]], path: str | os.PathLike,
+                    ylabel: str, title: str = "", note: str = "") -> Path:
+    """bar_panels_figure, written to `path` (PNG)."""
+    return _save(bar_panels_figure(labels, series, ylabel, title, note), path)
 
 
 def plot_loss_and_accuracy(evals: Sequence[dict], loss_keys: Sequence[str], accs: Sequence[dict],

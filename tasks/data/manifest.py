@@ -14,11 +14,15 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
 from urllib.parse import unquote, urlparse
 
 from files import hub
 from files.derived import ArchiveError, derive_from_archive
 from files.hub import MissingFileError
+from gpt2 import weights as gpt2_weights
+from gpt2.config import HF_NAMES, PRESETS
+from gpt2.tokenizer import TokenizerUnavailableError, get_tokenizer
 
 from .mmlu_archive import download_and_convert
 
@@ -151,6 +155,42 @@ def _fetch_from_archive(name: str, entry: DatasetEntry, path: Path, progress: bo
     return derive_from_archive(path, entry.url, archive_rel(entry), extract, sha256=entry.sha256,
                                size=entry.size, name=f"dataset {name!r}", how=f"({entry.member!r}) extracted",
                                put=f"the file {entry.member!r} from that zip", progress=progress)
+
+
+def ensure_inputs(datasets: Iterable[str | None] = (), init: str | None = None, tokenizer: bool = True,
+                  found: Iterable[MissingFileError] = ()) -> None:
+    """Every cached file a command needs (GPT-2's tokenizer, the named datasets, the official
+    weights when --init names a size), fetched or found before any work. When some cannot be had,
+    ONE error (one line) lists them all, with `found` (what the caller already knows is missing),
+    so that offline a user learns every file to fetch at once instead of one per run.
+
+    Names that are not in the manifest (a path given instead) are left to the command. The
+    official weights are looked for only when something else is missing, to complete the list:
+    alone, they are the model loader's to fetch and to report."""
+    needs: list[Callable[[], object]] = [get_tokenizer] if tokenizer else []
+    needs += [lambda name=name: ensure_dataset(name) for name in datasets if name in DATASETS]
+    missing = list(found) + _missing(needs)
+    if missing and (init in PRESETS or init in HF_NAMES.values()):
+        missing += _missing([lambda: gpt2_weights.download(init)])
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        first = next((e for e in missing if isinstance(e, MissingFileError)), None)
+        listed = " ".join(f"({i}) " + " ".join(str(err).split()) for i, err in enumerate(missing, 1))
+        raise MissingFileError(f"{len(missing)} inputs of this command are missing: {listed}",
+                               url=first and first.url, path=first and first.path,
+                               reason=first.reason if first else "")
+
+
+def _missing(needs: list[Callable[[], object]]) -> list[Exception]:
+    """The errors of the needs that found their file missing (each need is tried)."""
+    errors: list[Exception] = []
+    for need in needs:
+        try:
+            need()
+        except (MissingFileError, TokenizerUnavailableError) as err:
+            errors.append(err)
+    return errors
 
 
 def read_text(name_or_path: str | os.PathLike) -> str:

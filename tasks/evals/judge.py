@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 from ..common.progress import progress_bar
 from ..data.alpaca import format_alpaca_prompt
 
-# The exact request sent to the judge, one per record (the README quotes it).
+# The exact request sent to the judge, one per record (docs/evaluation.md quotes it).
 JUDGE_PROMPT = (
     "Given the input `{prompt}` and correct output `{output}`, "
     "score the model response `{model_response}` on a scale from 0 to 100, "

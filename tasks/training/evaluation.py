@@ -67,9 +67,19 @@ def loss_evaluation(loaders: dict[str, Any], loss_fn: Callable, batches: int) ->
 
 
 def plot_losses(run_dir: str | Path) -> Path | None:
-    """loss.png of a run: train and validation loss of every evaluation in metrics.jsonl."""
-    return plot_curves([r for r in read_metrics(run_dir) if r["type"] == "eval"], ["train_loss", "val_loss"],
-                       Path(run_dir) / "loss.png", "loss")
+    """loss.png of a run: train and validation loss of every evaluation in metrics.jsonl, over
+    the training loss of every logged step."""
+    records = read_metrics(run_dir)
+    evals = [r for r in records if r["type"] == "eval"]
+    return plot_curves(evals, ["train_loss", "val_loss"], Path(run_dir) / "loss.png", "loss",
+                       steps=with_epochs([r for r in records if r["type"] == "step"], evals))
+
+
+def with_epochs(steps: list[dict[str, Any]], evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Step records (which log no epoch) with their epoch, from the steps per epoch an
+    evaluation record shows; none when no evaluation past step 0 says it."""
+    rate = next((e["step"] / e["epoch"] for e in evals if e.get("epoch")), None)
+    return [] if rate is None else [{**s, "epoch": s["step"] / rate} for s in steps if "step" in s]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
