@@ -133,15 +133,19 @@ def load_tokenizer():
 
 
 def run_mmlu(args: argparse.Namespace) -> int:
-    ensure_inputs([None if args.data else "mmlu"], args.init)  # every missing file in one message
+    dev_file, missing = args.dev, []
+    if args.shots and args.shots_from == "dev" and not dev_file:
+        try:  # the dev split is one more input: offline, it joins the list of missing files
+            dev_file = ensure_dev(progress=not args.no_progress)
+        except MissingFileError as err:
+            missing.append(err)
+    ensure_inputs([None if args.data else "mmlu"], args.init, found=missing)  # every missing file in one message
     questions = load_mmlu(args.data)  # before the model: a missing file fails fast
     try:
         select_subjects(group_by_subject(questions), args.subjects)
     except MMLUDataError as err:  # an unknown --subjects
         raise UsageError(str(err)) from None
-    dev = None
-    if args.shots and args.shots_from == "dev":
-        dev = load_mmlu(args.dev or ensure_dev(progress=not args.no_progress))
+    dev = load_mmlu(dev_file) if args.shots and args.shots_from == "dev" else None
     if args.out is not None:
         check_output_file(Path(args.out))  # before any work ('' included: refused, not taken for no --out)
     tokenizer = load_tokenizer()

@@ -536,6 +536,7 @@ def test_mmlu_command_with_rigged_model(tmp_path, capsys, monkeypatch):
     tok = FakeTokenizer()
     model = _rigged(mmlu.load_mmlu(data), tok, shots=0)
     monkeypatch.setattr(evaluate, "load_tokenizer", lambda: tok)
+    monkeypatch.setattr(evaluate, "ensure_inputs", lambda *a, **k: None)  # a fake tokenizer: nothing to fetch
     monkeypatch.setattr(evaluate, "load_model", lambda args: model)
     out = tmp_path / "mmlu.json"
     code = evaluate.main(["mmlu", "--init", "124M", "--data", str(data), "--limit", "3",
@@ -552,6 +553,7 @@ def test_mmlu_answers_are_kept_as_they_come_and_a_rerun_continues(tmp_path, caps
     tok = FakeTokenizer()
     model = _rigged(mmlu.load_mmlu(data), tok, shots=0)
     monkeypatch.setattr(evaluate, "load_tokenizer", lambda: tok)
+    monkeypatch.setattr(evaluate, "ensure_inputs", lambda *a, **k: None)  # a fake tokenizer: nothing to fetch
     monkeypatch.setattr(evaluate, "load_model", lambda args: model)
     out = tmp_path / "mmlu.json"
     partial = tmp_path / "mmlu.json.partial.jsonl"
@@ -568,6 +570,7 @@ def test_mmlu_answers_are_kept_as_they_come_and_a_rerun_continues(tmp_path, caps
 def test_mmlu_max_context_longer_than_the_model_is_refused(tmp_path, capsys, monkeypatch):
     data = _mmlu_file(tmp_path, ANSWERS)
     monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
+    monkeypatch.setattr(evaluate, "ensure_inputs", lambda *a, **k: None)  # a fake tokenizer: nothing to fetch
     monkeypatch.setattr(evaluate, "load_model", lambda args: gpt2.GPT2(gpt2.GPT2Config(
         vocab_size=16, n_ctx=32, n_embd=8, n_layer=1, n_head=2)))
     assert evaluate.main(["mmlu", "--init", "124M", "--data", str(data), "--max-context", "5000"]) == 2
@@ -582,6 +585,7 @@ def test_mmlu_command_failures_exit_1(tmp_path, capsys, monkeypatch):
 
     # a folder with no model in it: one clear line, not a traceback
     monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
+    monkeypatch.setattr(evaluate, "ensure_inputs", lambda *a, **k: None)  # a fake tokenizer: nothing to fetch
     data = _mmlu_file(tmp_path, ANSWERS)
     assert evaluate.main(["mmlu", "--init", str(tmp_path), "--data", str(data)]) == 1
     err = capsys.readouterr().err
@@ -626,6 +630,7 @@ def test_mmlu_command_on_a_tiny_gpt2_checkpoint(tmp_path, capsys):
 def test_mmlu_command_without_a_checkpoint_exits_2(tmp_path, capsys, monkeypatch):
     pytest.importorskip("tasks.runs.checkpoint")
     monkeypatch.setattr(evaluate, "load_tokenizer", FakeTokenizer)
+    monkeypatch.setattr(evaluate, "ensure_inputs", lambda *a, **k: None)  # a fake tokenizer: nothing to fetch
     data = _mmlu_file(tmp_path, ANSWERS)
     assert evaluate.main(["mmlu", "--init", str(tmp_path / "nothing"),
                           "--data", str(data)]) == 2

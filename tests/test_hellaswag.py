@@ -191,6 +191,7 @@ def test_rerun_with_another_model_is_refused(tmp_path, tiny, capsys):
     assert err.startswith("error: ") and "choose another --out" in err and "Traceback" not in err
 
 
+@pytest.mark.usefixtures("needs_tokenizer")  # the command looks for the tokenizer before it reads the data
 @pytest.mark.parametrize("content, message", [
     ('{"ctx": "a", "endings": ["b", "c"], "label": 0}\n', "4 string endings"),
     ('{"ctx": "a", "endings": ["b", "c", "d", "e"], "label": 7}\n', "label in 0..3"),

@@ -154,6 +154,7 @@ def test_bad_records_are_reported(tmp_path, content, message):
         load_records(path)
 
 
+@pytest.mark.usefixtures("needs_tokenizer")  # the command looks for the tokenizer before it reads the data
 def test_bad_input_exits_1_with_one_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"instruction": "a", "output": "b"}, {"input": "x", "output": "y"}]')

@@ -224,6 +224,7 @@ def test_command_five_shot_with_dev_file_table_and_plot(tmp_path, monkeypatch, c
             logits[0, -1, 3] = 1.0
             return mg.tensor(logits)
     monkeypatch.setattr(evaluate, "load_tokenizer", WordTokenizer)
+    monkeypatch.setattr(evaluate, "ensure_inputs", lambda *a, **k: None)  # a fake tokenizer: nothing to fetch
     monkeypatch.setattr(evaluate, "load_model", lambda args: AlwaysD())
     out, png = tmp_path / "mmlu.json", tmp_path / "mmlu.png"
     assert evaluate.main(["mmlu", "--init", "124M", "--shots", "5", "--data", str(test_file),
