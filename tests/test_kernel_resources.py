@@ -1,14 +1,15 @@
 """`python -m minigrad.kernels --resources` (every kernel compiled for sm_90 as CuPy builds it, with
-ptxas's report): no kernel spills registers, and every tensor-core attention kernel, in every
-build its launcher uses, runs at >= 25% occupancy on sm_90. Runs where NVRTC can (no GPU needed)."""
+ptxas's report): no kernel spills registers, and every attention kernel (the tensor-core ones in
+every build their launcher uses, and attention.cu's float32 ones), with the block size it declares,
+runs at >= 25% occupancy on sm_90. Runs where NVRTC can (no GPU needed)."""
 import subprocess
 import sys
 
 import pytest
 
-from minigrad.kernels import flash_attention
+from minigrad.kernels import attention, flash_attention
 from minigrad.kernels.nvrtc import nvrtc_available
-from minigrad.kernels._loader import kernel_names, sources
+from minigrad.kernels._loader import kernel_names, source_text, sources
 from minigrad.kernels.resources import Usage
 
 NVRTC_MISSING = nvrtc_available()
@@ -42,6 +43,13 @@ def test_no_spills_and_attention_kernels_at_a_quarter_occupancy():
     for row in flash:
         if row["kernel"] != "flash_dropout_bits":  # the tests' probe of the hash
             assert row["threads"] == "128" and row["occupancy"] >= 0.25, row
+    float32 = [row for row in rows if row["source"] == "attention.cu"]
+    assert {row["kernel"] for row in float32} == set(kernel_names(source_text("attention.cu")))
+    t = attention.tiles()
+    for row in float32:  # the block size the launcher uses is the one the kernel declares
+        if row["kernel"] != "attention_backward_preprocess":
+            assert int(row["threads"]) == t["BQ"] * t["G"] == t["BKB"] * t["G"] == t["BQD"] * t["G"], row
+        assert row["occupancy"] >= 0.25, row
 
 
 def test_occupancy_arithmetic_of_sm90():
@@ -59,7 +67,7 @@ def test_bench_resources_verdict_names_spills_and_slow_tensor_core_kernels():
     from bench.resources import verdict
     head = "source defines kernel threads regs spill smem occupancy limiter\n"
     good = head + ("flash_attention.cu HEAD_DIM=64 flash_forward 128 128 0 27648 25% (regs)\n"
-                   "attention.cu HEAD_DIM=64 attention_forward 64 168 0 24832 19% (regs)\n"
+                   "attention.cu HEAD_DIM=64 attention_forward 256 128 0 8192 25% (regs)\n"
                    "gelu.cu - gelu_forward - 20 0 0 <=100% (regs)\n")
     line, ok = verdict(good)
     assert ok and "3 kernel builds" in line and "spills: none" in line, line
@@ -67,4 +75,6 @@ def test_bench_resources_verdict_names_spills_and_slow_tensor_core_kernels():
     assert not ok and "spills: gelu_forward (-)" in line, line
     line, ok = verdict(good.replace("128 128 0 27648 25%", "128 136 0 27648 18%"))
     assert not ok and "occupancy: flash_forward (HEAD_DIM=64)" in line, line
+    line, ok = verdict(good.replace("256 128 0 8192 25%", "64 168 0 24832 19%"))
+    assert not ok and "occupancy: attention_forward (HEAD_DIM=64)" in line, line
     assert verdict("error: nothing compiled") == ("no table in the output", False)

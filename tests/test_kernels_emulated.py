@@ -70,7 +70,8 @@ def _drop(p):
 
 @pytest.mark.parametrize("p", [0.0, 0.3])
 @pytest.mark.parametrize("BH,T,S,D,causal", [(2, 70, 70, 16, True), (1, 37, 90, 16, True), (2, 45, 20, 16, False),
-                                             (1, 1, 1, 64, True), (1, 65, 65, 64, True)])
+                                             (1, 1, 1, 64, True), (1, 65, 65, 64, True),
+                                             (1, 21, 21, 10, True), (2, 9, 13, 3, False)])  # G = 4 does not divide D
 def test_attention_kernels_emulated(emulated, BH, T, S, D, causal, p):
     rng = np.random.default_rng(BH * T + S + D)
     q, k, v = _randn(rng, BH, T, D), _randn(rng, BH, S, D), _randn(rng, BH, S, D)

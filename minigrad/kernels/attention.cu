@@ -16,21 +16,32 @@
 // (the composite op's (B, H, T, S) mask, bit for bit) passes, and kept ones weigh drop_scale =
 // 1 / (1 - p): o_i = sum_j p_ij keep_ij v_j drop_scale; backward dp_ij = dO_i . v_j keep_ij drop_scale.
 //
-// Forward (grid: ceil(T / BQ) x BH, BQ threads): thread = query row, its scaled q in registers.
-// Keys arrive in shared tiles of BK; per tile the row's running max m, sum l and output accumulator acc follow
+// Work split: a row (a query's, or in dk/dv a key's) belongs to a group of G = 4 neighbouring
+// threads of a warp, and thread g of the group holds the row's elements c = g, g + G, g + 2G, ...
+// (E = D / G of them, rounded up) in registers: its part of q, k, v, dO and of the accumulators.
+// A dot product of two rows is E multiply-adds in each thread and a butterfly over the group
+// (row_sum: two shuffles), which leaves the same bits in all four threads, so they all follow the
+// same running max and sum. Why four: a whole row per thread (64 accumulators, 128 in dk/dv) took
+// 168-255 registers and ran at 12-19% occupancy; a quarter row keeps every kernel under 128
+// registers (25% occupancy at 256 threads a block, 2 blocks an SM) without spills. The elements
+// interleave (c = g + G e, not a contiguous quarter) so that the four threads reading one shared
+// row at step e hit four neighbouring banks. Shuffles need every lane of the warp: the kernels
+// never branch around them, they compute masked entries and weigh them 0.
+//
+// Forward (grid: ceil(T / BQ) x BH, BQ G threads): a group per query row, its scaled q in registers.
+// Keys arrive in shared tiles of BK (the loop over a tile unrolled, its scores in registers); per
+// tile the row's running max m, sum l and output accumulator acc follow
 //     m' = max(m, max_j s_ij);  l = l exp(m - m') + sum_j exp(s_ij - m');
 //     acc = acc exp(m - m') + sum_j exp(s_ij - m') v_j
 // and at the end o_i = acc / l, lse_i = m + log(l).
 // Backward, deterministic (no atomics): delta_i = dO_i . O_i (attention_backward_preprocess);
 // p_ij = exp(s_ij - lse_i), dp_ij = dO_i . v_j, ds_ij = p_ij (dp_ij - delta_i);
-// dv_j = sum_i p_ij dO_i and dk_j = sum_i ds_ij (scale q_i) in attention_backward_dkdv (thread =
-// key row, queries in shared tiles of BQB); dq_i = scale sum_j ds_ij k_j in
-// attention_backward_dq (thread = query row, keys in shared tiles of BKD).
-// The loops over keys and queries stay rolled (the loops over d are unrolled, so the per-row
-// accumulators stay in registers): full unrolling made NVRTC take 20 s for this file.
-// Thread-private rows live in shared memory with a padded stride (D + 1), so that the threads of
-// a warp reading "their" row at the same d hit different banks; tiles read by all threads at
-// the same address are broadcasts.
+// dv_j = sum_i p_ij dO_i and dk_j = sum_i ds_ij (scale q_i) in attention_backward_dkdv (a group
+// per key row, holding k_j and v_j; queries in shared tiles of BQB); dq_i = scale sum_j ds_ij k_j
+// in attention_backward_dq (a group per query row, holding q_i and dO_i; keys in tiles of BKD).
+// The loops over the backward tiles stay rolled (the loops over e are unrolled, so the
+// accumulators stay in registers); every thread of a warp reading a tile row at the same e reads
+// one of four addresses, a broadcast each.
 
 #ifndef INFINITY  // NVRTC has no math.h
 #define INFINITY __int_as_float(0x7f800000)
@@ -40,13 +51,15 @@
 #define HEAD_DIM 64
 #endif
 #define D HEAD_DIM
-#define DP (HEAD_DIM + 1)
-#define BQ 64   // forward: queries per block (one thread each)
-#define BK 32   // forward: keys per shared tile
-#define BKB 64  // backward dk/dv: keys per block (one thread each)
-#define BQB 16  // backward dk/dv: queries per shared tile
-#define BQD 64  // backward dq: queries per block (one thread each)
-#define BKD 16  // backward dq: keys per shared tile
+#define G 4                    // threads per row
+#define E ((D + G - 1) / G)    // a row's elements per thread
+#define BQ 64   // forward: query rows per block (BQ G threads)
+#define BK 16   // forward: keys per shared tile
+#define BKB 64  // backward dk/dv: key rows per block (BKB G threads)
+#define BQB 32  // backward dk/dv: queries per shared tile
+#define BQD 64  // backward dq: query rows per block (BQD G threads)
+#define BKD 32  // backward dq: keys per shared tile
+#define BLOCKS_PER_SM 2  // with 256 threads a block: at most 128 registers a thread, 25% occupancy
 
 #include "dropout.cuh"
 
@@ -71,83 +84,116 @@ __device__ __forceinline__ float biased(const float* row, const float* bias, int
     return bias ? row[c] + bias[c] : row[c];
 }
 
-// 6 blocks an SM at most 170 registers a thread: without the bound ptxas takes 224 for the strided
-// loads and the dropout test and the kernel runs at 14% occupancy, with it 168 and 19%, no spills
-extern "C" __global__ void __launch_bounds__(BQ, 6) attention_forward(const float* __restrict__ q, const float* __restrict__ k,
-                                             const float* __restrict__ v, const float* __restrict__ bias,
-                                             float* __restrict__ o, float* __restrict__ lse, int T, int S, int H,
-                                             int packed, float scale, int causal, unsigned long long drop_key,
-                                             unsigned drop_threshold, float drop_scale) {
+// element e of thread g's part of a row is the row's column g + G e; false past the row's end
+// (only where G does not divide D)
+__device__ __forceinline__ bool owns(int g, int e) { return D % G == 0 || g + G * e < D; }
+
+// the sum of x over the G threads of a row, in each of them (the same bits in all: a butterfly
+// adds the same pairs everywhere)
+__device__ __forceinline__ float row_sum(float x) {
+#pragma unroll
+    for (int off = 1; off < G; off <<= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+    return x;
+}
+
+// thread g's part of row `row` (scaled), or zeros for a row past n
+__device__ __forceinline__ void load_part(float* part, const float* base, long long stride, int row, int n,
+                                          const float* bias, int g, float scale) {
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+        part[e] = (row < n && owns(g, e)) ? biased(base + row * stride, bias, g + G * e) * scale : 0.0f;
+}
+
+// rows r0 .. r0 + R - 1 of a (n, D) head into a shared (R, D) tile, zeros past n, by all `threads`
+__device__ __forceinline__ void load_tile(float* tile, const float* base, long long stride, int r0, int R, int n,
+                                          const float* bias, float scale, int threads) {
+    for (int idx = threadIdx.x; idx < R * D; idx += threads) {
+        int r = idx / D, c = idx % D;
+        tile[idx] = r0 + r < n ? biased(base + (r0 + r) * stride, bias, c) * scale : 0.0f;
+    }
+}
+
+// sum_e part[e] * tile_row[g + G e]: thread g's share of a dot product with a shared row
+__device__ __forceinline__ float part_dot(const float* part, const float* tile_row, int g) {
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+        if (owns(g, e)) s += part[e] * tile_row[g + G * e];
+    return s;
+}
+
+// acc[e] += w * tile_row[g + G e]
+__device__ __forceinline__ void part_axpy(float* acc, float w, const float* tile_row, int g) {
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+        if (owns(g, e)) acc[e] += w * tile_row[g + G * e];
+}
+
+// thread g's part of a row, times `scale`, into global memory
+__device__ __forceinline__ void store_part(float* row, const float* part, int g, float scale) {
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+        if (owns(g, e)) row[g + G * e] = part[e] * scale;
+}
+
+extern "C" __global__ void __launch_bounds__(BQ * G, BLOCKS_PER_SM) attention_forward(
+        const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+        const float* __restrict__ bias, float* __restrict__ o, float* __restrict__ lse, int T, int S, int H,
+        int packed, float scale, int causal, unsigned long long drop_key, unsigned drop_threshold, float drop_scale) {
     __shared__ float ks[BK * D];
     __shared__ float vs[BK * D];
-    __shared__ float ss[BQ * (BK + 1)];  // this tile's scores, a padded row per thread
-    float* s = ss + threadIdx.x * (BK + 1);
-    int bh = blockIdx.y, q0 = blockIdx.x * BQ, tid = threadIdx.x, i = q0 + tid;
+    int bh = blockIdx.y, q0 = blockIdx.x * BQ, g = threadIdx.x % G, i = q0 + threadIdx.x / G;
     const Head hd = head_of(bh, T, S, H, packed);
-    const float *qb = q + hd.q, *kb = k + hd.k, *vb = v + hd.v;
     const float *bq = head_bias(bias, bh, H), *bk = bq ? bq + H * D : nullptr, *bv = bq ? bq + 2 * H * D : nullptr;
-    float qr[D];  // this row of q, scaled, in registers: the score loop then reads one shared operand
+    float qr[E], acc[E];  // this thread's part of the row's scaled q and of its output accumulator
+    load_part(qr, q + hd.q, hd.qs, i, T, bq, g, scale);
 #pragma unroll
-    for (int d = 0; d < D; ++d) qr[d] = (i < T) ? biased(qb + i * hd.qs, bq, d) * scale : 0.0f;
+    for (int e = 0; e < E; ++e) acc[e] = 0.0f;
     int off = S - T;
     int key_end = causal ? min(S, q0 + BQ + off) : S;  // keys any row of this block sees
     int last = causal ? i + off : S - 1;               // the last key this row sees
-    float acc[D];
-#pragma unroll
-    for (int d = 0; d < D; ++d) acc[d] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     for (int k0 = 0; k0 < key_end; k0 += BK) {
         __syncthreads();  // the previous tile has been used by every thread
-        for (int idx = tid; idx < BK * D; idx += BQ) {
-            int r = idx / D, c = idx % D;
-            bool in = k0 + r < S;
-            ks[idx] = in ? biased(kb + (k0 + r) * hd.ks, bk, c) : 0.0f;
-            vs[idx] = in ? biased(vb + (k0 + r) * hd.ks, bv, c) : 0.0f;
-        }
+        load_tile(ks, k + hd.k, hd.ks, k0, BK, S, bk, 1.0f, BQ * G);
+        load_tile(vs, v + hd.v, hd.ks, k0, BK, S, bv, 1.0f, BQ * G);
         __syncthreads();
-        float mt = -INFINITY;
-#pragma unroll 1
-        for (int j = 0; j < BK; ++j) {
-            float dot = 0.0f;
+        float s[BK], mt = -INFINITY;  // the tile's scores (the loops over j unrolled: registers)
 #pragma unroll
-            for (int d = 0; d < D; ++d) dot += qr[d] * ks[j * D + d];
-            int kk = k0 + j;
-            s[j] = (kk < S && kk <= last) ? dot : -INFINITY;
+        for (int j = 0; j < BK; ++j) {
+            float dot = row_sum(part_dot(qr, ks + j * D, g));
+            s[j] = (k0 + j < S && k0 + j <= last) ? dot : -INFINITY;
             mt = fmaxf(mt, s[j]);
         }
         float m_new = fmaxf(m, mt);
-        if (m_new != -INFINITY) {  // false only while this row has seen no key yet
+        if (m_new != -INFINITY) {  // false only while this row has seen no key yet (no shuffles inside)
             float corr = expf(m - m_new);  // 0 on the first tile (m = -inf)
             l *= corr;
 #pragma unroll
-            for (int d = 0; d < D; ++d) acc[d] *= corr;
-#pragma unroll 1
+            for (int e = 0; e < E; ++e) acc[e] *= corr;
+#pragma unroll
             for (int j = 0; j < BK; ++j) {
                 float p = expf(s[j] - m_new);  // 0 for masked keys
                 l += p;                        // the softmax sums every probability, kept or dropped
                 if (drop_threshold && p != 0.0f && !dropout_keep(drop_key, drop_threshold,
                                                                   ((unsigned long long)bh * T + i) * S + k0 + j))
                     p = 0.0f;
-#pragma unroll
-                for (int d = 0; d < D; ++d) acc[d] += p * vs[j * D + d];
+                part_axpy(acc, p, vs + j * D, g);
             }
             m = m_new;
         }
     }
     if (i < T) {
-        float inv = drop_scale / l;
-        float* ob = o + hd.o + i * hd.os;
-#pragma unroll
-        for (int d = 0; d < D; ++d) ob[d] = acc[d] * inv;
-        lse[(size_t)bh * T + i] = m + logf(l);
+        store_part(o + hd.o + i * hd.os, acc, g, drop_scale / l);
+        if (g == 0) lse[(size_t)bh * T + i] = m + logf(l);
     }
 }
 
 // one warp per row: delta = sum_d dO * O; grid: ceil(BH T / (blockDim.x / 32)). Rows in lse's order
 // (bh, t); o and dout in `packed`'s layout
-extern "C" __global__ void attention_backward_preprocess(const float* __restrict__ o, const float* __restrict__ dout,
-                                                         float* __restrict__ delta, int T, int H, int packed,
-                                                         long long rows) {
+extern "C" __global__ void __launch_bounds__(256) attention_backward_preprocess(
+        const float* __restrict__ o, const float* __restrict__ dout, float* __restrict__ delta, int T, int H,
+        int packed, long long rows) {
     long long row = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= rows) return;
@@ -160,140 +206,90 @@ extern "C" __global__ void attention_backward_preprocess(const float* __restrict
     if (lane == 0) delta[row] = s;
 }
 
-// grid: ceil(S / BKB) x BH, BKB threads
-extern "C" __global__ void attention_backward_dkdv(const float* __restrict__ q, const float* __restrict__ k,
-                                                   const float* __restrict__ v, const float* __restrict__ bias,
-                                                   const float* __restrict__ dout, const float* __restrict__ lse,
-                                                   const float* __restrict__ delta, float* __restrict__ dk,
-                                                   float* __restrict__ dv, int T, int S, int H, int packed,
-                                                   float scale, int causal, unsigned long long drop_key,
-                                                   unsigned drop_threshold, float drop_scale) {
-    __shared__ float ksh[BKB * DP];
-    __shared__ float vsh[BKB * DP];
-    __shared__ float qt[BQB * D];
-    __shared__ float dot_[BQB * D];
+// grid: ceil(S / BKB) x BH, BKB G threads
+extern "C" __global__ void __launch_bounds__(BKB * G, BLOCKS_PER_SM) attention_backward_dkdv(
+        const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+        const float* __restrict__ bias, const float* __restrict__ dout, const float* __restrict__ lse,
+        const float* __restrict__ delta, float* __restrict__ dk, float* __restrict__ dv, int T, int S, int H,
+        int packed, float scale, int causal, unsigned long long drop_key, unsigned drop_threshold, float drop_scale) {
+    __shared__ float qt[BQB * D];   // a tile of queries, scaled
+    __shared__ float dot_[BQB * D];  // their output gradients
     __shared__ float lt[BQB];
     __shared__ float dt[BQB];
-    int bh = blockIdx.y, k0 = blockIdx.x * BKB, tid = threadIdx.x, j = k0 + tid;
+    int bh = blockIdx.y, k0 = blockIdx.x * BKB, g = threadIdx.x % G, j = k0 + threadIdx.x / G;
     const Head hd = head_of(bh, T, S, H, packed);
-    const float *qb = q + hd.q, *kb = k + hd.k, *vb = v + hd.v, *dob = dout + hd.o;
     const float *bq = head_bias(bias, bh, H), *bk = bq ? bq + H * D : nullptr, *bv = bq ? bq + 2 * H * D : nullptr;
-    for (int idx = tid; idx < BKB * D; idx += BKB) {
-        int r = idx / D, c = idx % D;
-        bool in = k0 + r < S;
-        ksh[r * DP + c] = in ? biased(kb + (k0 + r) * hd.ks, bk, c) : 0.0f;
-        vsh[r * DP + c] = in ? biased(vb + (k0 + r) * hd.ks, bv, c) : 0.0f;
-    }
+    float kr[E], vr[E], dka[E], dva[E];  // this thread's part of k_j, v_j and of their gradients
+    load_part(kr, k + hd.k, hd.ks, j, S, bk, g, 1.0f);
+    load_part(vr, v + hd.v, hd.ks, j, S, bv, g, 1.0f);
+#pragma unroll
+    for (int e = 0; e < E; ++e) dka[e] = dva[e] = 0.0f;
     int off = S - T;
     int i_begin = causal ? max(0, k0 - off) : 0;  // queries before this see no key of the block
-    float dka[D], dva[D];
-#pragma unroll
-    for (int d = 0; d < D; ++d) {
-        dka[d] = 0.0f;
-        dva[d] = 0.0f;
-    }
     for (int i0 = i_begin; i0 < T; i0 += BQB) {
         __syncthreads();
-        for (int idx = tid; idx < BQB * D; idx += BKB) {
-            int r = idx / D, c = idx % D;
-            bool in = i0 + r < T;
-            qt[idx] = in ? biased(qb + (i0 + r) * hd.qs, bq, c) * scale : 0.0f;
-            dot_[idx] = in ? dob[(i0 + r) * hd.os + c] : 0.0f;
-        }
-        if (tid < BQB) {
-            bool in = i0 + tid < T;
-            lt[tid] = in ? lse[(size_t)bh * T + i0 + tid] : 0.0f;
-            dt[tid] = in ? delta[(size_t)bh * T + i0 + tid] : 0.0f;
+        load_tile(qt, q + hd.q, hd.qs, i0, BQB, T, bq, scale, BKB * G);
+        load_tile(dot_, dout + hd.o, hd.os, i0, BQB, T, nullptr, 1.0f, BKB * G);
+        if (threadIdx.x < BQB) {
+            bool in = i0 + threadIdx.x < T;
+            lt[threadIdx.x] = in ? lse[(size_t)bh * T + i0 + threadIdx.x] : 0.0f;
+            dt[threadIdx.x] = in ? delta[(size_t)bh * T + i0 + threadIdx.x] : 0.0f;
         }
         __syncthreads();
 #pragma unroll 1
         for (int r = 0; r < BQB; ++r) {
             int ii = i0 + r;
-            if (ii >= T || j >= S || (causal && j > ii + off)) continue;  // no barrier in this loop
-            float s = 0.0f;
-#pragma unroll
-            for (int d = 0; d < D; ++d) s += qt[r * D + d] * ksh[tid * DP + d];
-            float p = expf(s - lt[r]);
-            float w = dropout_weight(drop_key, drop_threshold, drop_scale, ((unsigned long long)bh * T + ii) * S + j);
-            float pw = p * w, dp = 0.0f;
-#pragma unroll
-            for (int d = 0; d < D; ++d) {
-                dva[d] += pw * dot_[r * D + d];
-                dp += dot_[r * D + d] * vsh[tid * DP + d];
-            }
-            float ds = p * (dp * w - dt[r]);
-#pragma unroll
-            for (int d = 0; d < D; ++d) dka[d] += ds * qt[r * D + d];
+            float s = row_sum(part_dot(kr, qt + r * D, g));
+            float dp = row_sum(part_dot(vr, dot_ + r * D, g));
+            bool seen = ii < T && j < S && !(causal && j > ii + off);  // else this pair weighs 0
+            float p = seen ? expf(s - lt[r]) : 0.0f;
+            float w = seen ? dropout_weight(drop_key, drop_threshold, drop_scale,
+                                            ((unsigned long long)bh * T + ii) * S + j) : 0.0f;
+            part_axpy(dva, p * w, dot_ + r * D, g);
+            part_axpy(dka, p * (dp * w - dt[r]), qt + r * D, g);
         }
     }
     if (j < S) {
-        float* dkb = dk + hd.k + j * hd.ks;
-        float* dvb = dv + hd.v + j * hd.ks;
-#pragma unroll
-        for (int d = 0; d < D; ++d) {
-            dkb[d] = dka[d];
-            dvb[d] = dva[d];
-        }
+        store_part(dk + hd.k + j * hd.ks, dka, g, 1.0f);
+        store_part(dv + hd.v + j * hd.ks, dva, g, 1.0f);
     }
 }
 
-// grid: ceil(T / BQD) x BH, BQD threads
-extern "C" __global__ void attention_backward_dq(const float* __restrict__ q, const float* __restrict__ k,
-                                                 const float* __restrict__ v, const float* __restrict__ bias,
-                                                 const float* __restrict__ dout, const float* __restrict__ lse,
-                                                 const float* __restrict__ delta, float* __restrict__ dq, int T, int S,
-                                                 int H, int packed, float scale, int causal,
-                                                 unsigned long long drop_key, unsigned drop_threshold,
-                                                 float drop_scale) {
-    __shared__ float qsh[BQD * DP];
-    __shared__ float dosh[BQD * DP];
+// grid: ceil(T / BQD) x BH, BQD G threads
+extern "C" __global__ void __launch_bounds__(BQD * G, BLOCKS_PER_SM) attention_backward_dq(
+        const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+        const float* __restrict__ bias, const float* __restrict__ dout, const float* __restrict__ lse,
+        const float* __restrict__ delta, float* __restrict__ dq, int T, int S, int H, int packed, float scale,
+        int causal, unsigned long long drop_key, unsigned drop_threshold, float drop_scale) {
     __shared__ float kt[BKD * D];
     __shared__ float vt[BKD * D];
-    int bh = blockIdx.y, q0 = blockIdx.x * BQD, tid = threadIdx.x, i = q0 + tid;
+    int bh = blockIdx.y, q0 = blockIdx.x * BQD, g = threadIdx.x % G, i = q0 + threadIdx.x / G;
     const Head hd = head_of(bh, T, S, H, packed);
-    const float *qb = q + hd.q, *kb = k + hd.k, *vb = v + hd.v, *dob = dout + hd.o;
     const float *bq = head_bias(bias, bh, H), *bk = bq ? bq + H * D : nullptr, *bv = bq ? bq + 2 * H * D : nullptr;
-    for (int idx = tid; idx < BQD * D; idx += BQD) {
-        int r = idx / D, c = idx % D;
-        bool in = q0 + r < T;
-        qsh[r * DP + c] = in ? biased(qb + (q0 + r) * hd.qs, bq, c) * scale : 0.0f;
-        dosh[r * DP + c] = in ? dob[(q0 + r) * hd.os + c] : 0.0f;
-    }
+    float qr[E], dor[E], dqa[E];  // this thread's part of the scaled q_i, of dO_i and of dq_i
+    load_part(qr, q + hd.q, hd.qs, i, T, bq, g, scale);
+    load_part(dor, dout + hd.o, hd.os, i, T, nullptr, g, 1.0f);
+#pragma unroll
+    for (int e = 0; e < E; ++e) dqa[e] = 0.0f;
     int off = S - T;
     float li = (i < T) ? lse[(size_t)bh * T + i] : 0.0f;
     float di = (i < T) ? delta[(size_t)bh * T + i] : 0.0f;
     int key_end = causal ? min(S, q0 + BQD + off) : S;
-    float dqa[D];
-#pragma unroll
-    for (int d = 0; d < D; ++d) dqa[d] = 0.0f;
     for (int k0 = 0; k0 < key_end; k0 += BKD) {
         __syncthreads();
-        for (int idx = tid; idx < BKD * D; idx += BQD) {
-            int r = idx / D, c = idx % D;
-            bool in = k0 + r < S;
-            kt[idx] = in ? biased(kb + (k0 + r) * hd.ks, bk, c) : 0.0f;
-            vt[idx] = in ? biased(vb + (k0 + r) * hd.ks, bv, c) : 0.0f;
-        }
+        load_tile(kt, k + hd.k, hd.ks, k0, BKD, S, bk, 1.0f, BQD * G);
+        load_tile(vt, v + hd.v, hd.ks, k0, BKD, S, bv, 1.0f, BQD * G);
         __syncthreads();
 #pragma unroll 1
         for (int c = 0; c < BKD; ++c) {
             int jj = k0 + c;
-            if (i >= T || jj >= S || (causal && jj > i + off)) continue;
-            float s = 0.0f, dp = 0.0f;
-#pragma unroll
-            for (int d = 0; d < D; ++d) {
-                s += qsh[tid * DP + d] * kt[c * D + d];
-                dp += dosh[tid * DP + d] * vt[c * D + d];
-            }
-            float w = dropout_weight(drop_key, drop_threshold, drop_scale, ((unsigned long long)bh * T + i) * S + jj);
-            float ds = expf(s - li) * (dp * w - di);
-#pragma unroll
-            for (int d = 0; d < D; ++d) dqa[d] += ds * kt[c * D + d];
+            float s = row_sum(part_dot(qr, kt + c * D, g));
+            float dp = row_sum(part_dot(dor, vt + c * D, g));
+            bool seen = i < T && jj < S && !(causal && jj > i + off);  // else this pair weighs 0
+            float w = seen ? dropout_weight(drop_key, drop_threshold, drop_scale,
+                                            ((unsigned long long)bh * T + i) * S + jj) : 0.0f;
+            part_axpy(dqa, seen ? expf(s - li) * (dp * w - di) : 0.0f, kt + c * D, g);
         }
     }
-    if (i < T) {
-        float* dqb = dq + hd.q + i * hd.qs;
-#pragma unroll
-        for (int d = 0; d < D; ++d) dqb[d] = dqa[d] * scale;
-    }
+    if (i < T) store_part(dq + hd.q + i * hd.qs, dqa, g, scale);
 }

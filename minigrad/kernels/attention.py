@@ -21,9 +21,10 @@ MAX_HEAD_DIM = 64  # the shared-memory tiles are sized for this (48 KB static li
 
 @functools.lru_cache(maxsize=None)
 def tiles() -> dict[str, int]:
-    """The tile sizes compiled into attention.cu (BQ, BK, BKB, BQB, BQD, BKD)."""
+    """The tile sizes compiled into attention.cu (BQ, BK, BKB, BQB, BQD, BKD) and G, the threads
+    that share a row (a block of BQ rows has BQ * G threads)."""
     text = source_text("attention.cu")
-    return {name: define(text, name) for name in ("BQ", "BK", "BKB", "BQB", "BQD", "BKD")}
+    return {name: define(text, name) for name in ("G", "BQ", "BK", "BKB", "BQB", "BQD", "BKD")}
 
 
 def _k(name: str, D: int):
@@ -36,7 +37,7 @@ def _forward(q, k, v, bias, o, BH: int, T: int, S: int, H: int, packed: bool, sc
     t = tiles()
     lse = xp.empty((BH, T), dtype=np.float32)
     _k("attention_forward", q.shape[-1])(
-        ((T + t["BQ"] - 1) // t["BQ"], BH), (t["BQ"],),
+        ((T + t["BQ"] - 1) // t["BQ"], BH), (t["BQ"] * t["G"],),
         (q, k, v, bias, o, lse, np.int32(T), np.int32(S), np.int32(H), np.int32(packed), np.float32(scale),
          np.int32(causal)) + kernel_args(drop))
     return o, lse
@@ -54,9 +55,9 @@ def _backward(q, k, v, bias, o, lse, dout, dq, dk, dv, BH: int, T: int, S: int, 
                                             np.int64(BH * T)))
     args = (np.int32(T), np.int32(S), np.int32(H), np.int32(packed), np.float32(scale), np.int32(causal)) + \
         kernel_args(drop)
-    _k("attention_backward_dkdv", D)(((S + t["BKB"] - 1) // t["BKB"], BH), (t["BKB"],),
+    _k("attention_backward_dkdv", D)(((S + t["BKB"] - 1) // t["BKB"], BH), (t["BKB"] * t["G"],),
                                      (q, k, v, bias, dout, lse, delta, dk, dv) + args)
-    _k("attention_backward_dq", D)(((T + t["BQD"] - 1) // t["BQD"], BH), (t["BQD"],),
+    _k("attention_backward_dq", D)(((T + t["BQD"] - 1) // t["BQD"], BH), (t["BQD"] * t["G"],),
                                    (q, k, v, bias, dout, lse, delta, dq) + args)
 
 

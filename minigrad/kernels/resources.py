@@ -23,7 +23,7 @@ ARCH = "sm_90"
 SM90 = dict(regs=65536, reg_unit=256, smem=228 * 1024, smem_reserved=1024, smem_unit=128, threads=2048, blocks=32)
 # -D defines a launcher builds a source with (one build per entry); other sources: their defaults
 VARIANTS = {"attention.cu": [{"HEAD_DIM": 64}]}
-_BOUNDS = re.compile(r'extern\s+"C"\s+__global__\s+void\s+__launch_bounds__\s*\(\s*(\w+)[^)]*\)\s*(\w+)\s*\(')
+_BOUNDS = re.compile(r'extern\s+"C"\s+__global__\s+void\s+__launch_bounds__\s*\(\s*([^,)]+?)\s*(?:,[^)]*)?\)\s*(\w+)\s*\(')
 
 
 @dataclass
@@ -104,7 +104,7 @@ def parse(report: str) -> dict[str, dict[str, int]]:
 def measure(path: Path) -> list[Usage]:
     """Every reported kernel of every build of one source."""
     text = expand_includes(path.read_text())  # with minigrad's own headers, as NVRTC gets it
-    bounds = {name: int(t) if t.isdigit() else define(text, t) for t, name in _BOUNDS.findall(text)}
+    bounds = {name: _threads(text, t) for t, name in _BOUNDS.findall(text)}
     rows = []
     for defines, wanted in variants(path):
         report = parse(ptxas_report(text, path.name, defines))
@@ -112,6 +112,15 @@ def measure(path: Path) -> list[Usage]:
             r = report[kernel]  # KeyError: a launcher names a kernel this build lacks
             rows.append(Usage(path.name, defines, kernel, r["regs"], r["spill"], r["smem"], bounds.get(kernel)))
     return rows
+
+
+def _threads(text: str, expr: str) -> int:
+    """A block size as __launch_bounds__ writes it: a number, a #define, or a product of those."""
+    n = 1
+    for factor in expr.split("*"):
+        factor = factor.strip()
+        n *= int(factor) if factor.isdigit() else define(text, factor)
+    return n
 
 
 def table(rows: list[Usage]) -> str:
