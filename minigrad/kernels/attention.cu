@@ -43,10 +43,6 @@
 // accumulators stay in registers); every thread of a warp reading a tile row at the same e reads
 // one of four addresses, a broadcast each.
 
-#ifndef INFINITY  // NVRTC has no math.h
-#define INFINITY __int_as_float(0x7f800000)
-#endif
-
 #ifndef HEAD_DIM
 #define HEAD_DIM 64
 #endif
@@ -61,6 +57,7 @@
 #define BKD 32  // backward dq: keys per shared tile
 #define BLOCKS_PER_SM 2  // with 256 threads a block: at most 128 registers a thread, 25% occupancy
 
+#include "common.cuh"
 #include "dropout.cuh"
 
 // where head bh's rows of each tensor start (element offsets) and how far apart they lie
@@ -202,7 +199,7 @@ extern "C" __global__ void __launch_bounds__(256) attention_backward_preprocess(
     long long at = hd.o + t * hd.os;
     float s = 0.0f;
     for (int d = lane; d < D; d += 32) s += dout[at + d] * o[at + d];
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    s = warp_sum(s);
     if (lane == 0) delta[row] = s;
 }
 

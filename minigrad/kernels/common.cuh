@@ -6,6 +6,10 @@
 // written out so that no CUDA header is needed; host compilers (the tests' CPU emulator) get the
 // same conversions through _Float16.
 
+#ifndef INFINITY  // NVRTC has no math.h
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 typedef unsigned short half_bits;
 
 #if defined(__CUDACC__)

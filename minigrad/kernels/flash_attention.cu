@@ -3,7 +3,7 @@
 // The algorithm, the fragment layout and a picture: README.md; the same steps in NumPy:
 // twins_flash.py (tests run this file on the CPU through tests/cuda_emulator.py).
 //
-// Layout (float16 as its bits, `half_t`): qkv (B, T, 3, H, D), the QKV projection's output as it
+// Layout (float16 as its bits, `half_bits`): qkv (B, T, 3, H, D), the QKV projection's output as it
 // is, read through strides (no split copies), plus its bias (3, H, D) when one is given (added to
 // each row as the kernels read it, so the projection needs no bias pass of its own); o and dout
 // (B, T, H, D), ready for the output
@@ -23,10 +23,6 @@
 // hash(key, ((b H + h) T + i) T + j) >= threshold, the hash of minigrad.backend.dropout_keep,
 // so the masks are the composite op's bits. O = (P * keep) V / (1 - p) and, with delta = rowsum(dO * O),
 // dS = P * (dP * keep / (1 - p) - delta).
-
-#ifndef INFINITY  // NVRTC has no math.h
-#define INFINITY __int_as_float(0x7f800000)
-#endif
 
 #ifndef HEAD_DIM
 #define HEAD_DIM 64
@@ -68,7 +64,8 @@ static_assert(PART == 0 || HEAD_DIM % 32 == 0, "PART splits dq's columns in halv
 #define LN2 0.6931471805599453f
 #define FULL_MASK 0xffffffffu
 
-typedef unsigned short half_t;  // a float16, as its bits: all arithmetic is float32
+// common.cuh: half_bits (a float16, as its bits: all arithmetic is float32), to_float, INFINITY
+#include "common.cuh"
 
 // ---------------------------------------------------------------- the warp-level instructions
 // One wrapper per PTX instruction. tests/cuda_emulator.py compiles this file with its own bodies
@@ -83,13 +80,13 @@ __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, const uns
 }
 // four 8x8 float16 matrices from shared memory: lane l gives the address of row l % 8 of matrix
 // l / 8 and receives, in r[m], elements (l / 4, 2 (l % 4)) and (l / 4, 2 (l % 4) + 1) of matrix m
-__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const half_t* row) {
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const half_bits* row) {
     unsigned a = (unsigned)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
 }
 // the same with each matrix transposed: lane l receives elements (2 (l % 4), l / 4), (2 (l % 4) + 1, l / 4)
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const half_t* row) {
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const half_bits* row) {
     unsigned a = (unsigned)__cvta_generic_to_shared(row);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
@@ -99,11 +96,6 @@ __device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
     unsigned r;
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));  // PTX: the first source goes high
     return r;
-}
-__device__ __forceinline__ float half_to_float(half_t h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
 }
 #endif
 
@@ -120,12 +112,12 @@ extern "C" __global__ void flash_dropout_bits(unsigned* __restrict__ out, unsign
 // ---------------------------------------------------------------- tiles and the two products
 // 8 halves of a row plus the 8 bias values over their columns, each sum rounded to float16: the
 // bits of `qkv + bias` in float16 (NumPy and CuPy add two halves in float32 and round the sum)
-__device__ __forceinline__ uint4 add_bias8(uint4 v, const half_t* bias) {
+__device__ __forceinline__ uint4 add_bias8(uint4 v, const half_bits* bias) {
     unsigned w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int k = 0; k < 4; ++k)
-        w[k] = pack_half2(half_to_float((half_t)(w[k] & 0xffffu)) + half_to_float(bias[2 * k]),
-                          half_to_float((half_t)(w[k] >> 16)) + half_to_float(bias[2 * k + 1]));
+        w[k] = pack_half2(to_float((half_bits)(w[k] & 0xffffu)) + to_float(bias[2 * k]),
+                          to_float((half_bits)(w[k] >> 16)) + to_float(bias[2 * k + 1]));
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
@@ -133,8 +125,8 @@ __device__ __forceinline__ uint4 add_bias8(uint4 v, const half_t* bias) {
 // of LD halves, 16 bytes a thread at a time; rows past T are zeros. `bias` (D halves, or null):
 // added to every row as it is read (c_attn's bias: no pass of its own over qkv)
 template <int ROWS>
-__device__ __forceinline__ void load_rows(half_t* dst, const half_t* src, long long stride, int r0, int T,
-                                          const half_t* bias = nullptr) {
+__device__ __forceinline__ void load_rows(half_bits* dst, const half_bits* src, long long stride, int r0, int T,
+                                          const half_bits* bias = nullptr) {
     constexpr int CHUNKS = D / 8;
     for (int idx = threadIdx.x; idx < ROWS * CHUNKS; idx += THREADS) {
         int r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
@@ -151,7 +143,7 @@ __device__ __forceinline__ void load_rows(half_t* dst, const half_t* src, long l
 // Per 16 columns of the sum: a's 16x16 block as the A fragment (ldmatrix_x4: matrices = rows 0-7 /
 // 8-15 times columns 0-7 / 8-15), and b's 16 rows, untransposed, as the B fragments of two n-tiles.
 template <int NT>
-__device__ __forceinline__ void mma_rows_rowsT(float (*acc)[4], const half_t* a, const half_t* b, int lane) {
+__device__ __forceinline__ void mma_rows_rowsT(float (*acc)[4], const half_bits* a, const half_bits* b, int lane) {
 #pragma unroll 1  // acc's indices do not depend on kk: a rolled loop holds fewer fragments live
     for (int kk = 0; kk < D / 16; ++kk) {
         unsigned af[4];
@@ -171,7 +163,7 @@ __device__ __forceinline__ void mma_rows_rowsT(float (*acc)[4], const half_t* a,
 // rounded to float16 (pack_half2); element (nt, e) counts when bit 4 nt + e of `keep` is set.
 // b's rows are the k axis here, so ldmatrix transposes them into B fragments.
 template <int KT, int NCOL = D>  // NCOL: the columns of b (and acc) taken, from b's first
-__device__ __forceinline__ void mma_frag_rows(float (*acc)[4], const float (*p)[4], unsigned keep, const half_t* b,
+__device__ __forceinline__ void mma_frag_rows(float (*acc)[4], const float (*p)[4], unsigned keep, const half_bits* b,
                                               int lane) {
 #pragma unroll
     for (int kk = 0; kk < KT; ++kk) {
@@ -216,7 +208,7 @@ __device__ __forceinline__ unsigned keep_bits(unsigned long long key, unsigned t
 
 // rows of 16 x NCOL float32 C fragments (scaled) to float16 rows of `out`, `stride` halves apart; rows >= T skipped
 template <int NCOL = D>
-__device__ __forceinline__ void store_rows(half_t* out, long long stride, const float (*acc)[4], int row0, int T,
+__device__ __forceinline__ void store_rows(half_bits* out, long long stride, const float (*acc)[4], int row0, int T,
                                            float mul, int lane) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -237,10 +229,10 @@ __device__ __forceinline__ P head_rows(P base, int T, int H, int W) {
 }
 
 // this block's head's bias for q (k's and v's follow at + H D, + 2 H D), from bias (3, H, D); null without one
-__device__ __forceinline__ const half_t* head_bias(const half_t* bias, int H) {
+__device__ __forceinline__ const half_bits* head_bias(const half_bits* bias, int H) {
     return bias ? bias + (blockIdx.y % H) * D : nullptr;
 }
-__device__ __forceinline__ const half_t* offset(const half_t* bias, long long n) { return bias ? bias + n : nullptr; }
+__device__ __forceinline__ const half_bits* offset(const half_bits* bias, long long n) { return bias ? bias + n : nullptr; }
 
 // lse (base 2) and delta of rows [r0, r0 + ROWS) of this head into shared memory; 0 past T
 template <int ROWS>
@@ -256,16 +248,16 @@ __device__ __forceinline__ void load_stats(float* lse2_s, float* delta_s, const 
 // ---------------------------------------------------------------- forward
 // grid: (ceil(T / BM), B H), THREADS threads. o (B, T, H, D), lse (B, H, T).
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
-flash_forward(const half_t* __restrict__ qkv, const half_t* __restrict__ bias, half_t* __restrict__ o,
+flash_forward(const half_bits* __restrict__ qkv, const half_bits* __restrict__ bias, half_bits* __restrict__ o,
               float* __restrict__ lse, int T, int H, float scale, int causal, unsigned long long drop_key,
               unsigned drop_threshold, float drop_scale) {
-    __shared__ __align__(16) half_t qs[BM * LD];
-    __shared__ __align__(16) half_t ks[BN * LD];
-    __shared__ __align__(16) half_t vs[BN * LD];
+    __shared__ __align__(16) half_bits qs[BM * LD];
+    __shared__ __align__(16) half_bits ks[BN * LD];
+    __shared__ __align__(16) half_bits vs[BN * LD];
     const int bh = blockIdx.y, q0 = blockIdx.x * BM, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long stride = 3LL * H * D;  // qkv: from (b, t) to (b, t + 1)
-    const half_t* qb = head_rows(qkv, T, H, 3);
-    const half_t* bq = head_bias(bias, H);
+    const half_bits* qb = head_rows(qkv, T, H, 3);
+    const half_bits* bq = head_bias(bias, H);
     load_rows<BM>(qs, qb, stride, q0, T, bq);
     const int row[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};  // this lane's rows
     const float sl2 = scale * LOG2E;
@@ -338,7 +330,7 @@ flash_forward(const half_t* __restrict__ qkv, const half_t* __restrict__ bias, h
 // ---------------------------------------------------------------- backward
 // delta = rowsum(dO * O) per (b, t, h) row, a warp a row; grid: ceil(rows / 4), THREADS threads
 extern "C" __global__ void __launch_bounds__(THREADS)
-flash_backward_preprocess(const half_t* __restrict__ o, const half_t* __restrict__ dout, float* __restrict__ delta,
+flash_backward_preprocess(const half_bits* __restrict__ o, const half_bits* __restrict__ dout, float* __restrict__ delta,
                           int T, int H, int rows) {
     const int row = blockIdx.x * (THREADS / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;  // whole warps
@@ -346,7 +338,7 @@ flash_backward_preprocess(const half_t* __restrict__ o, const half_t* __restrict
     for (int d = 2 * lane; d < D; d += 64) {
         unsigned a = *reinterpret_cast<const unsigned*>(o + (long long)row * D + d);
         unsigned g = *reinterpret_cast<const unsigned*>(dout + (long long)row * D + d);
-        s += half_to_float(a & 0xffff) * half_to_float(g & 0xffff) + half_to_float(a >> 16) * half_to_float(g >> 16);
+        s += to_float(a & 0xffff) * to_float(g & 0xffff) + to_float(a >> 16) * to_float(g >> 16);
     }
     for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(FULL_MASK, s, off);
     if (lane == 0) {
@@ -358,19 +350,19 @@ flash_backward_preprocess(const half_t* __restrict__ o, const half_t* __restrict
 // dk, dv for BKV keys a block (16 a warp), queries in tiles of BQB; grid: (ceil(T / BKV), B H).
 // PART 1 / 2: dk alone / dv alone (the other is not written).
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
-flash_backward_dkdv(const half_t* __restrict__ qkv, const half_t* __restrict__ bias, const half_t* __restrict__ dout,
+flash_backward_dkdv(const half_bits* __restrict__ qkv, const half_bits* __restrict__ bias, const half_bits* __restrict__ dout,
                     const float* __restrict__ lse,
-                    const float* __restrict__ delta, half_t* __restrict__ dqkv, int T, int H, float scale, int causal,
+                    const float* __restrict__ delta, half_bits* __restrict__ dqkv, int T, int H, float scale, int causal,
                     unsigned long long drop_key, unsigned drop_threshold, float drop_scale) {
     constexpr bool DO_DK = PART != 2, DO_DV = PART != 1;
-    __shared__ __align__(16) half_t ks[BKV * LD];
-    __shared__ __align__(16) half_t vs[BKV * LD];
-    __shared__ __align__(16) half_t qs[BQB * LD];
-    __shared__ __align__(16) half_t dos[BQB * LD];
+    __shared__ __align__(16) half_bits ks[BKV * LD];
+    __shared__ __align__(16) half_bits vs[BKV * LD];
+    __shared__ __align__(16) half_bits qs[BQB * LD];
+    __shared__ __align__(16) half_bits dos[BQB * LD];
     __shared__ float lse2_s[BQB], delta_s[BQB];
     const int bh = blockIdx.y, k0 = blockIdx.x * BKV, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long stride = 3LL * H * D;
-    const half_t *qb = head_rows(qkv, T, H, 3), *dob = head_rows(dout, T, H, 1), *bq = head_bias(bias, H);
+    const half_bits *qb = head_rows(qkv, T, H, 3), *dob = head_rows(dout, T, H, 1), *bq = head_bias(bias, H);
     load_rows<BKV>(ks, qb + H * D, stride, k0, T, offset(bq, H * D));
     if (DO_DK) load_rows<BKV>(vs, qb + 2 * H * D, stride, k0, T, offset(bq, 2 * H * D));
     const int key[2] = {k0 + warp * 16 + lane / 4, k0 + warp * 16 + lane / 4 + 8};  // this lane's rows: keys
@@ -408,7 +400,7 @@ flash_backward_dkdv(const half_t* __restrict__ qkv, const half_t* __restrict__ b
             mma_frag_rows<BQB / 16>(dk, dst, FULL_MASK, qs, lane);  // dK += dS^T Q
         }
     }
-    half_t* out = head_rows(dqkv, T, H, 3);
+    half_bits* out = head_rows(dqkv, T, H, 3);
     if constexpr (DO_DK) store_rows(out + H * D, stride, dk, k0 + warp * 16, T, scale, lane);
     if constexpr (DO_DV) store_rows(out + 2 * H * D, stride, dv, k0 + warp * 16, T, drop_scale, lane);
 }
@@ -416,18 +408,18 @@ flash_backward_dkdv(const half_t* __restrict__ qkv, const half_t* __restrict__ b
 // dq for BM queries a block (16 a warp), keys in tiles of BKQ; grid: (ceil(T / BM), B H).
 // PART 1 / 2: dq's first / second D / 2 columns (the scores and dP are recomputed for each).
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
-flash_backward_dq(const half_t* __restrict__ qkv, const half_t* __restrict__ bias, const half_t* __restrict__ dout,
+flash_backward_dq(const half_bits* __restrict__ qkv, const half_bits* __restrict__ bias, const half_bits* __restrict__ dout,
                   const float* __restrict__ lse,
-                  const float* __restrict__ delta, half_t* __restrict__ dqkv, int T, int H, float scale, int causal,
+                  const float* __restrict__ delta, half_bits* __restrict__ dqkv, int T, int H, float scale, int causal,
                   unsigned long long drop_key, unsigned drop_threshold, float drop_scale) {
-    __shared__ __align__(16) half_t qs[BM * LD];
-    __shared__ __align__(16) half_t dos[BM * LD];
-    __shared__ __align__(16) half_t ks[BKQ * LD];
-    __shared__ __align__(16) half_t vs[BKQ * LD];
+    __shared__ __align__(16) half_bits qs[BM * LD];
+    __shared__ __align__(16) half_bits dos[BM * LD];
+    __shared__ __align__(16) half_bits ks[BKQ * LD];
+    __shared__ __align__(16) half_bits vs[BKQ * LD];
     __shared__ float lse2_s[BM], delta_s[BM];
     const int bh = blockIdx.y, q0 = blockIdx.x * BM, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long stride = 3LL * H * D;
-    const half_t *qb = head_rows(qkv, T, H, 3), *bq = head_bias(bias, H);
+    const half_bits *qb = head_rows(qkv, T, H, 3), *bq = head_bias(bias, H);
     load_rows<BM>(qs, qb, stride, q0, T, bq);
     load_rows<BM>(dos, head_rows(dout, T, H, 1), (long long)H * D, q0, T);
     load_stats<BM>(lse2_s, delta_s, lse, delta, q0, T);  // in shared memory: 4 registers fewer than per lane
