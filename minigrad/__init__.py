@@ -12,8 +12,8 @@ from .backend import BackendError, get_rng_state, gpu_available, manual_seed, se
 from .gradcheck import GradcheckError, gradcheck
 from .io import load, save
 from .ops import cat, chunk, split, stack, where
-from .tensor import (Function, Tensor, arange, enable_grad, full, is_grad_enabled, no_grad, ones,
-                     rand, randn, tensor, zeros)
+from .creation import arange, full, ones, rand, randn, tensor, zeros
+from .tensor import Function, Tensor, enable_grad, is_grad_enabled, no_grad
 
 __all__ = [
     "Tensor", "Function", "tensor", "zeros", "ones", "full", "randn", "rand", "arange",
