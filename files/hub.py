@@ -188,26 +188,35 @@ def _download(url: str, part: Path, dest: Path, size: int | None, progress: bool
         raise _missing(url, dest, str(getattr(err, "reason", err))) from err
 
     with response:
-        # Anything but 206 means the server ignored our Range and sends the file from byte 0.
-        if start and getattr(response, "status", None) != 206:
-            start = 0
-        length = response.headers.get("Content-Length")
-        length = int(length) if length and length.isdigit() else None
-        total = start + length if length is not None else size
-        received = 0
-        part.parent.mkdir(parents=True, exist_ok=True)  # only now: no empty folders when offline
-        with open(part, "ab" if start else "wb") as f, tqdm(
-                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=dest.name, file=sys.stderr, disable=not progress, leave=False) as bar:
-            try:
-                while chunk := response.read(CHUNK_BYTES):
-                    f.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-                    TimeoutError) as err:
-                raise _missing(url, dest, f"download interrupted after {start + received} bytes "
-                               f"({err}); run again to resume from {part}") from err
+        _receive(response, url, part, dest, start, size, progress)
+
+
+def _receive(response: http.client.HTTPResponse, url: str, part: Path, dest: Path, start: int,
+             size: int | None, progress: bool) -> None:
+    """Write the body of `response` into `part` after its first `start` bytes, with a progress bar.
+
+    A broken or short transfer becomes MissingFileError, the .part kept for the next try.
+    """
+    # Anything but 206 means the server ignored our Range and sends the file from byte 0.
+    if start and getattr(response, "status", None) != 206:
+        start = 0
+    length = response.headers.get("Content-Length")
+    length = int(length) if length and length.isdigit() else None
+    total = start + length if length is not None else size
+    received = 0
+    part.parent.mkdir(parents=True, exist_ok=True)  # only now: no empty folders when offline
+    with open(part, "ab" if start else "wb") as f, tqdm(
+            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=dest.name, file=sys.stderr, disable=not progress, leave=False) as bar:
+        try:
+            while chunk := response.read(CHUNK_BYTES):
+                f.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
+                TimeoutError) as err:
+            raise _missing(url, dest, f"download interrupted after {start + received} bytes "
+                           f"({err}); run again to resume from {part}") from err
     if length is not None and received < length:
         raise _missing(url, dest, f"connection closed after {start + received} of "
                        f"{start + length} bytes; run again to resume from {part}")

@@ -283,15 +283,7 @@ class GPT2(nn.Module):
             position_ids = xp.asarray(position_ids.data if isinstance(position_ids, Tensor) else position_ids)
         elif ragged:
             position_ids = lengths[:, None] + xp.arange(T)             # (B, T)
-        mask = None
-        if ragged:
-            # row b's query at position p sees keys 0..p of its own row, nothing past its length
-            mask = (xp.arange(end)[None, None, :] <= (lengths[:, None] + xp.arange(T))[:, :, None])[:, None]
-        elif attn_mask is not None:                                   # (B, 1, T, S) above
-            m = xp.asarray(attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask).astype(bool)
-            if m.shape != (B, end):
-                raise ValueError(f"attn_mask must have shape (B, S) = {(B, end)}, got {m.shape}")
-            mask = m[:, None, None, :]                                # (B, 1, 1, S)
+        mask = self._blocks_mask(xp, B, T, end, attn_mask, lengths if ragged else None)
 
         # positions start..end of every row are rows of the table: a slice, whose gradient is a
         # copy (a lookup's would be a sort and a segment sum)
@@ -307,6 +299,21 @@ class GPT2(nn.Module):
         if cache is not None:
             cache.advance(T)
         return (self.ln_f(x), weights) if need_weights else self.ln_f(x)
+
+    @staticmethod
+    def _blocks_mask(xp, B: int, T: int, end: int, attn_mask=None, lengths=None):
+        """The mask every block applies on top of causality, over keys 0..end: from a per-row
+        cache's `lengths` (B,), or from a padding `attn_mask` (B, S), or None without either."""
+        if lengths is not None:
+            # row b's query at position p sees keys 0..p of its own row, nothing past its length
+            queries = lengths[:, None] + xp.arange(T)                  # (B, T) each query's position
+            return (xp.arange(end)[None, None, :] <= queries[:, :, None])[:, None]  # (B, 1, T, S)
+        if attn_mask is None:
+            return None
+        m = xp.asarray(attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask).astype(bool)
+        if m.shape != (B, end):
+            raise ValueError(f"attn_mask must have shape (B, S) = {(B, end)}, got {m.shape}")
+        return m[:, None, None, :]                                    # (B, 1, 1, S)
 
     def attention_maps(self, idx) -> list[np.ndarray]:
         """Per layer, the attention weights (B, H, T, T) for `idx`, as NumPy arrays."""

@@ -13,7 +13,8 @@ import pytest
 
 import minigrad as mg
 from gpt2 import GPT2, GPT2Config
-from gpt2.weights import expected_shapes, from_pretrained
+from gpt2.hf_format import expected_shapes
+from gpt2.weights import from_pretrained
 
 HAVE_HF = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 needs_hf = pytest.mark.skipif(not HAVE_HF, reason="parity with Hugging Face needs torch and transformers "

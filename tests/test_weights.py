@@ -1,4 +1,4 @@
-"""gpt2.weights: finding, checking, loading and saving GPT-2 checkpoints."""
+"""gpt2.weights and gpt2.hf_format: finding, checking, loading and saving GPT-2 checkpoints."""
 import functools
 import importlib.util
 import json
@@ -11,9 +11,10 @@ from safetensors.numpy import save_file
 
 import gpt2
 import minigrad as mg
-from gpt2 import GPT2, GPT2Config, weights
+from gpt2 import GPT2, GPT2Config, hf_format, weights
 from gpt2.config import PRESETS
-from gpt2.weights import CheckpointError, from_pretrained, save_pretrained
+from gpt2.hf_format import CheckpointError
+from gpt2.weights import from_pretrained, save_pretrained
 from files import hub
 from minigrad import nn
 
@@ -162,12 +163,12 @@ def test_loading_reads_one_tensor_at_a_time(tmp_path):
     config = GPT2Config(vocab_size=2000, n_ctx=64, n_embd=64, n_layer=8, n_head=4)
     folder = save_pretrained(GPT2(config), tmp_path / "ckpt")
     model = GPT2(config, init=False)
-    ckpt = weights._Checkpoint(folder / "model.safetensors")
+    ckpt = hf_format.HFCheckpoint(folder / "model.safetensors")
     total = sum(p.data.nbytes for p in model.parameters())
     biggest = max(p.data.nbytes for p in model.parameters())
     tracemalloc.start()
     try:
-        weights.load_weights(model, ckpt)
+        hf_format.load_weights(model, ckpt)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
