@@ -33,7 +33,7 @@ _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 
 
-class CheckpointError(ValueError):
+class HFCheckpointError(ValueError):
     """A checkpoint file or its config cannot be used (unreadable, inconsistent, incomplete)."""
 
 
@@ -61,9 +61,9 @@ def resolve_path(path: Path) -> tuple[Path, dict[str, Any] | None]:
     try:
         hf_config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg_path} is not a readable JSON config: {e}") from e
+        raise HFCheckpointError(f"{cfg_path} is not a readable JSON config: {e}") from e
     if not isinstance(hf_config, dict):
-        raise CheckpointError(f"{cfg_path} must hold a JSON object, got {type(hf_config).__name__}")
+        raise HFCheckpointError(f"{cfg_path} must hold a JSON object, got {type(hf_config).__name__}")
     return file, hf_config
 
 
@@ -139,7 +139,7 @@ class HFCheckpoint:
             self._handle = safe_open(str(file), framework="numpy")
             raw = {k: tuple(self._handle.get_slice(k).get_shape()) for k in self._handle.keys()}
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{file} is not a readable safetensors file: {e}") from e
+            raise HFCheckpointError(f"{file} is not a readable safetensors file: {e}") from e
         # our name -> (the file's name, shape)
         self.tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
         for key, shape in raw.items():
@@ -147,7 +147,7 @@ class HFCheckpoint:
             if name is None:
                 continue
             if name in self.tensors:
-                raise CheckpointError(f"{file} holds both {self.tensors[name][0]!r} and {key!r}")
+                raise HFCheckpointError(f"{file} holds both {self.tensors[name][0]!r} and {key!r}")
             self.tensors[name] = (key, shape)
         # A head-only checkpoint (no wte) still carries the tied matrix: use it as wte.
         if "wte.weight" not in self.tensors and _HEAD in self.tensors:
@@ -172,7 +172,7 @@ class HFCheckpoint:
         try:
             return self._handle.get_tensor(key)
         except (SafetensorError, OSError, ValueError, TypeError) as e:
-            raise CheckpointError(f"cannot read tensor {key!r} from {self.file}: {e}") from e
+            raise HFCheckpointError(f"cannot read tensor {key!r} from {self.file}: {e}") from e
 
     def close(self) -> None:
         self._handle.__exit__(None, None, None)  # unmaps the file
@@ -216,7 +216,7 @@ def infer_config(ckpt: HFCheckpoint, hf_config: Mapping[str, Any] | None,
 
     missing = [k for k in ("vocab_size", "n_embd", "n_ctx", "n_layer") if k not in values]
     if missing:
-        raise CheckpointError(f"{ckpt.file} does not look like a GPT-2 checkpoint: cannot tell "
+        raise HFCheckpointError(f"{ckpt.file} does not look like a GPT-2 checkpoint: cannot tell "
                               f"{', '.join(missing)} (no wte.weight / wpe.weight / h.* tensors)")
     if "n_head" not in values:
         # Shapes cannot tell heads apart; the official sizes pin them down.
@@ -225,7 +225,7 @@ def infer_config(ckpt: HFCheckpoint, hf_config: Mapping[str, Any] | None,
                 values["n_head"] = preset["n_head"]
                 break
         else:
-            raise CheckpointError(
+            raise HFCheckpointError(
                 f"cannot tell the number of attention heads of {ckpt.file} (n_layer={values['n_layer']}, "
                 f"n_embd={values['n_embd']}, no config.json): pass it, e.g. from_pretrained(path, n_head=...)")
     return make_config(values)
@@ -235,12 +235,12 @@ def _check_supported(hf_config: Mapping[str, Any], where: Path) -> None:
     """Refuse Hugging Face options that change the maths of the model we would build."""
     act = hf_config.get("activation_function", "gelu_new")
     if act not in _TANH_GELUS:
-        raise CheckpointError(f"{where} asks for activation {act!r}; this model computes "
+        raise HFCheckpointError(f"{where} asks for activation {act!r}; this model computes "
                               f"the tanh GELU ({' or '.join(_TANH_GELUS)})")
     for option, supported in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                               ("add_cross_attention", False)):
         if hf_config.get(option, supported) != supported:
-            raise CheckpointError(f"{where} sets {option}={hf_config[option]!r}; "
+            raise HFCheckpointError(f"{where} sets {option}={hf_config[option]!r}; "
                                   f"this model supports only {option}={supported}")
 
 
@@ -289,7 +289,7 @@ def load_weights(model: GPT2, ckpt: HFCheckpoint, what: str | None = None) -> GP
     tied = model.config.tie_word_embeddings
     check_shapes({n: p.shape for n, p in own.items()}, ckpt.shapes(head=not tied), what)
     if tied and _HEAD in ckpt.tensors and ckpt.tensors[_HEAD][1] != own["wte.weight"].shape:
-        raise CheckpointError(f"{ckpt.file}: lm_head.weight has shape {ckpt.tensors[_HEAD][1]} but "
+        raise HFCheckpointError(f"{ckpt.file}: lm_head.weight has shape {ckpt.tensors[_HEAD][1]} but "
                               f"wte.weight {own['wte.weight'].shape}; GPT-2 ties them (the head is wte)")
     for name, param in own.items():
         value = ckpt.read(name)
@@ -300,7 +300,7 @@ def load_weights(model: GPT2, ckpt: HFCheckpoint, what: str | None = None) -> GP
         wte = own["wte.weight"]
         head = ckpt.read(_HEAD).astype(wte.dtype, copy=False)
         if not bool((backend.to_device(wte.data, "cpu") == head).all()):
-            raise CheckpointError(f"{ckpt.file}: lm_head.weight differs from wte.weight, but this model "
+            raise HFCheckpointError(f"{ckpt.file}: lm_head.weight differs from wte.weight, but this model "
                                   f"ties them (the output head is wte); load it with tie_word_embeddings=False")
     return model
 

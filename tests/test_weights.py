@@ -13,7 +13,7 @@ import gpt2
 import minigrad as mg
 from gpt2 import GPT2, GPT2Config, hf_format, weights
 from gpt2.config import PRESETS
-from gpt2.hf_format import CheckpointError
+from gpt2.hf_format import HFCheckpointError
 from gpt2.weights import from_pretrained, save_pretrained
 from files import hub
 from minigrad import nn
@@ -206,7 +206,7 @@ def test_load_from_a_file_needs_n_head_unless_a_preset_tells(tmp_path, monkeypat
     model = GPT2(TINY)
     file = save_pretrained(model, tmp_path / "ckpt") / "model.safetensors"
     (tmp_path / "ckpt" / "config.json").unlink()
-    with pytest.raises(CheckpointError, match=r"n_head=\.\.\."):
+    with pytest.raises(HFCheckpointError, match=r"n_head=\.\.\."):
         from_pretrained(file)
     loaded = from_pretrained(str(file), n_head=4)
     assert loaded.config == TINY
@@ -230,7 +230,7 @@ def test_config_json_is_read(tmp_path):
     assert from_pretrained(folder, n_head=8).config.n_head == 8  # overrides win
     # a config.json next to some other file name does not belong to it
     (folder / "model.safetensors").rename(folder / "other.safetensors")
-    with pytest.raises(CheckpointError, match="n_head"):
+    with pytest.raises(HFCheckpointError, match="n_head"):
         from_pretrained(folder / "other.safetensors")
 
 
@@ -241,7 +241,7 @@ def test_config_json_options_that_change_the_maths_are_refused(tmp_path, option,
     config = json.loads((folder / "config.json").read_text())
     config[option] = value
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=option if option != "activation_function" else "relu"):
+    with pytest.raises(HFCheckpointError, match=option if option != "activation_function" else "relu"):
         from_pretrained(folder)
 
 
@@ -262,7 +262,7 @@ def test_missing_files_and_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="safe_serialization=True"):
         from_pretrained(tmp_path / "empty")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
-    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+    with pytest.raises(HFCheckpointError, match="not a readable safetensors file"):
         from_pretrained(tmp_path / "junk.safetensors", n_head=4)
 
 
@@ -304,10 +304,10 @@ def test_untied_lm_head_loads_as_an_untied_model(tmp_path):
 def test_untied_lm_head_is_refused_by_a_tied_model(tmp_path):
     tensors = _state(GPT2(TINY))
     tensors["lm_head.weight"] = tensors["wte.weight"] + 1.0
-    with pytest.raises(CheckpointError, match="lm_head.weight differs from wte.weight"):
+    with pytest.raises(HFCheckpointError, match="lm_head.weight differs from wte.weight"):
         from_pretrained(_write(tmp_path / "m.safetensors", tensors), n_head=4, tie_word_embeddings=True)
     tensors["lm_head.weight"] = tensors["wte.weight"][:5]
-    with pytest.raises(CheckpointError, match=r"lm_head.weight has shape \(5, 32\)"):
+    with pytest.raises(HFCheckpointError, match=r"lm_head.weight has shape \(5, 32\)"):
         from_pretrained(_write(tmp_path / "m.safetensors", tensors), n_head=4, tie_word_embeddings=True)
     # left to infer, the odd-shaped head makes an untied model whose head does not fit
     with pytest.raises(nn.StateDictError, match=r"lm_head.weight: checkpoint \(5, 32\) vs model \(97, 32\)"):
