@@ -68,6 +68,7 @@ static inline float __shfl_xor_sync(unsigned, float v, int off) {
     return r;
 }
 struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };
 static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
 // ---- float16 as bits (cvt.rn.f16.f32: round to nearest, ties to even; past the largest half: inf)

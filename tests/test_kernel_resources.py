@@ -2,14 +2,15 @@
 ptxas's report): no kernel spills registers, and every attention kernel (the tensor-core ones in
 every build their launcher uses, and attention.cu's float32 ones), with the block size it declares,
 runs at >= 25% occupancy on sm_90. Runs where NVRTC can (no GPU needed)."""
+import re
 import subprocess
 import sys
 
 import pytest
 
 from minigrad.kernels import attention, flash_attention
-from minigrad.kernels.nvrtc import nvrtc_available
-from minigrad.kernels._loader import kernel_names, source_text, sources
+from minigrad.kernels._loader import NVRTC_OPTIONS, expand_includes, kernel_names, source_text, sources
+from minigrad.kernels.nvrtc import compile_nvrtc, cupy_options, nvrtc_available
 from minigrad.kernels.resources import Usage
 
 NVRTC_MISSING = nvrtc_available()
@@ -50,6 +51,21 @@ def test_no_spills_and_attention_kernels_at_a_quarter_occupancy():
         if row["kernel"] != "attention_backward_preprocess":
             assert int(row["threads"]) == t["BQ"] * t["G"] == t["BKB"] * t["G"] == t["BQD"] * t["G"], row
         assert row["occupancy"] >= 0.25, row
+
+
+@pytest.mark.skipif(NVRTC_MISSING is not None, reason=f"NVRTC cannot run here: {NVRTC_MISSING}")
+@pytest.mark.parametrize("kernel", ["attention_forward", "attention_backward_dkdv", "attention_backward_dq"])
+def test_float32_attention_reads_shared_rows_16_bytes_at_a_time(kernel):
+    """attention.cu's inner loops read a shared row as float4 runs: in the PTX of each kernel (head
+    size 64, as CuPy builds it), one 16-byte shared load for every four multiply-adds at least, and
+    no single-float shared loads but the backward's per-query lse and delta."""
+    ptx = compile_nvrtc(expand_includes(source_text("attention.cu")), "attention.cu",
+                        [*cupy_options(tuple(NVRTC_OPTIONS) + ("-DHEAD_DIM=64",)), "-arch=compute_90"]).decode()
+    body = re.search(rf"\.entry {kernel}\(.*?\n}}\n", ptx, re.S).group(0)
+    vector, single = len(re.findall(r"ld\.shared\.v4\.f32", body)), len(re.findall(r"ld\.shared\.f32", body))
+    fmas = len(re.findall(r"fma\.rn(?:\.ftz)?\.f32", body))
+    assert vector > 0 and fmas >= 4 * vector, (vector, fmas)
+    assert single <= (2 if kernel == "attention_backward_dkdv" else 0), single
 
 
 def test_occupancy_arithmetic_of_sm90():

@@ -17,15 +17,17 @@
 // 1 / (1 - p): o_i = sum_j p_ij keep_ij v_j drop_scale; backward dp_ij = dO_i . v_j keep_ij drop_scale.
 //
 // Work split: a row (a query's, or in dk/dv a key's) belongs to a group of G = 4 neighbouring
-// threads of a warp, and thread g of the group holds the row's elements c = g, g + G, g + 2G, ...
-// (E = D / G of them, rounded up) in registers: its part of q, k, v, dO and of the accumulators.
+// threads of a warp, and thread g of the group holds a quarter of the row's columns in registers
+// (E of them): its part of q, k, v, dO and of the accumulators. The columns come in runs of V = 4
+// neighbours, the four threads' runs side by side (thread g: 4g..4g+3, 16+4g..16+4g+3, ...; see
+// col()), so a thread reads each run of a shared row as one 16-byte load, one load per four
+// multiply-adds, and the four threads together read 64 neighbouring bytes (no bank conflict).
 // A dot product of two rows is E multiply-adds in each thread and a butterfly over the group
 // (row_sum: two shuffles), which leaves the same bits in all four threads, so they all follow the
 // same running max and sum. Why four: a whole row per thread (64 accumulators, 128 in dk/dv) took
 // 168-255 registers and ran at 12-19% occupancy; a quarter row keeps every kernel under 128
-// registers (25% occupancy at 256 threads a block, 2 blocks an SM) without spills. The elements
-// interleave (c = g + G e, not a contiguous quarter) so that the four threads reading one shared
-// row at step e hit four neighbouring banks. Shuffles need every lane of the warp: the kernels
+// registers (25% occupancy at 256 threads a block, 2 blocks an SM) without spills. A head size that
+// 4 does not divide takes runs of V = 1. Shuffles need every lane of the warp: the kernels
 // never branch around them, they compute masked entries and weigh them 0.
 //
 // Forward (grid: ceil(T / BQ) x BH, BQ G threads): a group per query row, its scaled q in registers.
@@ -48,7 +50,12 @@
 #endif
 #define D HEAD_DIM
 #define G 4                    // threads per row
-#define E ((D + G - 1) / G)    // a row's elements per thread
+#if D % 4 == 0
+#define V 4  // a thread's columns come in runs of 4 neighbours, read from shared memory as one float4
+#else
+#define V 1  // (a head size 4 does not divide: single columns)
+#endif
+#define E (((D + G * V - 1) / (G * V)) * V)  // a row's elements per thread
 #define BQ 64   // forward: query rows per block (BQ G threads)
 #define BK 16   // forward: keys per shared tile
 #define BKB 64  // backward dk/dv: key rows per block (BKB G threads)
@@ -81,9 +88,26 @@ __device__ __forceinline__ float biased(const float* row, const float* bias, int
     return bias ? row[c] + bias[c] : row[c];
 }
 
-// element e of thread g's part of a row is the row's column g + G e; false past the row's end
-// (only where G does not divide D)
-__device__ __forceinline__ bool owns(int g, int e) { return D % G == 0 || g + G * e < D; }
+// element e of thread g's part of a row is the row's column col(g, e): runs of V neighbours, the
+// G threads' runs side by side (V = 4: thread g holds columns 4g..4g+3, 4g+16..4g+19, ...)
+__device__ __forceinline__ int col(int g, int e) { return V * (g + G * (e / V)) + e % V; }
+// whether that column exists (false past the row's end, only where G V does not divide D; a run
+// is all in or all out, as V divides D)
+__device__ __forceinline__ bool owns(int g, int e) { return D % (G * V) == 0 || V * (g + G * (e / V)) < D; }
+
+// the V columns c .. c + V - 1 of a shared row: one 16-byte load when V = 4 (tiles are 16-byte
+// aligned and D is a multiple of 4, so every run is)
+__device__ __forceinline__ void shared_run(float* out, const float* row, int c) {
+#if V == 4
+    float4 t = *reinterpret_cast<const float4*>(row + c);
+    out[0] = t.x;
+    out[1] = t.y;
+    out[2] = t.z;
+    out[3] = t.w;
+#else
+    out[0] = row[c];
+#endif
+}
 
 // the sum of x over the G threads of a row, in each of them (the same bits in all: a butterfly
 // adds the same pairs everywhere)
@@ -98,7 +122,7 @@ __device__ __forceinline__ void load_part(float* part, const float* base, long l
                                           const float* bias, int g, float scale) {
 #pragma unroll
     for (int e = 0; e < E; ++e)
-        part[e] = (row < n && owns(g, e)) ? biased(base + row * stride, bias, g + G * e) * scale : 0.0f;
+        part[e] = (row < n && owns(g, e)) ? biased(base + row * stride, bias, col(g, e)) * scale : 0.0f;
 }
 
 // rows r0 .. r0 + R - 1 of a (n, D) head into a shared (R, D) tile, zeros past n, by all `threads`
@@ -110,35 +134,44 @@ __device__ __forceinline__ void load_tile(float* tile, const float* base, long l
     }
 }
 
-// sum_e part[e] * tile_row[g + G e]: thread g's share of a dot product with a shared row
+// sum_e part[e] * tile_row[col(g, e)]: thread g's share of a dot product with a shared row
 __device__ __forceinline__ float part_dot(const float* part, const float* tile_row, int g) {
-    float s = 0.0f;
+    float s = 0.0f, t[V];
 #pragma unroll
-    for (int e = 0; e < E; ++e)
-        if (owns(g, e)) s += part[e] * tile_row[g + G * e];
+    for (int e = 0; e < E; e += V) {
+        if (!owns(g, e)) continue;
+        shared_run(t, tile_row, col(g, e));
+#pragma unroll
+        for (int u = 0; u < V; ++u) s += part[e + u] * t[u];
+    }
     return s;
 }
 
-// acc[e] += w * tile_row[g + G e]
+// acc[e] += w * tile_row[col(g, e)]
 __device__ __forceinline__ void part_axpy(float* acc, float w, const float* tile_row, int g) {
+    float t[V];
 #pragma unroll
-    for (int e = 0; e < E; ++e)
-        if (owns(g, e)) acc[e] += w * tile_row[g + G * e];
+    for (int e = 0; e < E; e += V) {
+        if (!owns(g, e)) continue;
+        shared_run(t, tile_row, col(g, e));
+#pragma unroll
+        for (int u = 0; u < V; ++u) acc[e + u] += w * t[u];
+    }
 }
 
 // thread g's part of a row, times `scale`, into global memory
 __device__ __forceinline__ void store_part(float* row, const float* part, int g, float scale) {
 #pragma unroll
     for (int e = 0; e < E; ++e)
-        if (owns(g, e)) row[g + G * e] = part[e] * scale;
+        if (owns(g, e)) row[col(g, e)] = part[e] * scale;
 }
 
 extern "C" __global__ void __launch_bounds__(BQ * G, BLOCKS_PER_SM) attention_forward(
         const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
         const float* __restrict__ bias, float* __restrict__ o, float* __restrict__ lse, int T, int S, int H,
         int packed, float scale, int causal, unsigned long long drop_key, unsigned drop_threshold, float drop_scale) {
-    __shared__ float ks[BK * D];
-    __shared__ float vs[BK * D];
+    __shared__ __align__(16) float ks[BK * D];
+    __shared__ __align__(16) float vs[BK * D];
     int bh = blockIdx.y, q0 = blockIdx.x * BQ, g = threadIdx.x % G, i = q0 + threadIdx.x / G;
     const Head hd = head_of(bh, T, S, H, packed);
     const float *bq = head_bias(bias, bh, H), *bk = bq ? bq + H * D : nullptr, *bv = bq ? bq + 2 * H * D : nullptr;
@@ -209,8 +242,8 @@ extern "C" __global__ void __launch_bounds__(BKB * G, BLOCKS_PER_SM) attention_b
         const float* __restrict__ bias, const float* __restrict__ dout, const float* __restrict__ lse,
         const float* __restrict__ delta, float* __restrict__ dk, float* __restrict__ dv, int T, int S, int H,
         int packed, float scale, int causal, unsigned long long drop_key, unsigned drop_threshold, float drop_scale) {
-    __shared__ float qt[BQB * D];   // a tile of queries, scaled
-    __shared__ float dot_[BQB * D];  // their output gradients
+    __shared__ __align__(16) float qt[BQB * D];   // a tile of queries, scaled
+    __shared__ __align__(16) float dot_[BQB * D];  // their output gradients
     __shared__ float lt[BQB];
     __shared__ float dt[BQB];
     int bh = blockIdx.y, k0 = blockIdx.x * BKB, g = threadIdx.x % G, j = k0 + threadIdx.x / G;
@@ -258,8 +291,8 @@ extern "C" __global__ void __launch_bounds__(BQD * G, BLOCKS_PER_SM) attention_b
         const float* __restrict__ bias, const float* __restrict__ dout, const float* __restrict__ lse,
         const float* __restrict__ delta, float* __restrict__ dq, int T, int S, int H, int packed, float scale,
         int causal, unsigned long long drop_key, unsigned drop_threshold, float drop_scale) {
-    __shared__ float kt[BKD * D];
-    __shared__ float vt[BKD * D];
+    __shared__ __align__(16) float kt[BKD * D];
+    __shared__ __align__(16) float vt[BKD * D];
     int bh = blockIdx.y, q0 = blockIdx.x * BQD, g = threadIdx.x % G, i = q0 + threadIdx.x / G;
     const Head hd = head_of(bh, T, S, H, packed);
     const float *bq = head_bias(bias, bh, H), *bk = bq ? bq + H * D : nullptr, *bv = bq ? bq + 2 * H * D : nullptr;
