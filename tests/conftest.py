@@ -94,6 +94,14 @@ def tmpfs(tmp_path):
 
 
 @pytest.fixture
+def numpy_pass_only(request):
+    """For test modules whose work runs on NumPy whatever --backend says (no `backend` or
+    `task_backend` fixture): the stand-in pass, CI's second, would repeat them to the bit."""
+    if request.config.getoption("--backend") == "standin":
+        pytest.skip("runs on NumPy whatever --backend says: the NumPy pass runs it, the stand-in adds nothing")
+
+
+@pytest.fixture
 def task_backend(request) -> str:
     """The --backend a task test passes to its command: numpy, or the one pytest was given."""
     choice = request.config.getoption("--backend")
@@ -154,6 +162,7 @@ DOCS_SUMMARY = pytest.StashKey[list]()
 
 # what a skip's reason says it lacks, tried in this order
 SKIP_KINDS = (("CI's own steps", ("ci runs it",)),
+              ("the same on every backend, run by the NumPy pass", ("numpy pass",)),
               ("a GPU", ("gpu", "cupy", "cuda")),
               ("a package or program that is not installed",
                ("not installed", "no module named", "could not import", "install", "chromium", "playwright",
